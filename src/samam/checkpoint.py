@@ -1,0 +1,267 @@
+"""Loading networks from checkpoints: the authors' released Lightning ``.ckpt`` files and ours.
+
+Both are read with ``torch.load(weights_only=True)``; a file that needs arbitrary
+unpickling is refused unless the caller passes ``trust_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from samam.nn.samam import SaMam
+
+# Release sub-module names (SPEC §7) → ours. Applied to the part after the block prefix.
+_BLOCK_SUBKEYS = [
+    ("SAIN1.compress_gamma.1.", "in_norm.gamma.proj."),
+    ("SAIN1.compress_beta.1.", "in_norm.beta.proj."),
+    ("SSM.SAIN.compress_gamma.1.", "out_norm.gamma.proj."),
+    ("SSM.SAIN.compress_beta.1.", "out_norm.beta.proj."),
+    ("SSM.out_norm.", "out_norm.norm."),
+    ("SSM.in_proj.", "in_proj."),
+    ("SSM.out_proj.", "out_proj."),
+    ("SSM.conv2d.", "conv.conv."),
+    ("SSM.SConv.compress_key.0.", "conv.kernel_gen."),
+    ("SSM.x_proj_weight", "ssm.x_proj_weight"),
+    ("SSM.dt_projs_weight", "ssm.dt_proj_weight"),
+    ("SSM.dt_projs_bias", "ssm.dt_proj_bias"),
+    ("SSM.A_logs_generate.1.", "style_params.A_gen."),
+    ("SSM.Ds_generate.1.", "style_params.D_gen."),
+    ("SSM.A_logs", "ssm.A_log"),
+    ("SSM.Ds", "ssm.D"),
+    ("ca.conv_du.0.", "scm.down."),
+    ("ca.conv_du.1.", "scm.act."),
+    ("ca.conv_du.2.", "scm.up."),
+]
+_LOE_SUBKEYS = [
+    ("cab.0.", "conv1."),
+    ("cab.2.", "conv2."),
+    ("cab.3.attention.1.", "ca_down."),
+    ("cab.3.attention.3.", "ca_up."),
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the network it claims to hold."""
+
+
+def _sub(rest: str, table: list[tuple[str, str]]) -> str | None:
+    for old, new in table:
+        if rest.startswith(old):
+            return new + rest[len(old) :]
+    return None
+
+
+def _map_release_key(key: str) -> str | None:
+    """One release parameter name → ours, or None if it has no counterpart."""
+    if m := re.fullmatch(r"(content|style)_encoder\.0\.proj\.(weight|bias)", key):
+        return f"{m[1]}_encoder.patch_embed.{m[2]}"
+    if m := re.fullmatch(r"(content|style)_encoder\.(\d+)\.(.+)", key):
+        enc, idx, rest = m[1], int(m[2]), m[3]
+        if rest.startswith("cab."):
+            sub = _sub(rest, _LOE_SUBKEYS)
+            return f"{enc}_encoder.loe.{sub}" if sub else None
+        sub = _sub(rest, _BLOCK_SUBKEYS)
+        return f"{enc}_encoder.blocks.{idx - 1}.{sub}" if sub else None
+    if m := re.fullmatch(r"SAVSSGs\.(\d+)\.SAVSSMs\.(\d+)\.(.+)", key):
+        sub = _sub(m[3], _BLOCK_SUBKEYS)
+        return f"decoder.{m[1]}.blocks.{m[2]}.{sub}" if sub else None
+    if m := re.fullmatch(r"SAVSSGs\.(\d+)\.LoE\.(.+)", key):
+        sub = _sub(m[2], _LOE_SUBKEYS)
+        return f"decoder.{m[1]}.loe.{sub}" if sub else None
+    if m := re.fullmatch(r"global_embedder\.downscale\.(\d+)\.(weight|bias)", key):
+        return f"style_embedder.stages.{int(m[1]) // 3}.{m[2]}"
+    if m := re.fullmatch(r"global_embedder\.downscale2\.0\.(weight|bias)", key):
+        return f"style_embedder.stages.3.{m[1]}"
+    if m := re.fullmatch(r"global_embedder\.fc\.(weight|bias)", key):
+        return f"style_embedder.fc.{m[1]}"
+    if m := re.fullmatch(r"decoder\.decoder\.(\d+)\.(weight|bias)", key):
+        return f"image_decoder.layers.{m[1]}.{m[2]}"
+    return None
+
+
+def _count(keys: list[str], pattern: str) -> int:
+    return len({m[1] for k in keys if (m := re.match(pattern, k))})
+
+
+def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
+    """Every size of the network, from the shapes of a state dict in *our* key layout."""
+    keys = list(sd)
+    try:
+        c, _, p, _ = sd["content_encoder.patch_embed.weight"].shape
+        d_inner = sd["content_encoder.blocks.0.in_proj.weight"].shape[0]
+        k, rn, _ = sd["content_encoder.blocks.0.ssm.x_proj_weight"].shape
+        dt_rank = sd["content_encoder.blocks.0.ssm.dt_proj_weight"].shape[2]
+        style_dim = sd["style_embedder.fc.weight"].shape[0] // 9
+    except KeyError as e:
+        raise CheckpointError(f"not a SaMam state dict: missing {e.args[0]!r}") from None
+    if k != 4:
+        raise CheckpointError(f"checkpoint has {k} scan directions; SaMam uses 4")
+    blk = "decoder.0.blocks.0."
+    cfg = dict(
+        embed_dim=c,
+        patch_size=p,
+        encoder_depth=_count(keys, r"content_encoder\.blocks\.(\d+)\."),
+        decoder_groups=_count(keys, r"decoder\.(\d+)\."),
+        decoder_depth=_count(keys, r"decoder\.0\.blocks\.(\d+)\."),
+        d_state=(rn - dt_rank) // 2,
+        expand=d_inner / c,
+        dt_rank=dt_rank,
+        style_dim=style_dim,
+        style_ssm=blk + "style_params.A_gen.weight" in sd,
+        sconv=blk + "conv.kernel_gen.weight" in sd,
+        scm=blk + "scm.down.weight" in sd,
+        loe="content_encoder.loe.conv1.weight" in sd,
+    )
+    if blk + "out_norm.norm.weight" in sd:
+        raise CheckpointError("this checkpoint's decoder out-norm is not SAIN; load it with its config (load_checkpoint)")
+    if cfg["loe"]:
+        cfg["loe_compress"] = c // sd["content_encoder.loe.conv1.weight"].shape[0]
+        cfg["loe_squeeze"] = c // sd["content_encoder.loe.ca_down.weight"].shape[0]
+    if cfg["scm"]:
+        cfg["scm_reduction"] = style_dim // sd[blk + "scm.down.weight"].shape[0]
+    if cfg["decoder_groups"] == 0 or cfg["decoder_depth"] == 0:
+        raise CheckpointError("not a SaMam state dict: no style-aware decoder blocks found")
+    return cfg
+
+
+def _fit(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
+    """``src`` shaped like ``dst``; Linear ↔ 1×1 conv weights differ only by trailing ones."""
+    if src.shape == dst.shape:
+        return src
+    if src.numel() == dst.numel() and [s for s in src.shape if s != 1] == [s for s in dst.shape if s != 1]:
+        return src.reshape(dst.shape)
+    return None
+
+
+def load_state_dict_strict(net: torch.nn.Module, sd: Mapping[str, torch.Tensor], origin: Mapping[str, str]) -> None:
+    """Fill every model tensor from ``sd`` and consume every ``sd`` tensor, else raise one
+    error listing all mismatches (names as they appear in the checkpoint)."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(origin.get(k, k) for k in set(sd) - set(own))
+    wrong, fitted = [], {}
+    for k in set(own) & set(sd):
+        t = _fit(sd[k], own[k])
+        if t is None:
+            wrong.append(f"{origin.get(k, k)}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+        else:
+            fitted[k] = t
+    if missing or unexpected or wrong:
+        lines = [f"checkpoint does not match the network ({len(own)} model tensors, {len(sd)} in the file):"]
+        lines += [f"  missing in checkpoint: {k}" for k in missing]
+        lines += [f"  not used by the model: {k}" for k in unexpected]
+        lines += [f"  shape mismatch: {w}" for w in sorted(wrong)]
+        raise CheckpointError("\n".join(lines))
+    net.load_state_dict(fitted, strict=True)
+
+
+def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (torch.save writes a zip archive)")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), str(e).splitlines()[0])
+        raise CheckpointError(
+            f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle ({why}).\n"
+            "Unpickling can run arbitrary code. Only if you trust where the file came from, pass "
+            "trust_pickle=True (CLI: trust_pickle=true)."
+        ) from None
+    except (RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, dict, dict]:
+    """Release Lightning ``state_dict`` → (config kwargs, our state dict, our key → release key).
+
+    Drops the frozen loss network (``loss_func.*``); keeps every other tensor."""
+    sd, origin, unmapped = {}, {}, []
+    for key, value in state_dict.items():
+        if key.startswith("loss_func."):
+            continue
+        bare = key[len("model.") :] if key.startswith("model.") else key
+        new = _map_release_key(bare)
+        if new is None:
+            unmapped.append(key)
+            new = key
+        sd[new], origin[new] = value, key
+    if "content_encoder.patch_embed.weight" not in sd:
+        example = ", ".join(list(state_dict)[:3])
+        raise CheckpointError(
+            "this is not a SaMam release checkpoint: expected keys such as "
+            f"'model.content_encoder.0.proj.weight', found e.g. {example}"
+        )
+    return infer_config(sd), sd, origin
+
+
+def _official_net(ckpt: Mapping, backend: str) -> SaMam:
+    cfg, sd, origin = convert_official_state_dict(ckpt.get("state_dict", ckpt))
+    net = SaMam(**cfg, backend=backend)
+    load_state_dict_strict(net, sd, origin)
+    return net
+
+
+def _our_net(ckpt: Mapping, backend: str, path) -> SaMam:
+    meta = ckpt.get("samam")
+    if not isinstance(meta, Mapping) or "model" not in meta:
+        raise CheckpointError(
+            f"{path} has no 'samam' entry with the network config; for the authors' released checkpoints "
+            "use samam.load_official_checkpoint (or samam.load_model, which detects the kind)"
+        )
+    sd = {}
+    for k, v in ckpt.get("state_dict", {}).items():
+        k = k.replace("._orig_mod.", ".").removeprefix("_orig_mod.")  # torch.compile's wrapper
+        if k.startswith("net."):
+            sd[k[4:]] = v
+    net = SaMam(**{**meta["model"], "backend": backend})
+    load_state_dict_strict(net, sd, {})
+    return net
+
+
+def load_official_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    backend: str = "auto",
+    trust_pickle: bool = False,
+) -> SaMam:
+    """The authors' released Lightning ``.ckpt`` (SPEC §7) → :class:`SaMam` in eval mode.
+
+    Every size is inferred from tensor shapes, so any checkpoint of the family loads."""
+    ckpt = _torch_load(path, map_location, trust_pickle)
+    return _official_net(ckpt, backend).to(map_location).eval()
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    backend: str = "auto",
+    trust_pickle: bool = False,
+) -> SaMam:
+    """One of our training checkpoints (``ckpt["samam"]["model"]`` + ``net.*`` weights) → SaMam."""
+    ckpt = _torch_load(path, map_location, trust_pickle)
+    return _our_net(ckpt, backend, path).to(map_location).eval()
+
+
+def load_model(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    backend: str = "auto",
+    trust_pickle: bool = False,
+) -> SaMam:
+    """Ours or the authors': dispatches on the checkpoint's content (read once)."""
+    ckpt = _torch_load(path, map_location, trust_pickle)
+    net = _our_net(ckpt, backend, path) if isinstance(ckpt.get("samam"), Mapping) else _official_net(ckpt, backend)
+    return net.to(map_location).eval()

@@ -1,0 +1,138 @@
+"""Blocks: the encoder's VSS block, the decoder's style-aware SAVSSM, and their groups."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samam.nn.loe import LoE
+from samam.nn.norms import SAIN, OutNorm, make_norm
+from samam.nn.ss2d import SS2D, StyleSSMParams
+from samam.nn.style import SCM, SConv, StaticDWConv
+from samam.ops.selective_scan import ScanBackend
+
+Mixer = Literal["ssm", "attention"]
+MIXERS: tuple[str, ...] = get_args(Mixer)
+
+
+class AttentionMixer(nn.Module):
+    """Softmax self-attention over all H·W tokens, in place of the scan (the `mixer=attention`
+    arm): same widths, quadratic in tokens, for the linear-vs-quadratic comparison."""
+
+    def __init__(self, d_inner: int, head_dim: int = 64):
+        super().__init__()
+        self.heads = max(1, d_inner // head_dim)
+        self.qkv = nn.Conv2d(d_inner, 3 * d_inner, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
+        b, d, h, w = x.shape
+        q, k, v = self.qkv(x).view(b, 3, self.heads, d // self.heads, h * w).transpose(-1, -2).unbind(1)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d/heads)
+        return y.transpose(-1, -2).reshape(b, d, h, w)
+
+
+def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
+    """A bias-free Linear over channels, as a 1×1 conv so maps stay (B, C, H, W)."""
+    conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+    bound = c_in**-0.5  # nn.Linear's init
+    nn.init.uniform_(conv.weight, -bound, bound)
+    return conv
+
+
+def _make_mixer(mixer: Mixer, d_inner: int, static_params: bool, **ss2d) -> nn.Module:
+    if mixer == "ssm":
+        return SS2D(d_inner, static_params=static_params, **ss2d)
+    if mixer == "attention":
+        return AttentionMixer(d_inner)
+    raise ValueError(f"unknown mixer {mixer!r}; expected one of {MIXERS}")
+
+
+class VSSBlock(nn.Module):
+    """Encoder block: x + out_proj(SS2D(SiLU(DWConv(in_proj(x))))). No norm, no gate."""
+
+    def __init__(self, dim: int, d_inner: int, mixer: Mixer = "ssm", **ss2d):
+        super().__init__()
+        self.in_proj = _conv1x1(dim, d_inner)
+        self.conv = StaticDWConv(d_inner)
+        self.ssm = _make_mixer(mixer, d_inner, static_params=True, **ss2d)
+        self.out_proj = _conv1x1(d_inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ssm(F.silu(self.conv(self.in_proj(x))))
+        return x + self.out_proj(y.to(x.dtype))
+
+
+class SAVSSM(nn.Module):
+    """Style-aware block: out_proj(norm(S7(SiLU(SConv(in_proj(SAIN(E))))))) + SCM(E).
+
+    Ablation switches: ``style_ssm`` (S7 vs S6), ``out_norm``, ``sconv`` (style-generated vs
+    plain depthwise kernel), ``scm`` (gated skip E ⊙ v vs identity E)."""
+
+    def __init__(
+        self,
+        dim: int,
+        d_inner: int,
+        style_dim: int,
+        *,
+        style_ssm: bool = True,
+        out_norm: OutNorm = "sain",
+        sconv: bool = True,
+        scm: bool = True,
+        scm_reduction: int = 4,
+        mixer: Mixer = "ssm",
+        **ss2d,
+    ):
+        super().__init__()
+        self.in_norm = SAIN(dim, style_dim)
+        self.in_proj = _conv1x1(dim, d_inner)
+        self.conv = SConv(d_inner, style_dim) if sconv else StaticDWConv(d_inner)
+        use_style_params = style_ssm and mixer == "ssm"
+        self.ssm = _make_mixer(mixer, d_inner, static_params=not use_style_params, **ss2d)
+        self.style_params = (
+            StyleSSMParams(style_dim, ss2d.get("k", 4), d_inner, ss2d["d_state"]) if use_style_params else None
+        )
+        self.out_norm = make_norm(out_norm, d_inner, style_dim)
+        self.out_proj = _conv1x1(d_inner, dim)
+        self.scm = SCM(style_dim, dim, scm_reduction) if scm else None
+
+    def forward(self, x: torch.Tensor, e_s: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
+        h = self.in_proj(self.in_norm(x, style_vec))
+        h = F.silu(self.conv(h, e_s))
+        A, D = self.style_params(style_vec) if self.style_params is not None else (None, None)
+        y = self.out_norm(self.ssm(h, A, D).to(x.dtype), style_vec)
+        skip = self.scm(x, e_s) if self.scm is not None else x
+        return self.out_proj(y) + skip
+
+
+class Encoder(nn.Module):
+    """Patch embedding (Conv p×p, stride p) → VSS blocks → LoE."""
+
+    def __init__(self, dim: int, patch_size: int, depth: int, d_inner: int, loe: bool, loe_compress: int, loe_squeeze: int, **block):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+        self.blocks = nn.ModuleList(VSSBlock(dim, d_inner, **block) for _ in range(depth))
+        self.loe = LoE(dim, loe_compress, loe_squeeze) if loe else nn.Identity()
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(img)  # (B, C, H/p, W/p)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.loe(x)
+
+
+class SAVSSGroup(nn.Module):
+    """SAVSSG(x) = LoE(SAVSSM_n(…SAVSSM_1(x)…) + x)."""
+
+    def __init__(self, dim: int, depth: int, loe: bool, loe_compress: int, loe_squeeze: int, **block):
+        super().__init__()
+        self.blocks = nn.ModuleList(SAVSSM(dim, **block) for _ in range(depth))
+        self.loe = LoE(dim, loe_compress, loe_squeeze) if loe else nn.Identity()
+
+    def forward(self, x: torch.Tensor, e_s: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
+        h = x
+        for blk in self.blocks:
+            h = blk(h, e_s, style_vec)
+        return self.loe(h + x)

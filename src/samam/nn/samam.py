@@ -1,0 +1,161 @@
+"""The assembled SaMam network (SPEC §1–2). ``SaMam()`` is the released p=8 architecture."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samam.nn.blocks import MIXERS, Encoder, Mixer, SAVSSGroup
+from samam.nn.decoder import ImageDecoder
+from samam.nn.norms import OUT_NORMS, SAIN, OutNorm
+from samam.nn.style import SCM, StyleEmbedder
+from samam.ops.scan_orders import SCAN_NAMES, ScanName
+from samam.ops.selective_scan import resolve_scan_backend
+
+log = logging.getLogger("samam")
+
+Backend = Literal["auto", "torch", "numba", "mamba"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SaMamConfig:
+    """Every constructor argument of :class:`SaMam`; defaults are the released p=8 model."""
+
+    embed_dim: int = 256
+    patch_size: int = 8
+    encoder_depth: int = 2
+    decoder_groups: int = 2
+    decoder_depth: int = 2
+    d_state: int = 16
+    expand: float = 2.0
+    dt_rank: int | None = None  # None: ceil(embed_dim / 16)
+    style_dim: int = 64
+    loe_compress: int = 8
+    loe_squeeze: int = 8
+    scm_reduction: int = 4
+    scan: ScanName = "zigzag"
+    style_ssm: bool = True
+    out_norm: OutNorm = "sain"
+    sconv: bool = True
+    scm: bool = True
+    loe: bool = True
+    zero_init: bool = False
+    mixer: Mixer = "ssm"
+    backend: Backend = "auto"
+
+    def __post_init__(self):
+        choices = {"scan": SCAN_NAMES, "out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
+        if self.embed_dim % 8:
+            raise ValueError(f"embed_dim must be a multiple of 8 (the image decoder halves it 3 times), got {self.embed_dim}")
+
+
+class SaMam(nn.Module):
+    """Style-aware Mamba for arbitrary style transfer.
+
+    ``net(content, style)``: content (B, 3, H, W) and style (B, 3, h, w) in [0, 1] →
+    stylised (B, 3, H, W), no output activation. Any H, W ≥ patch size: the content is
+    reflect-padded to a multiple of the patch size and the output cropped back. Each sample
+    may have its own style; the whole batch runs in one pass.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        cfg = SaMamConfig(**kwargs)
+        self.cfg = cfg
+        c, p = cfg.embed_dim, cfg.patch_size
+        d_inner = int(cfg.expand * c)
+        dt_rank = cfg.dt_rank if cfg.dt_rank is not None else math.ceil(c / 16)
+        self.scan_backend = resolve_scan_backend(cfg.backend)
+        ss2d = dict(d_state=cfg.d_state, dt_rank=dt_rank, scan_order=cfg.scan, backend=self.scan_backend)
+        loe = dict(loe=cfg.loe, loe_compress=cfg.loe_compress, loe_squeeze=cfg.loe_squeeze)
+        enc = dict(dim=c, patch_size=p, depth=cfg.encoder_depth, d_inner=d_inner, mixer=cfg.mixer, **loe, **ss2d)
+        self.content_encoder = Encoder(**enc)
+        self.style_encoder = Encoder(**enc)
+        self.style_embedder = StyleEmbedder(c, cfg.style_dim, n_stages=3 if p == 8 else 4)
+        block = dict(
+            d_inner=d_inner,
+            style_dim=cfg.style_dim,
+            style_ssm=cfg.style_ssm,
+            out_norm=cfg.out_norm,
+            sconv=cfg.sconv,
+            scm=cfg.scm,
+            scm_reduction=cfg.scm_reduction,
+            mixer=cfg.mixer,
+            **ss2d,
+        )
+        self.decoder = nn.ModuleList(SAVSSGroup(c, cfg.decoder_depth, **loe, **block) for _ in range(cfg.decoder_groups))
+        self.image_decoder = ImageDecoder(c, p)
+        if cfg.zero_init:
+            self._zero_init_style_embedders()
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments as a plain dict: ``SaMam(**net.config)`` rebuilds the network."""
+        return dataclasses.asdict(self.cfg)
+
+    def _zero_init_style_embedders(self) -> None:
+        """The release's zero_init: every conv/linear inside SAIN and SCM starts at zero, so
+        SCM's gate starts at 0.5 and SAIN's γ, β at 0."""
+        for m in self.modules():
+            if isinstance(m, (SAIN, SCM)):
+                for layer in m.modules():
+                    if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                        nn.init.zeros_(layer.weight)
+                        if layer.bias is not None:
+                            nn.init.zeros_(layer.bias)
+
+    # ---- validation -------------------------------------------------------------------
+
+    def _check_image(self, x: torch.Tensor, name: str, min_side: int) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{name} must be (B, 3, H, W) RGB in [0, 1], got shape {tuple(x.shape)}")
+        if min(x.shape[-2:]) < min_side:
+            raise ValueError(
+                f"{name} is {x.shape[-2]}x{x.shape[-1]} px; SaMam (patch size {self.cfg.patch_size}) needs at least "
+                f"{min_side} px per side"
+            )
+        if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+
+    # ---- forward ----------------------------------------------------------------------
+
+    def embed_style(self, style: torch.Tensor) -> torch.Tensor:
+        """Style image (B, 3, h, w) → style embedding e_s (B, S, 3, 3)."""
+        self._check_image(style, "style", self.cfg.patch_size * self.style_embedder.min_tokens)
+        return self.style_embedder(self.style_encoder(style))
+
+    def forward(
+        self,
+        content: torch.Tensor,
+        style: torch.Tensor | None = None,
+        *,
+        style_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if (style is None) == (style_embedding is None):
+            raise ValueError("pass exactly one of `style` (images) or `style_embedding` (from embed_style)")
+        p = self.cfg.patch_size
+        # Reflection padding (SConv, image decoder) needs at least 2 tokens per side.
+        self._check_image(content, "content", 2 * p)
+        e_s = self.embed_style(style) if style is not None else style_embedding
+        if e_s.shape[0] != content.shape[0]:
+            raise ValueError(f"batch sizes differ: content {content.shape[0]}, style {e_s.shape[0]}")
+        h, w = content.shape[-2:]
+        pad_h, pad_w = -h % p, -w % p
+        if pad_h or pad_w:
+            content = F.pad(content, (0, pad_w, 0, pad_h), mode="reflect")
+        style_vec = e_s.mean((2, 3))  # (B, S): GAP(e_s), read by SAIN and S7
+        x = self.content_encoder(content)  # (B, C, H/p, W/p)
+        for group in self.decoder:
+            x = group(x, e_s, style_vec)
+        return self.image_decoder(x)[..., :h, :w]

@@ -1,0 +1,184 @@
+import math
+
+import pytest
+import torch
+
+from samam import SaMam
+from samam.ops.selective_scan import numba_available
+
+TINY = dict(
+    embed_dim=32, style_dim=16, d_state=4, encoder_depth=1, decoder_groups=1, decoder_depth=1,
+    loe_compress=4, loe_squeeze=4, backend="torch",
+)  # fmt: skip
+CPU_BACKENDS = ["torch"] + (["numba"] if numba_available() else [])
+
+
+def tiny(**kw) -> SaMam:
+    torch.manual_seed(0)
+    return SaMam(**{**TINY, **kw}).eval()
+
+
+def test_default_is_the_released_architecture():
+    assert sum(p.numel() for p in SaMam(backend="torch").parameters()) == 19_772_007
+    assert sum(p.numel() for p in SaMam(patch_size=4, backend="torch").parameters()) == 20_140_775
+
+
+def test_config_rebuilds_the_network():
+    net = tiny(scan="cross", scm=False)
+    clone = SaMam(**net.config)
+    clone.load_state_dict(net.state_dict())
+    assert net.config == clone.config
+
+
+@pytest.mark.parametrize("patch_size", [4, 8])
+@pytest.mark.parametrize("hw", [(64, 64), (45, 77), (16, 16), (97, 33)])
+def test_output_has_the_content_size(patch_size, hw):
+    net = tiny(patch_size=patch_size)
+    c, s = torch.rand(1, 3, *hw), torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        y = net(c, s)
+    assert y.shape == c.shape and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_batch_of_styles_equals_single_runs(backend):
+    net = tiny(backend=backend)
+    c, s = torch.rand(3, 3, 40, 56), torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        batched = net(c, s)
+        single = torch.cat([net(c[i : i + 1], s[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_different_styles_give_different_outputs():
+    net = tiny()
+    with torch.no_grad():  # a random tiny net barely listens to the style; make it listen
+        net.style_embedder.fc.weight.mul_(30)
+    c = torch.rand(1, 3, 48, 48).expand(2, -1, -1, -1)
+    s = torch.stack([torch.zeros(3, 64, 64), torch.rand(3, 64, 64)])
+    with torch.no_grad():
+        y = net(c, s)
+        same = net(c, s[1:].expand(2, -1, -1, -1))
+    assert torch.equal(same[0], same[1])
+    assert (y[0] - y[1]).abs().max() > 1e-5
+
+
+def test_style_embedding_path_equals_image_path():
+    net = tiny()
+    c, s = torch.rand(2, 3, 40, 40), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(c, s), net(c, style_embedding=net.embed_style(s)))
+    assert net.embed_style(s).shape == (2, 16, 3, 3)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_backends_agree_on_the_network():
+    c, s = torch.rand(2, 3, 40, 48), torch.rand(2, 3, 64, 64)
+    a, b = tiny(backend="torch"), tiny(backend="numba")
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(a(c, s), b(c, s), rtol=1e-4, atol=1e-5)
+
+
+SWITCHES = [
+    dict(scan="cross"), dict(scan="spiral"), dict(scan="hilbert"), dict(style_ssm=False),
+    dict(out_norm="layernorm"), dict(out_norm="instancenorm"), dict(sconv=False), dict(scm=False),
+    dict(loe=False), dict(zero_init=True), dict(mixer="attention"), dict(patch_size=4),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("switch", SWITCHES, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_every_switch_trains_every_parameter(switch):
+    net = tiny(**switch).train()
+    c, s = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 64, 64)
+    net(c, s).square().mean().backward()
+    no_grad = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters outside the graph: {no_grad}"
+
+
+def test_switches_change_the_structure():
+    names = lambda net: {n for n, _ in net.named_parameters()}  # noqa: E731
+    base = names(tiny())
+    assert "decoder.0.blocks.0.style_params.A_gen.weight" in base
+    assert "decoder.0.blocks.0.ssm.A_log" in names(tiny(style_ssm=False))
+    assert not any(".scm." in n for n in names(tiny(scm=False)))
+    assert not any(".loe." in n for n in names(tiny(loe=False)))
+    assert "decoder.0.blocks.0.conv.conv.weight" in names(tiny(sconv=False))
+    assert "decoder.0.blocks.0.out_norm.norm.weight" in names(tiny(out_norm="layernorm"))
+
+
+def test_zero_init_zeroes_sain_and_scm_generators():
+    net = tiny(zero_init=True)
+    blk = net.decoder[0].blocks[0]
+    for p in [blk.in_norm.gamma.proj.weight, blk.out_norm.beta.proj.bias, blk.scm.down.weight, blk.scm.up.weight]:
+        assert torch.count_nonzero(p) == 0
+
+
+def test_s7_parameters_are_functions_of_the_style():
+    blk = tiny().decoder[0].blocks[0]
+    A, D = blk.style_params(torch.randn(2, 16))
+    assert A.shape == (2, 4 * 64, 4) and D.shape == (2, 4 * 64)
+    assert (A < 0).all()
+    assert not torch.allclose(A[0], A[1])
+
+
+def test_dt_bias_init_is_log_uniform_in_range():
+    ssm = SaMam(backend="torch").content_encoder.blocks[0].ssm
+    dt = torch.nn.functional.softplus(ssm.dt_proj_bias)
+    assert dt.min() >= 1e-4 - 1e-9 and dt.max() <= 0.1 + 1e-6
+    assert ssm.dt_proj_weight.abs().max() <= 16**-0.5
+    assert torch.allclose(ssm.A_log[5], torch.log(torch.arange(1.0, 17.0)))
+    assert ssm.dt_rank == math.ceil(256 / 16)
+
+
+class TestBadInput:
+    net = None
+
+    @pytest.fixture(autouse=True)
+    def _net(self):
+        self.net = tiny()
+
+    def test_wrong_channel_count(self):
+        with pytest.raises(ValueError, match=r"content must be \(B, 3, H, W\)"):
+            self.net(torch.rand(1, 4, 32, 32), torch.rand(1, 3, 64, 64))
+
+    def test_not_4d(self):
+        with pytest.raises(ValueError, match="style must be"):
+            self.net(torch.rand(1, 3, 32, 32), torch.rand(3, 64, 64))
+
+    def test_smaller_than_a_patch(self):
+        with pytest.raises(ValueError, match="needs at least 16 px"):
+            self.net(torch.rand(1, 3, 15, 32), torch.rand(1, 3, 64, 64))
+
+    def test_style_too_small_for_the_embedder(self):
+        with pytest.raises(ValueError, match="needs at least 64 px"):
+            self.net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 40, 64))
+
+    def test_nan(self):
+        c = torch.rand(1, 3, 32, 32)
+        c[0, 0, 0, 0] = float("nan")
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            self.net(c, torch.rand(1, 3, 64, 64))
+
+    def test_batch_mismatch(self):
+        with pytest.raises(ValueError, match="batch sizes differ"):
+            self.net(torch.rand(2, 3, 32, 32), torch.rand(1, 3, 64, 64))
+
+    def test_style_and_embedding_exclusive(self):
+        with pytest.raises(ValueError, match="exactly one"):
+            self.net(torch.rand(1, 3, 32, 32))
+
+    @pytest.mark.parametrize(
+        "kw, msg",
+        [
+            (dict(scan="diagonal"), "scan='diagonal' is not one of"),
+            (dict(out_norm="batchnorm"), "out_norm='batchnorm'"),
+            (dict(patch_size=16), "patch_size=16"),
+            (dict(mixer="conv"), "mixer='conv'"),
+            (dict(backend="cuda_magic"), "cuda_magic"),
+            (dict(embed_dim=36), "multiple of 8"),
+        ],
+    )
+    def test_unknown_names(self, kw, msg):
+        with pytest.raises(ValueError, match=msg):
+            SaMam(**{**TINY, **kw})

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from samam.ops.scan_orders import SCAN_NAMES, merge, scan, scan_indices
+
+SIZES = [(1, 1), (1, 6), (5, 1), (2, 2), (3, 4), (4, 4), (5, 7), (8, 6), (9, 9)]
+
+
+def _steps(order: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r, c = order // w, order % w
+    return r.diff().abs(), c.diff().abs()
+
+
+@pytest.mark.parametrize("name", SCAN_NAMES)
+@pytest.mark.parametrize("hw", SIZES)
+def test_orders_are_permutations_and_inverse_inverts(name, hw):
+    h, w = hw
+    order, inverse = scan_indices(name, h, w)
+    assert order.shape == (4, h * w)
+    for k in range(4):
+        assert sorted(order[k].tolist()) == list(range(h * w))
+        assert torch.equal(order[k][inverse[k]], torch.arange(h * w))
+    x = torch.randn(2, 3, h, w)
+    # merge ∘ scan sums the K identical copies: K·x
+    assert torch.allclose(merge(scan(x, order), inverse, h, w), 4 * x)
+
+
+@pytest.mark.parametrize("name", SCAN_NAMES)
+def test_merge_is_adjoint_of_scan(name):
+    h, w = 5, 6
+    order, inverse = scan_indices(name, h, w)
+    x, y = torch.randn(2, 3, h, w), torch.randn(2, 4, 3, h * w)
+    assert torch.allclose((scan(x, order) * y).sum(), (x * merge(y, inverse, h, w)).sum(), atol=1e-4)
+
+
+@pytest.mark.parametrize("hw", SIZES + [(6, 11), (10, 3)])
+@pytest.mark.parametrize("name", ["zigzag", "spiral"])
+def test_continuous_orders_move_to_a_4_neighbour(name, hw):
+    h, w = hw
+    order, _ = scan_indices(name, h, w)
+    for k in range(4):
+        dr, dc = _steps(order[k], w)
+        assert torch.all(dr + dc == 1), f"{name} direction {k} jumps on {h}x{w}"
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (8, 8), (4, 5), (6, 11), (9, 7), (12, 5)])
+def test_hilbert_is_local(hw):
+    h, w = hw
+    order, _ = scan_indices("hilbert", h, w)
+    for k in range(4):
+        dr, dc = _steps(order[k], w)
+        assert torch.all(torch.maximum(dr, dc) == 1)  # 8-adjacent everywhere
+        assert int((dr + dc == 2).sum()) <= 1  # at most one diagonal step (generalised curve)
+
+
+def test_zigzag_matches_the_spec_table():
+    h, w = 4, 5
+    order, _ = scan_indices("zigzag", h, w)
+    idx = lambda i, j: i * w + j  # noqa: E731
+    # (start, second token) per slot: 0 TL→right, 1 BR→left, 2 TR→down, 3 BL→up
+    assert order[0, :2].tolist() == [idx(0, 0), idx(0, 1)]
+    assert order[1, :2].tolist() == [idx(3, 4), idx(3, 3)]
+    assert order[2, :2].tolist() == [idx(0, 4), idx(1, 4)]
+    assert order[3, :2].tolist() == [idx(3, 0), idx(2, 0)]
+    # snake: after the first row the path comes back right-to-left
+    assert order[0, w : w + 2].tolist() == [idx(1, 4), idx(1, 3)]
+    # even H: slot 1 is not the reverse of slot 0
+    assert not torch.equal(order[1], order[0].flip(0))
+
+
+def test_cross_is_raster_column_and_reverses():
+    h, w = 3, 4
+    order, _ = scan_indices("cross", h, w)
+    rows = torch.arange(h * w)
+    cols = torch.arange(h * w).view(h, w).t().reshape(-1)
+    assert torch.equal(order, torch.stack([rows, cols, rows.flip(0), cols.flip(0)]))
+    dr, dc = _steps(order[0], w)
+    assert torch.any(dr + dc != 1)  # jumps at line ends
+
+
+def test_indices_are_cached_per_size_and_device():
+    a = scan_indices("zigzag", 7, 9, "cpu")
+    assert scan_indices("zigzag", 7, 9, "cpu") is a
+    assert scan_indices("zigzag", 9, 7, "cpu") is not a
+
+
+def test_unknown_scan_name():
+    with pytest.raises(ValueError, match="unknown scan order 'diagonal'"):
+        scan_indices("diagonal", 4, 4)

@@ -1,0 +1,171 @@
+"""The loader against release-layout state dicts built from SPEC §7 (names and shapes)."""
+
+import collections
+
+import pytest
+import torch
+
+from samam import SaMam, load_checkpoint, load_model, load_official_checkpoint
+from samam.checkpoint import CheckpointError
+
+TINY = dict(embed_dim=32, style_dim=16, d_state=4, encoder_depth=1, decoder_groups=1, decoder_depth=2,
+            loe_compress=4, loe_squeeze=4)  # fmt: skip
+
+
+def release_state_dict(C=256, p=8, enc=2, groups=2, depth=2, N=16, expand=2.0, S=64, lc=8, ls=8, red=4):
+    """Random tensors under the release's names and shapes (SPEC §7), prefix ``model.``."""
+    D, R = int(expand * C), -(-C // 16)
+    shapes: dict[str, tuple] = {}
+
+    def loe(prefix):
+        shapes.update({
+            f"{prefix}.cab.0.weight": (C // lc, C, 3, 3), f"{prefix}.cab.0.bias": (C // lc,),
+            f"{prefix}.cab.2.weight": (C, C // lc, 3, 3), f"{prefix}.cab.2.bias": (C,),
+            f"{prefix}.cab.3.attention.1.weight": (C // ls, C, 1, 1), f"{prefix}.cab.3.attention.1.bias": (C // ls,),
+            f"{prefix}.cab.3.attention.3.weight": (C, C // ls, 1, 1), f"{prefix}.cab.3.attention.3.bias": (C,),
+        })  # fmt: skip
+
+    def scan(prefix):
+        shapes.update({
+            f"{prefix}.x_proj_weight": (4, R + 2 * N, D), f"{prefix}.dt_projs_weight": (4, D, R),
+            f"{prefix}.dt_projs_bias": (4, D), f"{prefix}.in_proj.weight": (D, C), f"{prefix}.out_proj.weight": (C, D),
+        })  # fmt: skip
+
+    for e in ("content_encoder", "style_encoder"):
+        shapes[f"{e}.0.proj.weight"], shapes[f"{e}.0.proj.bias"] = (C, 3, p, p), (C,)
+        for i in range(1, enc + 1):
+            scan(f"{e}.{i}.SSM")
+            shapes.update({f"{e}.{i}.SSM.conv2d.weight": (D, 1, 3, 3), f"{e}.{i}.SSM.conv2d.bias": (D,),
+                           f"{e}.{i}.SSM.A_logs": (4 * D, N), f"{e}.{i}.SSM.Ds": (4 * D,)})  # fmt: skip
+        loe(f"{e}.{enc + 1}")
+    for i in (0, 3, 6):
+        shapes[f"global_embedder.downscale.{i}.weight"], shapes[f"global_embedder.downscale.{i}.bias"] = (C, C, 3, 3), (C,)
+    if p == 4:
+        shapes["global_embedder.downscale2.0.weight"], shapes["global_embedder.downscale2.0.bias"] = (C, C, 3, 3), (C,)
+    shapes["global_embedder.fc.weight"], shapes["global_embedder.fc.bias"] = (9 * S, 16 * C), (9 * S,)
+    for g in range(groups):
+        for b in range(depth):
+            m = f"SAVSSGs.{g}.SAVSSMs.{b}"
+            scan(f"{m}.SSM")
+            for norm, ch in ((f"{m}.SAIN1", C), (f"{m}.SSM.SAIN", D)):
+                for gb in ("gamma", "beta"):
+                    shapes[f"{norm}.compress_{gb}.1.weight"], shapes[f"{norm}.compress_{gb}.1.bias"] = (ch, S, 1, 1), (ch,)
+            shapes.update({
+                f"{m}.SSM.SConv.compress_key.0.weight": (D, S, 3, 3), f"{m}.SSM.SConv.compress_key.0.bias": (D,),
+                f"{m}.SSM.A_logs_generate.1.weight": (4 * D * N, S, 1, 1), f"{m}.SSM.A_logs_generate.1.bias": (4 * D * N,),
+                f"{m}.SSM.Ds_generate.1.weight": (4 * D, S, 1, 1), f"{m}.SSM.Ds_generate.1.bias": (4 * D,),
+                f"{m}.ca.conv_du.0.weight": (S // red, S, 3, 3), f"{m}.ca.conv_du.1.weight": (1,),
+                f"{m}.ca.conv_du.2.weight": (C, S // red, 1, 1),
+            })  # fmt: skip
+        loe(f"SAVSSGs.{g}.LoE")
+    convs = {8: [(1, C, C // 2), (5, C // 2, C // 2), (8, C // 2, C // 2), (11, C // 2, C // 2), (14, C // 2, C // 4),
+                 (18, C // 4, C // 4), (21, C // 4, C // 8), (25, C // 8, C // 8), (28, C // 8, 3)],
+             4: [(1, C, C // 2), (5, C // 2, C // 2), (8, C // 2, C // 2), (11, C // 2, C // 4), (15, C // 4, C // 4),
+                 (18, C // 4, C // 8), (21, C // 8, C // 8), (24, C // 8, 3)]}[p]  # fmt: skip
+    for i, cin, cout in convs:
+        shapes[f"decoder.decoder.{i}.weight"], shapes[f"decoder.decoder.{i}.bias"] = (cout, cin, 3, 3), (cout,)
+    g = torch.Generator().manual_seed(0)
+    sd = collections.OrderedDict(("model." + k, 0.05 * torch.randn(s, generator=g)) for k, s in shapes.items())
+    sd["loss_func.enc_1.0.weight"] = torch.randn(3, 3, 1, 1)  # frozen VGG, dropped by the loader
+    return sd
+
+
+def save(tmp_path, sd, name="release.ckpt"):
+    path = tmp_path / name
+    torch.save({"state_dict": sd, "pytorch-lightning_version": "2.3.0", "global_step": 200000}, path)
+    return path
+
+
+@pytest.mark.parametrize("p, params", [(8, 19_772_007), (4, 20_140_775)])
+def test_release_layout_has_the_released_parameter_count(p, params):
+    sd = release_state_dict(p=p)
+    assert sum(v.numel() for k, v in sd.items() if k.startswith("model.")) == params
+
+
+@pytest.mark.parametrize("p", [8, 4])
+def test_loads_the_full_size_release_layout(tmp_path, p):
+    sd = release_state_dict(p=p)
+    net = load_official_checkpoint(save(tmp_path, sd), backend="torch")
+    assert not net.training
+    assert net.config["patch_size"] == p and net.config["embed_dim"] == 256
+    assert sum(x.numel() for x in net.parameters()) == sum(v.numel() for k, v in sd.items() if k.startswith("model."))
+    own = net.state_dict()
+    assert torch.equal(own["content_encoder.blocks.1.ssm.A_log"], sd["model.content_encoder.2.SSM.A_logs"])
+    assert torch.equal(
+        own["decoder.1.blocks.0.style_params.A_gen.weight"], sd["model.SAVSSGs.1.SAVSSMs.0.SSM.A_logs_generate.1.weight"][:, :, 0, 0]
+    )
+    assert torch.equal(own["decoder.0.blocks.1.in_proj.weight"][:, :, 0, 0], sd["model.SAVSSGs.0.SAVSSMs.1.SSM.in_proj.weight"])
+    assert torch.equal(own["image_decoder.layers.28.bias" if p == 8 else "image_decoder.layers.24.bias"],
+                       sd["model.decoder.decoder.28.bias" if p == 8 else "model.decoder.decoder.24.bias"])  # fmt: skip
+
+
+def test_infers_every_size_of_a_small_family_member(tmp_path):
+    sd = release_state_dict(C=32, p=8, enc=1, groups=3, depth=1, N=4, expand=1.5, S=16, lc=4, ls=2, red=2)
+    net = load_official_checkpoint(save(tmp_path, sd), backend="torch")
+    cfg = net.config
+    assert (cfg["embed_dim"], cfg["encoder_depth"], cfg["decoder_groups"], cfg["decoder_depth"]) == (32, 1, 3, 1)
+    assert (cfg["d_state"], cfg["expand"], cfg["style_dim"]) == (4, 1.5, 16)
+    assert (cfg["loe_compress"], cfg["loe_squeeze"], cfg["scm_reduction"]) == (4, 2, 2)
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 40, 48), torch.rand(1, 3, 64, 64)).shape == (1, 3, 40, 48)
+
+
+def test_damaged_checkpoint_lists_every_mismatch(tmp_path):
+    sd = release_state_dict(C=32, enc=1, groups=1, depth=1, N=4, S=16, lc=4, ls=4)
+    del sd["model.SAVSSGs.0.SAVSSMs.0.SSM.Ds_generate.1.bias"]
+    sd["model.SAVSSGs.0.SAVSSMs.0.SSM.extra_thing"] = torch.zeros(3)
+    sd["model.style_encoder.1.SSM.dt_projs_bias"] = torch.zeros(4, 7)
+    with pytest.raises(CheckpointError) as err:
+        load_official_checkpoint(save(tmp_path, sd), backend="torch")
+    msg = str(err.value)
+    assert "missing in checkpoint: decoder.0.blocks.0.style_params.D_gen.bias" in msg
+    assert "not used by the model: model.SAVSSGs.0.SAVSSMs.0.SSM.extra_thing" in msg
+    assert "shape mismatch: model.style_encoder.1.SSM.dt_projs_bias: checkpoint (4, 7) vs model (4, 64)" in msg
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    other = {"state_dict": {"model.backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}}
+    torch.save(other, tmp_path / "resnet.ckpt")
+    with pytest.raises(CheckpointError, match="not a SaMam release checkpoint"):
+        load_official_checkpoint(tmp_path / "resnet.ckpt")
+    with pytest.raises(CheckpointError, match="no 'samam' entry"):
+        load_checkpoint(tmp_path / "resnet.ckpt")
+
+
+class Opaque:  # needs arbitrary unpickling
+    def __init__(self):
+        self.lr = 1e-4
+
+
+def test_pickled_objects_are_refused_unless_trusted(tmp_path):
+    sd = release_state_dict(C=32, enc=1, groups=1, depth=1, N=4, S=16, lc=4, ls=4)
+    torch.save({"state_dict": sd, "hyper_parameters": Opaque()}, tmp_path / "pickled.ckpt")
+    with pytest.raises(CheckpointError, match="trust_pickle=True"):
+        load_official_checkpoint(tmp_path / "pickled.ckpt", backend="torch")
+    net = load_official_checkpoint(tmp_path / "pickled.ckpt", backend="torch", trust_pickle=True)
+    assert isinstance(net, SaMam)
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model(tmp_path / "nope.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_model(tmp_path / "junk.ckpt")
+
+
+def test_our_checkpoint_round_trips_and_load_model_dispatches(tmp_path):
+    torch.manual_seed(1)
+    net = SaMam(**TINY, scan="hilbert", scm=False, backend="torch").eval()
+    ckpt = {"state_dict": {"net." + k: v for k, v in net.state_dict().items()},
+            "samam": {"model": net.config, "config": None, "version": 1}}  # fmt: skip
+    torch.save(ckpt, tmp_path / "ours.ckpt")
+    c, s = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(c, s)
+        for loader in (load_checkpoint, load_model):
+            back = loader(tmp_path / "ours.ckpt", backend="torch")
+            assert back.config["scan"] == "hilbert" and not back.config["scm"]
+            torch.testing.assert_close(back(c, s), ref)
+    sd = release_state_dict(C=32, enc=1, groups=1, depth=1, N=4, S=16, lc=4, ls=4)
+    assert load_model(save(tmp_path, sd), backend="torch").config["embed_dim"] == 32
