@@ -182,3 +182,19 @@ class TestBadInput:
     def test_unknown_names(self, kw, msg):
         with pytest.raises(ValueError, match=msg):
             SaMam(**{**TINY, **kw})
+
+
+@pytest.mark.parametrize("patch_size", [4, 8])
+def test_strip_decoding_equals_the_unsplit_decoder(patch_size):
+    from samam.nn.decoder import ImageDecoder
+
+    torch.manual_seed(0)
+    dec = ImageDecoder(32, patch_size)
+    x = torch.randn(2, 32, 37, 11)
+    with torch.no_grad():
+        full = dec(x, max_elements=None)
+        per_row = 2 * 11 * dec.peak_per_token
+        for rows in (1, 3, 8):  # strips of 1, 3 and 8 token rows (plus halo)
+            split = dec(x, max_elements=per_row * (rows + 2 * dec.halo))
+            torch.testing.assert_close(split, full, rtol=1e-5, atol=1e-6)
+    assert full.shape == (2, 3, 37 * patch_size, 11 * patch_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -14,23 +16,49 @@ _PLANS: dict[int, list[tuple[int, ...]]] = {
 
 class ImageDecoder(nn.Module):
     """[ReflectionPad(1) → Conv3×3 → ReLU] layers with nearest ×2 upsampling (SPEC §2.4);
-    the last conv has no ReLU. Layer indices equal the release's, so weights map 1:1."""
+    the last conv has no ReLU. Layer indices equal the release's, so weights map 1:1.
+
+    Large outputs are decoded in horizontal strips of token rows with a halo wide enough
+    that every kept pixel sees exactly what the unsplit pass sees, so results are identical
+    while peak memory stays bounded and no tensor outgrows 32-bit indexing (the release
+    fails at 8192² in this decoder's reflection padding).
+    """
 
     def __init__(self, channels: int, patch_size: int):
         super().__init__()
         if patch_size not in _PLANS:
             raise ValueError(f"patch_size must be one of {sorted(_PLANS)}, got {patch_size}")
+        self.patch_size = patch_size
         layers: list[nn.Module] = []
         plan = _PLANS[patch_size]
+        scale, radius, peak = 1, 0.0, channels
         for i, step in enumerate(plan):
             if step == ("up",):
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                scale *= 2
                 continue
             c_in, c_out = channels // step[0], (channels // step[1] if step[1] else 3)
             layers += [nn.ReflectionPad2d(1), nn.Conv2d(c_in, c_out, 3)]
             if i < len(plan) - 1:
                 layers.append(nn.ReLU())
+            radius += 1 / scale  # a 3×3 conv sees one more pixel at this scale, in token units
+            peak = max(peak, c_in * scale * scale, c_out * scale * scale)
         self.layers = nn.Sequential(*layers)
+        # A strip's cut edges are reflection-padded wrongly; the error creeps inward by the
+        # receptive radius. One token of slack on top keeps the kept rows exact.
+        self.halo = math.ceil(radius) + 1
+        self.peak_per_token = peak  # largest activation, elements per input token
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, max_elements: int | None = 2**28) -> torch.Tensor:
+        """x (B, C, h, w) → (B, 3, h·p, w·p). Strips keep every activation ≤ max_elements."""
+        b, _, h, w = x.shape
+        per_row = b * w * self.peak_per_token
+        if max_elements is None or per_row * h <= max_elements:
+            return self.layers(x)
+        rows = max(1, max_elements // per_row - 2 * self.halo)
+        p, out = self.patch_size, []
+        for top in range(0, h, rows):
+            lo, hi = max(0, top - self.halo), min(h, top + rows + self.halo)
+            y = self.layers(x[:, :, lo:hi])
+            out.append(y[:, :, (top - lo) * p : (min(h, top + rows) - lo) * p])
+        return torch.cat(out, dim=2)
