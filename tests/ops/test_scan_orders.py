@@ -87,3 +87,11 @@ def test_indices_are_cached_per_size_and_device():
 def test_unknown_scan_name():
     with pytest.raises(ValueError, match="unknown scan order 'diagonal'"):
         scan_indices("diagonal", 4, 4)
+
+
+def test_indices_built_under_inference_mode_serve_training():
+    with torch.inference_mode():
+        order, inverse = scan_indices("zigzag", 13, 3)
+    x = torch.randn(1, 2, 13, 3, requires_grad=True)
+    merge(scan(x, order), inverse, 13, 3).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 4.0))

@@ -141,10 +141,13 @@ def scan_indices(name: str, h: int, w: int, device: torch.device | str = "cpu") 
         raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES}")
     if h < 1 or w < 1:
         raise ValueError(f"scan grid must be at least 1x1, got {h}x{w}")
-    order = _BUILDERS[name](h, w)
-    inverse = torch.empty_like(order)
-    inverse.scatter_(1, order, torch.arange(h * w).expand_as(order).contiguous())
-    return order.to(device), inverse.to(device)
+    # Cached tensors outlive the caller's mode: built under inference_mode they would be
+    # inference tensors, which a later training step cannot save for backward.
+    with torch.inference_mode(False), torch.no_grad():
+        order = _BUILDERS[name](h, w)
+        inverse = torch.empty_like(order)
+        inverse.scatter_(1, order, torch.arange(h * w).expand_as(order).contiguous())
+        return order.to(device), inverse.to(device)
 
 
 def scan(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
