@@ -1,0 +1,303 @@
+"""Content/style image pairs for training (SPEC §5: resize 512×512, random crop 256, uniform pairs).
+
+Shapes: B batch, H, W crop size. Images are float (3,H,W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# A truncated file must fail, not decode into a grey half image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+Verify = Literal["full", "header", "none"]
+
+
+def list_images(folder: str | Path, what: str) -> list[Path]:
+    """All image files under ``folder`` (recursive, sorted). Missing or empty folders fail with what was found."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what} folder {str(root)!r} does not exist (absolute: {root.resolve()})")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) == 0:
+        found = Counter(p.suffix.lower() or "<no suffix>" for p in root.rglob("*") if p.is_file())
+        summary = ", ".join(f"{n} × {ext}" for ext, n in found.most_common(8)) or "nothing"
+        raise FileNotFoundError(
+            f"{what} folder {str(root)!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}, recursive); found: {summary}"
+        )
+    return files
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode any still image to 8-bit RGB: grayscale, RGBA/LA and palette (on white), 16-bit, float, CMYK."""
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            arr = np.asarray(im, dtype=np.float64)
+            hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            if im.mode == "F" and arr.max() <= 1.0:
+                hi = 1.0
+            im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            rgba = im.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, rgba)
+        return im.convert("RGB")
+
+
+def check_image(path: Path, verify: Verify) -> str | None:
+    """None if usable, else the reason. 'header' reads headers only; 'full' decodes."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        if verify == "header":
+            with Image.open(path) as im:
+                im.verify()
+        elif verify == "full":
+            load_rgb(path)
+    except Exception as err:  # PIL raises many types for bad files
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def to_tensor(im: Image.Image) -> Tensor:
+    """PIL RGB -> (3,H,W) float in [0,1]."""
+    arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_for_crop(im: Image.Image, resize: int | None, crop: int) -> Image.Image:
+    """Resize to resize×resize (aspect not kept, as the release); with resize=None only scale up images
+    whose short side is below the crop."""
+    if resize is not None:
+        if resize < crop:
+            raise ValueError(f"resize={resize} is smaller than crop={crop}")
+        return im.resize((resize, resize), Image.BICUBIC)
+    w, h = im.size
+    if min(w, h) < crop:
+        scale = crop / min(w, h)
+        return im.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.BICUBIC)
+    return im
+
+
+class SkipLog:
+    """Bad files seen by this process: one warning each, counted."""
+
+    def __init__(self) -> None:
+        self.paths: set[Path] = set()
+
+    def add(self, path: Path, reason: str) -> None:
+        if path not in self.paths:
+            self.paths.add(path)
+            log.warning("skipping unreadable image %s (%s)", path, reason)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class RandomPairs(IterableDataset):
+    """Endless uniformly random (content, style) crops. Each (seed, rank, worker, start step) gets its own
+    stream, so ranks and workers never repeat each other and a resumed run does not replay the start."""
+
+    def __init__(
+        self,
+        content: Sequence[Path],
+        style: Sequence[Path],
+        crop: int = 256,
+        resize: int | None = 512,
+        seed: int = 0,
+        rank: int = 0,
+        start_step: int = 0,
+    ) -> None:
+        super().__init__()
+        self.content, self.style = list(content), list(style)
+        self.crop, self.resize = crop, resize
+        self.seed, self.rank, self.start_step = seed, rank, start_step
+        self.skipped = SkipLog()
+
+    def _crop(self, path: Path, rng: np.random.Generator) -> Tensor:
+        im = resize_for_crop(load_rgb(path), self.resize, self.crop)
+        w, h = im.size
+        x = int(rng.integers(0, w - self.crop + 1))
+        y = int(rng.integers(0, h - self.crop + 1))
+        return to_tensor(im.crop((x, y, x + self.crop, y + self.crop)))  # (3,crop,crop)
+
+    def _draw(self, files: list[Path], rng: np.random.Generator) -> Tensor:
+        while True:
+            good = [p for p in files if p not in self.skipped.paths] if len(self.skipped) else files
+            if len(good) == 0:
+                raise RuntimeError("every image in the folder failed to decode; see the warnings above")
+            path = good[int(rng.integers(len(good)))]
+            try:
+                return self._crop(path, rng)
+            except Exception as err:  # corrupt/truncated: skip and draw again
+                self.skipped.add(path, f"{type(err).__name__}: {err}")
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
+        while True:
+            c = self._draw(self.content, rng)
+            s = self._draw(self.style, rng)
+            yield {
+                "content": c,
+                "style": s,
+                "skipped": torch.tensor(len(self.skipped)),
+                "worker": torch.tensor(worker),
+            }
+
+
+class FixedPairs(Dataset):
+    """Deterministic validation pairs, resized to size×size (no crop)."""
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], size: int) -> None:
+        self.pairs, self.size = list(pairs), size
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _load(self, path: Path) -> Tensor:
+        return to_tensor(load_rgb(path).resize((self.size, self.size), Image.BICUBIC))
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        c, s = self.pairs[i]
+        return {"content": self._load(c), "style": self._load(s)}
+
+
+class StyleTransferDataModule(L.LightningDataModule):
+    """Content and style folders -> endless random training pairs + fixed validation pairs.
+
+    ``batch_size`` is the global batch; each device gets batch_size / world_size.
+    ``verify`` checks every file at setup: 'header' (fast, catches empty and non-image files),
+    'full' (decodes everything; small folders), 'none'. Files that fail later are skipped while
+    training. Either way each bad file is warned about once and counted (``skipped``).
+    """
+
+    def __init__(
+        self,
+        content_dir: str,
+        style_dir: str,
+        batch_size: int = 8,
+        crop: int = 256,
+        resize: int | None = 512,
+        num_workers: int = 4,
+        val_pairs: int = 4,
+        val_size: int = 256,
+        verify: Verify = "header",
+        seed: int = 0,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.content_dir, self.style_dir = content_dir, style_dir
+        self.batch_size, self.crop, self.resize = batch_size, crop, resize
+        self.num_workers, self.val_pairs, self.val_size = num_workers, val_pairs, val_size
+        self.verify, self.seed, self.pin_memory = verify, seed, pin_memory
+        self.setup_skipped = SkipLog()
+        self.content_files: list[Path] = []
+        self.style_files: list[Path] = []
+        self.fixed_pairs: list[tuple[Path, Path]] = []
+        self._train: RandomPairs | None = None
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world = 1 if self.trainer is None else self.trainer.world_size
+        if self.batch_size % world != 0:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} (global) does not divide over {world} devices "
+                f"(devices × num_nodes); choose a multiple of {world}"
+            )
+        return self.batch_size // world
+
+    def _usable(self, files: list[Path]) -> list[Path]:
+        if self.verify == "none":
+            return files
+        good = []
+        for p in files:
+            reason = check_image(p, self.verify)
+            if reason is None:
+                good.append(p)
+            else:
+                self.setup_skipped.add(p, reason)
+        return good
+
+    def setup(self, stage: str | None = None) -> None:
+        if len(self.content_files) > 0:
+            return
+        _ = self.per_device_batch_size  # fail early on an indivisible batch
+        content = self._usable(list_images(self.content_dir, "content"))
+        style = self._usable(list_images(self.style_dir, "style"))
+        for files, what, folder in ((content, "content", self.content_dir), (style, "style", self.style_dir)):
+            if len(files) == 0:
+                raise FileNotFoundError(f"{what} folder {folder!r}: every image failed to decode")
+        self.content_files, self.style_files = content, style
+        self.fixed_pairs = self._pick_val_pairs()
+        log.info(
+            "data: %d content, %d style images, %d skipped at setup, %d validation pairs",
+            len(content),
+            len(style),
+            len(self.setup_skipped),
+            len(self.fixed_pairs),
+        )
+
+    def _pick_val_pairs(self) -> list[tuple[Path, Path]]:
+        rng = np.random.default_rng([self.seed, 9173])
+        pairs: list[tuple[Path, Path]] = []
+        c_order = rng.permutation(len(self.content_files))
+        s_order = rng.permutation(len(self.style_files))
+        # Fully decode the few validation images so a bad one is replaced now, not at step 1000.
+        c_ok = [
+            self.content_files[i]
+            for i in c_order[: 4 * self.val_pairs]
+            if check_image(self.content_files[i], "full") is None
+        ]
+        s_ok = [
+            self.style_files[i]
+            for i in s_order[: 4 * self.val_pairs]
+            if check_image(self.style_files[i], "full") is None
+        ]
+        for i in range(self.val_pairs):
+            if len(c_ok) == 0 or len(s_ok) == 0:
+                break
+            pairs.append((c_ok[i % len(c_ok)], s_ok[i % len(s_ok)]))
+        return pairs
+
+    @property
+    def skipped(self) -> int:
+        return len(self.setup_skipped)
+
+    def train_dataloader(self) -> DataLoader:
+        rank = 0 if self.trainer is None else self.trainer.global_rank
+        start = 0 if self.trainer is None else self.trainer.global_step
+        self._train = RandomPairs(
+            self.content_files, self.style_files, self.crop, self.resize, self.seed, rank, start
+        )
+        return DataLoader(
+            self._train,
+            batch_size=self.per_device_batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataset(self) -> FixedPairs:
+        return FixedPairs(self.fixed_pairs, self.val_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset(), batch_size=max(1, len(self.fixed_pairs)), num_workers=0)

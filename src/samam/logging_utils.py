@@ -1,0 +1,76 @@
+"""Weights & Biases setup that never waits on a login prompt, and run teardown."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import sys
+from typing import Literal
+
+from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY", "") != "":
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: WandbMode | None) -> WandbMode:
+    """Config value first, then $WANDB_MODE; with neither and no API key: offline (never a login prompt)."""
+    if mode is not None:
+        return mode
+    env = os.environ.get("WANDB_MODE", "")
+    if env in ("online", "offline", "disabled"):
+        return env  # type: ignore[return-value]
+    if env == "dryrun":
+        return "offline"
+    if _has_wandb_credentials():
+        return "online"
+    log.warning(
+        "W&B: no API key and no mode set -> logging OFFLINE. Sync later with `wandb sync <dir>`, "
+        "or set logger.wandb.mode=online after `wandb login`, or WANDB_MODE=disabled to turn it off."
+    )
+    return "offline"
+
+
+def wandb_logger(
+    project: str,
+    save_dir: str,
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    name: str | None = None,
+    mode: WandbMode | None = None,
+    log_model: bool = False,
+) -> WandbLogger:
+    """WandbLogger with a resolved mode; the run starts lazily on first use (rank 0 only)."""
+    resolved = resolve_wandb_mode(mode)
+    os.makedirs(save_dir, exist_ok=True)
+    return WandbLogger(
+        project=project,
+        entity=entity,
+        group=group,
+        tags=None if tags is None else list(tags),
+        name=name,
+        save_dir=save_dir,
+        mode=resolved,
+        log_model=log_model,
+    )
+
+
+def finish_wandb() -> None:
+    """Close the active W&B run, so the next multirun job starts its own."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()

@@ -1,0 +1,155 @@
+"""LightningModule: SaMam + perceptual losses, Adam with per-iteration inverse LR decay.
+
+Shapes: B batch, H, W crop size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from samam.losses import StyleTransferLoss
+
+log = logging.getLogger(__name__)
+CHECKPOINT_VERSION = 1
+
+
+class InverseDecay:
+    """lr(it) / lr0 = 1 / (1 + decay · it); a class (not a lambda) so LambdaLR state pickles."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    def __call__(self, it: int) -> float:
+        return 1.0 / (1.0 + self.decay * it)
+
+
+def inverse_decay(optimizer: Optimizer, decay: float = 2e-5) -> LambdaLR:
+    """The release's schedule, lr(it) = lr0 / (1 + decay · it), stepped every iteration."""
+    return LambdaLR(optimizer, InverseDecay(decay))
+
+
+def image_grid(content: Tensor, style: Tensor, output: Tensor) -> np.ndarray:
+    """Rows of content | style | output. Inputs (B,3,H,W) in [0,1] -> (B·H, 3·W, 3) uint8."""
+    rows = torch.cat([content, style, output.clamp(0, 1)], dim=3)  # (B,3,H,3W)
+    grid = torch.cat(list(rows), dim=1)  # (3,B·H,3W)
+    return (grid.permute(1, 2, 0).float().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+class StyleTransferModule(L.LightningModule):
+    """Trains ``net`` (a SaMam) with ``loss``. Holds the network as ``self.net`` so checkpoints carry
+    ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, config: run config, version}."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: StyleTransferLoss,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        compile: bool = False,
+        sample_dir: str | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.compile_net = compile
+        self.sample_dir = sample_dir
+        self.run_config = run_config
+        self.last_grid_path: Path | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.compile_net:
+            self.net.compile()  # in place: state_dict keys stay net.*
+
+    def forward(self, content: Tensor, style: Tensor) -> Tensor:
+        return self.net(content, style)
+
+    def _step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        c, s = batch["content"], batch["style"]  # (B,3,H,W) each
+        b = c.shape[0]
+        # The three passes (c+s, c+c, s+s) as one batched forward of 3B.
+        out = self.net(torch.cat([c, c, s]), torch.cat([s, c, s]))  # (3B,3,H,W)
+        ics, icc, iss = out.split(b)
+        return self.loss(ics, icc, iss, c, s)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self._step(batch)
+        b = batch["content"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=b)
+        self.log("train/loss", losses["loss"].detach(), prog_bar=True, batch_size=b)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and "skipped" in batch:
+            # Each batch comes from one worker; its count is that worker's running total.
+            if not hasattr(self, "_worker_skips"):
+                self._worker_skips: dict[int, int] = {}
+            self._worker_skips[int(batch["worker"][0])] = int(batch["skipped"].max())
+            self.log("data/skipped", float(dm.skipped + sum(self._worker_skips.values())), batch_size=b)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        losses = self._step(batch)
+        self.log_dict(
+            {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=batch["content"].shape[0]
+        )
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "val_dataset") or len(dm.fixed_pairs) == 0:
+            return
+        ds = dm.val_dataset()
+        c = torch.stack([ds[i]["content"] for i in range(len(ds))]).to(self.device)  # (P,3,H,W)
+        s = torch.stack([ds[i]["style"] for i in range(len(ds))]).to(self.device)
+        grid = image_grid(c, s, self.net(c, s))  # (P·H, 3W, 3) uint8
+        step = self.trainer.global_step
+        if self.sample_dir is not None:
+            out = Path(self.sample_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            self.last_grid_path = out / f"step{step:07d}.png"
+            Image.fromarray(grid).save(self.last_grid_path)
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):  # W&B; images must be uint8 (floats are saved black)
+                logger.log_image(
+                    key="val/samples", images=[grid], step=step, caption=["content | style | output"]
+                )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen VGG is rebuilt from loss.vgg; storing it would add ~80 MB per checkpoint.
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss.")
+        }
+        checkpoint["samam"] = {
+            "model": dict(self.net.config),
+            "config": self.run_config,
+            "version": CHECKPOINT_VERSION,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before load_state_dict: put the current loss network back so strict loading passes.
+        checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})

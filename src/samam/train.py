@@ -1,0 +1,144 @@
+"""Training entry logic: config -> objects -> Lightning. ``train.py`` at the repo root calls ``main``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from samam.callbacks import AtomicCheckpointIO, LossSummary
+from samam.logging_utils import finish_wandb
+
+log = logging.getLogger(__name__)
+
+
+def world_size(devices: Any, num_nodes: int) -> int | None:
+    """Processes a Trainer would start; None when it depends on the machine ('auto', -1)."""
+    if isinstance(devices, int) and devices >= 0:
+        return devices * num_nodes
+    if isinstance(devices, str) and devices.isdigit():
+        return int(devices) * num_nodes
+    if isinstance(devices, list | tuple):
+        return len(devices) * num_nodes
+    return None
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse Hydra multirun on the in-process (basic) launcher combined with a multi-process DDP
+    launch: Lightning would re-run this script per rank inside a sweep job, and the ranks of one job
+    would join the sweep. Sweep DDP jobs on a cluster launcher (hydra/launcher=slurm) instead."""
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    launcher = hc.runtime.choices.get("hydra/launcher", "basic")
+    if "submitit" in str(launcher) or launcher == "slurm":
+        return
+    strategy = cfg.trainer.get("strategy", "auto")
+    strategy_name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
+    n = world_size(cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
+    if "ddp" in strategy_name.lower() and n != 1:
+        raise RuntimeError(
+            f"Refusing `-m` (multirun) with trainer={hc.runtime.choices.get('trainer')} "
+            f"({strategy_name}, devices={cfg.trainer.get('devices')}, num_nodes={cfg.trainer.get('num_nodes')}) "
+            f"on the '{launcher}' launcher: one run must be one process group. Either sweep on SLURM "
+            "(add hydra/launcher=slurm, or submitit_slurm) so each arm gets its own srun job, or run the "
+            "arms one by one without -m (python train.py experiment=... trainer=ddp)."
+        )
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    """experiment name plus this job's command-line overrides (distinct per sweep arm)."""
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        overrides = [
+            o
+            for o in HydraConfig.get().overrides.task
+            if not o.startswith(("experiment=", "hydra", "paths."))
+        ]
+    return ",".join([str(cfg.experiment_name)] + overrides)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if group is None:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def main(cfg: DictConfig) -> dict[str, float]:
+    """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
+    check_launch(cfg)
+    if cfg.run_name is None:
+        with open_dict(cfg):
+            cfg.run_name = default_run_name(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(run_config, dict)
+
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model)
+    loss = instantiate(cfg.loss)
+    module = instantiate(cfg.module, net=net, loss=loss)
+    module.run_config = run_config  # not via instantiate: it would build every _target_ inside it
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers if len(loggers) > 0 else False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    for lg in loggers:
+        lg.log_hyperparams(run_config)
+
+    try:
+        if cfg.validate_before_training and cfg.ckpt_path is None:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        last = _final_checkpoint(trainer)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if trainer.is_global_zero:
+            _report(trainer, module, last)
+        return metrics
+    finally:
+        finish_wandb()
+
+
+def _final_checkpoint(trainer: L.Trainer) -> Path | None:
+    """Save last.ckpt for the final step if the periodic callback has not (max_steps off the interval)."""
+    ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if ckpt is None or ckpt.dirpath is None:
+        return None
+    last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
+    if ckpt._last_global_step_saved != trainer.global_step or not last.is_file():
+        trainer.save_checkpoint(last)
+    return last
+
+
+def _report(trainer: L.Trainer, module: Any, last: Path | None) -> None:
+    lines = [f"trained {trainer.global_step} steps"]
+    if last is not None:
+        lines.append(f"checkpoint: {last.resolve()}")
+    if getattr(module, "last_grid_path", None) is not None:
+        lines.append(f"sample grid (content | style | output): {Path(module.last_grid_path).resolve()}")
+    summary = next((c for c in trainer.callbacks if isinstance(c, LossSummary)), None)
+    if summary is not None:
+        s = summary.summary()
+        for key, what in (
+            ("val", "fixed validation pairs"),
+            ("train", f"mean of first/last {summary.window} steps"),
+        ):
+            if f"{key}_start" in s:
+                a, b = s[f"{key}_start"], s[f"{key}_end"]
+                lines.append(
+                    f"style loss ({what}): start {a:.4g} -> end {b:.4g} ({100 * (1 - b / a):.1f}% lower)"
+                )
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,80 @@
+"""Every experiment composes and instantiates (shrunk to a tiny CPU network)."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from samam.train import check_launch, world_size
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+ABLATED = {
+    "ablation_zigzag": ("scan", "cross"),
+    "ablation_s7": ("style_ssm", False),
+    "ablation_sain": ("out_norm", "layernorm"),
+    "ablation_sconv": ("sconv", False),
+    "ablation_scm": ("scm", False),
+    "ablation_loe": ("loe", False),
+    "ablation_patch": ("patch_size", 4),
+}
+
+
+def test_all_studies_present():
+    assert {"paper", "demo", *ABLATED} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(experiment, compose, tiny):
+    full = compose([f"experiment={experiment}"])
+    assert full.experiment_name == experiment
+    if experiment in ABLATED:
+        key, value = ABLATED[experiment]
+        assert full.model[key] == value
+        assert full.logger.wandb.group == experiment
+    cfg = compose([f"experiment={experiment}", *tiny()])
+    net = instantiate(cfg.model)
+    assert net.config["embed_dim"] == 32
+    if experiment in ABLATED:
+        key, value = ABLATED[experiment]
+        assert net.config[key] == value
+    module = instantiate(cfg.module, net=net, loss=instantiate(cfg.loss))
+    assert module.net is net
+    instantiate(cfg.data)
+    instantiate(cfg.trainer, logger=False)
+
+
+def test_model_presets_compose(compose):
+    for preset in ("samam", "small", "tiny"):
+        cfg = compose([f"model={preset}", "scan=cross", "norm=instancenorm"])
+        assert cfg.model._target_ == "samam.SaMam"
+        assert cfg.model.scan == "cross" and cfg.model.out_norm == "instancenorm"
+
+
+def test_world_size():
+    assert world_size(2, 3) == 6
+    assert world_size([0, 1], 1) == 2
+    assert world_size("auto", 1) is None
+
+
+def test_multirun_with_in_process_ddp_is_refused(monkeypatch, compose):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    cfg = compose(["trainer=ddp_sim"])
+    fake = OmegaConf.create(
+        {"mode": RunMode.MULTIRUN, "runtime": {"choices": {"hydra/launcher": "basic", "trainer": "ddp_sim"}}}
+    )
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: fake))
+    with pytest.raises(RuntimeError, match="one run must be one process group"):
+        check_launch(cfg)
+    fake.runtime.choices["hydra/launcher"] = "slurm"
+    check_launch(cfg)  # a cluster launcher gives each arm its own job
+    check_launch(compose(["trainer=cpu"]))
+
+
+def test_conf_files_have_no_stray_names():
+    names = {p.relative_to(CONF).as_posix() for p in Path(CONF).rglob("*.yaml")}
+    assert "train.yaml" in names

@@ -1,0 +1,136 @@
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samam.data import RandomPairs, StyleTransferDataModule, list_images, load_rgb
+
+
+def _save(path: Path, im: Image.Image, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format=fmt)
+    return path
+
+
+def _rgb(w: int = 40, h: int = 30, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture()
+def messy(tmp_path) -> tuple[Path, Path, int]:
+    """Content folder with every odd mode plus broken files; returns (content, style, n_broken)."""
+    c = tmp_path / "content"
+    _save(c / "rgb.jpg", _rgb())
+    _save(c / "nested" / "deeper" / "gray.png", _rgb().convert("L"))
+    _save(c / "rgba.png", _rgb().convert("RGBA"))
+    _save(c / "palette.gif.png", _rgb().convert("P"))
+    _save(c / "cmyk.jpg", _rgb().convert("CMYK"))
+    _save(c / "small.webp", _rgb(6, 5))
+    _save(c / "UPPER.BMP", _rgb(), "BMP")
+    _save(c / "scan.tif", _rgb(), "TIFF")
+    Image.fromarray(np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50).save(c / "deep16.png")
+    (c / "empty.jpg").write_bytes(b"")
+    (c / "notes.png").write_text("this is not an image")
+    buf = io.BytesIO()
+    _rgb(64, 64).save(buf, "JPEG")
+    (c / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (c / "readme.txt").write_text("ignored: not an image extension")
+    s = tmp_path / "style"
+    for i in range(3):
+        _save(s / f"s{i}.png", _rgb(seed=i + 1))
+    return c, s, 3
+
+
+def test_every_mode_converts_to_rgb(messy):
+    content, _, _ = messy
+    for name in (
+        "nested/deeper/gray.png",
+        "rgba.png",
+        "palette.gif.png",
+        "cmyk.jpg",
+        "deep16.png",
+        "scan.tif",
+    ):
+        im = load_rgb(content / name)
+        assert im.mode == "RGB", name
+    deep = np.asarray(load_rgb(content / "deep16.png"))
+    assert deep.max() > 200 and deep.min() < 10  # scaled from 16 bit, not clipped
+
+
+def test_broken_files_skipped_and_counted(messy, caplog):
+    content, style, n_broken = messy
+    dm = StyleTransferDataModule(
+        str(content),
+        str(style),
+        batch_size=2,
+        crop=16,
+        resize=24,
+        num_workers=0,
+        val_pairs=2,
+        val_size=16,
+        verify="full",
+    )
+    with caplog.at_level(logging.WARNING, logger="samam.data"):
+        dm.setup("fit")
+    assert dm.skipped == n_broken
+    assert len(dm.content_files) == 9
+    assert sum("skipping unreadable image" in r.message for r in caplog.records) == n_broken
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["content"].shape == (2, 3, 16, 16) and batch["style"].shape == (2, 3, 16, 16)
+    assert 0 <= batch["content"].min() and batch["content"].max() <= 1
+    val = next(iter(dm.val_dataloader()))
+    assert val["content"].shape == (2, 3, 16, 16)
+
+
+def test_header_check_then_runtime_skip(messy, caplog):
+    """'header' misses the truncated JPEG; training skips it when drawn, once, and counts it."""
+    content, style, _ = messy
+    dm = StyleTransferDataModule(
+        str(content), str(style), batch_size=2, crop=16, resize=None, num_workers=0, verify="header"
+    )
+    dm.setup("fit")
+    assert dm.skipped == 2  # empty + text file
+    stream = iter(RandomPairs(dm.content_files, dm.style_files, crop=16, resize=None, seed=0))
+    with caplog.at_level(logging.WARNING, logger="samam.data"):
+        samples = [next(stream) for _ in range(60)]
+    assert int(samples[-1]["skipped"]) == 1
+    assert sum("truncated.jpg" in r.message for r in caplog.records) == 1
+    assert samples[0]["content"].shape == (3, 16, 16)  # 6×5 webp was scaled up to the crop
+
+
+def test_streams_differ_per_rank_and_worker_and_repeat_per_seed(tmp_path):
+    files = [_save(tmp_path / f"{i}.png", _rgb(seed=i)) for i in range(8)]
+
+    def first(rank: int, start: int = 0, seed: int = 0) -> torch.Tensor:
+        return next(
+            iter(RandomPairs(files, files, crop=8, resize=16, seed=seed, rank=rank, start_step=start))
+        )["content"]
+
+    assert torch.equal(first(0), first(0))
+    assert not torch.equal(first(0), first(1))
+    assert not torch.equal(first(0), first(0, start=100))  # a resumed run does not replay step 0
+
+
+def test_missing_and_empty_folders_fail_with_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_images(tmp_path / "missing", "content")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"holds no images.*1 × \.txt"):
+        list_images(tmp_path / "empty", "style")
+
+
+def test_global_batch_must_divide_over_devices(tmp_path):
+    class FakeTrainer:
+        world_size, global_rank, global_step = 4, 0, 0
+
+    dm = StyleTransferDataModule(str(tmp_path), str(tmp_path), batch_size=6)
+    dm.trainer = FakeTrainer()
+    with pytest.raises(ValueError, match="does not divide over 4 devices"):
+        _ = dm.per_device_batch_size
+    dm.batch_size = 8
+    assert dm.per_device_batch_size == 2

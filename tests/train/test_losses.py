@@ -1,0 +1,133 @@
+import logging
+import urllib.error
+
+import pytest
+import torch
+from torch import nn
+
+from samam import losses
+from samam.losses import StyleTransferLoss, VGGEncoder, build_vgg, mean_std, normalize_features
+
+
+def test_mean_std_matches_adain_definition():
+    f = torch.randn(2, 3, 5, 7)
+    mu, sigma = mean_std(f)
+    flat = f.view(2, 3, -1)
+    assert torch.allclose(mu.view(2, 3), flat.mean(-1))
+    assert torch.allclose(sigma.view(2, 3), (flat.var(-1, unbiased=True) + 1e-5).sqrt())
+    n = normalize_features(f)
+    assert torch.allclose(n.view(2, 3, -1).mean(-1), torch.zeros(2, 3), atol=1e-5)
+
+
+def test_style_and_content_loss_known_values():
+    feats = [torch.randn(2, c, 8, 8) for c in (4, 4, 4, 4, 4)]
+    assert StyleTransferLoss.style_loss(feats, [f.clone() for f in feats]) == 0
+    assert StyleTransferLoss.content_loss(feats, [f.clone() for f in feats]) == 0
+    # Content loss ignores per-channel affine changes (it compares normalised features) ...
+    shifted = [3.0 * f + 1.0 for f in feats]
+    assert StyleTransferLoss.content_loss(shifted, feats) < 1e-6
+    # ... and the style loss sees them: σ·3 and μ·3 + 1.
+    mo, so = zip(*(mean_std(f) for f in shifted))
+    ms, ss = zip(*(mean_std(f) for f in feats))
+    expected = sum(((a - b) ** 2).mean() + ((c - d) ** 2).mean() for a, b, c, d in zip(mo, ms, so, ss))
+    assert torch.allclose(StyleTransferLoss.style_loss(shifted, feats), expected)
+    # content = MSE(norm φ4) + MSE(norm φ5) only: changing φ1..φ3 does not matter.
+    other = [torch.randn_like(f) for f in feats[:3]] + feats[3:]
+    assert StyleTransferLoss.content_loss(other, feats) < 1e-6
+
+
+def test_total_loss_weights_and_identity_terms(caplog):
+    with caplog.at_level(logging.WARNING):
+        loss = StyleTransferLoss(
+            vgg="random", content_weight=1, style_weight=2, identity1_weight=3, identity2_weight=4
+        )
+    assert "RANDOM" in caplog.text
+    c, s = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    out = loss(c.clone(), c.clone(), s.clone(), c, s)  # Ics = c: id terms are zero
+    assert out["loss_id1"] == 0 and out["loss_id2"] == 0
+    expected = out["loss_content"] + 2 * out["loss_style"]
+    assert torch.allclose(out["loss"], expected)
+    icc = c + 0.1
+    out = loss(c, icc, s, c, s)
+    assert torch.allclose(out["loss_id1"], torch.tensor(0.01), atol=1e-6)
+
+
+def test_vgg_is_frozen_and_stays_in_eval():
+    loss = StyleTransferLoss(vgg="random")
+    loss.train()
+    assert not loss.vgg.training
+    assert all(not p.requires_grad for p in loss.vgg.parameters())
+
+
+def test_imagenet_offline_error_names_file_and_folder(monkeypatch):
+    def fail(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fail)
+    with pytest.raises(FileNotFoundError) as err:
+        build_vgg("imagenet")
+    assert "vgg19-dcbb9e9d.pth" in str(err.value)
+    assert "hub/checkpoints" in str(err.value)
+
+
+def _torchvision_features_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    from torchvision.models import vgg19
+
+    torch.manual_seed(seed)
+    feats = vgg19(weights=None).features[:30]  # up to relu5_1 (index 29)
+    return {f"features.{k}": v for k, v in feats.state_dict().items()}
+
+
+def test_imagenet_loads_the_cached_file(monkeypatch):
+    from torchvision.models import vgg19
+
+    cache = losses.torch_hub_checkpoint_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    state = _torchvision_features_state()
+    torch.save(state, cache / losses.VGG19_FILE)
+    try:
+        enc = build_vgg("imagenet")
+        ref = vgg19(weights=None).features[:30]
+        ref.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+        x = torch.rand(1, 3, 32, 32)
+        mean = torch.tensor(losses._IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(losses._IMAGENET_STD).view(1, 3, 1, 1)
+        assert torch.allclose(enc(x)[-1], ref((x - mean) / std), atol=1e-5)
+        assert build_vgg("imagenet_if_cached").normalised is False
+    finally:
+        (cache / losses.VGG19_FILE).unlink()
+
+
+def _adain_vgg_normalised() -> nn.Sequential:
+    """The layout of AdaIN-pytorch's vgg_normalised (up to relu5_1), as the release ships it."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 3, 1)]
+    c_in = 3
+    for block in ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,)):
+        for w in block:
+            layers += [nn.ReflectionPad2d(1), nn.Conv2d(c_in, w, 3), nn.ReLU()]
+            c_in = w
+        if w != 512 or len(block) == 4:
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+    return nn.Sequential(*layers)
+
+
+def test_vgg_normalised_file_maps_onto_the_taps(tmp_path):
+    seq = _adain_vgg_normalised()
+    assert isinstance(seq[2], nn.Conv2d) and isinstance(seq[42], nn.Conv2d)  # conv1_1, conv5_1 indices
+    path = tmp_path / "vgg_normalised.pth"
+    torch.save(seq.state_dict(), path)
+    enc = build_vgg(str(path))
+    assert isinstance(enc, VGGEncoder) and enc.normalised
+    x = torch.rand(1, 3, 40, 36)  # odd sizes exercise ceil-mode pooling
+    feats = enc(x)
+    ends = (3, 10, 17, 30, 43)  # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 in the Sequential
+    h, start = x, 0
+    for tap, end in zip(feats, ends):
+        h = seq[start : end + 1](h)
+        start = end + 1
+        assert torch.allclose(tap, h, atol=1e-5)
+
+
+def test_missing_path_fails_with_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vgg_normalised"):
+        build_vgg(str(tmp_path / "nope.pth"))

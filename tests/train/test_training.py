@@ -1,0 +1,146 @@
+"""End-to-end CPU runs: fast_dev_run, the demo (loss falls, W&B offline), SIGKILL + resume,
+DDP on CPU with 2 processes, and a multirun over an ablation's arms."""
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from samam.train import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_fast_dev_run(compose, tiny, tmp_path):
+    cfg = compose([*tiny(), "debug=fdr"])
+    metrics = main(cfg)
+    assert {
+        "train/loss",
+        "train/loss_content",
+        "train/loss_style",
+        "train/loss_id1",
+        "train/loss_id2",
+    } <= set(metrics)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+
+
+def test_demo_lowers_style_loss_and_writes_wandb_offline(compose, tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(
+        [
+            "experiment=demo",
+            *tiny(),
+            "logger=wandb",
+            "trainer.max_steps=12",
+            "trainer.val_check_interval=12",
+            "callbacks.checkpoint.every_n_train_steps=12",
+        ]
+    )
+    assert cfg.validate_before_training is True
+    main(cfg)
+    out = capsys.readouterr().out
+    assert "checkpoint:" in out and "sample grid" in out
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 12
+    assert ckpt["samam"]["version"] == 1 and ckpt["samam"]["model"]["embed_dim"] == 32
+    assert ckpt["samam"]["config"]["experiment_name"] == "demo"
+    assert all(k.startswith("net.") for k in ckpt["state_dict"])
+    grids = sorted((tmp_path / "samples").glob("step*.png"))
+    assert [g.name for g in grids] == ["step0000000.png", "step0000012.png"]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("style loss (fixed validation pairs)"))
+    start, end = (float(x) for x in re.search(r"start (\S+) -> end (\S+) ", line).groups())
+    assert end < start, line
+
+
+def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    rows = []
+    for f in run_dir.glob("csv/**/metrics.csv"):
+        with open(f) as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+def test_sigkill_then_resume_continues_step_and_lr(tiny, train_subprocess, tmp_path):
+    first = tmp_path / "first"
+    args = [
+        *tiny(first),
+        "trainer.max_steps=1000",
+        "trainer.val_check_interval=1000",
+        f"hydra.run.dir={first}",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = first / "checkpoints" / "step0000004.ckpt"
+    deadline = time.time() + 180
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "no checkpoint before the deadline"
+    last = first / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    k = saved["global_step"]
+    assert k >= 4 and k % 2 == 0  # lost at most one interval (2 steps)
+    assert not list((first / "checkpoints").glob(".*.tmp"))  # atomic: no half-written files survive
+
+    second = tmp_path / "second"
+    res = train_subprocess(
+        [*tiny(second), f"trainer.max_steps={k + 2}", f"ckpt_path={last}", f"hydra.run.dir={second}"],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = sorted({int(r["step"]) for r in _csv_rows(second) if r.get("train/lr")})
+    assert steps[0] >= k, steps  # continued, did not restart at 0
+    final = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == k + 2
+    lr0, decay = 1e-4, 2e-5
+    assert abs(final["optimizer_states"][0]["param_groups"][0]["lr"] - lr0 / (1 + decay * (k + 2))) < 1e-12
+    first_lr = next(
+        float(r["train/lr"]) for r in _csv_rows(second) if r.get("train/lr") and int(r["step"]) == steps[0]
+    )
+    assert abs(first_lr - lr0 / (1 + decay * k)) < 1e-12
+
+
+def test_ddp_sim_two_processes(tiny, train_subprocess, tmp_path):
+    out = tmp_path / "ddp"
+    res = train_subprocess(
+        [*tiny(out), "trainer=ddp_sim", "trainer.max_steps=2", f"hydra.run.dir={out}"], cwd=tmp_path
+    )
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text[-3000:]
+    assert "MEMBER: 2/2" in text
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+
+
+def test_multirun_ablation_one_run_per_arm(tiny, train_subprocess, tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny(Path("IGNORED")) if not o.startswith("paths.output_dir")]
+    res = train_subprocess(
+        ["-m", "experiment=ablation_s7", *overrides, "trainer.max_steps=2", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 2
+    arms = set()
+    for job in jobs:
+        ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        arms.add(ckpt["samam"]["model"]["style_ssm"])
+        assert ckpt["samam"]["config"]["seed"] == 0
+        assert ckpt["samam"]["config"]["logger"]["csv"]["save_dir"] == str(job)
+    assert arms == {True, False}
