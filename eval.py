@@ -1,0 +1,24 @@
+"""The StyleID evaluation protocol (SPEC §6) as a command.
+
+python eval.py ckpt_path=… content_dir=… style_dir=… output_dir=…
+Writes every ``{content}_stylized_{style}.png``, ``results.json`` and ``results.md``; options
+in conf/eval.yaml. Logic: :func:`samam.evaluation.evaluate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    from samam.evaluation import evaluate
+
+    return evaluate(**OmegaConf.to_container(cfg, resolve=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,768 @@
+"""Evaluation: the StyleID protocol behind ``eval.py``, batch stylisation behind
+``stylize.py``, and a Lightning callback that logs the protocol's metrics during training.
+
+Images are float (3, H, W) or (B, 3, H, W) in [0, 1]; e denotes a style embedding
+(S, 3, 3) from ``net.embed_style``. Outputs are quantised to uint8 once and the metrics see
+exactly the pixels written to the PNG files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, to_uint8
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16"]
+PathLike = str | os.PathLike
+
+# ---------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------
+
+
+def collect_images(source: PathLike | Sequence[PathLike], what: str) -> list[Path]:
+    """An image file, a folder (recursive, sorted) or a list of either → image paths."""
+    from samam.data import IMAGE_EXTENSIONS, list_images
+
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source).expanduser()
+        if p.is_dir():
+            return list_images(p, what)
+        if p.is_file():
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise ValueError(f"{what} {str(p)!r} is not an image file ({'/'.join(IMAGE_EXTENSIONS)})")
+            return [p]
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist (absolute: {p.resolve()})")
+    files = [f for s in source for f in collect_images(s, what)]
+    if not files:
+        raise FileNotFoundError(f"no {what} images given")
+    return files
+
+
+def read_image(
+    path: PathLike, size: int | None = None, short_side: int | None = None, max_side: int | None = None
+) -> Tensor:
+    """Decode ``path`` → (3, H, W) in [0, 1]. ``size``: resize to size×size (StyleID protocol);
+    ``short_side``: resize so the shorter side is this; ``max_side``: shrink (never enlarge) so
+    the longer side is at most this. Bicubic (PIL). Unreadable files raise ``OSError``/``ValueError``."""
+    from PIL import Image
+
+    from samam.data import load_rgb, to_tensor
+
+    im = load_rgb(path)
+    w, h = im.size
+    if size is not None:
+        new = (size, size)
+    elif short_side is not None:
+        s = short_side / min(w, h)
+        new = (max(1, round(w * s)), max(1, round(h * s)))
+    elif max_side is not None and max(w, h) > max_side:
+        s = max_side / max(w, h)
+        new = (max(1, round(w * s)), max(1, round(h * s)))
+    else:
+        new = (w, h)
+    if new != (w, h):
+        im = im.resize(new, Image.BICUBIC)
+    return to_tensor(im)
+
+
+def save_png(image: Tensor, path: PathLike) -> None:
+    """(3, H, W) uint8 or float in [0, 1] → PNG, written atomically (temp file + rename)."""
+    from PIL import Image
+
+    img = image if image.dtype == torch.uint8 else to_uint8(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def output_name(content: Path, style: str, alpha: float = 1.0) -> str:
+    """StyleID naming: ``{content_stem}_stylized_{style_stem}.png`` (α ≠ 1 adds ``_alpha0.50``)."""
+    suffix = "" if alpha == 1 else f"_alpha{alpha:.2f}"
+    return f"{content.stem}_stylized_{style}{suffix}.png"
+
+
+# ---------------------------------------------------------------------------------------
+# Devices, precision, model
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda if available else cpu; an explicit CUDA device without CUDA fails."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} requested but CUDA is not available (use device=cpu or auto)")
+    return dev
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """fp32: no autocast; bf16: autocast to bfloat16 on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+def load_network(
+    ckpt_path: PathLike, device: torch.device, backend: str, trust_pickle: bool = False
+) -> nn.Module:
+    """Our checkpoint or the authors' released one → eval-mode SaMam on ``device``."""
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {str(path)!r} (ckpt_path=...; absolute: {path.resolve()})"
+        )
+    from samam import load_model
+
+    net = load_model(path, map_location=device, backend=backend, trust_pickle=trust_pickle)
+    return net.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def embed_styles(
+    net: nn.Module, images: Sequence[Tensor], batch_size: int, precision: Precision = "fp32"
+) -> Tensor:
+    """Style images (3, h, w) each → embeddings (N, S, 3, 3) float32; same-size images share a batch."""
+    device = next(net.parameters()).device
+    out: list[Tensor | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        by_size.setdefault(tuple(im.shape[-2:]), []).append(i)
+    for idx in by_size.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            with autocast(device, precision):
+                e = net.embed_style(torch.stack([images[i] for i in chunk]).to(device)).float()
+            for j, i in enumerate(chunk):
+                out[i] = e[j]
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def mix_embeddings(e: Tensor, weights: Sequence[float]) -> Tensor:
+    """Σ w_i e_i with weights normalised to sum 1: e (N, S, 3, 3) → (S, 3, 3)."""
+    w = torch.as_tensor(list(weights), dtype=e.dtype, device=e.device)
+    if w.shape != (e.shape[0],):
+        raise ValueError(f"style_weights has {w.numel()} entries for {e.shape[0]} styles")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"style_weights must be ≥ 0 with a positive sum, got {list(weights)}")
+    return torch.einsum("n,n...->...", w / w.sum(), e)
+
+
+def blend_with_content(e_style: Tensor, e_content: Tensor, alpha: float) -> Tensor:
+    """Style strength: (1 − α)·e_content + α·e_style (α = 0 reconstructs the content)."""
+    return e_style if alpha == 1 else torch.lerp(e_content, e_style, alpha)
+
+
+# ---------------------------------------------------------------------------------------
+# Efficiency: MACs, time, memory
+# ---------------------------------------------------------------------------------------
+
+# Selective-scan MACs per (sample, direction·channel, token): per state n, exp(Δ·A) needs
+# Δ·A (1), ΔB̄u needs (Δu)·B (1), h ← Ā·h + B̄u (1), y += C·h (1) → 4N; per channel Δ·u (1) and
+# the skip D·u (1) → +2. Exponentials and softplus are not multiply-accumulates.
+SCAN_MACS_PER_STATE = 4
+SCAN_MACS_PER_CHANNEL = 2
+
+
+def scan_macs(batch: int, channels: int, length: int, d_state: int) -> int:
+    """Analytic MACs of one selective scan over (B, K·D, L) with N states: B·K·D·L·(4N + 2)."""
+    return batch * channels * length * (SCAN_MACS_PER_STATE * d_state + SCAN_MACS_PER_CHANNEL)
+
+
+class _CountingScan(nn.Module):
+    """Stands in for a scan backend while MACs are counted: adds the analytic count and
+    returns zeros of the right shape, so FlopCounterMode sees none of the backend's internals
+    (the count is the same for the torch, numba and mamba backends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def forward(self, u: Tensor, delta: Tensor, A: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        b, kd, length = u.shape  # (B, K·D, L)
+        self.macs += scan_macs(b, kd, length, A.shape[-1])
+        return torch.zeros(b, kd, length, dtype=torch.float32, device=u.device)
+
+
+@contextlib.contextmanager
+def _scans_replaced(net: nn.Module, stub: nn.Module) -> Iterator[int]:
+    from samam.nn.ss2d import SS2D
+
+    swapped = []
+    for m in net.modules():
+        if isinstance(m, SS2D):
+            where = m._modules if "backend" in m._modules else m.__dict__
+            swapped.append((where, where["backend"]))
+            where["backend"] = stub
+    try:
+        yield len(swapped)
+    finally:
+        for where, orig in swapped:
+            where["backend"] = orig
+
+
+@torch.no_grad()
+def count_macs(net: nn.Module, content: Tensor, style: Tensor) -> dict[str, float]:
+    """GMACs of one ``net(content, style)``: convolutions and matmuls counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2) plus the selective scans
+    added analytically (:func:`scan_macs`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    stub = _CountingScan()
+    with _scans_replaced(net, stub), FlopCounterMode(display=False) as counter:
+        net(content, style)
+    dense = counter.get_total_flops() / 2
+    return {"gmacs": (dense + stub.macs) / 1e9, "gmacs_dense": dense / 1e9, "gmacs_scan": stub.macs / 1e9}
+
+
+@torch.no_grad()
+def measure_efficiency(
+    net: nn.Module,
+    content_size: int = 512,
+    style_size: int = 512,
+    warmup: int = 2,
+    repeats: int = 10,
+    precision: Precision = "fp32",
+) -> dict[str, Any]:
+    """Median ms of ``net(content, style)`` at batch 1 (style embedding included), MACs,
+    parameters and peak CUDA memory (``None`` on CPU, with the reason)."""
+    device = next(net.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    c = torch.rand(1, 3, content_size, content_size, generator=g).to(device)
+    s = torch.rand(1, 3, style_size, style_size, generator=g).to(device)
+    res: dict[str, Any] = {"params": sum(p.numel() for p in net.parameters())}
+    res.update(count_macs(net, c, s))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            net(c, s)
+        sync()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    res["ms_per_image"] = statistics.median(times)
+    res["peak_mem_mib"] = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with autocast(device, precision):
+            net(c, s)
+        sync()
+        res["peak_mem_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        res["peak_mem_note"] = "CUDA memory allocated during one forward, above the resident weights"
+    else:
+        res["peak_mem_note"] = "peak memory is measured on CUDA only"
+    res["bench"] = dict(
+        content_size=content_size, style_size=style_size, batch=1, repeats=repeats, precision=precision
+    )
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# eval.py: the StyleID protocol
+# ---------------------------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def results_markdown(res: Mapping[str, Any]) -> str:
+    """The results as one markdown table (null values show as – with their reason below)."""
+    rows = [
+        ("ArtFID ↓", "artfid"),
+        ("FID (art Inception) ↓", "fid_art"),
+        ("LPIPS ↓", "lpips"),
+        ("CFSD ↓", "cfsd"),
+        ("FID (TF-Inception, torch-fidelity) ↓", "fid"),
+        ("ms / image", "ms_per_image"),
+        ("GMACs", "gmacs"),
+        ("parameters", "params"),
+        ("peak memory (MiB)", "peak_mem_mib"),
+    ]
+    lines = [f"# Evaluation of `{res.get('ckpt_path', '?')}`", "", "| metric | value |", "|---|---|"]
+    if res.get("warning"):
+        lines[1:1] = ["", f"**Warning: {res['warning']}**"]
+    lines += [f"| {label} | {_fmt(res.get(key))} |" for label, key in rows]
+    p = res.get("protocol", {})
+    lines += [
+        "",
+        f"{p.get('n_content')} content × {p.get('n_style')} style = {p.get('n_images')} images; "
+        f"content {p.get('content_size')}², style {p.get('style_size')}²; device {res.get('device')}, "
+        f"precision {res.get('precision')}.",
+    ]
+    b = res.get("bench") or {}
+    if b:
+        lines.append(
+            f"Speed/MACs/memory: batch 1, content {b.get('content_size')}², style {b.get('style_size')}², "
+            f"median of {b.get('repeats')} runs; MACs = FlopCounterMode (dense ops) + analytic scan "
+            f"B·K·D·L·(4N + 2)."
+        )
+    for key, why in (res.get("null_reasons") or {}).items():
+        lines.append(f"- `{key}` is null: {why}")
+    for key, net in (res.get("metric_networks") or {}).items():
+        lines.append(f"- `{key}`: {net}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(
+    ckpt_path: PathLike,
+    content_dir: PathLike,
+    style_dir: PathLike,
+    output_dir: PathLike,
+    device: str = "auto",
+    precision: Precision = "fp32",
+    backend: str = "auto",
+    batch_size: int = 8,
+    content_size: int | None = 512,
+    style_size: int | None = 512,
+    metrics: Mapping[str, Any] | None = None,
+    bench: Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stylise every content × style pair, save ``{content}_stylized_{style}.png``, compute
+    the protocol's metrics and efficiency figures, write ``results.json`` and ``results.md``
+    into ``output_dir`` and return the results.
+
+    ``metrics``: keyword arguments of :func:`samam.metrics.build_metrics`; ``bench``:
+    ``{enabled, content_size, style_size, warmup, repeats}`` (sizes default to the eval sizes).
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    out = Path(output_dir).expanduser()
+    dev = resolve_device(device)
+    autocast(dev, precision)  # validates the name before any work
+    net = load_network(ckpt_path, dev, backend, trust_pickle)
+    suite: StyleTransferMetrics = build_metrics(**dict(metrics or {})).to(dev)
+    contents = collect_images(content_dir, "content")
+    styles = collect_images(style_dir, "style")
+    out.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "eval: %d content × %d style images on %s (%s) → %s", len(contents), len(styles), dev, precision, out
+    )
+
+    style_imgs = [read_image(p, size=style_size) for p in styles]
+    with torch.no_grad():
+        for im in style_imgs:
+            suite.update_style(im[None].to(dev))
+    e_styles = embed_styles(net, style_imgs, batch_size, precision)  # (N_s, S, 3, 3)
+
+    bar = tqdm(total=len(contents) * len(styles), desc="stylising", unit="img", disable=not progress)
+    with torch.no_grad():
+        for cpath in contents:
+            c = read_image(cpath, size=content_size).to(dev)
+            for s in range(0, len(styles), batch_size):
+                e = e_styles[s : s + batch_size]
+                with autocast(dev, precision):
+                    y = net(c.expand(e.shape[0], -1, -1, -1), style_embedding=e)
+                y8 = to_uint8(y)  # (b, 3, H, W): exactly the saved pixels
+                for j in range(e.shape[0]):
+                    save_png(y8[j], out / output_name(cpath, styles[s + j].stem))
+                suite.update(y8.float() / 255, c.expand(e.shape[0], -1, -1, -1))
+                bar.update(e.shape[0])
+    bar.close()
+    values = suite.compute()
+
+    res: dict[str, Any] = dict(values)
+    bench = dict(bench or {})
+    if bench.get("enabled", True):
+        eff = measure_efficiency(
+            net,
+            content_size=bench.get("content_size") or content_size or 512,
+            style_size=bench.get("style_size") or style_size or 512,
+            warmup=bench.get("warmup", 2),
+            repeats=bench.get("repeats", 10),
+            precision=precision,
+        )
+    else:
+        eff = {k: None for k in ("ms_per_image", "gmacs", "params", "peak_mem_mib")}
+        eff["peak_mem_note"] = "bench disabled in config (bench.enabled=false)"
+    null_reasons = {k: suite.reasons[k] for k in METRIC_NAMES if values[k] is None}
+    for key in ("ms_per_image", "gmacs", "params", "peak_mem_mib"):
+        res[key] = eff.get(key)
+        if res[key] is None:
+            null_reasons[key] = eff.get("peak_mem_note", "not measured")
+    res.update(
+        null_reasons=null_reasons,
+        metric_networks=suite.networks,
+        gmacs_breakdown={k: eff.get(k) for k in ("gmacs_dense", "gmacs_scan")},
+        bench=eff.get("bench"),
+        protocol=dict(
+            n_content=len(contents),
+            n_style=len(styles),
+            n_images=len(contents) * len(styles),
+            content_size=content_size,
+            style_size=style_size,
+        ),
+        ckpt_path=str(ckpt_path),
+        model=net.config,
+        scan_backend=net.scan_backend.describe(),
+        device=str(dev),
+        precision=precision,
+        elapsed_s=time.perf_counter() - t_start,
+    )
+    if any("TEST ONLY" in v for v in suite.networks.values()):
+        res["warning"] = "test_extractors=true: metric values come from random networks and mean nothing"
+    _write_json(out / "results.json", res)
+    (out / "results.md").write_text(results_markdown(res))
+    log.info(
+        "eval: %s", {k: res[k] for k in (*METRIC_NAMES, "ms_per_image", "gmacs", "params", "peak_mem_mib")}
+    )
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# stylize.py
+# ---------------------------------------------------------------------------------------
+
+
+def _read_all(
+    paths: Sequence[Path], what: str, **resize: int | None
+) -> tuple[list[Path], list[Tensor], list[Path]]:
+    """Decode each path; unreadable files are skipped with a warning (returned third)."""
+    ok, images, bad = [], [], []
+    for p in paths:
+        try:
+            images.append(read_image(p, **resize))
+            ok.append(p)
+        except Exception as err:  # PIL raises many types for bad files
+            log.warning("skipping unreadable %s image %s (%s: %s)", what, p, type(err).__name__, err)
+            bad.append(p)
+    return ok, images, bad
+
+
+def _thumb(img: Tensor, cell: int) -> Tensor:
+    """(3, H, W) → (3, cell, cell): fit inside keeping the aspect, centred on white."""
+    h, w = img.shape[-2:]
+    s = cell / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = torch.nn.functional.interpolate(
+        img[None].float(), size=(nh, nw), mode="bilinear", antialias=True
+    )[0]
+    canvas = torch.ones(3, cell, cell)
+    top, left = (cell - nh) // 2, (cell - nw) // 2
+    canvas[:, top : top + nh, left : left + nw] = small.clamp(0, 1)
+    return canvas
+
+
+def make_grid(
+    contents: Sequence[Tensor], styles: Sequence[Tensor], outputs: Sequence[Sequence[Tensor]], cell: int
+) -> Tensor:
+    """First row: styles; first column: contents; cell (i, j): output of content i, style j."""
+    rows = [torch.cat([torch.ones(3, cell, cell)] + [_thumb(s, cell) for s in styles], dim=2)]
+    for c, outs in zip(contents, outputs):
+        rows.append(torch.cat([_thumb(c, cell)] + [_thumb(o, cell) for o in outs], dim=2))
+    return torch.cat(rows, dim=1)  # (3, (1 + n_c)·cell, (1 + n_s)·cell)
+
+
+def stylize(
+    ckpt_path: PathLike,
+    content: PathLike | Sequence[PathLike],
+    style: PathLike | Sequence[PathLike],
+    output_dir: PathLike,
+    alpha: float = 1.0,
+    style_weights: Sequence[float] | None = None,
+    max_side: int | None = None,
+    style_side: int | None = 512,
+    batch_size: int = 4,
+    device: str = "auto",
+    precision: Precision = "fp32",
+    backend: str = "auto",
+    overwrite: bool = False,
+    grid: bool = False,
+    grid_cell: int = 256,
+    trust_pickle: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stylise every content × style pair (or, with ``style_weights``, every content with one
+    weighted mix of all styles) and save ``{content}_stylized_{style}.png`` in ``output_dir``.
+
+    Content keeps its size (``max_side`` only shrinks); styles (and, for α < 1, the content
+    used as its own style) are resized so the shorter side is ``style_side``. α ∈ [0, 1]
+    interpolates the embedding from the content's own (α = 0) to the style's. Existing
+    outputs are kept unless ``overwrite``. Returns lists of written and skipped files.
+    """
+    from tqdm.auto import tqdm
+
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    dev = resolve_device(device)
+    autocast(dev, precision)
+    net = load_network(ckpt_path, dev, backend, trust_pickle)
+    out = Path(output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    content_paths = collect_images(content, "content")
+    style_paths, style_imgs, bad_styles = _read_all(
+        collect_images(style, "style"), "style", short_side=style_side
+    )
+    if style_weights is not None and bad_styles:
+        raise ValueError(
+            f"style_weights given but these styles are unreadable: {[str(p) for p in bad_styles]}"
+        )
+
+    e_list, keep = [], []
+    for p, im in zip(style_paths, style_imgs):
+        try:
+            e_list.append(embed_styles(net, [im], 1, precision)[0])  # (S, 3, 3)
+            keep.append(p)
+        except ValueError as err:  # e.g. smaller than the style encoder's minimum
+            log.warning("skipping style image %s: %s", p, err)
+            bad_styles.append(p)
+    if style_weights is not None and len(keep) < len(style_paths):
+        raise ValueError(
+            f"style_weights given but these styles cannot be used: {[str(p) for p in bad_styles]}"
+        )
+    if not keep:
+        raise ValueError("no usable style image")
+    style_imgs = [im for p, im in zip(style_paths, style_imgs) if p in keep]
+    style_paths, e_styles = keep, torch.stack(e_list)  # (N_s, S, 3, 3)
+    if style_weights is not None:
+        targets = [("+".join(p.stem for p in style_paths), mix_embeddings(e_styles, style_weights))]
+        grid_styles = [torch.cat([_thumb(im, grid_cell) for im in style_imgs], dim=2)]  # one strip header
+    else:
+        targets = [(p.stem, e) for p, e in zip(style_paths, e_styles)]
+        grid_styles = style_imgs
+
+    summary: dict[str, Any] = {
+        "written": [],
+        "skipped_existing": [],
+        "skipped_unreadable": [str(p) for p in bad_styles],  # unreadable or unusable inputs
+    }
+    grid_rows: list[tuple[Tensor, list[Tensor]]] = []
+    bar = tqdm(total=len(content_paths) * len(targets), desc="stylising", unit="img", disable=not progress)
+    for cpath in content_paths:
+        try:
+            c = read_image(cpath, max_side=max_side).to(dev)  # (3, H, W)
+        except Exception as err:  # PIL raises many types for bad files
+            log.warning("skipping unreadable content image %s (%s: %s)", cpath, type(err).__name__, err)
+            summary["skipped_unreadable"].append(str(cpath))
+            bar.update(len(targets))
+            continue
+        if min(c.shape[-2:]) < net.config["patch_size"]:
+            log.warning("skipping content image %s: %dx%d px is below the patch size", cpath, *c.shape[-2:])
+            summary["skipped_unreadable"].append(str(cpath))
+            bar.update(len(targets))
+            continue
+        paths = [out / output_name(cpath, name, alpha) for name, _ in targets]
+        todo = [i for i, p in enumerate(paths) if overwrite or not p.exists()]
+        for i in set(range(len(targets))) - set(todo):
+            log.info("exists, not overwritten (overwrite=true to replace): %s", paths[i])
+            summary["skipped_existing"].append(str(paths[i]))
+        if todo and alpha < 1:
+            c_style = c if style_side is None else read_image(cpath, short_side=style_side).to(dev)
+            e_content = embed_styles(net, [c_style], 1, precision)[0]  # (S, 3, 3)
+        with torch.no_grad():
+            for s in range(0, len(todo), batch_size):
+                idx = todo[s : s + batch_size]
+                e = torch.stack([targets[i][1] for i in idx])
+                if alpha < 1:
+                    e = blend_with_content(e, e_content, alpha)
+                with autocast(dev, precision):
+                    y = to_uint8(net(c.expand(len(idx), -1, -1, -1), style_embedding=e))  # (b, 3, H, W)
+                for j, i in enumerate(idx):
+                    save_png(y[j], paths[i])
+                    summary["written"].append(str(paths[i]))
+                bar.update(len(idx))
+        bar.update(len(targets) - len(todo))
+        if grid:
+            from samam.data import load_rgb, to_tensor
+
+            grid_rows.append((c.cpu(), [_thumb(to_tensor(load_rgb(p)), grid_cell) for p in paths]))
+    bar.close()
+    if grid and grid_rows:
+        g = make_grid([r[0] for r in grid_rows], grid_styles, [r[1] for r in grid_rows], grid_cell)
+        save_png(g, out / "grid.png")
+        summary["grid"] = str(out / "grid.png")
+    log.info(
+        "stylize: %d written, %d kept (exist), %d unreadable skipped → %s",
+        len(summary["written"]),
+        len(summary["skipped_existing"]),
+        len(summary["skipped_unreadable"]),
+        out,
+    )
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# The training callback
+# ---------------------------------------------------------------------------------------
+
+
+class EvalMetricsCallback(L.Callback):
+    """Every ``every_n_val_rounds`` validation rounds (the first included), stylise a fixed
+    set of content × style pairs with ``pl_module.net`` and log ``val/artfid``,
+    ``val/fid_art``, ``val/lpips``, ``val/cfsd``, ``val/fid`` (disabled metrics are not
+    logged), ``val/eval_seconds`` and, with a WandbLogger, a table of samples.
+
+    DDP: each rank stylises a shard of the pairs; the metrics' float64 sums are all-reduced.
+    Style statistics of the FIDs are computed once and kept. ``ModelCheckpoint(monitor=
+    "val/artfid", mode="min")`` works: between evaluations the last value stays in
+    ``trainer.callback_metrics`` and an unchanged value never displaces a saved checkpoint.
+    """
+
+    def __init__(
+        self,
+        content: PathLike | Sequence[PathLike],
+        style: PathLike | Sequence[PathLike],
+        every_n_val_rounds: int = 1,
+        content_size: int | None = 256,
+        style_size: int | None = 256,
+        batch_size: int = 8,
+        max_pairs: int | None = None,
+        log_samples: int = 8,
+        precision: Precision = "fp32",
+        metrics: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        if every_n_val_rounds < 1:
+            raise ValueError(f"every_n_val_rounds must be ≥ 1, got {every_n_val_rounds}")
+        self.content, self.style = content, style
+        self.every_n_val_rounds = every_n_val_rounds
+        self.content_size, self.style_size = content_size, style_size
+        self.batch_size, self.max_pairs, self.log_samples = batch_size, max_pairs, log_samples
+        self.precision = precision
+        self.metrics_cfg = dict(metrics or {})
+        self.rounds = 0
+        self.suite: StyleTransferMetrics | None = None
+        self._style_fed = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.suite is not None or stage != "fit":
+            return
+        # Built here, not at the first evaluation: a missing weight file fails before training.
+        self.suite = build_metrics(**self.metrics_cfg, reset_style=False)
+        self.content_paths = collect_images(self.content, "eval content")
+        self.style_paths = collect_images(self.style, "eval style")
+        self.contents = [read_image(p, size=self.content_size) for p in self.content_paths]
+        self.styles = [read_image(p, size=self.style_size) for p in self.style_paths]
+        pairs = [(i, j) for i in range(len(self.contents)) for j in range(len(self.styles))]
+        if self.max_pairs is not None and self.max_pairs < len(pairs):
+            step = len(pairs) / self.max_pairs  # spread over all contents and styles
+            pairs = [pairs[int(k * step)] for k in range(self.max_pairs)]
+        self.pairs = pairs
+        log.info(
+            "eval metrics: %d pairs (%d content × %d style) every %d validation round(s); metrics %s",
+            len(pairs),
+            len(self.contents),
+            len(self.styles),
+            self.every_n_val_rounds,
+            self.suite.enabled,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rounds = int(state_dict.get("rounds", 0))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        due = self.rounds % self.every_n_val_rounds == 0
+        self.rounds += 1
+        if due:
+            self.evaluate(trainer, pl_module)
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float | None]:
+        """Stylise this rank's shard, compute the synced metrics, log them; returns the values."""
+        if self.suite is None:
+            self.setup(trainer, pl_module, "fit")
+        assert self.suite is not None
+        t0 = time.perf_counter()
+        net, dev = pl_module.net, pl_module.device
+        was_training = net.training
+        net.eval()
+        suite = self.suite.to(dev)
+        rank, world = trainer.global_rank, trainer.world_size
+        if not self._style_fed:
+            for im in self.styles[rank::world]:
+                suite.update_style(im[None].to(dev))
+            self._style_fed = True
+        e_styles = embed_styles(net, self.styles, self.batch_size, self.precision).to(dev)
+        shard = self.pairs[rank::world]
+        samples: list[tuple[str, Tensor, Tensor, Tensor]] = []
+        for s in range(0, len(shard), self.batch_size):
+            chunk = shard[s : s + self.batch_size]
+            c = torch.stack([self.contents[i] for i, _ in chunk]).to(dev)
+            with autocast(dev, self.precision):
+                y = net(c, style_embedding=e_styles[[j for _, j in chunk]])
+            y8 = to_uint8(y)
+            suite.update(y8.float() / 255, c)
+            for (i, j), out in zip(chunk, y8):
+                if len(samples) < self.log_samples:
+                    name = f"{self.content_paths[i].stem}_stylized_{self.style_paths[j].stem}"
+                    samples.append((name, to_uint8(self.contents[i]), to_uint8(self.styles[j]), out.cpu()))
+        values = suite.compute()  # all-reduces across ranks
+        suite.reset()
+        net.train(was_training)
+        elapsed = time.perf_counter() - t0
+        for name, v in values.items():
+            if v is not None:
+                pl_module.log(f"val/{name}", v, sync_dist=True)
+        pl_module.log("val/eval_seconds", elapsed, sync_dist=True)
+        if trainer.is_global_zero:
+            self._log_table(trainer, samples)
+        log.info(
+            "eval metrics at step %d: %s (%d pairs, %.1f s)",
+            trainer.global_step,
+            {k: round(v, 4) for k, v in values.items() if v is not None},
+            len(self.pairs),
+            elapsed,
+        )
+        return values
+
+    @staticmethod
+    def _log_table(trainer: L.Trainer, samples: Sequence[tuple[str, Tensor, Tensor, Tensor]]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not samples:
+            return
+        import wandb
+
+        hwc = lambda t: t.permute(1, 2, 0).numpy()  # noqa: E731 — uint8 (H, W, 3); float images log black
+        rows = [
+            [name, wandb.Image(hwc(c)), wandb.Image(hwc(s)), wandb.Image(hwc(o))] for name, c, s, o in samples
+        ]
+        for lg in loggers:
+            lg.log_table(
+                key="val/samples",
+                columns=["pair", "content", "style", "output"],
+                data=rows,
+                step=trainer.global_step,
+            )

@@ -1,0 +1,639 @@
+"""Style-transfer metrics of the StyleID protocol (SPEC §6) as torchmetrics ``Metric``s.
+
+- ``fid_art``: FID on 2048-d pool features of ArtFID's art-trained Inception-v3
+  (``art_inception.pth``), the FID the paper reports;
+- ``fid``: FID on torch-fidelity's TF-Inception, fed uint8 with the reference
+  (TF1-style, non-antialiased) resize, so it matches torch-fidelity's own number;
+- ``lpips``: AlexNet LPIPS v0.1 between each output and its content, inputs in [-1, 1];
+- ``artfid`` = (1 + lpips)·(1 + fid_art);
+- ``cfsd``: Σ over rows of KL(softmax(S_content) ‖ softmax(S_output)), S the self-similarity
+  of VGG-19 relu3_1 features, computed in row blocks.
+
+Every statistic is a float64 sum with ``dist_reduce_fx="sum"``: each DDP rank may see a
+shard and ``compute()`` returns the global value. Feature networks are injectable (any
+``nn.Module``); the default ones read their weights from local files (``$TORCH_HOME/hub/
+checkpoints`` or an explicit path) and download only when asked; a missing file raises
+:class:`MissingWeightsError` with its name, size and folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = ("artfid", "fid_art", "lpips", "cfsd", "fid")
+
+# ---------------------------------------------------------------------------------------
+# Weight files
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A pretrained file a metric needs: its usual name, source and approximate size."""
+
+    name: str
+    url: str
+    size: str
+    used_by: str
+
+
+ART_INCEPTION = WeightFile(
+    "art_inception.pth",
+    "https://huggingface.co/matthias-wright/art_inception/resolve/main/art_inception.pth",
+    "~90-100 MB",
+    "fid_art / artfid (ArtFID's art-trained Inception-v3)",
+)
+TF_INCEPTION = WeightFile(
+    "weights-inception-2015-12-05-6726825d.pth",
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    "~91 MB",
+    "fid (torch-fidelity's TF-Inception)",
+)
+ALEXNET = WeightFile(
+    "alexnet-owt-7be5be79.pth",
+    "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    "~233 MB",
+    "lpips (AlexNet backbone; the linear heads ship with the lpips package)",
+)
+VGG19 = WeightFile(
+    "vgg19-dcbb9e9d.pth",
+    "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    "~548 MB",
+    "cfsd (VGG-19 ImageNet, relu3_1)",
+)
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A metric's pretrained weight file is absent (and was not, or could not be, downloaded)."""
+
+    def __init__(self, spec: WeightFile, looked_at: Path, cause: BaseException | None = None):
+        folder = hub_checkpoint_dir()
+        msg = (
+            f"{spec.used_by} needs {spec.name} ({spec.size}); not found at {looked_at}.\n"
+            f"  Put the file in {folder}/ (that is $TORCH_HOME/hub/checkpoints), or give its path in the "
+            f"metric's `weights:` config entry, or disable the metric (`enabled: false`).\n"
+            f"  Source: {spec.url}"
+        )
+        if cause is not None:
+            msg += f"\n  Download failed: {type(cause).__name__}: {cause}"
+        super().__init__(msg)
+        self.spec = spec
+
+
+def hub_checkpoint_dir() -> Path:
+    """``$TORCH_HOME/hub/checkpoints``, where torchvision/torch-fidelity cache their weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_weights(spec: WeightFile, path: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The local file for ``spec``: ``path`` if given (never downloaded), else the hub cache,
+    downloading there only when ``download`` is true."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_file():
+            return p
+        raise MissingWeightsError(spec, p)
+    p = hub_checkpoint_dir() / spec.name
+    if p.is_file():
+        return p
+    if download:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            # download_url_to_file writes a temp file and renames it: no half-written weights.
+            torch.hub.download_url_to_file(spec.url, str(p), progress=True)
+            return p
+        except Exception as err:  # any network/IO failure is reported with the fix
+            raise MissingWeightsError(spec, p, cause=err) from err
+    raise MissingWeightsError(spec, p)
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
+    """A state dict from a file that may wrap it (``{"state_dict": ...}``, ``{"model": ...}``)."""
+    for key in ("state_dict", "model", "net"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state dict, got {type(obj).__name__}")
+    sd = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    for prefix in ("module.", "model.", "net.", "inception."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+# ---------------------------------------------------------------------------------------
+# Feature networks
+# ---------------------------------------------------------------------------------------
+
+# torchvision Inception3 children in forward order, up to the 2048-d pool.
+_INCEPTION_BLOCKS = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "maxpool1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "maxpool2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+    "avgpool",
+)
+
+
+class ArtInceptionFeatures(nn.Module):
+    """ArtFID's art-trained Inception-v3 as a feature extractor: (B, 3, H, W) in [0, 1] → (B, 2048).
+
+    Architecture: torchvision's ``Inception3`` (BasicConv2d = conv without bias + BN eps 1e-3),
+    without the aux head and the classifier. Preprocessing: resize so the shorter side is
+    ``short_side`` (SPEC §6; ``None`` keeps the size), then bilinear to 299×299
+    (align_corners=False, no antialias) and x ↦ 2x − 1, which is what ArtFID's Inception3 is
+    documented (by third-party re-implementations) to do internally.
+
+    Expected key layout of ``art_inception.pth``: torchvision's, e.g.
+    ``Conv2d_1a_3x3.conv.weight``, ``Conv2d_1a_3x3.bn.{weight,bias,running_mean,running_var}``,
+    ``Mixed_5b.branch1x1.conv.weight`` … ``Mixed_7c.branch_pool.bn.running_var``; classifier
+    (``fc.*``) and ``AuxLogits.*`` are ignored; see :func:`load_art_inception_state`.
+    """
+
+    num_features = 2048
+
+    def __init__(self, short_side: int | None = 512):
+        super().__init__()
+        from torchvision.models import inception_v3
+
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False)
+        del net.fc, net.dropout  # features only
+        self.net = net
+        self.short_side = short_side
+        self.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ArtInceptionFeatures:
+        return super().train(False)  # BN must use the running statistics
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()  # (B, 3, H, W) in [0, 1]
+        if self.short_side is not None:
+            h, w = x.shape[-2:]
+            s = self.short_side / min(h, w)
+            if s != 1:
+                size = (max(1, round(h * s)), max(1, round(w * s)))
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        for name in _INCEPTION_BLOCKS:
+            x = getattr(self.net, name)(x)
+        return x.flatten(1)  # (B, 2048)
+
+
+def load_art_inception_state(model: ArtInceptionFeatures, state: Mapping[str, Any]) -> list[str]:
+    """Load ``art_inception.pth`` content into ``model``; return the keys deliberately ignored.
+
+    Tolerates a wrapping dict (``state_dict``/``model``), a common key prefix (``module.`` …),
+    a classifier of any size (``fc.*``), ``AuxLogits.*`` and absent ``num_batches_tracked``.
+    Every backbone tensor must be present with the right shape, else ``ValueError`` lists
+    the missing and mismatched keys. Other extra keys are logged, not loaded.
+    """
+    sd = _unwrap_state_dict(state)
+    own = model.net.state_dict()
+    ignored = sorted(k for k in sd if k.startswith(("fc.", "AuxLogits.")))
+    extra = sorted(k for k in sd if k not in own and k not in ignored)
+    missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked"))
+    wrong = sorted(
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    )
+    if missing or wrong:
+        lines = [
+            f"art_inception.pth does not fit torchvision's Inception-v3 layout "
+            f"({len(missing)} missing, {len(wrong)} shape mismatches, {len(extra)} unknown keys). "
+            f"Expected keys like 'Conv2d_1a_3x3.conv.weight' … 'Mixed_7c.branch_pool.bn.running_var'."
+        ]
+        lines += [f"  missing: {k}" for k in missing[:40]] + (
+            [f"  … {len(missing) - 40} more"] if len(missing) > 40 else []
+        )
+        lines += [f"  shape mismatch: {w}" for w in wrong[:40]]
+        lines += [f"  unknown key in file: {k}" for k in extra[:20]]
+        raise ValueError("\n".join(lines))
+    if extra:
+        log.warning("art_inception.pth: %d keys not used by Inception-v3 (e.g. %s)", len(extra), extra[:5])
+    model.net.load_state_dict({k: sd[k] for k in own if k in sd}, strict=False)
+    return ignored
+
+
+def art_inception(
+    weights: str | os.PathLike | None = None, download: bool = False, short_side: int | None = 512
+) -> ArtInceptionFeatures:
+    """:class:`ArtInceptionFeatures` with ``art_inception.pth`` loaded."""
+    path = resolve_weights(ART_INCEPTION, weights, download)
+    model = ArtInceptionFeatures(short_side=short_side)
+    ignored = load_art_inception_state(model, torch.load(path, map_location="cpu", weights_only=True))
+    log.info("fid_art: loaded %s (ignored %d classifier keys)", path, len(ignored))
+    return model
+
+
+def tf_inception(weights: str | os.PathLike | None = None, download: bool = False) -> nn.Module:
+    """torch-fidelity's TF-Inception (uint8 (B, 3, H, W) → (B, 2048)) with the reference
+    TF1-style bilinear resize to 299 (torchmetrics' ``antialias=False``)."""
+    path = resolve_weights(TF_INCEPTION, weights, download)
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    return NoTrainInceptionV3(
+        name="inception-v3-compat",
+        features_list=["2048"],
+        feature_extractor_weights_path=str(path),
+        antialias=False,
+    )
+
+
+def lpips_alexnet(
+    weights: str | os.PathLike | None = None, download: bool = False, pnet_rand: bool = False
+) -> nn.Module:
+    """``lpips.LPIPS(net="alex", version="0.1")``: (x, y) in [-1, 1] → (B, 1, 1, 1).
+
+    The linear heads come with the lpips package; the AlexNet backbone is read from
+    ``alexnet-owt-7be5be79.pth`` here (lpips would download it). ``pnet_rand=True`` keeps a
+    random backbone: tests only, the values mean nothing.
+    """
+    import lpips
+
+    with warnings.catch_warnings():  # torchvision's deprecation notice for lpips' `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        net = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    if not pnet_rand:
+        path = resolve_weights(ALEXNET, weights, download)
+        sd = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        # lpips keeps torchvision's layer index inside each slice: features.{i} ↔ slice*.{i}.
+        backbone = {}
+        for name, _ in net.net.named_parameters():
+            _slice, idx, kind = name.split(".")
+            backbone[name] = f"features.{idx}.{kind}"
+        missing = [src for src in backbone.values() if src not in sd]
+        if missing:
+            raise ValueError(f"{path} is not torchvision's AlexNet state dict: missing {missing}")
+        net.net.load_state_dict({dst: sd[src] for dst, src in backbone.items()}, strict=True)
+    return net.eval().requires_grad_(False)
+
+
+class VGG19Relu31(nn.Module):
+    """VGG-19 (ImageNet) up to relu3_1: (B, 3, H, W) in [0, 1] → (B, 256, H/4, W/4).
+
+    Layers keep torchvision's ``features.{i}`` indices, so its state dict loads as is."""
+
+    def __init__(self):
+        super().__init__()
+        conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1)  # noqa: E731
+        relu, pool = nn.ReLU(inplace=True), nn.MaxPool2d(2, 2)
+        self.features = nn.Sequential(
+            conv(3, 64), relu, conv(64, 64), relu, pool,  # 0..4
+            conv(64, 128), relu, conv(128, 128), relu, pool,  # 5..9
+            conv(128, 256), relu,  # 10, 11 = relu3_1
+        )  # fmt: skip
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features((x.float() - self.mean) / self.std)
+
+
+def vgg19_relu31(weights: str | os.PathLike | None = None, download: bool = False) -> VGG19Relu31:
+    """:class:`VGG19Relu31` with torchvision's ``vgg19-dcbb9e9d.pth`` loaded."""
+    path = resolve_weights(VGG19, weights, download)
+    sd = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model = VGG19Relu31()
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise ValueError(f"{path} is not torchvision's VGG-19 state dict: missing {missing}")
+    model.load_state_dict({k: sd[k] for k in own})
+    return model
+
+
+class RandomFeatures(nn.Module):
+    """TEST ONLY: a fixed random 2-layer conv net standing in for a pretrained extractor.
+
+    (B, 3, H, W) in [0, 1] or uint8 → (B, dim), or (B, dim, H/4, W/4) when ``spatial``.
+    Values computed with it are meaningless; it exists so the plumbing runs offline."""
+
+    def __init__(self, dim: int = 32, spatial: bool = False, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(16, dim, 3, stride=2, padding=1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        self.num_features, self.spatial = dim, spatial
+        self.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        y = self.conv2(F.relu(self.conv1(x)))
+        return y if self.spatial else y.mean((2, 3))
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------
+
+
+def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
+    """‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2(Σ1Σ2)^½) in float64; tr((Σ1Σ2)^½) = Σ √eig(Σ1Σ2)."""
+    mu1, mu2, sigma1, sigma2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
+    # Σ1Σ2 is similar to a PSD matrix, so its eigenvalues are real and ≥ 0 up to round-off;
+    # the complex sqrt keeps round-off negatives from becoming NaN (their real part is ~0).
+    tr_covmean = torch.linalg.eigvals(sigma1 @ sigma2).sqrt().real.sum()
+    return (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * tr_covmean
+
+
+class _Sized(nn.Module):
+    """Wraps an extractor so it always returns (N, d) and announces d to torchmetrics."""
+
+    def __init__(self, net: nn.Module, num_features: int):
+        super().__init__()
+        self.net, self.num_features = net, num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).reshape(x.shape[0], -1)
+
+
+class FrechetDistance(FrechetInceptionDistance):
+    """FID between the "real" (style) and "fake" (stylised) sets on any feature extractor.
+
+    ``update(images, real=...)`` passes the images to ``extractor`` unchanged (uint8 for
+    TF-Inception, float [0, 1] for the art Inception); sums in float64; ``compute()``
+    returns a float64 scalar (torchmetrics casts back to the feature dtype)."""
+
+    def __init__(
+        self,
+        extractor: nn.Module,
+        num_features: int | None = None,
+        reset_real_features: bool = True,
+        **kwargs: Any,
+    ):
+        num_features = num_features if num_features is not None else getattr(extractor, "num_features", None)
+        if not isinstance(num_features, int):
+            raise ValueError("pass num_features= (the extractor has no int `num_features` attribute)")
+        super().__init__(
+            feature=_Sized(extractor, num_features),
+            reset_real_features=reset_real_features,
+            normalize=False,
+            **kwargs,
+        )
+
+    def compute(self) -> Tensor:
+        n_r, n_f = self.real_features_num_samples, self.fake_features_num_samples
+        if n_r < 2 or n_f < 2:
+            raise RuntimeError(f"FID needs at least 2 real and 2 fake samples, got {int(n_r)} and {int(n_f)}")
+        mu_r = self.real_features_sum / n_r
+        mu_f = self.fake_features_sum / n_f
+        cov_r = (self.real_features_cov_sum - n_r * torch.outer(mu_r, mu_r)) / (n_r - 1)
+        cov_f = (self.fake_features_cov_sum - n_f * torch.outer(mu_f, mu_f)) / (n_f - 1)
+        return frechet_distance(mu_f, cov_f, mu_r, cov_r)
+
+
+class LPIPSDistance(Metric):
+    """Mean LPIPS between outputs and their content images; inputs (B, 3, H, W) in [0, 1]."""
+
+    higher_is_better = False
+    full_state_update = False
+    total: Tensor
+    count: Tensor
+
+    def __init__(self, net: nn.Module, **kwargs: Any):
+        """``net(x, y)`` with x, y in [-1, 1] → per-image distances (B,) or (B, 1, 1, 1)."""
+        super().__init__(**kwargs)
+        self.net = net.eval().requires_grad_(False)
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, output: Tensor, content: Tensor) -> None:
+        d = self.net(2 * output.float() - 1, 2 * content.float() - 1)  # (B,) or (B, 1, 1, 1)
+        d = d.reshape(output.shape[0], -1).mean(1)
+        self.total += d.double().sum()
+        self.count += output.shape[0]
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
+def cfsd_per_image(f_content: Tensor, f_output: Tensor, block_rows: int | None = 1024) -> Tensor:
+    """CFSD of each image pair from feature maps (B, C, h, w) → (B,) float64.
+
+    F: (L, C) tokens scaled by 1/C (StyleID's CFSD); S = F Fᵀ (L, L); CFSD = Σ_rows
+    KL(softmax(S_content[i]) ‖ softmax(S_output[i])). Each row is softmaxed over all L
+    columns, so ``block_rows`` rows at a time give exactly the full result while holding
+    only (block_rows, L) per image (512² images: L = 128², a full S would be 2 GiB in fp64).
+    """
+    if f_content.shape != f_output.shape:
+        raise ValueError(f"feature shapes differ: {tuple(f_content.shape)} vs {tuple(f_output.shape)}")
+    b, c = f_content.shape[:2]
+    out = torch.zeros(b, dtype=torch.float64, device=f_content.device)
+    for i in range(b):
+        fc = f_content[i].flatten(1).t().double() / c  # (L, C)
+        fo = f_output[i].flatten(1).t().double() / c
+        n = fc.shape[0]
+        step = n if block_rows is None else block_rows
+        for s in range(0, n, step):
+            log_p = torch.log_softmax(fc[s : s + step] @ fc.t(), dim=-1)  # (rows, L)
+            log_q = torch.log_softmax(fo[s : s + step] @ fo.t(), dim=-1)
+            out[i] += (log_p.exp() * (log_p - log_q)).sum()
+    return out
+
+
+class CFSD(Metric):
+    """Mean CFSD between outputs and their content images; inputs (B, 3, H, W) in [0, 1]."""
+
+    higher_is_better = False
+    full_state_update = False
+    total: Tensor
+    count: Tensor
+
+    def __init__(self, extractor: nn.Module, block_rows: int | None = 1024, **kwargs: Any):
+        """``extractor``: (B, 3, H, W) in [0, 1] → feature maps (B, C, h, w) (VGG-19 relu3_1)."""
+        super().__init__(**kwargs)
+        self.extractor = extractor.eval().requires_grad_(False)
+        self.block_rows = block_rows
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, output: Tensor, content: Tensor) -> None:
+        feats = self.extractor(torch.cat([content, output]).float())  # (2B, C, h, w)
+        f_c, f_o = feats.chunk(2)
+        self.total += cfsd_per_image(f_c, f_o, self.block_rows).sum()
+        self.count += output.shape[0]
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
+def artfid(lpips: float | Tensor, fid_art: float | Tensor) -> float | Tensor:
+    """ArtFID = (1 + LPIPS)·(1 + FID_art) (Wright & Ommer 2022)."""
+    return (1 + lpips) * (1 + fid_art)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[0, 1] float → uint8 with rounding, exactly what a saved PNG holds."""
+    return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# The set used by eval.py and the callback
+# ---------------------------------------------------------------------------------------
+
+
+class StyleTransferMetrics(nn.Module):
+    """Every metric of the protocol behind one interface; disabled ones report ``None``.
+
+    ``update_style(style)`` feeds the reference (style) set of both FIDs, once per style
+    image; ``update(output, content)`` feeds each stylised image with its content. Images
+    are (B, 3, H, W) in [0, 1]; the TF-Inception FID gets them quantised to uint8.
+    """
+
+    def __init__(
+        self,
+        fid_art: FrechetDistance | None = None,
+        fid: FrechetDistance | None = None,
+        lpips: LPIPSDistance | None = None,
+        cfsd: CFSD | None = None,
+        reasons: Mapping[str, str] | None = None,
+        networks: Mapping[str, str] | None = None,
+    ):
+        super().__init__()
+        self.fid_art, self.fid, self.lpips, self.cfsd = fid_art, fid, lpips, cfsd
+        self.reasons = dict(reasons or {})  # metric → why it is None
+        self.networks = dict(networks or {})  # metric → which feature network computed it
+        for name in ("fid_art", "fid", "lpips", "cfsd"):
+            if getattr(self, name) is None:
+                self.reasons.setdefault(name, "disabled")
+        if fid_art is None or lpips is None:
+            self.reasons["artfid"] = "needs fid_art and lpips: " + ", ".join(
+                f"{n} {self.reasons[n]}" for n in ("fid_art", "lpips") if n in self.reasons
+            )
+
+    @property
+    def enabled(self) -> list[str]:
+        return [n for n in METRIC_NAMES if n not in self.reasons]
+
+    @torch.no_grad()
+    def update_style(self, style: Tensor) -> None:
+        if self.fid_art is not None:
+            self.fid_art.update(style.float(), real=True)
+        if self.fid is not None:
+            self.fid.update(to_uint8(style), real=True)
+
+    @torch.no_grad()
+    def update(self, output: Tensor, content: Tensor) -> None:
+        output, content = output.float(), content.float()
+        if self.fid_art is not None:
+            self.fid_art.update(output, real=False)
+        if self.fid is not None:
+            self.fid.update(to_uint8(output), real=False)
+        if self.lpips is not None:
+            self.lpips.update(output, content)
+        if self.cfsd is not None:
+            self.cfsd.update(output, content)
+
+    def compute(self) -> dict[str, float | None]:
+        """Every name of :data:`METRIC_NAMES` → value (float) or None (see ``reasons``)."""
+        res: dict[str, float | None] = {n: None for n in METRIC_NAMES}
+        for name in ("fid_art", "fid", "lpips", "cfsd"):
+            metric = getattr(self, name)
+            if metric is not None:
+                res[name] = float(metric.compute())
+        if res["fid_art"] is not None and res["lpips"] is not None:
+            res["artfid"] = float(artfid(res["lpips"], res["fid_art"]))
+        return res
+
+    def reset(self) -> None:
+        """Clear the stylised-image statistics; FIDs built with ``reset_real_features=False``
+        keep their style statistics."""
+        for name in ("fid_art", "fid", "lpips", "cfsd"):
+            metric = getattr(self, name)
+            if metric is not None:
+                metric.reset()
+
+
+def _opt(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+    return default if cfg is None or cfg.get(key) is None else cfg[key]
+
+
+def build_metrics(
+    fid_art: Mapping[str, Any] | None = None,
+    fid: Mapping[str, Any] | None = None,
+    lpips: Mapping[str, Any] | None = None,
+    cfsd: Mapping[str, Any] | None = None,
+    download: bool = False,
+    test_extractors: bool = False,
+    reset_style: bool = True,
+) -> StyleTransferMetrics:
+    """The protocol's metrics from config entries ``{enabled, weights, ...}`` (missing entry =
+    enabled with default weights). A missing weight file raises :class:`MissingWeightsError`
+    here, before any image is stylised.
+
+    ``test_extractors=True`` (TEST ONLY) swaps every pretrained network for a small fixed
+    random one (:class:`RandomFeatures`; LPIPS keeps AlexNet with a random backbone): the
+    numbers are meaningless and ``networks`` says so.
+    """
+    reasons: dict[str, str] = {}
+    networks: dict[str, str] = {}
+    built: dict[str, Metric | None] = {}
+    cfgs = {"fid_art": fid_art, "fid": fid, "lpips": lpips, "cfsd": cfsd}
+    test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
+    for name, cfg in cfgs.items():
+        if not _opt(cfg, "enabled", True):
+            reasons[name] = f"disabled in config (metrics.{name}.enabled=false)"
+            built[name] = None
+            continue
+        weights = _opt(cfg, "weights", None)
+        if name == "fid_art":
+            if test_extractors:
+                net, networks[name] = RandomFeatures(32, seed=1), test_note
+            else:
+                net = art_inception(weights, download, short_side=_opt(cfg, "short_side", 512))
+                networks[name] = f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d"
+            built[name] = FrechetDistance(net, reset_real_features=reset_style)
+        elif name == "fid":
+            if test_extractors:
+                net, networks[name] = RandomFeatures(32, seed=2), test_note
+                built[name] = FrechetDistance(net, reset_real_features=reset_style)
+            else:
+                net = tf_inception(weights, download)
+                networks[name] = f"torch-fidelity TF-Inception ({TF_INCEPTION.name}), uint8, TF1 resize"
+                built[name] = FrechetDistance(net, num_features=2048, reset_real_features=reset_style)
+        elif name == "lpips":
+            rand = test_extractors or bool(_opt(cfg, "pnet_rand", False))
+            built[name] = LPIPSDistance(lpips_alexnet(weights, download, pnet_rand=rand))
+            networks[name] = test_note if rand else f"LPIPS v0.1 AlexNet ({ALEXNET.name})"
+        else:
+            if test_extractors:
+                net, networks[name] = RandomFeatures(16, spatial=True, seed=3), test_note
+            else:
+                net = vgg19_relu31(weights, download)
+                networks[name] = f"VGG-19 ImageNet relu3_1 ({VGG19.name})"
+            built[name] = CFSD(net, block_rows=_opt(cfg, "block_rows", 1024))
+    return StyleTransferMetrics(**built, reasons=reasons, networks=networks)

@@ -1,0 +1,24 @@
+"""Stylise images with a trained (or released) SaMam checkpoint.
+
+python stylize.py ckpt_path=… content=… style=… output_dir=… [alpha=0.7] [style_weights=[0.7,0.3]]
+``content``/``style``: an image file or a folder; options in conf/stylize.yaml.
+Logic: :func:`samam.evaluation.stylize`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="stylize")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    from samam.evaluation import stylize
+
+    return stylize(**OmegaConf.to_container(cfg, resolve=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The eval-metrics callback inside a real (tiny, CPU) Lightning fit, and its W&B table."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from samam.evaluation import EvalMetricsCallback
+
+METRICS = {"test_extractors": True, "fid": {"enabled": False}}
+
+
+class TinyModule(L.LightningModule):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net.train()
+
+    def training_step(self, batch, _):
+        (x,) = batch
+        return (self.net(x, x) - x).abs().mean()
+
+    def validation_step(self, batch, _):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+
+def loader():
+    return DataLoader(TensorDataset(torch.rand(2, 3, 64, 64)), batch_size=2)
+
+
+def test_callback_logs_metrics_every_n_rounds_and_feeds_checkpointing(tiny_net, image_dirs, tmp_path):
+    import copy
+
+    content, style = image_dirs
+    cb = EvalMetricsCallback(
+        content, style, every_n_val_rounds=2, content_size=32, style_size=64, batch_size=4, metrics=METRICS
+    )
+    calls = []
+    original = cb.evaluate
+    cb.evaluate = lambda trainer, module: calls.append(trainer.current_epoch) or original(trainer, module)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/artfid", mode="min", save_top_k=1)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+        callbacks=[cb, ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+    assert calls == [0, 2]  # rounds 0 and 2 of 3; the sanity check is not a round
+    assert cb.rounds == 3
+    m = trainer.callback_metrics
+    for key in ("val/artfid", "val/fid_art", "val/lpips", "val/cfsd", "val/eval_seconds"):
+        assert key in m and torch.isfinite(m[key]), key
+    assert "val/fid" not in m  # disabled metrics are not logged
+    assert torch.allclose(m["val/artfid"], (1 + m["val/lpips"]) * (1 + m["val/fid_art"]), rtol=1e-5)
+    assert ckpt.best_model_path and ckpt.best_model_score is not None
+    assert cb.state_dict() == {"rounds": 3}
+
+
+def test_callback_config_composes_and_instantiates():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["+callbacks@callbacks.eval_metrics=eval_metrics"])
+    cb = instantiate(cfg.callbacks.eval_metrics)
+    assert isinstance(cb, EvalMetricsCallback) and cb.every_n_val_rounds >= 1
+    assert str(cb.content).endswith("eval/content")
+
+
+class RecordingWandb(WandbLogger):
+    def __init__(self):
+        super().__init__(offline=True)
+        self.tables = []
+
+    def log_table(self, key, columns=None, data=None, dataframe=None, step=None):
+        self.tables.append((key, columns, data, step))
+
+
+def test_wandb_table_of_samples_is_uint8():
+    rec = RecordingWandb()
+    u8 = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    EvalMetricsCallback._log_table(
+        SimpleNamespace(loggers=[rec], global_step=7), [("c_stylized_s", u8, u8, u8)]
+    )
+    key, columns, data, step = rec.tables[0]
+    assert key == "val/samples" and columns == ["pair", "content", "style", "output"] and step == 7
+    assert data[0][0] == "c_stylized_s" and len(data[0]) == 4

@@ -1,0 +1,101 @@
+"""eval.py end to end: the real config composed, shrunk to a CPU run of a random tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ("artfid", "fid_art", "lpips", "cfsd", "fid", "ms_per_image", "gmacs", "params", "peak_mem_mib")
+
+
+def entry_point(name: str):
+    spec = importlib.util.spec_from_file_location(f"_entry_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def compose_eval(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("eval", overrides=overrides)
+
+
+def base_overrides(tiny_ckpt: Path, image_dirs, out: Path) -> list[str]:
+    content, style = image_dirs
+    return [
+        f"ckpt_path={tiny_ckpt}",
+        f"content_dir={content}",
+        f"style_dir={style}",
+        f"output_dir={out}",
+        "device=cpu",
+        "backend=torch",
+        "content_size=32",
+        "style_size=64",
+        "batch_size=2",
+        "progress=false",
+        "bench.content_size=32",
+        "bench.style_size=64",
+        "bench.warmup=0",
+        "bench.repeats=2",
+    ]
+
+
+def test_eval_end_to_end_writes_every_key(tiny_ckpt, tiny_net, image_dirs, tmp_path):
+    out = tmp_path / "eval"
+    cfg = compose_eval(base_overrides(tiny_ckpt, image_dirs, out) + ["metrics.test_extractors=true"])
+    res = entry_point("eval")(cfg)
+
+    saved = json.loads((out / "results.json").read_text())
+    for key in KEYS:
+        assert key in saved
+    for key in ("artfid", "fid_art", "lpips", "cfsd", "fid", "ms_per_image", "gmacs", "params"):
+        assert isinstance(saved[key], (int, float)), key
+    assert saved["peak_mem_mib"] is None and "CUDA" in saved["null_reasons"]["peak_mem_mib"]
+    assert saved["artfid"] == pytest.approx((1 + saved["lpips"]) * (1 + saved["fid_art"]))
+    assert saved["params"] == sum(p.numel() for p in tiny_net.parameters())
+    assert saved["gmacs_breakdown"]["gmacs_scan"] > 0
+    assert "warning" in saved and all("TEST ONLY" in v for v in saved["metric_networks"].values())
+    assert saved["protocol"]["n_images"] == 6 and res["artfid"] == saved["artfid"]
+
+    names = sorted(p.name for p in out.glob("*_stylized_*.png"))
+    assert names == [f"c{i}_stylized_s{j}.png" for i in range(2) for j in range(3)]
+    assert Image.open(out / "c1_stylized_s1.png").size == (32, 32)
+    md = (out / "results.md").read_text()
+    assert "| ArtFID ↓ |" in md and "TEST ONLY" in md
+
+
+def test_eval_disabled_metrics_are_null_with_reason(tiny_ckpt, image_dirs, tmp_path):
+    out = tmp_path / "eval"
+    overrides = base_overrides(tiny_ckpt, image_dirs, out) + [
+        "metrics.test_extractors=true",
+        "metrics.lpips.enabled=false",
+        "metrics.fid.enabled=false",
+        "bench.enabled=false",
+    ]
+    entry_point("eval")(compose_eval(overrides))
+    saved = json.loads((out / "results.json").read_text())
+    for key in ("lpips", "fid", "artfid", "ms_per_image", "gmacs"):
+        assert saved[key] is None and saved["null_reasons"][key], key
+    assert "metrics.lpips.enabled=false" in saved["null_reasons"]["lpips"]
+    assert isinstance(saved["fid_art"], float) and isinstance(saved["cfsd"], float)
+
+
+def test_eval_missing_metric_weights_fail_before_stylising(tiny_ckpt, image_dirs, tmp_path):
+    from samam.metrics import MissingWeightsError
+
+    out = tmp_path / "eval"
+    with pytest.raises(MissingWeightsError, match="art_inception.pth"):
+        entry_point("eval")(compose_eval(base_overrides(tiny_ckpt, image_dirs, out)))
+    assert not list(out.glob("*.png"))
+
+
+def test_eval_missing_checkpoint(image_dirs, tmp_path):
+    cfg = compose_eval(base_overrides(tmp_path / "absent.ckpt", image_dirs, tmp_path / "o"))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        entry_point("eval")(cfg)

@@ -1,0 +1,205 @@
+"""Metric formulas on known values, the blocked CFSD, LPIPS plumbing and weight-file errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samam import metrics as M
+
+
+def scipy_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """The classic float64 reference (pytorch-fid / ArtFID): scipy sqrtm of Σ1Σ2."""
+    mu1, mu2 = fake.mean(0), real.mean(0)
+    s1, s2 = np.cov(fake, rowvar=False), np.cov(real, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def feed(metric: M.FrechetDistance, real: np.ndarray, fake: np.ndarray) -> float:
+    for chunk in np.array_split(real, 3):  # several updates, as batches would arrive
+        metric.update(torch.from_numpy(chunk), real=True)
+    for chunk in np.array_split(fake, 2):
+        metric.update(torch.from_numpy(chunk), real=False)
+    return float(metric.compute())
+
+
+@pytest.mark.parametrize(
+    "n_real, n_fake, d", [(60, 50, 16), (40, 30, 24), (20, 80, 64)]
+)  # last: rank-deficient
+def test_fid_matches_scipy_float64_reference(n_real, n_fake, d):
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(n_real, d))
+    fake = rng.normal(loc=0.3, scale=1.5, size=(n_fake, d)) @ rng.normal(size=(d, d)) * 0.5
+    metric = M.FrechetDistance(nn.Identity(), num_features=d)
+    value = feed(metric, real, fake)
+    assert metric.compute().dtype == torch.float64
+    assert value == pytest.approx(scipy_fid(real, fake), rel=1e-8)
+
+
+def test_fid_zero_for_identical_sets_and_style_stats_kept():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(30, 8))
+    metric = M.FrechetDistance(nn.Identity(), num_features=8, reset_real_features=False)
+    assert abs(feed(metric, feats, feats)) < 1e-8
+    metric.reset()  # the callback's pattern: style statistics survive, stylised ones go
+    assert int(metric.real_features_num_samples) == 30 and int(metric.fake_features_num_samples) == 0
+
+
+def test_fid_needs_feature_count():
+    with pytest.raises(ValueError, match="num_features"):
+        M.FrechetDistance(nn.Identity())
+
+
+def test_artfid_formula_and_suite():
+    # SaMam's paper row: LPIPS 0.388, FID 17.95 → ArtFID 26.31.
+    assert M.artfid(0.388, 17.95) == pytest.approx(26.31, abs=0.01)
+
+    class Const(nn.Module):
+        def forward(self, x, y):
+            return torch.full((x.shape[0], 1, 1, 1), 0.25)
+
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(20, 4)), rng.normal(loc=1.0, size=(20, 4))
+    fid = M.FrechetDistance(nn.Flatten(), num_features=4)
+    suite = M.StyleTransferMetrics(fid_art=fid, lpips=M.LPIPSDistance(Const()))
+    suite.update_style(torch.from_numpy(real).view(20, 4, 1, 1))
+    suite.update(torch.from_numpy(fake).view(20, 4, 1, 1), torch.zeros(20, 4, 1, 1))
+    res = suite.compute()
+    assert res["lpips"] == pytest.approx(0.25)
+    assert res["fid_art"] == pytest.approx(scipy_fid(real, fake), rel=1e-8)
+    assert res["artfid"] == pytest.approx((1 + 0.25) * (1 + res["fid_art"]), rel=1e-12)
+    assert res["fid"] is None and res["cfsd"] is None
+    assert "disabled" in suite.reasons["fid"] and "artfid" not in suite.reasons
+
+
+def test_artfid_is_null_with_reason_when_lpips_disabled():
+    suite = M.build_metrics(lpips={"enabled": False}, test_extractors=True)
+    assert suite.lpips is None
+    assert "lpips.enabled=false" in suite.reasons["lpips"]
+    assert "lpips" in suite.reasons["artfid"]
+
+
+def test_cfsd_zero_positive_and_blocked_equals_full():
+    g = torch.Generator().manual_seed(0)
+    fc = torch.randn(2, 8, 6, 5, generator=g)
+    fo = fc + 0.5 * torch.randn(2, 8, 6, 5, generator=g)
+    assert torch.all(M.cfsd_per_image(fc, fc, block_rows=4).abs() < 1e-12)
+    full = M.cfsd_per_image(fc, fo, block_rows=None)
+    assert full.dtype == torch.float64 and torch.all(full > 0)
+    for rows in (1, 7, 30, 100):  # L = 30 tokens: blocks that divide it, do not, and exceed it
+        torch.testing.assert_close(M.cfsd_per_image(fc, fo, block_rows=rows), full, rtol=1e-12, atol=1e-14)
+    # StyleID's definition: kl_div(log softmax S_out, softmax S_content, batchmean) with F/C tokens.
+    for i in range(2):
+        tc, to = (f[i].flatten(1).t().double() / 8 for f in (fc, fo))
+        ref = F.kl_div(
+            torch.log_softmax(to @ to.t(), -1).reshape(1, -1),
+            torch.softmax(tc @ tc.t(), -1).reshape(1, -1),
+            reduction="batchmean",
+        )
+        assert float(full[i]) == pytest.approx(float(ref), rel=1e-10)
+
+
+def test_cfsd_metric_on_images():
+    metric = M.CFSD(M.RandomFeatures(8, spatial=True, seed=0), block_rows=5)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(2, 3, 24, 20, generator=g), torch.rand(2, 3, 24, 20, generator=g)
+    metric.update(x, x)
+    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-12)
+    metric.reset()
+    metric.update(y, x)
+    assert float(metric.compute()) > 0
+
+
+def test_lpips_plumbing_random_backbone():
+    net = M.lpips_alexnet(pnet_rand=True)
+    metric = M.LPIPSDistance(net)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
+    metric.update(x, x)
+    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-7)
+    metric.reset()
+    metric.update(y[:2], x[:2])
+    metric.update(y[2:], x[2:])
+    with torch.no_grad():
+        direct = net(2 * y - 1, 2 * x - 1).flatten()  # lpips expects [-1, 1]
+    assert float(metric.compute()) == pytest.approx(float(direct.double().mean()), rel=1e-6)
+    assert float(metric.compute()) > 0
+    assert metric.total.dtype == torch.float64
+
+
+def test_metric_states_are_float64_sums():
+    metric = M.CFSD(M.RandomFeatures(4, spatial=True))
+    assert metric.total.dtype == torch.float64
+    fid = M.FrechetDistance(nn.Identity(), num_features=3)
+    assert fid.real_features_cov_sum.dtype == torch.float64
+    for m in (metric, fid):
+        assert all(fn is not None for fn in m._reductions.values())  # every state all-reduced
+
+
+@pytest.mark.parametrize(
+    "build, name",
+    [
+        (lambda: M.art_inception(), "art_inception.pth"),
+        (lambda: M.tf_inception(), "weights-inception-2015-12-05-6726825d.pth"),
+        (lambda: M.lpips_alexnet(), "alexnet-owt-7be5be79.pth"),
+        (lambda: M.vgg19_relu31(), "vgg19-dcbb9e9d.pth"),
+    ],
+)
+def test_missing_weights_name_size_and_folder(build, name):
+    with pytest.raises(M.MissingWeightsError) as info:
+        build()
+    msg = str(info.value)
+    assert name in msg and "MB" in msg
+    assert str(M.hub_checkpoint_dir()) in msg and "enabled: false" in msg
+
+
+def test_missing_explicit_weights_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="art_inception.pth"):
+        M.art_inception(weights=tmp_path / "nope.pth")
+    with pytest.raises(M.MissingWeightsError, match="vgg19-dcbb9e9d.pth"):
+        M.build_metrics(fid_art={"enabled": False}, fid={"enabled": False}, lpips={"enabled": False})
+
+
+def test_art_inception_tolerant_loader_and_mismatch_report():
+    model = M.ArtInceptionFeatures(short_side=None)
+    own = model.net.state_dict()
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in own.items()}
+    wrapped = {"state_dict": {"module." + k: v for k, v in state.items() if "num_batches" not in k}}
+    wrapped["state_dict"]["module.fc.weight"] = torch.zeros(7, 2048)  # any classifier is ignored
+    ignored = M.load_art_inception_state(model, wrapped)
+    assert ignored == ["fc.weight"]
+    torch.testing.assert_close(
+        model.net.Mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"]
+    )
+
+    bad = dict(state)
+    del bad["Mixed_6b.branch1x1.conv.weight"]
+    bad["Conv2d_1a_3x3.conv.weight"] = torch.zeros(32, 3, 5, 5)
+    with pytest.raises(ValueError) as info:
+        M.load_art_inception_state(model, bad)
+    msg = str(info.value)
+    assert "missing: Mixed_6b.branch1x1.conv.weight" in msg
+    assert "Conv2d_1a_3x3.conv.weight: file (32, 3, 5, 5) vs model (32, 3, 3, 3)" in msg
+
+
+def test_vgg19_relu31_matches_torchvision_layout(tmp_path):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    ref = make_layers(cfgs["E"])[:12].eval()  # torchvision's VGG-19 features up to relu3_1
+    path = tmp_path / "vgg19-dcbb9e9d.pth"
+    state = {f"features.{k}": v for k, v in ref.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)
+    torch.save(state, path)
+    model = M.vgg19_relu31(weights=path)
+    x = torch.rand(1, 3, 20, 24)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref((x - mean) / std))
+    assert model(x).shape == (1, 256, 5, 6)

@@ -1,0 +1,131 @@
+"""stylize: sizes kept, style strength α, style mixing, bad inputs, no overwrite, grid, CLI errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samam.evaluation import read_image, stylize
+from samam.metrics import to_uint8
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(tiny_ckpt, content, style, out, **kw):
+    kw = {"device": "cpu", "backend": "torch", "progress": False, "style_side": None, **kw}
+    return stylize(tiny_ckpt, content, style, out, **kw)
+
+
+def pixels(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).int()
+
+
+@pytest.fixture()
+def pair(tmp_path, make_image) -> tuple[Path, Path]:
+    content = make_image(tmp_path / "odd.png", 457, 301, seed=7)  # W × H, both odd
+    style = make_image(tmp_path / "art.png", 64, 80, seed=8)
+    return content, style
+
+
+def test_odd_size_kept_and_alpha_one_equals_net(tiny_ckpt, tiny_net, pair, tmp_path):
+    content, style = pair
+    summary = run(tiny_ckpt, content, style, tmp_path / "out")
+    out = tmp_path / "out" / "odd_stylized_art.png"
+    assert summary["written"] == [str(out)]
+    assert Image.open(out).size == (457, 301)
+    c, s = read_image(content)[None], read_image(style)[None]
+    with torch.no_grad():
+        ref = to_uint8(tiny_net(c, s))[0].int()
+    assert (pixels(out) - ref).abs().max() <= 1  # same pixels up to rounding of float noise
+
+
+def test_alpha_zero_reconstructs_content_embedding(tiny_ckpt, tiny_net, pair, tmp_path):
+    content, style = pair
+    run(tiny_ckpt, content, style, tmp_path / "out", alpha=0.0)
+    out = tmp_path / "out" / "odd_stylized_art_alpha0.00.png"
+    c = read_image(content)[None]
+    with torch.no_grad():
+        ref = to_uint8(tiny_net(c, c))[0].int()  # the reconstruction net(c, c)
+    assert (pixels(out) - ref).abs().max() <= 1
+    run(tiny_ckpt, content, style, tmp_path / "out", alpha=0.25)
+    with torch.no_grad():
+        e = 0.75 * tiny_net.embed_style(c) + 0.25 * tiny_net.embed_style(read_image(style)[None])
+        ref = to_uint8(tiny_net(c, style_embedding=e))[0].int()
+    assert (pixels(tmp_path / "out" / "odd_stylized_art_alpha0.25.png") - ref).abs().max() <= 1
+    with pytest.raises(ValueError, match="alpha"):
+        run(tiny_ckpt, content, style, tmp_path / "out", alpha=1.5)
+
+
+def test_style_mixing_weights(tiny_ckpt, image_dirs, tmp_path):
+    content, style = image_dirs
+    styles = sorted(style.iterdir())
+    run(tiny_ckpt, content / "c0.png", styles[0], tmp_path / "single")
+    summary = run(tiny_ckpt, content / "c0.png", styles, tmp_path / "mix", style_weights=[2.0, 0.0, 0.0])
+    mixed = tmp_path / "mix" / "c0_stylized_s0+s1+s2.png"
+    assert summary["written"] == [str(mixed)]
+    assert torch.equal(
+        pixels(mixed), pixels(tmp_path / "single" / "c0_stylized_s0.png")
+    )  # normalised weights
+    with pytest.raises(ValueError, match="style_weights"):
+        run(tiny_ckpt, content / "c0.png", styles, tmp_path / "bad", style_weights=[1.0, 1.0])
+
+
+def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, tmp_path):
+    content, style = image_dirs
+    mixed = tmp_path / "content"
+    mixed.mkdir()
+    for p in content.iterdir():
+        (mixed / p.name).write_bytes(p.read_bytes())
+    (mixed / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    first = run(tiny_ckpt, mixed, style, out, batch_size=2, grid=True, grid_cell=32)
+    assert len(first["written"]) == 6
+    assert first["skipped_unreadable"] == [str(mixed / "broken.png")]
+    assert Image.open(out / "grid.png").size == ((1 + 3) * 32, (1 + 2) * 32)
+    assert Image.open(out / "c1_stylized_s2.png").size == (64, 48)
+
+    before = (out / "c0_stylized_s0.png").stat().st_mtime_ns
+    second = run(tiny_ckpt, mixed, style, out)
+    assert second["written"] == [] and len(second["skipped_existing"]) == 6
+    assert (out / "c0_stylized_s0.png").stat().st_mtime_ns == before
+    third = run(tiny_ckpt, mixed, style, out, overwrite=True)
+    assert len(third["written"]) == 6
+
+
+def test_max_side_shrinks_content(tiny_ckpt, pair, tmp_path):
+    content, style = pair
+    run(tiny_ckpt, content, style, tmp_path / "out", max_side=100)
+    assert Image.open(tmp_path / "out" / "odd_stylized_art.png").size == (100, 66)
+
+
+def test_bf16_precision_runs(tiny_ckpt, pair, tmp_path):
+    content, style = pair
+    run(tiny_ckpt, content, style, tmp_path / "out", precision="bf16")
+    assert Image.open(tmp_path / "out" / "odd_stylized_art.png").size == (457, 301)
+    with pytest.raises(ValueError, match="precision"):
+        run(tiny_ckpt, content, style, tmp_path / "out", precision="fp16")
+
+
+def test_missing_checkpoint_clear_message(pair, tmp_path):
+    content, style = pair
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        run(tmp_path / "nope.ckpt", content, style, tmp_path / "out")
+
+
+def test_cli_refuses_missing_checkpoint(pair, tmp_path):
+    content, style = pair
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stylize.py"), f"ckpt_path={tmp_path / 'nope.ckpt'}", f"content={content}",
+         f"style={style}", f"output_dir={tmp_path / 'out'}", "device=cpu"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "checkpoint not found" in proc.stderr and "nope.ckpt" in proc.stderr
