@@ -1,0 +1,932 @@
+"""Full-network benchmark: latency, throughput, peak memory and training-step time vs resolution.
+
+    make bench                                     # CPU defaults: 256, 512, 1024
+    python experiments/benchmark.py --device cuda --precision fp32 bf16
+    python experiments/benchmark.py --mixers ssm attention --sizes 256 512
+    python experiments/benchmark.py --release-path ~/src/SaMam  # same-run ratio vs the authors' code
+
+Writes results.csv, results.md, scaling.png and meta.json to --out. Columns and how to read
+them: experiments/performance.md. Failures (out of memory, 32-bit index limits) become rows
+with a status, never a crash; outputs are rewritten after every case, so a killed run keeps
+what it measured.
+
+The authors' release is never imported unless --release-path names a local clone; it is
+then timed in the same process with its own scan (mamba-ssm on CUDA, pure torch on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import dataclasses
+import datetime
+import gc
+import io
+import json
+import logging
+import math
+import os
+import platform
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("latency", "throughput", "train")
+FIELDS = (
+    "impl", "mixer", "backend", "precision", "task", "batch", "content", "style", "pixels",
+    "median_ms", "min_ms", "repeats", "img_per_s", "peak_mib", "mem_kind", "speedup_vs_release",
+    "status", "notes",
+)  # fmt: skip
+MEM_KINDS = {
+    "cuda_max_allocated": "torch.cuda.max_memory_allocated over the case's calls; absolute: weights + inputs + activations",
+    "rss_hwm_delta": "resident-set peak (VmHWM) that one extra untimed call adds above the RSS before it; weights and "
+    "inputs excluded",
+    "ru_maxrss_delta": "growth of the process's lifetime peak RSS (ru_maxrss) in one extra call: a lower bound",
+}
+# Release constructor names for our SaMamConfig fields; any other field must keep its default.
+RELEASE_ARGS = {
+    "embed_dim": "embed_dim",
+    "patch_size": "patch_size",
+    "encoder_depth": "nVSSMs",
+    "decoder_depth": "nSAVSSMs",
+    "decoder_groups": "nSAVSSGs",
+    "style_dim": "representation_dim",
+    "d_state": "d_state",
+    "expand": "expand",
+    "loe_compress": "compress_ratio",
+    "loe_squeeze": "squeeze_factor",
+}
+RELEASE_IGNORED = {"mixer", "backend", "zero_init", "dt_rank"}  # no effect on the release's speed
+
+log = logging.getLogger("benchmark")
+
+
+# ---- arguments ------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """`k=v` value: true/false, none/null, int, float, else the string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Constructor kwargs from conf/model/<name>.yaml, following its `defaults` list."""
+    path = REPO / "conf" / "model" / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+        raise SystemExit(f"--preset {name!r}: no {path}; presets: {choices}")
+    try:
+        import yaml
+    except ImportError as e:
+        raise SystemExit("--preset needs PyYAML (pip install pyyaml); or pass --model k=v ...") from e
+    doc = yaml.safe_load(path.read_text()) or {}
+    out: dict[str, Any] = {}
+    own = {k: v for k, v in doc.items() if k not in ("defaults", "_target_")}
+    defaults = [d for d in doc.get("defaults", []) if isinstance(d, str)]  # model presets: plain names
+    for entry in defaults:
+        out.update(own if entry == "_self_" else load_preset(entry))
+    if "_self_" not in defaults:
+        out.update(own)
+    return out
+
+
+def model_kwargs(preset: str | None, overrides: list[str]) -> dict[str, Any]:
+    """SaMam constructor kwargs from a preset and `k=v` overrides; mixer and backend are set per series."""
+    from samam.nn.samam import SaMamConfig
+
+    kwargs = load_preset(preset) if preset else {}
+    for managed in ("mixer", "backend"):
+        kwargs.pop(managed, None)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--model expects key=value, got {item!r}")
+        if key in ("mixer", "backend"):
+            raise SystemExit(f"--model {key}=...: use --{'mixers' if key == 'mixer' else 'backend'} instead")
+        kwargs[key] = parse_value(value)
+    fields = {f.name for f in dataclasses.fields(SaMamConfig)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise SystemExit(f"--model: unknown SaMam arguments {unknown}; known: {sorted(fields)}")
+    return kwargs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--preset", help="conf/model/<name>.yaml (samam, small, tiny); default: SaMam() (released p=8)"
+    )
+    p.add_argument("--model", nargs="*", default=[], metavar="K=V", help="SaMam constructor overrides")
+    p.add_argument("--mixers", nargs="+", default=["ssm"], choices=["ssm", "attention"])
+    p.add_argument("--backend", nargs="+", default=["auto"], choices=["auto", "torch", "numba", "mamba"])
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    p.add_argument(
+        "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="bf16 = autocast"
+    )
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument(
+        "--sizes", nargs="+", type=int, help="latency content sides (CPU 256 512 1024; CUDA 256…4096)"
+    )
+    p.add_argument("--style-size", type=int, default=256)
+    p.add_argument("--throughput-batch", type=int, default=8)
+    p.add_argument("--throughput-sizes", nargs="+", type=int, help="default: 256 on CPU, 512 on CUDA")
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-sizes", nargs="+", type=int, default=[256], help="crop side (style crop too)")
+    p.add_argument(
+        "--loss", choices=["auto", "vgg", "mse"], default="auto", help="auto: VGG if samam.losses imports"
+    )
+    p.add_argument("--warmup", type=int, help="untimed calls first (default CPU 1, CUDA 3)")
+    p.add_argument("--repeats", type=int, help="timed calls (default CPU 3, CUDA 10)")
+    p.add_argument(
+        "--case-seconds",
+        type=float,
+        default=30.0,
+        help="about this many seconds of warm-up, and of timed calls, per case (≥ 1 timed call)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help="skip a case whose one call is predicted (from smaller sizes) to exceed this (s); 0 = never "
+        "(default CPU 300, CUDA 60)",
+    )
+    p.add_argument(
+        "--budget", type=float, default=0.0, help="stop starting cases after this many seconds; 0 = none"
+    )
+    p.add_argument("--threads", type=int, help="intra-op threads (torch and numba); default: as the env says")
+    p.add_argument("--compile", action="store_true", help="torch.compile our network (not the release)")
+    p.add_argument("--release-path", type=Path, help="local clone of github.com/Chernobyllight/SaMam")
+    p.add_argument(
+        "--release-scan",
+        choices=["auto", "mamba", "torch"],
+        default="auto",
+        help="auto: mamba on CUDA, torch on CPU",
+    )
+    p.add_argument(
+        "--release-train", action="store_true", help="also time the release's training step on CPU (slow)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="default experiments/results/<date>-<device>/")
+    return p
+
+
+# ---- machine --------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        # A copied work tree (e.g. on a lent GPU machine) has no .git: the caller may name it.
+        return os.environ.get("SAMAM_COMMIT", "unknown (no git checkout; set SAMAM_COMMIT)")
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "commit": git_commit(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def loaded_versions() -> dict[str, str]:
+    """Versions of the optional kernels the run actually imported."""
+    return {
+        m: getattr(sys.modules[m], "__version__", "?") for m in ("numba", "mamba_ssm") if m in sys.modules
+    }
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+# ---- measurement ----------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Peak memory of a case.
+
+    CUDA: torch.cuda.max_memory_allocated over all of the case's calls, absolute (weights,
+    inputs and activations). CPU: one extra untimed call after the timed ones, measured as the
+    process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) above
+    the RSS just before it: the memory that call adds. glibc keeps freed blocks resident and
+    reuses them, which would hide most of it, so the heap is trimmed first and blocks ≥ 1 MiB
+    are mmapped (returned on free) during that call only. Timed calls run under glibc's
+    steady-state thresholds, fixed at start so that every case sees the same allocator.
+    Where /proc or glibc is unavailable: growth of ru_maxrss, a lower bound.
+    """
+
+    # mallopt parameter numbers (glibc malloc.h) and the values glibc's dynamic thresholds
+    # settle at in a long-running process; every case runs under these fixed values.
+    _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+    _STEADY = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20}
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._libc = None
+        if device.type == "cuda":
+            self.kind = "cuda_max_allocated"
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt, libc.malloc_trim  # noqa: B018  (glibc only)
+            self._libc = libc
+            for param, value in self._STEADY.items():
+                libc.mallopt(param, value)
+        self.kind = "rss_hwm_delta" if self._libc is not None and self._reset_hwm() else "ru_maxrss_delta"
+
+    @property
+    def extra_call(self) -> bool:
+        return self.device.type != "cuda"
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status_kib(field: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+        raise KeyError(field)
+
+    def reset(self) -> None:
+        """CUDA: start counting (before the case's first call)."""
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_mib(self) -> float:
+        """CUDA: peak since reset()."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
+
+    def measure(self, fn: Callable[[], Any]) -> float:
+        """CPU: MiB that one call of fn adds at its peak."""
+        gc.collect()
+        if self.kind == "ru_maxrss_delta":
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            fn()
+            return max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        self._libc.malloc_trim(0)
+        self._reset_hwm()
+        base = self._status_kib("VmRSS")
+        self._libc.mallopt(self._M_MMAP_THRESHOLD, 1 << 20)
+        try:
+            fn()
+        finally:
+            self._libc.mallopt(self._M_MMAP_THRESHOLD, self._STEADY[self._M_MMAP_THRESHOLD])
+        return max(0.0, self._status_kib("VmHWM") - base) / 1024
+
+
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds for one call: CUDA events on GPU (queue drained first), perf_counter on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_calls(
+    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, case_seconds: float
+) -> list[float]:
+    """Times of up to `repeats` calls after up to `warmup` untimed ones; a case whose calls are
+    slow gets fewer of both (at least one timed call), about `case_seconds` of each."""
+    spent, last = 0.0, None
+    for _ in range(warmup):
+        last = time_once(fn, device)
+        spent += last
+        if spent > case_seconds:
+            break
+    n = repeats if last is None else max(1, min(repeats, int(case_seconds // max(last, 1e-9))))
+    return [time_once(fn, device) for _ in range(n)]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# ---- networks -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Series:
+    """One network being timed: ours (per mixer/backend) or the release."""
+
+    impl: str  # "samam" | "release"
+    mixer: str
+    requested: str  # backend asked for
+    build: Callable[[], nn.Module]
+    batched: bool = True  # False: the network takes one sample at a time (the release's S7)
+    backend: str = ""  # what the built network resolved it to
+
+    def __post_init__(self):
+        self.backend = self.backend or self.requested
+
+    @property
+    def label(self) -> str:
+        return f"{self.impl} {self.mixer}/{self.backend}"
+
+
+def backend_name(backend: Any, device: torch.device) -> str:
+    """What a resolved ScanBackend runs on `device`, e.g. 'numba' for auto on CPU."""
+    describe = getattr(backend, "describe", None)
+    if callable(describe):  # "auto (cpu: numba, cuda: torch)"
+        m = re.search(rf"\b{device.type}: ([^,)]+)", describe())
+        if m:
+            return m.group(1).strip()
+    name = getattr(backend, "name", None) or getattr(backend, "__name__", None) or type(backend).__name__
+    return str(name).removeprefix("selective_scan_")
+
+
+def samam_series(kwargs: dict[str, Any], mixers: list[str], backends: list[str], device, compile_: bool):
+    from samam import SaMam
+
+    out = []
+    for mixer in mixers:
+        # The attention mixer never calls the scan: time it once.
+        for backend in backends if mixer == "ssm" else backends[:1]:
+
+            def build(mixer=mixer, backend=backend) -> nn.Module:
+                net = SaMam(**kwargs, mixer=mixer, backend=backend).to(device).eval()
+                return torch.compile(net) if compile_ else net
+
+            out.append(Series("samam", mixer, backend if mixer == "ssm" else "-", build))
+    return out
+
+
+def release_series(path: Path, kwargs: dict[str, Any], scan: str, device: torch.device) -> Series:
+    """The authors' network from a local clone, same widths as ours, random weights."""
+    from samam.nn.samam import SaMamConfig
+
+    path = path.expanduser().resolve()
+    if not (path / "MODEL" / "SaMam_model.py").is_file():
+        raise SystemExit(
+            f"--release-path {path}: no MODEL/SaMam_model.py (clone github.com/Chernobyllight/SaMam)"
+        )
+    defaults = SaMamConfig()
+    differ = [
+        k
+        for k, v in kwargs.items()
+        if k not in RELEASE_ARGS and k not in RELEASE_IGNORED and getattr(defaults, k) != v
+    ]
+    if differ:
+        raise SystemExit(f"--release-path: the release has no switch for {differ}; drop them or the release")
+    cfg = dataclasses.replace(defaults, **kwargs)
+    rel_kwargs = {rel: getattr(cfg, ours) for ours, rel in RELEASE_ARGS.items()}
+    if scan == "auto":
+        scan = "mamba" if device.type == "cuda" else "torch"
+    rel_kwargs["mamba_from_trion"] = 1 if scan == "mamba" else 0
+
+    def build() -> nn.Module:
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints while building
+            from MODEL.SaMam_model import SaMam as ReleaseSaMam
+
+            net = ReleaseSaMam(**rel_kwargs)
+        return net.to(device).eval()
+
+    return Series("release", "ssm", scan, build, batched=False)
+
+
+def forward_fn(series: Series, net: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if series.batched:
+        return net
+    quiet = io.StringIO()
+
+    def per_sample(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        with contextlib.redirect_stdout(quiet):
+            out = torch.cat([net(c, s) for c, s in zip(content.split(1), style.split(1))])
+        quiet.seek(0)
+        quiet.truncate()
+        return out
+
+    return per_sample
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_loss(kind: str, device: torch.device) -> tuple[LossFn, str]:
+    """The training objective: SaMam's VGG perceptual loss, or MSE when it is unavailable."""
+
+    def mse(ics, icc, iss, c, s):
+        return F.mse_loss(torch.cat([ics, icc, iss]), torch.cat([c, c, s]))
+
+    if kind == "mse":
+        return mse, "mse on output (--loss mse)"
+    try:
+        from samam.losses import StyleTransferLoss
+    except ImportError as e:
+        if kind == "vgg":
+            raise
+        return mse, f"mse on output (samam.losses not importable: {e})"
+    losses_log = logging.getLogger("samam.losses")
+    level = losses_log.level
+    losses_log.setLevel(logging.ERROR)  # its random-weights warning is meant for training runs
+    try:
+        loss = StyleTransferLoss(vgg="random").to(device)
+    finally:
+        losses_log.setLevel(level)
+    return (lambda *t: loss(*t)["loss"]), "VGG-19 perceptual (samam.losses; random weights, same FLOPs)"
+
+
+# ---- cases ----------------------------------------------------------------------------
+
+
+def inference_case(series: Series, net: nn.Module, device, precision: str, batch: int, size: int, style: int):
+    g = torch.Generator(device="cpu").manual_seed(size)
+    content = torch.rand(batch, 3, size, size, generator=g).to(device)
+    styles = torch.rand(batch, 3, style, style, generator=g).to(device)
+    fwd = forward_fn(series, net)
+
+    def call() -> None:
+        # no_grad, not inference_mode: tensors the network caches on first use (scan
+        # indices) would become inference tensors, which a later training step cannot save.
+        with torch.no_grad(), autocast(device, precision):
+            fwd(content, styles)
+
+    return call
+
+
+def train_case(
+    series: Series, net: nn.Module, device, precision: str, batch: int, size: int, loss_fn: LossFn
+):
+    """Adam step on c+s, c+c, s+s: ours as one forward of 3B, the release per sample."""
+    g = torch.Generator(device="cpu").manual_seed(size)
+    c = torch.rand(batch, 3, size, size, generator=g).to(device)
+    s = torch.rand(batch, 3, size, size, generator=g).to(device)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    fwd = forward_fn(series, net)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        if series.batched:
+            with autocast(device, precision):
+                ics, icc, iss = fwd(torch.cat([c, c, s]), torch.cat([s, c, s])).split(batch)  # 3 × (B,3,H,W)
+                loss = loss_fn(ics, icc, iss, c, s)
+            loss.backward()
+        else:
+            # Gradient accumulation over samples: the same gradient as one batched loss.
+            for ci, si in zip(c.split(1), s.split(1)):
+                with autocast(device, precision):
+                    ics, icc, iss = fwd(ci, si), fwd(ci, ci), fwd(si, si)
+                    loss = loss_fn(ics, icc, iss, ci, si) / batch
+                loss.backward()
+        opt.step()
+
+    return step
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+
+
+@dataclasses.dataclass
+class History:
+    """Seconds per call of earlier sizes of one (series, precision, task): predicts the next."""
+
+    points: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    failed: str | None = None
+
+    def predict(self, pixels: int, default_slope: float) -> float | None:
+        if not self.points:
+            return None
+        (p1, t1) = self.points[-1]
+        slope = default_slope
+        if len(self.points) >= 2:
+            (p0, t0) = self.points[-2]
+            if p1 != p0 and t0 > 0 and t1 > 0:
+                slope = min(2.0, max(1.0, math.log(t1 / t0) / math.log(p1 / p0)))
+        return t1 * (pixels / p1) ** slope
+
+
+def _summary(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return f"median {row['median_ms']:.1f} ms, min {row['min_ms']:.1f} ms, peak {row['peak_mib']:.0f} MiB"
+
+
+@dataclasses.dataclass
+class Context:
+    """What every case needs besides its own coordinates."""
+
+    args: argparse.Namespace
+    device: torch.device
+    memory: PeakMemory
+    loss_fn: LossFn | None
+    loss_desc: str
+    time_limit: float
+    t_start: float
+
+
+def run_case(
+    ctx: Context, s: Series, net: nn.Module, precision: str, task: str, batch: int, size: int, h: History
+):
+    """One row: skipped (budget, earlier failure, predicted too slow), failed, or timed."""
+    args, device, memory = ctx.args, ctx.device, ctx.memory
+    row: dict[str, Any] = dict.fromkeys(FIELDS, "")
+    row.update(
+        impl=s.impl,
+        mixer=s.mixer,
+        backend=s.backend,
+        precision=precision,
+        task=task,
+        batch=batch,
+        content=size,
+        style=size if task == "train" else args.style_size,
+        pixels=size * size,
+        mem_kind=memory.kind,
+    )
+    notes = []
+    if not s.batched and batch > 1:
+        notes.append("per-sample loop")
+    if task == "train":
+        notes.append("loss: " + ctx.loss_desc.split(" ", 1)[0])
+    row["notes"] = "; ".join(notes)
+
+    if args.budget and time.monotonic() - ctx.t_start > args.budget:
+        row["status"] = f"skipped: --budget {args.budget:g} s spent"
+        return row
+    if h.failed:
+        row["status"] = f"skipped: a smaller size failed ({h.failed})"
+        return row
+    if task == "train" and s.impl == "release" and device.type == "cpu" and not args.release_train:
+        row["status"] = "skipped: release training on CPU (--release-train)"
+        return row
+    predicted = h.predict(size * size, 2.0 if s.mixer == "attention" else 1.0)
+    if ctx.time_limit and predicted is not None and predicted > ctx.time_limit:
+        row["status"] = f"skipped: ~{predicted:.0f} s per call predicted > --time-limit {ctx.time_limit:g}"
+        return row
+
+    try:
+        if task == "train":
+            net.train()
+            call = train_case(s, net, device, precision, batch, size, ctx.loss_fn)
+        else:
+            net.eval()
+            call = inference_case(s, net, device, precision, batch, size, args.style_size)
+        if not memory.extra_call:
+            memory.reset()
+        times = time_calls(call, device, args.warmup, args.repeats, args.case_seconds)
+        peak = memory.measure(call) if memory.extra_call else memory.peak_mib()
+        row["peak_mib"] = round(peak, 1)
+    except (RuntimeError, MemoryError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        row["status"] = "oom" if is_oom(err) else f"error: {first[:160]}"
+        h.failed = row["status"]
+        log.warning("%s %s %s %s²: %s", s.label, precision, task, size, first)
+        return row
+    finally:
+        net.eval()
+        call = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    med = statistics.median(times)
+    h.points.append((size * size, med))
+    row.update(
+        median_ms=round(med * 1e3, 3),
+        min_ms=round(min(times) * 1e3, 3),
+        repeats=len(times),
+        img_per_s=round(batch / med, 3),
+        status="ok",
+    )
+    return row
+
+
+def cases(args: argparse.Namespace) -> Iterator[tuple[str, int, int]]:
+    """(task, batch, content side) in run order: sizes ascending within a task."""
+    for task in TASKS:
+        if task not in args.tasks:
+            continue
+        if task == "latency":
+            sizes, batch = args.sizes, 1
+        elif task == "throughput":
+            sizes, batch = args.throughput_sizes, args.throughput_batch
+        else:
+            sizes, batch = args.train_sizes, args.train_batch
+        for size in sorted(set(sizes)):
+            yield task, batch, size
+
+
+def run_series(
+    ctx: Context, s: Series, precision: str, rows: list[dict[str, Any]], on_row: Callable[[], None]
+):
+    """Build one network and run every case on it, sizes ascending per task."""
+    torch.manual_seed(ctx.args.seed)
+    net = s.build()
+    if s.impl == "samam" and s.mixer == "ssm":
+        resolved = getattr(getattr(net, "_orig_mod", net), "scan_backend", None)
+        s.backend = backend_name(resolved, ctx.device) if resolved is not None else s.requested
+        s.backend += "+compile" if hasattr(net, "_orig_mod") else ""
+    history: dict[str, History] = {}
+    for task, batch, size in cases(ctx.args):
+        row = run_case(ctx, s, net, precision, task, batch, size, history.setdefault(task, History()))
+        rows.append(row)
+        print(f"benchmark: {s.label} {precision} {task} b{batch} {size}²: {_summary(row)}", flush=True)
+        on_row()
+    del net
+    gc.collect()
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- outputs --------------------------------------------------------------------------
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    key = ("task", "batch", "content", "precision")
+    release = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "release" and r["status"] == "ok"}
+    for r in rows:
+        ref = release.get(tuple(r[k] for k in key))
+        ok = r["impl"] != "release" and r["status"] == "ok" and ref is not None
+        r["speedup_vs_release"] = round(ref["median_ms"] / r["median_ms"], 3) if ok else ""
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def series_key(r: dict[str, Any]) -> str:
+    return f"{r['impl']} {r['mixer']}/{r['backend']} {r['precision']}"
+
+
+def fit_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log10 y on log10 x (None with fewer than 2 distinct x)."""
+    pts = [(math.log10(x), math.log10(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+    if len({p[0] for p in pts}) < 2:
+        return None
+    mx = statistics.fmean(p[0] for p in pts)
+    my = statistics.fmean(p[1] for p in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+def scaling(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Batch-1 latency and memory per series vs pixels, with fitted log-log slopes."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["task"] == "latency" and r["status"] == "ok":
+            s = out.setdefault(series_key(r), {"pixels": [], "ms": [], "mib": []})
+            s["pixels"].append(r["pixels"])
+            s["ms"].append(r["median_ms"])
+            s["mib"].append(r["peak_mib"])
+    for s in out.values():
+        s["time_slope"] = fit_slope(s["pixels"], s["ms"])
+        s["mem_slope"] = fit_slope(s["pixels"], s["mib"])
+    return out
+
+
+def fmt(x: Any, digits: int = 1) -> str:
+    if x == "" or x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
+    dev = meta.get("gpu") or meta["cpu"]
+    lines = [
+        f"# Benchmark {meta['date']} — {dev}",
+        "",
+        f"- device: {meta['device']} ({dev}); torch {meta['torch']}; threads {meta['threads']}; "
+        f"commit {meta['commit']}",
+        f"- load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta.get('loadavg_end', '–')}",
+        f"- model: {meta['model']}; style {meta['style']}²; warm-up {meta['warmup']}, up to {meta['repeats']} "
+        "timed calls per case",
+        f"- peak memory: {meta['mem_kind']} ({MEM_KINDS[meta['mem_kind']]})",
+        f"- training step: {meta['loss']}",
+        "- optional kernels imported: "
+        + (", ".join(f"{m} {meta[m]}" for m in ("numba", "mamba_ssm") if m in meta) or "none"),
+        f"- command: `{meta['command']}`",
+        "",
+    ]
+    with_release = any(r["impl"] == "release" for r in rows)
+    head = ["series", "task", "batch", "content", "median ms", "min ms", "img/s", "peak MiB"]
+    head += ["vs release"] if with_release else []
+    head += ["status"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            series_key(r),
+            r["task"],
+            str(r["batch"]),
+            f"{r['content']}²",
+            fmt(r["median_ms"]),
+            fmt(r["min_ms"]),
+            fmt(r["img_per_s"], 2),
+            fmt(r["peak_mib"]),
+        ]
+        if with_release:
+            cells.append(f"{r['speedup_vs_release']:.2f}×" if r["speedup_vs_release"] != "" else "–")
+        cells.append(r["status"] + (f" ({r['notes']})" if r["notes"] else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    fits = scaling(rows)
+    if fits:
+        lines += ["", "Log-log slope vs pixels, batch-1 latency (1 = linear, 2 = quadratic):", ""]
+        lines += ["| series | sizes | time slope | memory slope |", "|---|---|---|---|"]
+        for name, s in fits.items():
+            sizes = ", ".join(f"{round(math.sqrt(p))}²" for p in s["pixels"])
+            lines.append(f"| {name} | {sizes} | {fmt(s['time_slope'], 2)} | {fmt(s['mem_slope'], 2)} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no %s", path.name)
+        return False
+    fits = scaling(rows)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for name, s in fits.items():
+        for ax, ys, slope in ((ax_t, s["ms"], s["time_slope"]), (ax_m, s["mib"], s["mem_slope"])):
+            label = name if slope is None else f"{name} (slope {slope:.2f})"
+            ax.plot(s["pixels"], ys, "o-", label=label)
+    sides = sorted({round(math.sqrt(p)) for s in fits.values() for p in s["pixels"]})
+    for ax, ylabel in (
+        (ax_t, "median latency, batch 1 [ms]"),
+        (ax_m, f"peak memory [MiB] ({meta['mem_kind']})"),
+    ):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([n * n for n in sides], [f"{n}²" for n in sides])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("content pixels (H·W, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    fig.suptitle(
+        f"SaMam, {meta.get('gpu') or meta['cpu']}, style {meta['style']}², {meta['date'][:10]}", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(rows, meta, out: Path, plot: bool) -> None:
+    add_speedups(rows)
+    write_csv(rows, out / "results.csv")
+    write_markdown(rows, meta, out / "results.md")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if plot:
+        write_plot(rows, meta, out / "scaling.png")
+
+
+# ---- main -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    gpu = device.type == "cuda"
+    if args.threads:
+        os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # read when numba is first imported
+        torch.set_num_threads(args.threads)
+    args.sizes = args.sizes or ([256, 512, 1024, 2048, 4096] if gpu else [256, 512, 1024])
+    args.throughput_sizes = args.throughput_sizes or ([512] if gpu else [256])
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.repeats = max(1, args.repeats if args.repeats is not None else (10 if gpu else 3))
+    time_limit = args.time_limit if args.time_limit is not None else (60.0 if gpu else 300.0)
+    torch.manual_seed(args.seed)
+
+    kwargs = model_kwargs(args.preset, args.model)
+    series = samam_series(kwargs, args.mixers, args.backend, device, args.compile)
+    if args.release_path is not None:
+        series.append(release_series(args.release_path, kwargs, args.release_scan, device))
+    memory = PeakMemory(device)
+    loss_fn, loss_desc = build_loss(args.loss, device) if "train" in args.tasks else (None, "not timed")
+
+    meta = machine_info(device)
+    name = meta.get("gpu", "cpu") if gpu else "cpu"
+    out = args.out or REPO / "experiments" / "results" / f"{meta['date'][:10]}-{slug(name)}"
+    out.mkdir(parents=True, exist_ok=True)
+    model_desc = (f"preset {args.preset} " if args.preset else "SaMam() ") + (
+        " ".join(args.model) if args.model else "(released p=8)"
+    )
+    meta.update(
+        device=args.device,
+        model=model_desc.strip(),
+        model_kwargs=kwargs,
+        style=args.style_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        mem_kind=memory.kind,
+        loss=loss_desc,
+        compile=args.compile,
+    )
+    print(
+        "benchmark:",
+        json.dumps({k: meta[k] for k in ("cpu", "gpu", "torch", "threads", "commit") if k in meta}),
+    )
+    print(f"benchmark: load average {meta['loadavg_start']} (1/5/15 min); peak memory = {memory.kind}")
+    print(f"benchmark: training step loss = {loss_desc}")
+    print(f"benchmark: writing to {out}")
+
+    # `timeout` sends SIGTERM: finish like Ctrl-C, so the plot and tables are still written.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    rows: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    ctx = Context(args, device, memory, loss_fn, loss_desc, time_limit, t_start)
+    try:
+        # Precision outermost: with a --budget, every network's fp32 figures come first.
+        for precision in args.precision:
+            for s in series:
+                run_series(ctx, s, precision, rows, on_row=lambda: write_outputs(rows, meta, out, plot=False))
+    except KeyboardInterrupt:
+        print("benchmark: interrupted; writing what was measured", file=sys.stderr)
+    finally:
+        meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
+        meta.update(loaded_versions())
+        write_outputs(rows, meta, out, plot=True)
+    print(f"benchmark: load average at end {meta['loadavg_end']}; {meta['elapsed_s']} s")
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One scarce GPU slot, every figure: install mamba-ssm, check the kernels, run the GPU tests,
+# benchmark on CUDA. About 8 minutes on one H100; each phase has its own timeout.
+#
+# Before the slot, in the checkout on the CPU machine (wheels/ is git-ignored):
+#   mkdir -p wheels && cp ../shared/wheels/* wheels/
+#   # optional, for same-run ratios vs the authors' code (never committed; only what it imports,
+#   # to stay under the 64 MiB carry limit):
+#   mkdir -p wheels/SaMam && cp -r /path/to/SaMam/{ARCHI,MODEL} wheels/SaMam/
+# Then through the device tool:
+#   run(command="SAMAM_COMMIT=<short sha> bash experiments/gpu_check.sh", carry=["wheels"], timeout_s=600)
+# Elsewhere: `bash experiments/gpu_check.sh` (writes to experiments/results/<date>-gpu-check/);
+# PY=/path/to/python picks the interpreter (default python3).
+#
+# Output (≤ 8 files, into $OUT when set): gpu_check.log (everything printed), results.csv,
+# results.md, scaling.png, meta.json. Exit status: 0 when every phase passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-experiments/results/$(date +%F)-gpu-check}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+export PYTHONPATH=$PWD/.site:$PWD/src
+export PYTHONDONTWRITEBYTECODE=1
+PY=${PY:-python3}
+status=()
+phase() { echo; echo "=== $* ($(date +%T))"; }
+
+phase machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
+
+phase "install mamba-ssm from wheels/"
+if ls wheels/mamba_ssm-*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target .site wheels/mamba_ssm-*.whl
+    status+=("install=$?")
+else
+    echo "no wheels/mamba_ssm-*.whl: copy ../shared/wheels/ into wheels/ and carry it (see the header)"
+    status+=("install=missing")
+fi
+
+phase "mamba-ssm kernel vs reference (wheels/smoke_test_selective_scan.py)"
+timeout -s INT -k 20 90 "$PY" wheels/smoke_test_selective_scan.py
+status+=("smoke=$?")
+
+phase "GPU-marked tests"
+gpu_tests=$(grep -rl --include='test_*.py' 'mark.gpu' tests | sort)
+if ! "$PY" -c "import pytest" 2>/dev/null; then
+    echo "pytest is not installed here: GPU tests not run"
+    status+=("pytest=missing")
+elif [ -z "$gpu_tests" ]; then
+    echo "no GPU-marked tests found"
+    status+=("pytest=none")
+else
+    # Only the files that hold GPU tests: others (and their conftests) may import hydra,
+    # wandb or lpips, which this machine lacks.
+    echo "$gpu_tests"
+    # shellcheck disable=SC2086
+    timeout -s INT -k 20 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors $gpu_tests
+    status+=("pytest=$?")
+fi
+
+phase "benchmark on CUDA (fp32 and bf16)"
+release=()
+if [ -f wheels/SaMam/MODEL/SaMam_model.py ]; then
+    release=(--release-path wheels/SaMam)
+fi
+# --budget stops starting new cases; the timeout (SIGINT) still leaves the tables and plot.
+timeout -s INT -k 20 330 "$PY" experiments/benchmark.py --device cuda --precision fp32 bf16 \
+    --sizes 256 512 1024 2048 4096 --throughput-batch 8 --throughput-sizes 512 \
+    --train-batch 8 --train-sizes 256 --warmup 3 --repeats 10 --case-seconds 4 --time-limit 30 \
+    --budget 270 --out "$OUT" "${release[@]}"
+status+=("benchmark=$?")
+
+phase summary
+echo "${status[*]}"
+ls -l "$OUT"
+for s in "${status[@]}"; do
+    [ "${s#*=}" = 0 ] || exit 1
+done
