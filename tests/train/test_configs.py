@@ -17,6 +17,7 @@ ABLATED = {
     "ablation_scm": ("scm", False),
     "ablation_loe": ("loe", False),
     "ablation_patch": ("patch_size", 4),
+    "ablation_mixer": ("mixer", "attention"),
 }
 
 
