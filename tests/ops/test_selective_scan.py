@@ -1,0 +1,335 @@
+"""Selective-scan backends against the sequential reference, forward and backward."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from samam.ops.selective_scan import (
+    BACKENDS,
+    ScanBackend,
+    mamba_available,
+    numba_available,
+    resolve_scan_backend,
+    selective_scan_numba,
+    selective_scan_ref,
+    selective_scan_torch,
+    torch_scan,
+)
+
+CPU_BACKENDS = [pytest.param(selective_scan_torch, id="torch")]
+if numba_available():
+    CPU_BACKENDS.append(pytest.param(selective_scan_numba, id="numba"))
+
+NAMES = ["u", "delta", "A", "B", "C", "D", "delta_bias"]
+
+
+def make_inputs(
+    bt: int,
+    g: int,
+    dg: int,
+    n: int,
+    length: int,
+    *,
+    per_sample_A: bool = False,
+    per_sample_D: bool = False,
+    with_D: bool = True,
+    with_bias: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> list[torch.Tensor | None]:
+    """Leaf tensors [u, delta, A, B, C, D, delta_bias] (D, delta_bias may be None)."""
+    kd = g * dg
+    u = torch.randn(bt, kd, length)
+    delta = torch.randn(bt, kd, length) * 0.5 - 1.0
+    A = -torch.exp(0.5 * torch.randn(*((bt, kd, n) if per_sample_A else (kd, n))))
+    B = torch.randn(bt, g, n, length)
+    C = torch.randn(bt, g, n, length)
+    D = torch.randn(*((bt, kd) if per_sample_D else (kd,))) if with_D else None
+    bias = 0.3 * torch.randn(kd) if with_bias else None
+    u, delta, B, C = (t.to(dtype) for t in (u, delta, B, C))
+    return [None if t is None else t.requires_grad_() for t in (u, delta, A, B, C, D, bias)]
+
+
+def clone(xs: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    return [None if t is None else t.detach().clone().requires_grad_() for t in xs]
+
+
+def run(fn, xs, softplus: bool = True, gy: torch.Tensor | None = None):
+    """Output and the gradients of all inputs for one backend."""
+    y = fn(*xs[:6], delta_bias=xs[6], delta_softplus=softplus)
+    if gy is None:
+        gy = torch.randn_like(y)
+    y.backward(gy)
+    return y.detach(), [None if t is None else t.grad for t in xs], gy
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    """Max abs error relative to the largest magnitude: gradients mix large and tiny entries."""
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == expected.dtype, what
+    scale = expected.float().abs().max().clamp_min(1e-6)
+    err = ((actual.float() - expected.float()).abs().max() / scale).item()
+    assert err < tol, f"{what}: relative error {err:.2e} ≥ {tol:.0e}"
+
+
+def compare(fn, xs, softplus=True, fwd_tol=1e-5, bwd_tol=1e-5):
+    ys = clone(xs)
+    y_ref, g_ref, gy = run(selective_scan_ref, xs, softplus)
+    y, g, _ = run(fn, ys, softplus, gy)
+    assert y.dtype == torch.float32
+    assert_rel_close(y, y_ref, fwd_tol, "y")
+    for name, a, b in zip(NAMES, g, g_ref):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert_rel_close(a, b, bwd_tol, f"d{name}")
+
+
+CASES = {
+    "shared": dict(bt=2, g=3, dg=4, n=5, length=37),
+    "per_sample_AD": dict(bt=2, g=3, dg=4, n=5, length=37, per_sample_A=True, per_sample_D=True),
+    "G1_perA_sharedD": dict(bt=2, g=1, dg=6, n=4, length=19, per_sample_A=True),
+    "sharedA_perD_noBias": dict(bt=2, g=2, dg=3, n=4, length=23, per_sample_D=True, with_bias=False),
+    "noD": dict(bt=1, g=2, dg=3, n=4, length=17, with_D=False),
+    "L1": dict(bt=2, g=2, dg=3, n=4, length=1, per_sample_A=True),
+    "B1_G1": dict(bt=1, g=1, dg=5, n=3, length=29),
+}
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference_fp32(fn, case):
+    compare(fn, make_inputs(**CASES[case]))
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+def test_matches_reference_without_softplus(fn):
+    xs = make_inputs(2, 2, 3, 4, 21, per_sample_A=True)
+    with torch.no_grad():
+        xs[1].copy_(torch.rand_like(xs[1]) * 0.3)  # Δ used as is: keep it positive
+    compare(fn, xs, softplus=False)
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+def test_multi_chunk_length(fn, monkeypatch):
+    # L = 300 is no multiple of the torch chunk (forced to 16 here) nor of any vector width
+    monkeypatch.setattr(torch_scan, "_CHUNK_ELEMS", 16 * 2 * 6 * 4)
+    compare(fn, make_inputs(2, 2, 3, 4, 300, per_sample_A=True, per_sample_D=True))
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_inputs(fn, dtype):
+    xs = make_inputs(2, 2, 3, 4, 25, per_sample_A=True, dtype=dtype)
+    ys = clone(xs)
+    y_ref, g_ref, gy = run(selective_scan_ref, xs)
+    y, g, _ = run(fn, ys, gy=gy)
+    # state and output stay fp32: the same rounded inputs give fp32-close outputs
+    assert y.dtype == torch.float32
+    assert_rel_close(y, y_ref, 1e-4, "y")
+    for name, a, b in zip(NAMES, g, g_ref):
+        assert a.dtype == b.dtype, name  # gradients come back in the input's dtype
+        assert_rel_close(a, b, 2e-2, f"d{name}")
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+def test_per_sample_batch_equals_per_sample_calls(fn):
+    xs = make_inputs(3, 2, 4, 4, 31, per_sample_A=True, per_sample_D=True)
+    y_batch, g_batch, gy = run(fn, xs)
+    for b in range(3):
+        one = [t.detach()[b : b + 1].clone() for t in xs[:2]]
+        one += [xs[2].detach()[b].clone()]  # shared-A form (K·D, N)
+        one += [t.detach()[b : b + 1].clone() for t in xs[3:5]]
+        one += [xs[5].detach()[b].clone(), xs[6].detach().clone()]
+        one = [t.requires_grad_() for t in one]
+        y, g, _ = run(fn, one, gy=gy[b : b + 1])
+        assert_rel_close(y, y_batch[b : b + 1], 1e-6, "y")
+        assert_rel_close(g[2], g_batch[2][b], 1e-5, "dA")
+        assert_rel_close(g[5], g_batch[5][b], 1e-5, "dD")
+        for i in (0, 1, 3, 4):
+            assert_rel_close(g[i], g_batch[i][b : b + 1], 1e-5, f"d{NAMES[i]}")
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_numba_matches_torch_at_model_width():
+    # one SaMam-like scan (K = 4 groups, N = 16), too large for the Python-loop reference
+    xs = make_inputs(1, 4, 32, 16, 256, per_sample_A=True, per_sample_D=True)
+    y_t, g_t, gy = run(selective_scan_torch, xs)
+    y_n, g_n, _ = run(selective_scan_numba, clone(xs), gy=gy)
+    assert_rel_close(y_n, y_t, 1e-5, "y")
+    for name, a, b in zip(NAMES, g_n, g_t):
+        assert_rel_close(a, b, 1e-4, f"d{name}")
+
+
+# ----- backend resolution -------------------------------------------------------------
+
+
+def test_backend_names():
+    assert BACKENDS == ("auto", "torch", "numba", "mamba")
+
+
+def test_unknown_backend_lists_valid_names():
+    with pytest.raises(ValueError, match="auto, torch, numba, mamba"):
+        resolve_scan_backend("cuda-fast")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(mamba_available() and torch.cuda.is_available(), reason="mamba works here")
+def test_mamba_unavailable_fails_at_resolve_with_install_command():
+    with pytest.raises(
+        RuntimeError, match="MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation mamba-ssm"
+    ):
+        resolve_scan_backend("mamba")
+
+
+def test_auto_on_cpu_prefers_numba(caplog):
+    with caplog.at_level(logging.INFO, logger="samam"):
+        backend = resolve_scan_backend("auto")
+    assert isinstance(backend, ScanBackend)
+    assert backend.name == "auto"
+    expected = "numba" if numba_available() else "torch"
+    assert f"cpu: {expected}" in backend.describe()
+    assert [r.getMessage() for r in caplog.records if r.name == "samam"] == [
+        f"selective-scan backend: {backend.describe()}"
+    ]
+    xs = make_inputs(1, 2, 3, 4, 9)
+    ref = selective_scan_ref(*xs[:6], delta_bias=xs[6])
+    assert_rel_close(backend(*xs[:6], delta_bias=xs[6]).detach(), ref.detach(), 1e-5, "y")
+
+
+def test_without_numba_auto_falls_back_and_numba_fails_at_resolve():
+    code = """
+import sys
+sys.modules["numba"] = None  # import numba now raises ImportError
+from samam.ops.selective_scan import numba_available, resolve_scan_backend
+print(numba_available(), resolve_scan_backend("auto").describe())
+try:
+    resolve_scan_backend("numba")
+except RuntimeError as e:
+    print("pip install" in str(e))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["False auto (cpu: torch, cuda: torch)", "True"]
+
+
+def test_torch_backend_and_shape_errors():
+    backend = resolve_scan_backend("torch")
+    assert backend.describe() == "torch (cpu: torch, cuda: torch)"
+    u, delta, A, B, C, D, bias = make_inputs(2, 2, 3, 4, 9)
+    with pytest.raises(ValueError, match=r"B must have shape \(B, K, N, L\)"):
+        backend(u, delta, A, B[:, :, :, :5], C, D, delta_bias=bias)
+    with pytest.raises(ValueError, match=r"A must have shape \(K·D, N\) = \(6, 4\)"):
+        backend(u, delta, A[:, :3], B, C, D, delta_bias=bias)
+    with pytest.raises(ValueError, match="not divisible by the K=4 groups"):
+        backend(u, delta, A, torch.cat([B, B], 1), torch.cat([C, C], 1), D, delta_bias=bias)
+    with pytest.raises(ValueError, match=r"D must have shape"):
+        backend(u, delta, A, B, C, D[:2], delta_bias=bias)
+
+
+def test_import_is_lazy():
+    code = "import sys, samam.ops.selective_scan; print('numba' in sys.modules, 'mamba_ssm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+# ----- GPU: mamba-ssm's kernel --------------------------------------------------------
+
+needs_mamba = pytest.mark.skipif(not mamba_available(), reason="mamba_ssm not importable")
+
+
+def _to_cuda(xs):
+    return [None if t is None else t.detach().cuda().requires_grad_() for t in xs]
+
+
+@pytest.mark.gpu
+@needs_mamba
+@pytest.mark.parametrize("case", ["shared", "per_sample_AD", "G1_perA_sharedD", "sharedA_perD_noBias"])
+def test_mamba_matches_torch_backend(case):
+    from samam.ops.selective_scan.mamba_scan import selective_scan_mamba
+
+    xs = _to_cuda(make_inputs(**{**CASES[case], "length": 300}))
+    y_t, g_t, gy = run(selective_scan_torch, xs)
+    y_m, g_m, _ = run(selective_scan_mamba, clone(xs), gy=gy)
+    assert_rel_close(y_m, y_t, 1e-4, "y")
+    for name, a, b in zip(NAMES, g_m, g_t):
+        if b is not None:
+            assert_rel_close(a, b, 1e-3, f"d{name}")
+
+
+@pytest.mark.gpu
+@needs_mamba
+def test_mamba_fold_equals_per_sample_loop():
+    from samam.ops.selective_scan.mamba_scan import selective_scan_mamba
+
+    xs = _to_cuda(make_inputs(3, 4, 16, 16, 128, per_sample_A=True, per_sample_D=True))
+    y_batch, g_batch, gy = run(selective_scan_mamba, xs)
+    for b in range(3):
+        one = [t.detach()[b : b + 1] for t in xs[:2]] + [xs[2].detach()[b]]
+        one += [t.detach()[b : b + 1] for t in xs[3:5]] + [xs[5].detach()[b], xs[6].detach()]
+        one = [t.clone().requires_grad_() for t in one]
+        y, g, _ = run(selective_scan_mamba, one, gy=gy[b : b + 1])
+        assert_rel_close(y, y_batch[b : b + 1], 1e-5, "y")
+        assert_rel_close(g[2], g_batch[2][b], 1e-4, "dA")
+        assert_rel_close(g[5], g_batch[5][b], 1e-4, "dD")
+        assert_rel_close(g[3], g_batch[3][b : b + 1], 1e-4, "dB")
+
+
+@pytest.mark.gpu
+@needs_mamba
+def test_auto_on_cuda_uses_mamba_and_numba_refuses_cuda():
+    backend = resolve_scan_backend("auto")
+    assert "cuda: mamba" in backend.describe()
+    xs = _to_cuda(make_inputs(1, 2, 3, 4, 9))
+    if numba_available():
+        with pytest.raises(RuntimeError, match="CPU only"):
+            resolve_scan_backend("numba")(*xs[:6], delta_bias=xs[6])
+
+
+def test_mamba_fold_with_stand_in_kernel(monkeypatch):
+    """The batch fold of SPEC §4, checked on CPU with the reference standing in for the kernel."""
+    from samam.ops.selective_scan import mamba_scan
+
+    calls = []
+
+    def kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        # mamba-ssm's contract: A (D, N), D and delta_bias (D,), no per-sample parameters
+        assert A.dim() == 2 and (D is None or D.dim() == 1) and z is None
+        calls.append((tuple(u.shape), tuple(B.shape)))
+        return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+    monkeypatch.setattr(mamba_scan, "_load", lambda: kernel)
+    xs = make_inputs(3, 2, 4, 5, 11, per_sample_A=True, per_sample_D=True)
+    compare(mamba_scan.selective_scan_mamba, xs, fwd_tol=1e-6, bwd_tol=1e-6)
+    assert calls == [((1, 3 * 8, 11), (1, 3 * 2, 5, 11))]
+    calls.clear()
+    compare(mamba_scan.selective_scan_mamba, make_inputs(3, 2, 4, 5, 11), fwd_tol=1e-6, bwd_tol=1e-6)
+    assert calls == [((3, 8, 11), (3, 2, 5, 11))]
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_numba_two_threads_keeps_torch_threads():
+    """2 numba threads (channel blocks, per-block dB/dC partials) agree with torch, and numba's
+    OpenMP start-up does not leave torch at NUMBA_NUM_THREADS intra-op threads."""
+    code = """
+import torch
+from samam.ops.selective_scan import selective_scan_numba, selective_scan_torch
+torch.manual_seed(0)
+xs = [torch.randn(1, 6, 40), torch.randn(1, 6, 40), -torch.rand(1, 6, 4), torch.randn(1, 1, 4, 40),
+      torch.randn(1, 1, 4, 40), torch.randn(1, 6), torch.randn(6)]
+selective_scan_numba(*xs[:6], delta_bias=xs[6])  # starts numba's thread pool
+threads_after_start = torch.get_num_threads()
+torch.set_num_threads(2)
+grads = []
+for fn in (selective_scan_numba, selective_scan_torch):
+    leaves = [t.clone().requires_grad_() for t in xs]
+    fn(*leaves[:6], delta_bias=leaves[6]).square().sum().backward()
+    grads.append([t.grad for t in leaves])
+err = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(*grads))
+print(err < 1e-5, threads_after_start)
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "1"]
