@@ -39,9 +39,15 @@ def release_state_dict(C=256, p=8, enc=2, groups=2, depth=2, N=16, expand=2.0, S
                            f"{e}.{i}.SSM.A_logs": (4 * D, N), f"{e}.{i}.SSM.Ds": (4 * D,)})  # fmt: skip
         loe(f"{e}.{enc + 1}")
     for i in (0, 3, 6):
-        shapes[f"global_embedder.downscale.{i}.weight"], shapes[f"global_embedder.downscale.{i}.bias"] = (C, C, 3, 3), (C,)
+        shapes[f"global_embedder.downscale.{i}.weight"], shapes[f"global_embedder.downscale.{i}.bias"] = (
+            (C, C, 3, 3),
+            (C,),
+        )
     if p == 4:
-        shapes["global_embedder.downscale2.0.weight"], shapes["global_embedder.downscale2.0.bias"] = (C, C, 3, 3), (C,)
+        shapes["global_embedder.downscale2.0.weight"], shapes["global_embedder.downscale2.0.bias"] = (
+            (C, C, 3, 3),
+            (C,),
+        )
     shapes["global_embedder.fc.weight"], shapes["global_embedder.fc.bias"] = (9 * S, 16 * C), (9 * S,)
     for g in range(groups):
         for b in range(depth):
@@ -49,7 +55,10 @@ def release_state_dict(C=256, p=8, enc=2, groups=2, depth=2, N=16, expand=2.0, S
             scan(f"{m}.SSM")
             for norm, ch in ((f"{m}.SAIN1", C), (f"{m}.SSM.SAIN", D)):
                 for gb in ("gamma", "beta"):
-                    shapes[f"{norm}.compress_{gb}.1.weight"], shapes[f"{norm}.compress_{gb}.1.bias"] = (ch, S, 1, 1), (ch,)
+                    shapes[f"{norm}.compress_{gb}.1.weight"], shapes[f"{norm}.compress_{gb}.1.bias"] = (
+                        (ch, S, 1, 1),
+                        (ch,),
+                    )
             shapes.update({
                 f"{m}.SSM.SConv.compress_key.0.weight": (D, S, 3, 3), f"{m}.SSM.SConv.compress_key.0.bias": (D,),
                 f"{m}.SSM.A_logs_generate.1.weight": (4 * D * N, S, 1, 1), f"{m}.SSM.A_logs_generate.1.bias": (4 * D * N,),
@@ -63,9 +72,14 @@ def release_state_dict(C=256, p=8, enc=2, groups=2, depth=2, N=16, expand=2.0, S
              4: [(1, C, C // 2), (5, C // 2, C // 2), (8, C // 2, C // 2), (11, C // 2, C // 4), (15, C // 4, C // 4),
                  (18, C // 4, C // 8), (21, C // 8, C // 8), (24, C // 8, 3)]}[p]  # fmt: skip
     for i, cin, cout in convs:
-        shapes[f"decoder.decoder.{i}.weight"], shapes[f"decoder.decoder.{i}.bias"] = (cout, cin, 3, 3), (cout,)
+        shapes[f"decoder.decoder.{i}.weight"], shapes[f"decoder.decoder.{i}.bias"] = (
+            (cout, cin, 3, 3),
+            (cout,),
+        )
     g = torch.Generator().manual_seed(0)
-    sd = collections.OrderedDict(("model." + k, 0.05 * torch.randn(s, generator=g)) for k, s in shapes.items())
+    sd = collections.OrderedDict(
+        ("model." + k, 0.05 * torch.randn(s, generator=g)) for k, s in shapes.items()
+    )
     sd["loss_func.enc_1.0.weight"] = torch.randn(3, 3, 1, 1)  # frozen VGG, dropped by the loader
     return sd
 
@@ -88,13 +102,19 @@ def test_loads_the_full_size_release_layout(tmp_path, p):
     net = load_official_checkpoint(save(tmp_path, sd), backend="torch")
     assert not net.training
     assert net.config["patch_size"] == p and net.config["embed_dim"] == 256
-    assert sum(x.numel() for x in net.parameters()) == sum(v.numel() for k, v in sd.items() if k.startswith("model."))
+    assert sum(x.numel() for x in net.parameters()) == sum(
+        v.numel() for k, v in sd.items() if k.startswith("model.")
+    )
     own = net.state_dict()
     assert torch.equal(own["content_encoder.blocks.1.ssm.A_log"], sd["model.content_encoder.2.SSM.A_logs"])
     assert torch.equal(
-        own["decoder.1.blocks.0.style_params.A_gen.weight"], sd["model.SAVSSGs.1.SAVSSMs.0.SSM.A_logs_generate.1.weight"][:, :, 0, 0]
+        own["decoder.1.blocks.0.style_params.A_gen.weight"],
+        sd["model.SAVSSGs.1.SAVSSMs.0.SSM.A_logs_generate.1.weight"][:, :, 0, 0],
     )
-    assert torch.equal(own["decoder.0.blocks.1.in_proj.weight"][:, :, 0, 0], sd["model.SAVSSGs.0.SAVSSMs.1.SSM.in_proj.weight"])
+    assert torch.equal(
+        own["decoder.0.blocks.1.in_proj.weight"][:, :, 0, 0],
+        sd["model.SAVSSGs.0.SAVSSMs.1.SSM.in_proj.weight"],
+    )
     assert torch.equal(own["image_decoder.layers.28.bias" if p == 8 else "image_decoder.layers.24.bias"],
                        sd["model.decoder.decoder.28.bias" if p == 8 else "model.decoder.decoder.24.bias"])  # fmt: skip
 
@@ -103,7 +123,12 @@ def test_infers_every_size_of_a_small_family_member(tmp_path):
     sd = release_state_dict(C=32, p=8, enc=1, groups=3, depth=1, N=4, expand=1.5, S=16, lc=4, ls=2, red=2)
     net = load_official_checkpoint(save(tmp_path, sd), backend="torch")
     cfg = net.config
-    assert (cfg["embed_dim"], cfg["encoder_depth"], cfg["decoder_groups"], cfg["decoder_depth"]) == (32, 1, 3, 1)
+    assert (cfg["embed_dim"], cfg["encoder_depth"], cfg["decoder_groups"], cfg["decoder_depth"]) == (
+        32,
+        1,
+        3,
+        1,
+    )
     assert (cfg["d_state"], cfg["expand"], cfg["style_dim"]) == (4, 1.5, 16)
     assert (cfg["loe_compress"], cfg["loe_squeeze"], cfg["scm_reduction"]) == (4, 2, 2)
     with torch.no_grad():
@@ -120,7 +145,9 @@ def test_damaged_checkpoint_lists_every_mismatch(tmp_path):
     msg = str(err.value)
     assert "missing in checkpoint: decoder.0.blocks.0.style_params.D_gen.bias" in msg
     assert "not used by the model: model.SAVSSGs.0.SAVSSMs.0.SSM.extra_thing" in msg
-    assert "shape mismatch: model.style_encoder.1.SSM.dt_projs_bias: checkpoint (4, 7) vs model (4, 64)" in msg
+    assert (
+        "shape mismatch: model.style_encoder.1.SSM.dt_projs_bias: checkpoint (4, 7) vs model (4, 64)" in msg
+    )
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):

@@ -19,7 +19,7 @@ _LAZY = {
     "load_model": "samam.checkpoint",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["SaMam", "SaMamConfig", "load_checkpoint", "load_model", "load_official_checkpoint"]
 
 if TYPE_CHECKING:
     from samam.checkpoint import load_checkpoint, load_model, load_official_checkpoint

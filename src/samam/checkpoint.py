@@ -120,7 +120,9 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
         loe="content_encoder.loe.conv1.weight" in sd,
     )
     if blk + "out_norm.norm.weight" in sd:
-        raise CheckpointError("this checkpoint's decoder out-norm is not SAIN; load it with its config (load_checkpoint)")
+        raise CheckpointError(
+            "this checkpoint's decoder out-norm is not SAIN; load it with its config (load_checkpoint)"
+        )
     if cfg["loe"]:
         cfg["loe_compress"] = c // sd["content_encoder.loe.conv1.weight"].shape[0]
         cfg["loe_squeeze"] = c // sd["content_encoder.loe.ca_down.weight"].shape[0]
@@ -140,7 +142,9 @@ def _fit(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def load_state_dict_strict(net: torch.nn.Module, sd: Mapping[str, torch.Tensor], origin: Mapping[str, str]) -> None:
+def load_state_dict_strict(
+    net: torch.nn.Module, sd: Mapping[str, torch.Tensor], origin: Mapping[str, str]
+) -> None:
     """Fill every model tensor from ``sd`` and consume every ``sd`` tensor, else raise one
     error listing all mismatches (names as they appear in the checkpoint)."""
     own = net.state_dict()
@@ -150,7 +154,9 @@ def load_state_dict_strict(net: torch.nn.Module, sd: Mapping[str, torch.Tensor],
     for k in set(own) & set(sd):
         t = _fit(sd[k], own[k])
         if t is None:
-            wrong.append(f"{origin.get(k, k)}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+            wrong.append(
+                f"{origin.get(k, k)}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+            )
         else:
             fitted[k] = t
     if missing or unexpected or wrong:
@@ -167,7 +173,9 @@ def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> di
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (torch.save writes a zip archive)")
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (torch.save writes a zip archive)"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
@@ -263,5 +271,9 @@ def load_model(
 ) -> SaMam:
     """Ours or the authors': dispatches on the checkpoint's content (read once)."""
     ckpt = _torch_load(path, map_location, trust_pickle)
-    net = _our_net(ckpt, backend, path) if isinstance(ckpt.get("samam"), Mapping) else _official_net(ckpt, backend)
+    net = (
+        _our_net(ckpt, backend, path)
+        if isinstance(ckpt.get("samam"), Mapping)
+        else _official_net(ckpt, backend)
+    )
     return net.to(map_location).eval()

@@ -110,7 +110,12 @@ def test_switches_change_the_structure():
 def test_zero_init_zeroes_sain_and_scm_generators():
     net = tiny(zero_init=True)
     blk = net.decoder[0].blocks[0]
-    for p in [blk.in_norm.gamma.proj.weight, blk.out_norm.beta.proj.bias, blk.scm.down.weight, blk.scm.up.weight]:
+    for p in [
+        blk.in_norm.gamma.proj.weight,
+        blk.out_norm.beta.proj.bias,
+        blk.scm.down.weight,
+        blk.scm.up.weight,
+    ]:
         assert torch.count_nonzero(p) == 0
 
 

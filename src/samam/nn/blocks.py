@@ -12,7 +12,6 @@ from samam.nn.loe import LoE
 from samam.nn.norms import SAIN, OutNorm, make_norm
 from samam.nn.ss2d import SS2D, StyleSSMParams
 from samam.nn.style import SCM, SConv, StaticDWConv
-from samam.ops.selective_scan import ScanBackend
 
 Mixer = Literal["ssm", "attention"]
 MIXERS: tuple[str, ...] = get_args(Mixer)
@@ -27,7 +26,9 @@ class AttentionMixer(nn.Module):
         self.heads = max(1, d_inner // head_dim)
         self.qkv = nn.Conv2d(d_inner, 3 * d_inner, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, d, h, w = x.shape
         q, k, v = self.qkv(x).view(b, 3, self.heads, d // self.heads, h * w).transpose(-1, -2).unbind(1)
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d/heads)
@@ -92,7 +93,9 @@ class SAVSSM(nn.Module):
         use_style_params = style_ssm and mixer == "ssm"
         self.ssm = _make_mixer(mixer, d_inner, static_params=not use_style_params, **ss2d)
         self.style_params = (
-            StyleSSMParams(style_dim, ss2d.get("k", 4), d_inner, ss2d["d_state"]) if use_style_params else None
+            StyleSSMParams(style_dim, ss2d.get("k", 4), d_inner, ss2d["d_state"])
+            if use_style_params
+            else None
         )
         self.out_norm = make_norm(out_norm, d_inner, style_dim)
         self.out_proj = _conv1x1(d_inner, dim)
@@ -110,7 +113,17 @@ class SAVSSM(nn.Module):
 class Encoder(nn.Module):
     """Patch embedding (Conv p×p, stride p) → VSS blocks → LoE."""
 
-    def __init__(self, dim: int, patch_size: int, depth: int, d_inner: int, loe: bool, loe_compress: int, loe_squeeze: int, **block):
+    def __init__(
+        self,
+        dim: int,
+        patch_size: int,
+        depth: int,
+        d_inner: int,
+        loe: bool,
+        loe_compress: int,
+        loe_squeeze: int,
+        **block,
+    ):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
         self.blocks = nn.ModuleList(VSSBlock(dim, d_inner, **block) for _ in range(depth))

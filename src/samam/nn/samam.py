@@ -55,7 +55,9 @@ class SaMamConfig:
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
         if self.embed_dim % 8:
-            raise ValueError(f"embed_dim must be a multiple of 8 (the image decoder halves it 3 times), got {self.embed_dim}")
+            raise ValueError(
+                f"embed_dim must be a multiple of 8 (the image decoder halves it 3 times), got {self.embed_dim}"
+            )
 
 
 class SaMam(nn.Module):
@@ -77,7 +79,9 @@ class SaMam(nn.Module):
         self.scan_backend = resolve_scan_backend(cfg.backend)
         ss2d = dict(d_state=cfg.d_state, dt_rank=dt_rank, scan_order=cfg.scan, backend=self.scan_backend)
         loe = dict(loe=cfg.loe, loe_compress=cfg.loe_compress, loe_squeeze=cfg.loe_squeeze)
-        enc = dict(dim=c, patch_size=p, depth=cfg.encoder_depth, d_inner=d_inner, mixer=cfg.mixer, **loe, **ss2d)
+        enc = dict(
+            dim=c, patch_size=p, depth=cfg.encoder_depth, d_inner=d_inner, mixer=cfg.mixer, **loe, **ss2d
+        )
         self.content_encoder = Encoder(**enc)
         self.style_encoder = Encoder(**enc)
         self.style_embedder = StyleEmbedder(c, cfg.style_dim, n_stages=3 if p == 8 else 4)
@@ -92,7 +96,9 @@ class SaMam(nn.Module):
             mixer=cfg.mixer,
             **ss2d,
         )
-        self.decoder = nn.ModuleList(SAVSSGroup(c, cfg.decoder_depth, **loe, **block) for _ in range(cfg.decoder_groups))
+        self.decoder = nn.ModuleList(
+            SAVSSGroup(c, cfg.decoder_depth, **loe, **block) for _ in range(cfg.decoder_groups)
+        )
         self.image_decoder = ImageDecoder(c, p)
         if cfg.zero_init:
             self._zero_init_style_embedders()

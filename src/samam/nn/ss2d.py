@@ -17,7 +17,9 @@ from samam.ops.scan_orders import merge, scan, scan_indices
 from samam.ops.selective_scan import ScanBackend
 
 
-def _dt_init(k: int, d_inner: int, dt_rank: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4):
+def _dt_init(
+    k: int, d_inner: int, dt_rank: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4
+):
     """Mamba's Δ init: softplus(bias) log-uniform in [dt_min, dt_max], weight ±dt_rank^-0.5."""
     bound = dt_rank**-0.5
     weight = torch.empty(k, d_inner, dt_rank).uniform_(-bound, bound)
@@ -49,7 +51,9 @@ class SS2D(nn.Module):
         self.scan_order = scan_order
         self.backend = backend
         bound = d_inner**-0.5  # nn.Linear's default init, per direction
-        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
+        self.x_proj_weight = nn.Parameter(
+            torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound)
+        )
         w, b = _dt_init(k, d_inner, dt_rank)
         self.dt_proj_weight = nn.Parameter(w)  # (K, D, R)
         self.dt_proj_bias = nn.Parameter(b)  # (K, D)
@@ -61,7 +65,9 @@ class SS2D(nn.Module):
             self.register_parameter("A_log", None)
             self.register_parameter("D", None)
 
-    def forward(self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (B, D, H, W) → (B, D, H, W) float32. A (B, K·D, N), D (B, K·D) when not static."""
         b, d, h, w = x.shape
         L = h * w

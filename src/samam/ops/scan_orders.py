@@ -103,7 +103,13 @@ def _gilbert(x: int, y: int, ax: int, ay: int, bx: int, by: int, out: list[tuple
         _gilbert(x, y, bx2, by2, ax2, ay2, out)
         _gilbert(x + bx2, y + by2, ax, ay, bx - bx2, by - by2, out)
         _gilbert(
-            x + (ax - dax) + (bx2 - dbx), y + (ay - day) + (by2 - dby), -bx2, -by2, -(ax - ax2), -(ay - ay2), out
+            x + (ax - dax) + (bx2 - dbx),
+            y + (ay - day) + (by2 - dby),
+            -bx2,
+            -by2,
+            -(ax - ax2),
+            -(ay - ay2),
+            out,
         )
 
 
@@ -131,11 +137,18 @@ def hilbert_orders(h: int, w: int) -> torch.Tensor:
     return torch.stack(paths)  # (K=4, L)
 
 
-_BUILDERS = {"zigzag": zigzag_orders, "cross": cross_orders, "spiral": spiral_orders, "hilbert": hilbert_orders}
+_BUILDERS = {
+    "zigzag": zigzag_orders,
+    "cross": cross_orders,
+    "spiral": spiral_orders,
+    "hilbert": hilbert_orders,
+}
 
 
 @functools.lru_cache(maxsize=256)
-def scan_indices(name: str, h: int, w: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def scan_indices(
+    name: str, h: int, w: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached ``(order, inverse)``, each (K, L) int64 on ``device``, for an H×W token grid."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES}")
