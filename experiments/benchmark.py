@@ -550,23 +550,47 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
 
 
+def _extrapolate(
+    points: list[tuple[int, float]], pixels: int, default_slope: float, min_slope: float = 1.0
+) -> float | None:
+    """Log-log extrapolation from the last two (pixels, value) points, slope clamped to [min_slope, 2]."""
+    if not points:
+        return None
+    (p1, v1) = points[-1]
+    slope = default_slope
+    if len(points) >= 2:
+        (p0, v0) = points[-2]
+        if p1 != p0 and v0 > 0 and v1 > 0:
+            slope = min(2.0, max(min_slope, math.log(v1 / v0) / math.log(p1 / p0)))
+    return v1 * (pixels / p1) ** slope
+
+
+def available_mib() -> float | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 @dataclasses.dataclass
 class History:
-    """Seconds per call of earlier sizes of one (series, precision, task): predicts the next."""
+    """Seconds per call and peak MiB of earlier sizes of one (series, precision, task): predicts the next."""
 
     points: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    mem_points: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     failed: str | None = None
 
     def predict(self, pixels: int, default_slope: float) -> float | None:
-        if not self.points:
-            return None
-        (p1, t1) = self.points[-1]
-        slope = default_slope
-        if len(self.points) >= 2:
-            (p0, t0) = self.points[-2]
-            if p1 != p0 and t0 > 0 and t1 > 0:
-                slope = min(2.0, max(1.0, math.log(t1 / t0) / math.log(p1 / p0)))
-        return t1 * (pixels / p1) ** slope
+        return _extrapolate(self.points, pixels, default_slope)
+
+    def predict_mib(self, pixels: int, default_slope: float) -> float | None:
+        # Conservative: small sizes understate attention's quadratic memory (fixed costs dominate).
+        return _extrapolate(self.mem_points, pixels, default_slope, min_slope=default_slope)
 
 
 def _summary(row: dict[str, Any]) -> str:
@@ -627,6 +651,13 @@ def run_case(
         row["status"] = f"skipped: ~{predicted:.0f} s per call predicted > --time-limit {ctx.time_limit:g}"
         return row
 
+    # On CPU an out-of-memory case does not raise: the kernel kills the process (or the box).
+    free = available_mib() if device.type == "cpu" else None
+    predicted_mib = h.predict_mib(size * size, 2.0 if s.mixer == "attention" else 1.0)
+    if free is not None and predicted_mib is not None and predicted_mib > 0.7 * free:
+        row["status"] = f"skipped: ~{predicted_mib:.0f} MiB predicted > 70% of {free:.0f} MiB available"
+        return row
+
     try:
         if task == "train":
             net.train()
@@ -653,6 +684,7 @@ def run_case(
             torch.cuda.empty_cache()
     med = statistics.median(times)
     h.points.append((size * size, med))
+    h.mem_points.append((size * size, peak))
     row.update(
         median_ms=round(med * 1e3, 3),
         min_ms=round(min(times) * 1e3, 3),
