@@ -54,8 +54,7 @@ class ScanBackend:
         delta_bias: torch.Tensor | None = None,
         delta_softplus: bool = True,
     ) -> torch.Tensor:
-        """u, delta (B, K·D, L); A (K·D, N) or (B, K·D, N); B, C (B, K, N, L);
-        D (K·D,) or (B, K·D) or None; delta_bias (K·D,) or None → y (B, K·D, L) float32."""
+        """Shapes and semantics as :func:`selective_scan_ref`; dispatches on ``u.device``."""
         check_scan_shapes(u, delta, A, B, C, D, delta_bias)
         label, fn = self._impl.get(u.device.type, ("torch", selective_scan_torch))
         if fn is None:

@@ -66,8 +66,7 @@ def selective_scan_mamba(
 ) -> torch.Tensor:
     """Selective scan with mamba-ssm's CUDA kernel (CUDA tensors only; ScanBackend checks).
 
-    u, delta (B, K·D, L); A (K·D, N) or (B, K·D, N); B, C (B, K, N, L);
-    D (K·D,) or (B, K·D) or None; delta_bias (K·D,) or None → y (B, K·D, L) float32.
+    Shapes and semantics as :func:`selective_scan_ref`.
     """
     fn = _load()
     if not callable(fn):

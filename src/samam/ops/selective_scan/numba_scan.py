@@ -351,8 +351,7 @@ def selective_scan_numba(
 ) -> torch.Tensor:
     """Selective scan with numba kernels (CPU tensors only).
 
-    u, delta (B, K·D, L); A (K·D, N) or (B, K·D, N); B, C (B, K, N, L);
-    D (K·D,) or (B, K·D) or None; delta_bias (K·D,) or None → y (B, K·D, L) float32.
+    Shapes and semantics as :func:`selective_scan_ref`.
     """
     if not numba_available():
         raise RuntimeError(f"the numba selective-scan backend needs numba: {INSTALL_HINT}")

@@ -134,8 +134,7 @@ def selective_scan_torch(
 ) -> torch.Tensor:
     """Selective scan in pure PyTorch (exact; any device).
 
-    u, delta (B, K·D, L); A (K·D, N) or (B, K·D, N); B, C (B, K, N, L);
-    D (K·D,) or (B, K·D) or None; delta_bias (K·D,) or None → y (B, K·D, L) float32.
+    Shapes and semantics as :func:`selective_scan_ref`.
     """
     bt = check_scan_shapes(u, delta, A, B, C, D, delta_bias).batch
     x = u.float().contiguous()
