@@ -22,7 +22,7 @@ def test_orders_are_permutations_and_inverse_inverts(name, hw):
         assert torch.equal(order[k][inverse[k]], torch.arange(h * w))
     x = torch.randn(2, 3, h, w)
     # merge ∘ scan sums the K identical copies: K·x
-    assert torch.allclose(merge(scan(x, order), inverse, h, w), 4 * x)
+    assert torch.allclose(merge(scan(x, order), order, inverse, h, w), 4 * x)
 
 
 @pytest.mark.parametrize("name", SCAN_NAMES)
@@ -30,7 +30,7 @@ def test_merge_is_adjoint_of_scan(name):
     h, w = 5, 6
     order, inverse = scan_indices(name, h, w)
     x, y = torch.randn(2, 3, h, w), torch.randn(2, 4, 3, h * w)
-    assert torch.allclose((scan(x, order) * y).sum(), (x * merge(y, inverse, h, w)).sum(), atol=1e-4)
+    assert torch.allclose((scan(x, order) * y).sum(), (x * merge(y, order, inverse, h, w)).sum(), atol=1e-4)
 
 
 @pytest.mark.parametrize("hw", SIZES + [(6, 11), (10, 3)])
@@ -93,5 +93,18 @@ def test_indices_built_under_inference_mode_serve_training():
     with torch.inference_mode():
         order, inverse = scan_indices("zigzag", 13, 3)
     x = torch.randn(1, 2, 13, 3, requires_grad=True)
-    merge(scan(x, order), inverse, 13, 3).sum().backward()
+    merge(scan(x, order), order, inverse, 13, 3).sum().backward()
     assert torch.allclose(x.grad, torch.full_like(x, 4.0))
+
+
+def test_cpu_scatter_merge_equals_the_gather_merge():
+    h, w = 6, 7
+    order, inverse = scan_indices("hilbert", h, w)
+    y = torch.randn(2, 4, 3, h * w, requires_grad=True)
+    gathered = torch.gather(y, 3, inverse.view(1, 4, 1, h * w).expand_as(y)).sum(1).view(2, 3, h, w)
+    merged = merge(y, order, inverse, h, w)
+    torch.testing.assert_close(merged, gathered)
+    g = torch.randn_like(merged)
+    (ga,) = torch.autograd.grad(gathered, y, g)
+    (gb,) = torch.autograd.grad(merged, y, g)
+    torch.testing.assert_close(ga, gb)

@@ -89,7 +89,7 @@ class SS2D(nn.Module):
             delta_bias=self.dt_proj_bias.float().view(-1),
             delta_softplus=True,
         )  # (B, K·D, L) float32
-        return merge(y.view(b, self.k, d, L), inverse, h, w)
+        return merge(y.view(b, self.k, d, L), order, inverse, h, w)
 
 
 class StyleSSMParams(nn.Module):
