@@ -17,7 +17,11 @@ def test_readme_commands_are_makefile_targets_and_ci_runs_the_test_one():
     makefile = (ROOT / "Makefile").read_text()
     for cmd in commands:
         assert re.search(rf"^{cmd.split()[1]}:", makefile, re.M)
-    ci = [ln.strip() for ln in (ROOT / ".ci/run").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    ci = [
+        ln.strip()
+        for ln in (ROOT / ".ci/run").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert "make test" in ci
 
 

@@ -72,7 +72,10 @@ class StyleTransferModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.compile_net:
-            self.net.compile()  # in place: state_dict keys stay net.*
+            # In place, so state_dict keys stay net.*. Static shapes: training crops have one size,
+            # and inductor's dynamic-shape path fails on this model (torch 2.14, "cannot determine
+            # truth value of Relational") once content and style grids differ.
+            self.net.compile(dynamic=False)
 
     def forward(self, content: Tensor, style: Tensor) -> Tensor:
         return self.net(content, style)

@@ -224,3 +224,18 @@ def test_gpu_batch_of_styles_equals_single_runs_and_cpu(backend):
         ref = cpu(c, s)
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batched.cpu(), ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_torch_compile_runs_around_the_numba_scan():
+    net = tiny(backend="numba")
+    eager = SaMam(**net.config).eval()
+    eager.load_state_dict(net.state_dict())
+    # aot_eager: the graph breaks and autograd are what is tested; inductor codegen takes minutes
+    net.compile(backend="aot_eager", dynamic=False)
+    c, s = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 64, 64)
+    out = net(c, s)
+    out.square().mean().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(out.detach(), eager(c, s), rtol=1e-4, atol=1e-5)
+    assert net.content_encoder.patch_embed.weight.grad is not None
