@@ -239,3 +239,18 @@ def test_torch_compile_runs_around_the_numba_scan():
     with torch.no_grad():
         torch.testing.assert_close(out.detach(), eager(c, s), rtol=1e-4, atol=1e-5)
     assert net.content_encoder.patch_embed.weight.grad is not None
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bf16_autocast_keeps_the_output_close_and_trains(backend):
+    net = tiny(backend=backend)
+    c, s = torch.rand(2, 3, 48, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(c, s)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = net(c, s)
+    assert ((y.float() - ref).abs().max() / ref.abs().max()) < 3e-2  # bf16 has 8 mantissa bits
+    net.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(c, s).float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
