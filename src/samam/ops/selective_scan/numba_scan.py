@@ -9,6 +9,12 @@ alone would cost ~1 s for 2,048 channels × 4,096 tokens × 16 states; `_exp` be
 branch-free exp (Cody-Waite reduction + degree-7 polynomial + exponent bits) that LLVM
 vectorises. Its relative error is below 3e-7 for the arguments a scan sees (Δ·A ≤ 0).
 
+Time tiles: both kernels walk the tokens in tiles of T = _FWD_TILE_BYTES / (8·N) (2,048 for
+N = 16) and run every channel of a (sample, group, channel block) work item over one tile
+before the next, so the tile's B and C stay in L2; each channel carries its state across tiles.
+The forward keeps the state at each tile start; the backward, in reverse tile order, restarts
+from those and carries the adjoint.
+
 Threads: each call uses min(torch.get_num_threads(), NUMBA_NUM_THREADS), so OMP_NUM_THREADS=1
 keeps both libraries on one thread.
 """
@@ -28,6 +34,9 @@ from samam.ops.selective_scan.reference import check_scan_shapes
 
 # backward work items per thread: more balance the threads, fewer save dB/dC partial buffers
 _ITEMS_PER_THREAD = 2
+# forward time tile: T tokens such that the tile's B and C (T × N fp32 each) take this many
+# bytes, so that they stay in cache while every channel of a block scans the tile
+_FWD_TILE_BYTES = 256 * 1024
 
 INSTALL_HINT = "pip install 'numba>=0.60'  (or: pip install -e '.[cpu]')"
 
@@ -153,29 +162,54 @@ def _delta_grad(delta, bias, softplus, ddt):
     return total
 
 
-def _scan_fwd(u, delta, bias, softplus, A, B, C, D, dg, y):
-    # u, delta, y (B, K·D, L); bias (K·D,); A (1|B, K·D, N); B, C (B, K, L, N); D (1|B, K·D)
+def _scan_fwd(u, delta, bias, softplus, A, B, C, D, dg, n_blocks, tile, y, h_tiles):
+    # u, delta, y (B, K·D, L); bias (K·D,); A (1|B, K·D, N); B, C (B, K, L, N); D (1|B, K·D).
+    # Work item = (sample, group, block of channels). Time-tiled: the block's channels run
+    # tile by tile (T = `tile` tokens), each carrying its state h across tiles, so the
+    # group's T × N slices of B and C stay in L1/L2 for all channels of the block instead
+    # of streaming B and C (L × N each) once per channel. h_tiles (B, K·D, tiles, N) gets
+    # each channel's state before each tile, for the backward (or has 0 tiles: not kept).
     nb, kd, length = u.shape
+    keep = h_tiles.shape[2] > 0
+    n_groups = B.shape[1]
     n_state = A.shape[2]
-    for idx in prange(nb * kd):
-        b = idx // kd
-        c = idx % kd
-        g = c // dg
-        a = A[b if A.shape[0] > 1 else 0, c]
-        dv = D[b if D.shape[0] > 1 else 0, c]
-        dt = np.empty(length, np.float32)
-        _delta(delta[b, c], bias[c], softplus, dt)
-        h = np.zeros(n_state, np.float32)
-        for t in range(length):
-            d = dt[t]
-            x = u[b, c, t]
-            dx = d * x
-            acc = np.float32(0.0)
-            for n in range(n_state):
-                hn = _exp(d * a[n]) * h[n] + dx * B[b, g, t, n]
-                h[n] = hn
-                acc += C[b, g, t, n] * hn
-            y[b, c, t] = acc + dv * x
+    per_block = (dg + n_blocks - 1) // n_blocks
+    for item in prange(nb * n_groups * n_blocks):
+        b = item // (n_groups * n_blocks)
+        g = (item // n_blocks) % n_groups
+        k = item % n_blocks
+        c_lo = g * dg + k * per_block
+        c_hi = min(g * dg + dg, c_lo + per_block)
+        hs = np.zeros((max(c_hi - c_lo, 0), n_state), np.float32)
+        h = np.empty(n_state, np.float32)  # local, so LLVM knows it aliases no argument
+        dt = np.empty(tile, np.float32)
+        for t0 in range(0, length, tile):
+            t1 = min(length, t0 + tile)
+            bt = B[b, g, t0:t1]
+            ct = C[b, g, t0:t1]
+            for c in range(c_lo, c_hi):
+                a = A[b if A.shape[0] > 1 else 0, c]
+                dv = D[b if D.shape[0] > 1 else 0, c]
+                ut = u[b, c, t0:t1]
+                yt = y[b, c, t0:t1]
+                _delta(delta[b, c, t0:t1], bias[c], softplus, dt)
+                for n in range(n_state):
+                    h[n] = hs[c - c_lo, n]
+                if keep:
+                    for n in range(n_state):
+                        h_tiles[b, c, t0 // tile, n] = h[n]
+                for t in range(t1 - t0):
+                    d = dt[t]
+                    x = ut[t]
+                    dx = d * x
+                    acc = np.float32(0.0)
+                    for n in range(n_state):
+                        hn = _exp(d * a[n]) * h[n] + dx * bt[t, n]
+                        h[n] = hn
+                        acc += ct[t, n] * hn
+                    yt[t] = acc + dv * x
+                for n in range(n_state):
+                    hs[c - c_lo, n] = h[n]
 
 
 # One channel's backward, in three loop nests over (t, n). Each vectorises over n; the
@@ -194,10 +228,9 @@ def _states(a, u, dt, B, hs, es):
 
 
 def _adjoint(gy, C, es, gs, acc):
-    # gs[t] = ∂L/∂h_t = gy_t·C_t + exp(Δ_{t+1}A)·gs[t + 1], in reverse time
+    # gs[t] = ∂L/∂h_t = gy_t·C_t + exp(Δ_{t+1}A)·gs[t + 1], in reverse time; acc carries
+    # exp(Δ_{t+1}A)·gs[t + 1] in (0 after the last token) and out (for the previous tile)
     length = gy.shape[0]
-    for n in range(acc.shape[0]):
-        acc[n] = 0.0
     for i in range(length):
         t = length - 1 - i
         gyt = gy[t]
@@ -234,14 +267,19 @@ def _grads(a, dv, u, dt, gy, B, hs, es, gs, du, ddt, ga, dB_acc, dC_acc):
 
 
 def _scan_bwd(
-    u, delta, bias, softplus, A, B, C, D, gy, dg, n_blocks, du, ddelta, dbias, dA, dD, dB_part, dC_part
-):
+    u, delta, bias, softplus, A, B, C, D, gy, dg, n_blocks, tile, h_tiles,
+    du, ddelta, dbias, dA, dD, dB_part, dC_part,
+):  # fmt: skip
     # u, delta, gy, du, ddelta (B, K·D, L); dbias, dD (B, K·D); dA (B, K·D, N).
     # Work item = (sample, group, block of channels); each item owns its slice of
     # dB_part/dC_part (B, K, blocks, L, N), so the per-group reductions have no races.
+    # Time-tiled like the forward, tiles in reverse order: each channel restarts its states
+    # from the forward's h_tiles (B, K·D, tiles, N) and carries its adjoint across tiles, so
+    # the T × N buffers and the tile's B, C, dB, dC stay in cache across the block's channels.
     nb, kd, length = u.shape
     n_groups = B.shape[1]
     n_state = A.shape[2]
+    n_tiles = (length + tile - 1) // tile
     per_block = (dg + n_blocks - 1) // n_blocks
     for item in prange(nb * n_groups * n_blocks):
         b = item // (n_groups * n_blocks)
@@ -249,21 +287,39 @@ def _scan_bwd(
         k = item % n_blocks
         c_lo = g * dg + k * per_block
         c_hi = min(g * dg + dg, c_lo + per_block)
-        hs = np.zeros((length + 1, n_state), np.float32)
-        gs = np.empty((length, n_state), np.float32)
-        es = np.empty((length, n_state), np.float32)
-        dt = np.empty(length, np.float32)
+        hs = np.empty((tile + 1, n_state), np.float32)
+        gs = np.empty((tile, n_state), np.float32)
+        es = np.empty((tile, n_state), np.float32)
+        dt = np.empty(tile, np.float32)
+        ga = np.empty(n_state, np.float32)
         acc = np.empty(n_state, np.float32)
+        accs = np.zeros((max(c_hi - c_lo, 0), n_state), np.float32)
         for c in range(c_lo, c_hi):
-            a = A[b if A.shape[0] > 1 else 0, c]
-            _delta(delta[b, c], bias[c], softplus, dt)
-            _states(a, u[b, c], dt, B[b, g], hs, es)
-            _adjoint(gy[b, c], C[b, g], es, gs, acc)
-            dD[b, c] = _grads(
-                a, D[b if D.shape[0] > 1 else 0, c], u[b, c], dt, gy[b, c], B[b, g], hs, es, gs,
-                du[b, c], ddelta[b, c], dA[b, c], dB_part[b, g, k], dC_part[b, g, k],
-            )  # fmt: skip
-            dbias[b, c] = _delta_grad(delta[b, c], bias[c], softplus, ddelta[b, c])
+            dD[b, c] = 0.0
+            dbias[b, c] = 0.0
+            for n in range(n_state):
+                dA[b, c, n] = 0.0
+        for i in range(n_tiles):
+            t0 = (n_tiles - 1 - i) * tile
+            t1 = min(length, t0 + tile)
+            m = t1 - t0
+            for c in range(c_lo, c_hi):
+                a = A[b if A.shape[0] > 1 else 0, c]
+                for n in range(n_state):
+                    hs[0, n] = h_tiles[b, c, t0 // tile, n]
+                    acc[n] = accs[c - c_lo, n]
+                _delta(delta[b, c, t0:t1], bias[c], softplus, dt[:m])
+                _states(a, u[b, c, t0:t1], dt[:m], B[b, g, t0:t1], hs[: m + 1], es[:m])
+                _adjoint(gy[b, c, t0:t1], C[b, g, t0:t1], es[:m], gs[:m], acc)
+                dD[b, c] += _grads(
+                    a, D[b if D.shape[0] > 1 else 0, c], u[b, c, t0:t1], dt[:m], gy[b, c, t0:t1], B[b, g, t0:t1],
+                    hs[: m + 1], es[:m], gs[:m], du[b, c, t0:t1], ddelta[b, c, t0:t1], ga,
+                    dB_part[b, g, k, t0:t1], dC_part[b, g, k, t0:t1],
+                )  # fmt: skip
+                dbias[b, c] += _delta_grad(delta[b, c, t0:t1], bias[c], softplus, ddelta[b, c, t0:t1])
+                for n in range(n_state):
+                    accs[c - c_lo, n] = acc[n]
+                    dA[b, c, n] += ga[n]
 
 
 def _launch(kernel, *args) -> None:
@@ -276,6 +332,13 @@ def _launch(kernel, *args) -> None:
     # NUMBA_NUM_THREADS, which torch then reads as its own: put torch's count back.
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def _n_blocks(bt: int, g: int, dg: int) -> int:
+    """Channel blocks per (sample, group): enough work items to keep every thread busy,
+    one block per group when possible."""
+    threads = min(torch.get_num_threads(), _kernels().numba.config.NUMBA_NUM_THREADS)
+    return min(dg, math.ceil(_ITEMS_PER_THREAD * threads / (bt * g)))
 
 
 def _np(t: torch.Tensor):
@@ -295,12 +358,19 @@ class _NumbaScanFn(torch.autograd.Function):
         Ct = C.detach().transpose(-1, -2).contiguous()
         Dn = D if D is not None else u.new_zeros(1, kd)
         bn = bias if bias is not None else u.new_zeros(kd)
+        n = Bt.shape[3]
         y = torch.empty(bt, kd, length, dtype=torch.float32)
+        n_blocks = _n_blocks(bt, g, kd // g)
+        tile = max(1, min(length, _FWD_TILE_BYTES // (8 * n)))
+        # states at tile starts, for the backward: (B, K·D, tiles, N), tiny next to u
+        n_tiles = -(-length // tile) if any(ctx.needs_input_grad) else 0
+        h_tiles = torch.empty(bt, kd, n_tiles, n)
         _launch(
             _kernels().fwd, _np(u), _np(delta), _np(bn), softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), kd // g,
-            y.numpy(),
+            n_blocks, tile, y.numpy(), h_tiles.numpy(),
         )  # fmt: skip
-        ctx.save_for_backward(u, delta, A, Bt, Ct, Dn, bn)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, Dn, bn, h_tiles)
+        ctx.tile = tile
         ctx.has_D = D is not None
         ctx.has_bias = bias is not None
         ctx.softplus = softplus
@@ -309,13 +379,11 @@ class _NumbaScanFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        u, delta, A, Bt, Ct, Dn, bn = ctx.saved_tensors
+        u, delta, A, Bt, Ct, Dn, bn, h_tiles = ctx.saved_tensors
         bt, kd, length = u.shape
         g, n = Bt.shape[1], Bt.shape[3]
         dg = kd // g
-        # enough work items to keep every thread busy; one block per group when possible
-        threads = min(torch.get_num_threads(), _kernels().numba.config.NUMBA_NUM_THREADS)
-        n_blocks = min(dg, math.ceil(_ITEMS_PER_THREAD * threads / (bt * g)))
+        n_blocks = _n_blocks(bt, g, dg)
         du = torch.empty(bt, kd, length)
         ddelta = torch.empty(bt, kd, length)
         dbias = torch.empty(bt, kd)
@@ -325,7 +393,7 @@ class _NumbaScanFn(torch.autograd.Function):
         dC_part = torch.zeros(bt, g, n_blocks, length, n)
         _launch(
             _kernels().bwd, _np(u), _np(delta), _np(bn), ctx.softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), _np(gy), dg, n_blocks,
-            du.numpy(), ddelta.numpy(), dbias.numpy(), dA.numpy(), dD.numpy(), dB_part.numpy(), dC_part.numpy(),
+            ctx.tile, h_tiles.numpy(), du.numpy(), ddelta.numpy(), dbias.numpy(), dA.numpy(), dD.numpy(), dB_part.numpy(), dC_part.numpy(),
         )  # fmt: skip
         dB = dB_part.sum(2).transpose(-1, -2)  # (B, K, N, L)
         dC = dC_part.sum(2).transpose(-1, -2)
