@@ -57,6 +57,7 @@ def numba_available() -> bool:
 _COMPILE_OPTIONS = {
     "_i32_as_f32": None,  # a numba intrinsic, not a jitted function
     "_exp": dict(fastmath=True, error_model="numpy", inline="always"),
+    "_work_item": dict(error_model="numpy", inline="always"),
     "_delta": dict(fastmath=True, error_model="numpy", cache=True),
     "_delta_grad": dict(fastmath=True, error_model="numpy", cache=True),
     "_scan_fwd": dict(parallel=True, fastmath=True, error_model="numpy", cache=True),
@@ -162,6 +163,17 @@ def _delta_grad(delta, bias, softplus, ddt):
     return total
 
 
+def _work_item(item, n_groups, n_blocks, dg):
+    # Work item → (sample b, group g, block k, channels [c_lo, c_hi)); shared by both kernels so the
+    # forward's h_tiles and the backward's dB/dC partials split channels the same way.
+    per_block = (dg + n_blocks - 1) // n_blocks
+    b = item // (n_groups * n_blocks)
+    g = (item // n_blocks) % n_groups
+    k = item % n_blocks
+    c_lo = g * dg + k * per_block
+    return b, g, k, c_lo, min(g * dg + dg, c_lo + per_block)
+
+
 def _scan_fwd(u, delta, bias, softplus, A, B, C, D, dg, n_blocks, tile, y, h_tiles):
     # u, delta, y (B, K·D, L); bias (K·D,); A (1|B, K·D, N); B, C (B, K, L, N); D (1|B, K·D).
     # Work item = (sample, group, block of channels). Time-tiled: the block's channels run
@@ -173,13 +185,8 @@ def _scan_fwd(u, delta, bias, softplus, A, B, C, D, dg, n_blocks, tile, y, h_til
     keep = h_tiles.shape[2] > 0
     n_groups = B.shape[1]
     n_state = A.shape[2]
-    per_block = (dg + n_blocks - 1) // n_blocks
     for item in prange(nb * n_groups * n_blocks):
-        b = item // (n_groups * n_blocks)
-        g = (item // n_blocks) % n_groups
-        k = item % n_blocks
-        c_lo = g * dg + k * per_block
-        c_hi = min(g * dg + dg, c_lo + per_block)
+        b, g, _, c_lo, c_hi = _work_item(item, n_groups, n_blocks, dg)
         hs = np.zeros((max(c_hi - c_lo, 0), n_state), np.float32)
         h = np.empty(n_state, np.float32)  # local, so LLVM knows it aliases no argument
         dt = np.empty(tile, np.float32)
@@ -280,13 +287,8 @@ def _scan_bwd(
     n_groups = B.shape[1]
     n_state = A.shape[2]
     n_tiles = (length + tile - 1) // tile
-    per_block = (dg + n_blocks - 1) // n_blocks
     for item in prange(nb * n_groups * n_blocks):
-        b = item // (n_groups * n_blocks)
-        g = (item // n_blocks) % n_groups
-        k = item % n_blocks
-        c_lo = g * dg + k * per_block
-        c_hi = min(g * dg + dg, c_lo + per_block)
+        b, g, k, c_lo, c_hi = _work_item(item, n_groups, n_blocks, dg)
         hs = np.empty((tile + 1, n_state), np.float32)
         gs = np.empty((tile, n_state), np.float32)
         es = np.empty((tile, n_state), np.float32)
