@@ -65,31 +65,63 @@ class SS2D(nn.Module):
             self.register_parameter("A_log", None)
             self.register_parameter("D", None)
 
+    # Cap on the elements of one pass's (samples, directions, D, L) tensors. Large images are
+    # scanned in passes over samples and directions, so nothing reaches 2^31 elements (CUDA
+    # kernels index with 32 bits; at 8192² one sample's four directions hold exactly 2^31).
+    max_elements: int = 2**30
+
     def forward(
         self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, D, H, W) → (B, D, H, W) float32. A (B, K·D, N), D (B, K·D) when not static."""
         b, d, h, w = x.shape
-        L = h * w
         if self.A_log is not None:
-            A = -torch.exp(self.A_log.float())
+            A = -torch.exp(self.A_log.float())  # (K·D, N), shared by every sample
             D = self.D.float()
         order, inverse = scan_indices(self.scan_order, h, w, x.device)
-        xs = scan(x, order)  # (B, K, D, L)
-        x_dbl = torch.matmul(self.x_proj_weight.to(xs.dtype), xs)  # (B, K, R+2N, L)
+        per_direction = d * h * w
+        dirs = max(1, min(self.k, self.max_elements // per_direction))
+        samples = max(1, min(b, self.max_elements // (dirs * per_direction)))
+        if samples == b and dirs == self.k:
+            return merge(self._scan(x, A, D, order, 0, self.k), order, inverse, h, w)
+        outs = []
+        for s in range(0, b, samples):
+            e = min(b, s + samples)
+            xb = x[s:e]
+            Ab = A[s:e] if A.dim() == 3 else A
+            Db = D[s:e] if D.dim() == 2 else D
+            out = None
+            for k0 in range(0, self.k, dirs):
+                k1 = min(self.k, k0 + dirs)
+                y = self._scan(xb, Ab, Db, order, k0, k1)
+                out = merge(y, order[k0:k1], inverse[k0:k1], h, w, out=out)
+            outs.append(out)
+        return torch.cat(outs)
+
+    def _scan(
+        self, x: torch.Tensor, A: torch.Tensor, D: torch.Tensor, order: torch.Tensor, k0: int, k1: int
+    ) -> torch.Tensor:
+        """Directions k0..k1-1 of x (B, D, H, W) → their outputs (B, k1-k0, D, L) float32."""
+        b, d, h, w = x.shape
+        kc, L = k1 - k0, h * w
+        xs = scan(x, order[k0:k1])  # (B, kc, D, L)
+        x_dbl = torch.matmul(self.x_proj_weight[k0:k1].to(xs.dtype), xs)  # (B, kc, R+2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_proj_weight.to(dts.dtype), dts)  # (B, K, D, L)
+        dts = torch.matmul(self.dt_proj_weight[k0:k1].to(dts.dtype), dts)  # (B, kc, D, L)
+        if kc < self.k:  # this pass's channels of the direction-major A, D
+            A = A[..., k0 * d : k1 * d, :].contiguous()
+            D = D[..., k0 * d : k1 * d].contiguous()
         y = self.backend(
-            xs.reshape(b, self.k * d, L),
-            dts.reshape(b, self.k * d, L),
+            xs.reshape(b, kc * d, L),
+            dts.reshape(b, kc * d, L),
             A,
-            Bs.contiguous(),  # (B, K, N, L)
+            Bs.contiguous(),  # (B, kc, N, L)
             Cs.contiguous(),
             D,
-            delta_bias=self.dt_proj_bias.float().view(-1),
+            delta_bias=self.dt_proj_bias[k0:k1].float().reshape(-1),
             delta_softplus=True,
-        )  # (B, K·D, L) float32
-        return merge(y.view(b, self.k, d, L), order, inverse, h, w)
+        )  # (B, kc·D, L) float32
+        return y.view(b, kc, d, L)
 
 
 class StyleSSMParams(nn.Module):

@@ -171,15 +171,27 @@ def scan(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.gather(flat, 3, order.view(1, k, 1, L).expand(b, k, d, L))
 
 
-def merge(y: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, K, D, L) → (B, D, H, W): each direction mapped back to raster order, summed."""
+def merge(
+    y: torch.Tensor,
+    order: torch.Tensor,
+    inverse: torch.Tensor,
+    h: int,
+    w: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, K, D, L) → (B, D, H, W): each direction mapped back to raster order, summed.
+
+    With ``out`` (B, D, H, W) the directions are added into it in place, so a caller that
+    merges its directions in several calls gets the same sums as one call."""
     b, k, d, L = y.shape
     if y.device.type == "cpu":
         # Scatter-add by ``order``: 2.5× faster than a gather by ``inverse`` on CPU. On CUDA it
         # would add through atomics in no fixed order; the gather keeps GPU sums deterministic.
-        out = y.new_zeros(b, d, L)
+        if out is None:
+            out = y.new_zeros(b, d, h, w)
+        flat = out.view(b, d, L)
         for i in range(k):
-            out.index_add_(2, order[i], y[:, i])
-        return out.view(b, d, h, w)
-    back = torch.gather(y, 3, inverse.view(1, k, 1, L).expand(b, k, d, L))
-    return back.sum(1).view(b, d, h, w)
+            flat.index_add_(2, order[i], y[:, i])
+        return out
+    back = torch.gather(y, 3, inverse.view(1, k, 1, L).expand(b, k, d, L)).sum(1).view(b, d, h, w)
+    return back if out is None else out.add_(back)

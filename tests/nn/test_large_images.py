@@ -1,0 +1,84 @@
+"""Large images: SS2D's passes over samples and directions equal the single pass, and at
+8192² no tensor of the released network reaches 2^31 elements (32-bit index math)."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from samam import SaMam
+from samam.nn.ss2d import SS2D, StyleSSMParams
+from samam.ops.selective_scan import numba_available, resolve_scan_backend
+
+CPU_BACKENDS = ["torch"] + (["numba"] if numba_available() else [])
+
+
+def _ss2d(static: bool, backend: str) -> SS2D:
+    torch.manual_seed(0)
+    return SS2D(8, 4, 2, "zigzag", resolve_scan_backend(backend), static_params=static)
+
+
+def _run(ss2d: SS2D, x: torch.Tensor, style: torch.Tensor | None, gen: StyleSSMParams | None, cap: int):
+    ss2d.max_elements = cap
+    params = [x, *ss2d.parameters()] + ([style, *gen.parameters()] if gen is not None else [])
+    for p in params:
+        p.grad = None
+    A, D = gen(style) if gen is not None else (None, None)
+    y = ss2d(x, A, D)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return y.detach(), [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("static", [True, False], ids=["S6", "S7"])
+def test_passes_over_samples_and_directions_equal_one_pass(static, backend):
+    ss2d = _ss2d(static, backend)
+    torch.manual_seed(1)
+    x = torch.randn(3, 8, 5, 7, requires_grad=True)
+    gen = None if static else StyleSSMParams(6, 4, 8, 4)
+    style = torch.randn(3, 6, requires_grad=True)  # per-sample A, D for S7
+    per_direction = 8 * 5 * 7
+    y_ref, g_ref = _run(ss2d, x, style, gen, cap=2**30)
+    # (samples, directions) per pass: (1, 1), (1, 3) + (1, 1), (2, 4) + (1, 4)
+    for cap in (per_direction, 3 * per_direction, 8 * per_direction):
+        y, grads = _run(ss2d, x, style, gen, cap)
+        torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)  # matmul blocking may differ
+        for g, ref in zip(grads, g_ref, strict=True):
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest: dict[str, tuple[int, ...]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.numel() > self.largest.get(str(func), (0, ()))[0]:
+                self.largest[str(func)] = (t.numel(), tuple(t.shape))
+        return out
+
+
+@pytest.mark.parametrize("batch, side", [(1, 8192), (2, 8192), (8, 4096)])
+def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side):
+    """Shapes only, on the meta device: the released network at 8192² (where the release
+    fails in its image decoder) and a batch of 8 at 4096²."""
+    net = SaMam(backend="torch")
+    scans = []
+
+    def scan_shapes_only(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+        scans.append(u.numel())
+        return torch.empty_like(u, dtype=torch.float32)
+
+    for m in net.modules():
+        if isinstance(m, SS2D):
+            m.backend = scan_shapes_only
+    net._check_image = lambda *args, **kwargs: None  # its NaN check reads values
+    net = net.to("meta")
+    mode = _LargestTensor()
+    with torch.no_grad(), mode:
+        y = net(torch.empty(batch, 3, side, side, device="meta"), torch.empty(batch, 3, 256, 256, device="meta"))
+    assert y.shape == (batch, 3, side, side)
+    numel, shape, op = max((n, s, op) for op, (n, s) in mode.largest.items())
+    assert numel < 2**31, f"{op} made a {shape} tensor"
+    assert len(scans) > 8 and max(scans) <= 2**30  # the scan ran in passes
