@@ -77,7 +77,9 @@ def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side):
     net = net.to("meta")
     mode = _LargestTensor()
     with torch.no_grad(), mode:
-        y = net(torch.empty(batch, 3, side, side, device="meta"), torch.empty(batch, 3, 256, 256, device="meta"))
+        y = net(
+            torch.empty(batch, 3, side, side, device="meta"), torch.empty(batch, 3, 256, 256, device="meta")
+        )
     assert y.shape == (batch, 3, side, side)
     numel, shape, op = max((n, s, op) for op, (n, s) in mode.largest.items())
     assert numel < 2**31, f"{op} made a {shape} tensor"
