@@ -507,6 +507,7 @@ def stylize(
     grid_cell: int = 256,
     trust_pickle: bool = False,
     progress: bool = True,
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     """Stylise every content × style pair (or, with ``style_weights``, every content with one
     weighted mix of all styles) and save ``{content}_stylized_{style}.png`` in ``output_dir``.
@@ -514,7 +515,9 @@ def stylize(
     Content keeps its size (``max_side`` only shrinks); styles (and, for α < 1, the content
     used as its own style) are resized so the shorter side is ``style_side``. α ∈ [0, 1]
     interpolates the embedding from the content's own (α = 0) to the style's. Existing
-    outputs are kept unless ``overwrite``. Returns lists of written and skipped files.
+    outputs are kept unless ``overwrite``. ``cuda_graph`` replays one captured CUDA graph per
+    input shape (samam.cuda_graph): worth it for many images of one size, such as video
+    frames. Returns lists of written and skipped files.
     """
     from tqdm.auto import tqdm
 
@@ -523,6 +526,11 @@ def stylize(
     dev = resolve_device(device)
     autocast(dev, precision)
     net = load_network(ckpt_path, dev, backend, trust_pickle)
+    stylise = net
+    if cuda_graph:
+        from samam.cuda_graph import GraphedSaMam
+
+        stylise = GraphedSaMam(net, precision)
     out = Path(output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     content_paths = collect_images(content, "content")
@@ -592,7 +600,7 @@ def stylize(
                 if alpha < 1:
                     e = blend_with_content(e, e_content, alpha)
                 with autocast(dev, precision):
-                    y = to_uint8(net(c.expand(len(idx), -1, -1, -1), style_embedding=e))  # (b, 3, H, W)
+                    y = to_uint8(stylise(c.expand(len(idx), -1, -1, -1), style_embedding=e))  # (b, 3, H, W)
                 for j, i in enumerate(idx):
                     save_png(y[j], paths[i])
                     summary["written"].append(str(paths[i]))

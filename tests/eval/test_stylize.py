@@ -113,6 +113,13 @@ def test_bf16_precision_runs(tiny_ckpt, pair, tmp_path):
         run(tiny_ckpt, content, style, tmp_path / "out", precision="fp16")
 
 
+def test_cuda_graph_on_cpu_fails_before_writing(tiny_ckpt, pair, tmp_path):
+    content, style = pair
+    with pytest.raises(ValueError, match="CUDA device"):
+        run(tiny_ckpt, content, style, tmp_path / "out", cuda_graph=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_checkpoint_clear_message(pair, tmp_path):
     content, style = pair
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):

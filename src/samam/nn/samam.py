@@ -131,15 +131,41 @@ class SaMam(nn.Module):
                 f"{name} is {x.shape[-2]}x{x.shape[-1]} px; SaMam (patch size {self.cfg.patch_size}) needs at least "
                 f"{min_side} px per side"
             )
-        if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
+        # Reading values syncs with the device: not possible while compiling or capturing a CUDA
+        # graph (samam.cuda_graph checks the real inputs before each replay instead).
+        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not (torch.compiler.is_compiling() or capturing) and not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or Inf values")
 
-    # ---- forward ----------------------------------------------------------------------
+    @property
+    def min_style_side(self) -> int:
+        """Smallest style side in px: the style embedder pools the tokens down 2^stages times."""
+        return self.cfg.patch_size * self.style_embedder.min_tokens
 
     def embed_style(self, style: torch.Tensor) -> torch.Tensor:
         """Style image (B, 3, h, w) → style embedding e_s (B, S, 3, 3)."""
-        self._check_image(style, "style", self.cfg.patch_size * self.style_embedder.min_tokens)
+        self._check_image(style, "style", self.min_style_side)
         return self.style_embedder(self.style_encoder(style))
+
+    def check_inputs(
+        self,
+        content: torch.Tensor,
+        style: torch.Tensor | None = None,
+        style_embedding: torch.Tensor | None = None,
+    ) -> None:
+        """Raise the error ``forward`` would raise for these inputs, without running it."""
+        if (style is None) == (style_embedding is None):
+            raise ValueError("pass exactly one of `style` (images) or `style_embedding` (from embed_style)")
+        p = self.cfg.patch_size
+        # Reflection padding (SConv, image decoder) needs at least 2 tokens per side.
+        self._check_image(content, "content", 2 * p)
+        if style is not None:
+            self._check_image(style, "style", self.min_style_side)
+        batch = (style if style is not None else style_embedding).shape[0]
+        if batch != content.shape[0]:
+            raise ValueError(f"batch sizes differ: content {content.shape[0]}, style {batch}")
+
+    # ---- forward ----------------------------------------------------------------------
 
     def forward(
         self,
@@ -148,14 +174,9 @@ class SaMam(nn.Module):
         *,
         style_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if (style is None) == (style_embedding is None):
-            raise ValueError("pass exactly one of `style` (images) or `style_embedding` (from embed_style)")
+        self.check_inputs(content, style, style_embedding)
+        e_s = self.style_embedder(self.style_encoder(style)) if style is not None else style_embedding
         p = self.cfg.patch_size
-        # Reflection padding (SConv, image decoder) needs at least 2 tokens per side.
-        self._check_image(content, "content", 2 * p)
-        e_s = self.embed_style(style) if style is not None else style_embedding
-        if e_s.shape[0] != content.shape[0]:
-            raise ValueError(f"batch sizes differ: content {content.shape[0]}, style {e_s.shape[0]}")
         h, w = content.shape[-2:]
         pad_h, pad_w = -h % p, -w % p
         if pad_h or pad_w:

@@ -1,0 +1,76 @@
+"""GraphedSaMam: replayed CUDA graphs give the eager forward's outputs (GPU tests skip
+without CUDA); bad set-ups fail at construction with the reason."""
+
+import pytest
+import torch
+
+from samam import SaMam
+from samam.cuda_graph import GraphedSaMam
+
+TINY = dict(
+    embed_dim=32, style_dim=16, d_state=4, encoder_depth=1, decoder_groups=1, decoder_depth=1,
+    loe_compress=4, loe_squeeze=4,
+)  # fmt: skip
+
+
+def test_cpu_network_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedSaMam(SaMam(**TINY, backend="torch").eval())
+
+
+@pytest.mark.parametrize("kw, msg", [({"precision": "fp16"}, "precision"), ({"max_graphs": 0}, "max_graphs")])
+def test_bad_arguments_are_refused(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        GraphedSaMam(SaMam(**TINY, backend="torch").eval(), **kw)
+
+
+def _gpu_net(backend: str, **kw) -> SaMam:
+    from samam.ops.selective_scan import mamba_available
+
+    if backend == "mamba" and not mamba_available():
+        pytest.skip("mamba_ssm not importable")
+    torch.manual_seed(0)
+    return SaMam(**{**TINY, **kw}, backend=backend).cuda().eval()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "mamba"])
+def test_gpu_replays_equal_the_eager_forward(backend):
+    net = _gpu_net(backend)
+    graphed = GraphedSaMam(net, max_graphs=2)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [((2, 3, 48, 72), (2, 3, 64, 64)), ((1, 3, 40, 40), (1, 3, 64, 80))]
+    for _ in range(2):  # the second round replays graphs captured in the first
+        for cs, ss in shapes:
+            c = torch.rand(cs, device="cuda", generator=gen)
+            s = torch.rand(ss, device="cuda", generator=gen)
+            with torch.no_grad():
+                ref = net(c, s)
+            torch.testing.assert_close(graphed(c, s), ref, rtol=1e-5, atol=1e-6)
+    assert graphed.num_graphs == 2
+    with torch.no_grad():
+        e = net.embed_style(s)
+        ref = net(c, style_embedding=e)
+    torch.testing.assert_close(graphed(c, style_embedding=e), ref, rtol=1e-5, atol=1e-6)
+    assert graphed.num_graphs == 2  # least recently used dropped
+    bad = c.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        graphed(bad, s)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_replay_equals_eager_bf16():
+    net = _gpu_net("torch")
+    c, s = torch.rand(1, 3, 64, 64, device="cuda"), torch.rand(1, 3, 64, 64, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = net(c, s)
+    out = GraphedSaMam(net, precision="bf16")(c, s)
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_training_mode_is_refused():
+    with pytest.raises(ValueError, match="eval"):
+        GraphedSaMam(_gpu_net("torch").train())
