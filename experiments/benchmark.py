@@ -4,6 +4,7 @@
     python experiments/benchmark.py --device cuda --precision fp32 bf16
     python experiments/benchmark.py --mixers ssm attention --sizes 256 512
     python experiments/benchmark.py --release-path ~/src/SaMam  # same-run ratio vs the authors' code
+    python experiments/benchmark.py --peers stytr2 stytr2-sdpa  # same-run ratio vs StyTr² (transformer)
 
 Writes results.csv, results.md, scaling.png and meta.json to --out. Columns and how to read
 them: experiments/performance.md. Failures (out of memory, 32-bit index limits) become rows
@@ -12,6 +13,7 @@ what it measured.
 
 The authors' release is never imported unless --release-path names a local clone; it is
 then timed in the same process with its own scan (mamba-ssm on CUDA, pure torch on CPU).
+--peers times other networks (experiments/stytr2.py) on the inference tasks, style side = content side.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ctypes
 import dataclasses
 import datetime
 import gc
+import inspect
 import io
 import json
 import logging
@@ -49,8 +52,17 @@ TASKS = ("latency", "throughput", "train")
 FIELDS = (
     "impl", "mixer", "backend", "precision", "task", "batch", "content", "style", "pixels",
     "median_ms", "min_ms", "repeats", "img_per_s", "peak_mib", "mem_kind", "speedup_vs_release",
-    "status", "notes",
+    "speedup_vs_stytr2", "speedup_vs_stytr2_sdpa", "status", "notes",
 )  # fmt: skip
+# Reference impl → (column, markdown header): its median / a row's median, same task, batch,
+# content side and precision, same run; filled for every other impl's ok rows.
+SPEEDUPS = {
+    "release": ("speedup_vs_release", "vs release"),
+    "stytr2": ("speedup_vs_stytr2", "vs StyTr²"),
+    "stytr2-sdpa": ("speedup_vs_stytr2_sdpa", "vs StyTr² sdpa"),
+}
+# --peers choice → StyTr2(attention=...): as published, or the same weights through SDPA.
+PEERS = {"stytr2": "mha", "stytr2-sdpa": "sdpa"}
 MEM_KINDS = {
     "cuda_max_allocated": "torch.cuda.max_memory_allocated over the case's calls; absolute: weights + inputs + activations",
     "rss_hwm_delta": "resident-set peak (VmHWM) that one extra untimed call adds above the RSS before it; weights and "
@@ -114,6 +126,19 @@ def load_preset(name: str) -> dict[str, Any]:
     return out
 
 
+def parse_overrides(items: list[str], flag: str, managed: dict[str, str]) -> dict[str, Any]:
+    """`k=v` items as kwargs; a key in `managed` is set by the flag it names instead."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} expects key=value, got {item!r}")
+        if key in managed:
+            raise SystemExit(f"{flag} {key}=...: use {managed[key]} instead")
+        kwargs[key] = parse_value(value)
+    return kwargs
+
+
 def model_kwargs(preset: str | None, overrides: list[str]) -> dict[str, Any]:
     """SaMam constructor kwargs from a preset and `k=v` overrides; mixer and backend are set per series."""
     from samam.nn.samam import SaMamConfig
@@ -121,17 +146,23 @@ def model_kwargs(preset: str | None, overrides: list[str]) -> dict[str, Any]:
     kwargs = load_preset(preset) if preset else {}
     for managed in ("mixer", "backend"):
         kwargs.pop(managed, None)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--model expects key=value, got {item!r}")
-        if key in ("mixer", "backend"):
-            raise SystemExit(f"--model {key}=...: use --{'mixers' if key == 'mixer' else 'backend'} instead")
-        kwargs[key] = parse_value(value)
+    kwargs.update(parse_overrides(overrides, "--model", {"mixer": "--mixers", "backend": "--backend"}))
     fields = {f.name for f in dataclasses.fields(SaMamConfig)}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise SystemExit(f"--model: unknown SaMam arguments {unknown}; known: {sorted(fields)}")
+    return kwargs
+
+
+def peer_kwargs(overrides: list[str]) -> dict[str, Any]:
+    """StyTr2 constructor kwargs from `k=v` overrides (default: the published sizes)."""
+    from stytr2 import StyTr2  # experiments/ is sys.path[0] when this file runs as a script
+
+    kwargs = parse_overrides(overrides, "--peer-model", {"attention": "--peers"})
+    known = sorted(inspect.signature(StyTr2).parameters.keys() - {"attention"})
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise SystemExit(f"--peer-model: unknown StyTr2 arguments {unknown}; known: {known}")
     return kwargs
 
 
@@ -189,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--release-train", action="store_true", help="also time the release's training step on CPU (slow)"
+    )
+    p.add_argument(
+        "--peers",
+        nargs="+",
+        default=[],
+        choices=list(PEERS),
+        help="also time StyTr² (experiments/stytr2.py, random weights): stytr2 = published attention, "
+        "stytr2-sdpa = same weights through SDPA; inference only, style side = content side",
+    )
+    p.add_argument(
+        "--peer-model", nargs="*", default=[], metavar="K=V", help="StyTr2 constructor overrides (tests)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="default experiments/results/<date>-<device>/")
@@ -378,13 +420,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @dataclasses.dataclass
 class Series:
-    """One network being timed: ours (per mixer/backend) or the release."""
+    """One network being timed: ours (per mixer/backend), the release, or a peer (StyTr²)."""
 
-    impl: str  # "samam" | "release"
+    impl: str  # "samam" | "release" | a --peers name
     mixer: str
     requested: str  # backend asked for
     build: Callable[[], nn.Module]
     batched: bool = True  # False: the network takes one sample at a time (the release's S7)
+    peer: bool = False  # another method: inference tasks only, style side = content side
     backend: str = ""  # what the built network resolved it to
 
     def __post_init__(self):
@@ -455,6 +498,20 @@ def release_series(path: Path, kwargs: dict[str, Any], scan: str, device: torch.
         return net.to(device).eval()
 
     return Series("release", "ssm", scan, build, batched=False)
+
+
+def peer_series(names: list[str], kwargs: dict[str, Any], device: torch.device) -> list[Series]:
+    """StyTr² per --peers name, random weights; mixer `attention`, so the guards expect quadratic cost."""
+    from stytr2 import StyTr2
+
+    out = []
+    for name in names:
+
+        def build(attention=PEERS[name]) -> nn.Module:
+            return StyTr2(**kwargs, attention=attention).to(device).eval()
+
+        out.append(Series(name, "attention", PEERS[name], build, peer=True))
+    return out
 
 
 def forward_fn(series: Series, net: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -626,14 +683,14 @@ def run_case(
         task=task,
         batch=batch,
         content=size,
-        style=size if task == "train" else args.style_size,
+        style=size if task == "train" or s.peer else args.style_size,
         pixels=size * size,
         mem_kind=memory.kind,
     )
     notes = []
     if not s.batched and batch > 1:
         notes.append("per-sample loop")
-    if task == "train":
+    if task == "train" and not s.peer:
         notes.append("loss: " + ctx.loss_desc.split(" ", 1)[0])
     row["notes"] = "; ".join(notes)
 
@@ -645,6 +702,9 @@ def run_case(
         return row
     if task == "train" and s.impl == "release" and device.type == "cpu" and not args.release_train:
         row["status"] = "skipped: release training on CPU (--release-train)"
+        return row
+    if task == "train" and s.peer:
+        row["status"] = "skipped: peers are timed for inference only"
         return row
     predicted = h.predict(size * size, 2.0 if s.mixer == "attention" else 1.0)
     if ctx.time_limit and predicted is not None and predicted > ctx.time_limit:
@@ -664,7 +724,7 @@ def run_case(
             call = train_case(s, net, device, precision, batch, size, ctx.loss_fn)
         else:
             net.eval()
-            call = inference_case(s, net, device, precision, batch, size, args.style_size)
+            call = inference_case(s, net, device, precision, batch, size, row["style"])
         if not memory.extra_call:
             memory.reset()
         times = time_calls(call, device, args.warmup, args.repeats, args.case_seconds)
@@ -736,12 +796,14 @@ def run_series(
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Fill every SPEEDUPS column: reference median / row median; > 1 = faster than the reference."""
     key = ("task", "batch", "content", "precision")
-    release = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "release" and r["status"] == "ok"}
-    for r in rows:
-        ref = release.get(tuple(r[k] for k in key))
-        ok = r["impl"] != "release" and r["status"] == "ok" and ref is not None
-        r["speedup_vs_release"] = round(ref["median_ms"] / r["median_ms"], 3) if ok else ""
+    for impl, (column, _) in SPEEDUPS.items():
+        ref = {tuple(r[k] for k in key): r for r in rows if r["impl"] == impl and r["status"] == "ok"}
+        for r in rows:
+            base = ref.get(tuple(r[k] for k in key))
+            ok = r["impl"] != impl and r["status"] == "ok" and base is not None
+            r[column] = round(base["median_ms"] / r["median_ms"], 3) if ok else ""
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -805,11 +867,18 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
         "- optional kernels imported: "
         + (", ".join(f"{m} {meta[m]}" for m in ("numba", "mamba_ssm") if m in meta) or "none"),
         f"- command: `{meta['command']}`",
-        "",
     ]
-    with_release = any(r["impl"] == "release" for r in rows)
+    if meta.get("peers"):
+        lines.append(
+            f"- peers: {', '.join(meta['peers'])} (experiments/stytr2.py, random weights; {meta['peer_model']}); "
+            "content and style both n² (style side = content side), ours keep style "
+            f"{meta['style']}²; inference only (train rows skipped)"
+        )
+    lines.append("")
+    impls = {r["impl"] for r in rows}
+    speedups = [(column, header) for impl, (column, header) in SPEEDUPS.items() if impl in impls]
     head = ["series", "task", "batch", "content", "median ms", "min ms", "img/s", "peak MiB"]
-    head += ["vs release"] if with_release else []
+    head += [header for _, header in speedups]
     head += ["status"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -823,8 +892,7 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
             fmt(r["img_per_s"], 2),
             fmt(r["peak_mib"]),
         ]
-        if with_release:
-            cells.append(f"{r['speedup_vs_release']:.2f}×" if r["speedup_vs_release"] != "" else "–")
+        cells += [f"{r[column]:.2f}×" if r[column] != "" else "–" for column, _ in speedups]
         cells.append(r["status"] + (f" ({r['notes']})" if r["notes"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
     fits = scaling(rows)
@@ -852,7 +920,7 @@ def write_plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> 
     for name, s in fits.items():
         for ax, ys, slope in ((ax_t, s["ms"], s["time_slope"]), (ax_m, s["mib"], s["mem_slope"])):
             label = name if slope is None else f"{name} (slope {slope:.2f})"
-            ax.plot(s["pixels"], ys, "o-", label=label)
+            ax.plot(s["pixels"], ys, "s--" if name.split()[0] in PEERS else "o-", label=label)
     sides = sorted({round(math.sqrt(p)) for s in fits.values() for p in s["pixels"]})
     for ax, ylabel in (
         (ax_t, "median latency, batch 1 [ms]"),
@@ -867,8 +935,10 @@ def write_plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> 
         ax.grid(True, which="both", alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=8)
+    peers = f"; peers (dashed): style = content, {', '.join(meta['peers'])}" if meta.get("peers") else ""
     fig.suptitle(
-        f"SaMam, {meta.get('gpu') or meta['cpu']}, style {meta['style']}², {meta['date'][:10]}", fontsize=10
+        f"SaMam, {meta.get('gpu') or meta['cpu']}, style {meta['style']}²{peers}, {meta['date'][:10]}",
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -909,6 +979,13 @@ def main(argv: list[str] | None = None) -> int:
     series = samam_series(kwargs, args.mixers, args.backend, device, args.compile)
     if args.release_path is not None:
         series.append(release_series(args.release_path, kwargs, args.release_scan, device))
+    peer_kw: dict[str, Any] = {}
+    if args.peers:
+        peer_kw = peer_kwargs(args.peer_model)
+        series += peer_series(args.peers, peer_kw, device)
+    elif args.peer_model:
+        raise SystemExit("--peer-model: no --peers to apply it to")
+    peer_desc = "StyTr2(" + ", ".join(f"{k}={v}" for k, v in peer_kw.items()) + ")"
     memory = PeakMemory(device)
     loss_fn, loss_desc = build_loss(args.loss, device) if "train" in args.tasks else (None, "not timed")
 
@@ -929,6 +1006,9 @@ def main(argv: list[str] | None = None) -> int:
         mem_kind=memory.kind,
         loss=loss_desc,
         compile=args.compile,
+        peers=args.peers,
+        peer_model=peer_desc if peer_kw else "StyTr2() (published sizes)",
+        peer_model_kwargs=peer_kw,
     )
     print(
         "benchmark:",

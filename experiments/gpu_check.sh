@@ -69,7 +69,7 @@ fi
 timeout -s INT -k 20 330 "$PY" experiments/benchmark.py --device cuda --precision fp32 bf16 \
     --sizes 256 512 1024 2048 4096 --throughput-batch 8 --throughput-sizes 512 \
     --train-batch 8 --train-sizes 256 --warmup 3 --repeats 10 --case-seconds 4 --time-limit 30 \
-    --budget 270 --out "$OUT" "${release[@]}"
+    --budget 270 --peers stytr2 --out "$OUT" "${release[@]}"
 status+=("benchmark=$?")
 
 phase summary

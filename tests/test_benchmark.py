@@ -1,4 +1,4 @@
-"""experiments/benchmark.py runs end to end on a tiny network and writes its three outputs."""
+"""experiments/benchmark.py runs end to end on a tiny network (and tiny StyTr² peers) and writes its outputs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import csv
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
+
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -60,8 +64,6 @@ def _load_benchmark():
 
 
 def test_presets_overrides_and_slope():
-    import pytest
-
     bench = _load_benchmark()
     kwargs = bench.model_kwargs("tiny", ["d_state=8", "scm=false"])
     assert kwargs["embed_dim"] == 32 and kwargs["d_state"] == 8 and kwargs["scm"] is False
@@ -70,3 +72,66 @@ def test_presets_overrides_and_slope():
     assert bench.fit_slope([1e4, 1e5, 1e6], [2.0, 20.0, 200.0]) == pytest.approx(1.0)
     assert bench.fit_slope([1e4, 1e6], [1.0, 1e4]) == pytest.approx(2.0)
     assert bench.fit_slope([1e4], [1.0]) is None
+
+
+PEER_TINY = ["dim=32", "heads=2", "ffn=64", "encoder_layers=1", "decoder_layers=1", "decoder_width=16"]
+
+
+def test_benchmark_times_stytr2_peers_in_the_same_run(tmp_path):
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable, str(REPO / "experiments" / "benchmark.py"), "--device", "cpu", "--model", *TINY,
+        "--backend", "torch", "--tasks", "latency", "train", "--sizes", "72", "96", "--train-sizes", "72",
+        "--train-batch", "2", "--loss", "mse", "--style-size", "64", "--repeats", "1", "--warmup", "0",
+        "--threads", "1", "--peers", "stytr2", "stytr2-sdpa", "--peer-model", *PEER_TINY, "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    with (out / "results.csv").open() as f:
+        rows = {(r["impl"], r["task"], r["content"]): r for r in csv.DictReader(f)}
+    for impl, backend in (("stytr2", "mha"), ("stytr2-sdpa", "sdpa")):
+        for size in ("72", "96"):
+            r = rows[(impl, "latency", size)]
+            assert (r["mixer"], r["backend"], r["status"]) == ("attention", backend, "ok")
+            assert r["style"] == size  # peers: style side = content side
+        assert rows[(impl, "train", "72")]["status"] == "skipped: peers are timed for inference only"
+    for size in ("72", "96"):
+        ours, mha, sdpa = (rows[(impl, "latency", size)] for impl in ("samam", "stytr2", "stytr2-sdpa"))
+        assert ours["style"] == "64"
+        ratio = float(mha["median_ms"]) / float(ours["median_ms"])
+        assert float(ours["speedup_vs_stytr2"]) == pytest.approx(ratio, rel=1e-2)
+        ratio = float(sdpa["median_ms"]) / float(ours["median_ms"])
+        assert float(ours["speedup_vs_stytr2_sdpa"]) == pytest.approx(ratio, rel=1e-2)
+        assert float(sdpa["speedup_vs_stytr2"]) > 0 and mha["speedup_vs_stytr2"] == ""
+        assert ours["speedup_vs_release"] == ""
+    assert rows[("samam", "train", "72")]["status"] == "ok"
+    assert rows[("samam", "train", "72")]["speedup_vs_stytr2"] == ""  # no peer train row to compare
+
+    md = (out / "results.md").read_text()
+    assert "| peak MiB | vs StyTr² | vs StyTr² sdpa | status |" in md and "vs release" not in md
+    assert "content and style both n²" in md and "decoder_width=16" in md
+    assert "| stytr2 attention/mha fp32 | 72², 96² |" in md  # its slope row
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_guards_skip_a_quadratic_peer_before_it_runs(monkeypatch):
+    bench = _load_benchmark()
+    args = bench.build_parser().parse_args(["--device", "cpu", "--peers", "stytr2"])
+    memory = types.SimpleNamespace(kind="rss_hwm_delta", extra_call=True)
+    ctx = bench.Context(args, torch.device("cpu"), memory, None, "not timed", 10.0, t_start=0.0)
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))  # where the script finds stytr2.py
+    (peer,) = bench.peer_series(["stytr2"], {}, torch.device("cpu"))  # built only when a case runs
+
+    def run(history):  # net=None: any case that is not skipped fails loudly
+        return bench.run_case(ctx, peer, None, "fp32", "latency", 1, 1024, history)
+
+    # One point, no measured slope: a peer is assumed quadratic, 4 s at 512² → ~64 s at 1024².
+    row = run(bench.History(points=[(512 * 512, 4.0)]))
+    assert row["status"] == "skipped: ~64 s per call predicted > --time-limit 10"
+    assert row["style"] == 1024
+    # Memory on CPU: 1 GiB at 512² → ≥ 16 GiB at 1024², over 70% of the (pretended) 10 GiB free.
+    monkeypatch.setattr(bench, "available_mib", lambda: 10240.0)
+    row = run(bench.History(mem_points=[(512 * 512, 1024.0)]))
+    assert row["status"].startswith("skipped: ~16384 MiB predicted > 70% of 10240 MiB")
