@@ -4,12 +4,12 @@ import collections
 
 import pytest
 import torch
+from tiny import TINY as TINY_PRESET
 
 from samam import SaMam, load_checkpoint, load_model, load_official_checkpoint
 from samam.checkpoint import CheckpointError
 
-TINY = dict(embed_dim=32, style_dim=16, d_state=4, encoder_depth=1, decoder_groups=1, decoder_depth=2,
-            loe_compress=4, loe_squeeze=4)  # fmt: skip
+TINY = {**TINY_PRESET, "decoder_depth": 2}  # two blocks per group, as released
 
 
 def release_state_dict(C=256, p=8, enc=2, groups=2, depth=2, N=16, expand=2.0, S=64, lc=8, ls=8, red=4):

@@ -3,14 +3,10 @@ without CUDA); bad set-ups fail at construction with the reason."""
 
 import pytest
 import torch
+from tiny import TINY
 
 from samam import SaMam
 from samam.cuda_graph import GraphedSaMam
-
-TINY = dict(
-    embed_dim=32, style_dim=16, d_state=4, encoder_depth=1, decoder_groups=1, decoder_depth=1,
-    loe_compress=4, loe_squeeze=4,
-)  # fmt: skip
 
 
 def test_cpu_network_is_refused_with_the_reason():

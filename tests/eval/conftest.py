@@ -8,18 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY as TINY_PRESET
 
-TINY = dict(
-    embed_dim=32,
-    style_dim=16,
-    d_state=4,
-    encoder_depth=1,
-    decoder_groups=1,
-    decoder_depth=1,
-    loe_compress=4,
-    loe_squeeze=4,
-    backend="torch",
-)
+TINY = {**TINY_PRESET, "backend": "torch"}
 
 
 def write_image(path: Path, w: int, h: int, seed: int) -> Path:

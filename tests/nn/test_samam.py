@@ -2,14 +2,12 @@ import math
 
 import pytest
 import torch
+from tiny import TINY as TINY_PRESET
 
 from samam import SaMam
 from samam.ops.selective_scan import numba_available
 
-TINY = dict(
-    embed_dim=32, style_dim=16, d_state=4, encoder_depth=1, decoder_groups=1, decoder_depth=1,
-    loe_compress=4, loe_squeeze=4, backend="torch",
-)  # fmt: skip
+TINY = {**TINY_PRESET, "backend": "torch"}
 CPU_BACKENDS = ["torch"] + (["numba"] if numba_available() else [])
 
 
