@@ -211,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="intra-op threads (torch and numba); default: as the env says")
     p.add_argument("--compile", action="store_true", help="torch.compile our network (not the release)")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also time each SaMam series replayed from captured CUDA graphs (samam.cuda_graph; inference only)",
+    )
     p.add_argument("--release-path", type=Path, help="local clone of github.com/Chernobyllight/SaMam")
     p.add_argument(
         "--release-scan",
@@ -428,6 +433,7 @@ class Series:
     build: Callable[[], nn.Module]
     batched: bool = True  # False: the network takes one sample at a time (the release's S7)
     peer: bool = False  # another method: inference tasks only, style side = content side
+    graph: bool = False  # replayed from a captured CUDA graph per shape (samam.cuda_graph): inference only
     backend: str = ""  # what the built network resolved it to
 
     def __post_init__(self):
@@ -449,7 +455,10 @@ def backend_name(backend: Any, device: torch.device) -> str:
     return str(name).removeprefix("selective_scan_")
 
 
-def samam_series(kwargs: dict[str, Any], mixers: list[str], backends: list[str], device, compile_: bool):
+def samam_series(
+    kwargs: dict[str, Any], mixers: list[str], backends: list[str], device, compile_: bool, graph: bool
+):
+    """Ours per mixer and backend; with ``graph`` each also as a CUDA-graph series."""
     from samam import SaMam
 
     out = []
@@ -462,6 +471,8 @@ def samam_series(kwargs: dict[str, Any], mixers: list[str], backends: list[str],
                 return torch.compile(net) if compile_ else net
 
             out.append(Series("samam", mixer, backend if mixer == "ssm" else "-", build))
+            if graph:
+                out.append(Series("samam", mixer, backend if mixer == "ssm" else "-", build, graph=True))
     return out
 
 
@@ -564,6 +575,10 @@ def inference_case(series: Series, net: nn.Module, device, precision: str, batch
     content = torch.rand(batch, 3, size, size, generator=g).to(device)
     styles = torch.rand(batch, 3, style, style, generator=g).to(device)
     fwd = forward_fn(series, net)
+    if series.graph:
+        from samam.cuda_graph import GraphedSaMam
+
+        fwd = GraphedSaMam(net, precision, max_graphs=1)  # captured in the first (warm-up) call
 
     def call() -> None:
         # no_grad, not inference_mode: tensors the network caches on first use (scan
@@ -703,8 +718,8 @@ def run_case(
     if task == "train" and s.impl == "release" and device.type == "cpu" and not args.release_train:
         row["status"] = "skipped: release training on CPU (--release-train)"
         return row
-    if task == "train" and s.peer:
-        row["status"] = "skipped: peers are timed for inference only"
+    if task == "train" and (s.peer or s.graph):
+        row["status"] = f"skipped: {'peers' if s.peer else 'CUDA-graph series'} are timed for inference only"
         return row
     predicted = h.predict(size * size, 2.0 if s.mixer == "attention" else 1.0)
     if ctx.time_limit and predicted is not None and predicted > ctx.time_limit:
@@ -780,6 +795,8 @@ def run_series(
         resolved = getattr(getattr(net, "_orig_mod", net), "scan_backend", None)
         s.backend = backend_name(resolved, ctx.device) if resolved is not None else s.requested
         s.backend += "+compile" if hasattr(net, "_orig_mod") else ""
+    if s.graph and not s.backend.endswith("+graph"):  # built once per precision
+        s.backend += "+graph"
     history: dict[str, History] = {}
     for task, batch, size in cases(ctx.args):
         row = run_case(ctx, s, net, precision, task, batch, size, history.setdefault(task, History()))
@@ -976,7 +993,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     kwargs = model_kwargs(args.preset, args.model)
-    series = samam_series(kwargs, args.mixers, args.backend, device, args.compile)
+    if args.cuda_graph and (device.type != "cuda" or args.compile):
+        raise SystemExit("--cuda-graph needs --device cuda and no --compile (it replays the eager kernels)")
+    series = samam_series(kwargs, args.mixers, args.backend, device, args.compile, args.cuda_graph)
     if args.release_path is not None:
         series.append(release_series(args.release_path, kwargs, args.release_scan, device))
     peer_kw: dict[str, Any] = {}
@@ -1006,6 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
         mem_kind=memory.kind,
         loss=loss_desc,
         compile=args.compile,
+        cuda_graph=args.cuda_graph,
         peers=args.peers,
         peer_model=peer_desc if peer_kw else "StyTr2() (published sizes)",
         peer_model_kwargs=peer_kw,

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY as TINY_PRESET
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "embed_dim=32", "style_dim=16", "d_state=4", "encoder_depth=1", "decoder_groups=1", "decoder_depth=1",
-    "loe_compress=4", "loe_squeeze=4",
-]  # fmt: skip
+TINY = [f"{k}={v}" for k, v in TINY_PRESET.items()]  # --model overrides
 
 
 def test_benchmark_writes_csv_markdown_and_plot(tmp_path):
@@ -135,3 +133,37 @@ def test_guards_skip_a_quadratic_peer_before_it_runs(monkeypatch):
     monkeypatch.setattr(bench, "available_mib", lambda: 10240.0)
     row = run(bench.History(mem_points=[(512 * 512, 1024.0)]))
     assert row["status"].startswith("skipped: ~16384 MiB predicted > 70% of 10240 MiB")
+
+
+def test_cuda_graph_series_needs_cuda():
+    bench = _load_benchmark()
+    with pytest.raises(SystemExit, match="--cuda-graph needs --device cuda"):
+        bench.main(["--device", "cpu", "--cuda-graph", "--model", *TINY, "--sizes", "64"])
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_series_rows(tmp_path):
+    bench = _load_benchmark()
+    out = tmp_path / "bench"
+    args = ["--device", "cuda", "--cuda-graph", "--backend", "torch", "--model", *TINY, "--sizes", "64", "96"]
+    args += [
+        "--throughput-sizes",
+        "64",
+        "--throughput-batch",
+        "2",
+        "--train-sizes",
+        "64",
+        "--train-batch",
+        "2",
+    ]
+    args += ["--style-size", "64", "--repeats", "2", "--warmup", "1", "--out", str(out)]
+    assert bench.main(args) == 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    graph = [r for r in rows if r["backend"].endswith("+graph")]
+    assert {(r["task"], r["status"]) for r in graph} == {
+        ("latency", "ok"),
+        ("throughput", "ok"),
+        ("train", "skipped: CUDA-graph series are timed for inference only"),
+    }
+    assert all(r["backend"] == "torch" for r in rows if r not in graph)

@@ -24,7 +24,7 @@ def _run(ss2d: SS2D, x: torch.Tensor, style: torch.Tensor | None, gen: StyleSSMP
         p.grad = None
     A, D = gen(style) if gen is not None else (None, None)
     y = ss2d(x, A, D)
-    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    (y * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)).sum().backward()
     return y.detach(), [p.grad.clone() for p in params]
 
 
@@ -84,3 +84,23 @@ def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side):
     numel, shape, op = max((n, s, op) for op, (n, s) in mode.largest.items())
     assert numel < 2**31, f"{op} made a {shape} tensor"
     assert len(scans) > 8 and max(scans) <= 2**30  # the scan ran in passes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "mamba"])
+@pytest.mark.parametrize("static", [True, False], ids=["S6", "S7"])
+def test_gpu_passes_equal_one_pass(static, backend):
+    from samam.ops.selective_scan import mamba_available
+
+    if backend == "mamba" and not mamba_available():
+        pytest.skip("mamba_ssm not importable")
+    ss2d = _ss2d(static, backend).cuda()
+    gen = None if static else StyleSSMParams(6, 4, 8, 4).cuda()
+    x = torch.randn(3, 8, 5, 7, device="cuda", requires_grad=True)
+    style = torch.randn(3, 6, device="cuda", requires_grad=True)
+    y_ref, g_ref = _run(ss2d, x, style, gen, cap=2**30)
+    for cap in (280, 3 * 280, 8 * 280):  # 280 = one direction of one sample
+        y, grads = _run(ss2d, x, style, gen, cap)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+        for g, ref in zip(grads, g_ref, strict=True):
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)
