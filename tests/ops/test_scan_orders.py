@@ -108,3 +108,22 @@ def test_cpu_scatter_merge_equals_the_gather_merge():
     (ga,) = torch.autograd.grad(gathered, y, g)
     (gb,) = torch.autograd.grad(merged, y, g)
     torch.testing.assert_close(ga, gb)
+
+
+def test_torch_compile_takes_cached_indices_as_constants():
+    """The compiled graph must not rebuild the orders (arange, flip, scatter) on every call."""
+
+    def roundtrip(x):
+        h, w = x.shape[-2:]
+        order, inverse = scan_indices("zigzag", h, w, x.device)
+        return merge(scan(x, order) * 2, order, inverse, h, w)
+
+    x = torch.randn(2, 3, 5, 7)
+    explained = torch._dynamo.explain(roundtrip)(x)
+    code = "\n".join(g.code for g in explained.graphs)
+    assert explained.graph_break_count == 0
+    assert not any(op in code for op in ("arange", "flip", "scatter")), code
+    compiled = torch.compile(roundtrip, backend="eager")
+    for shape in ((2, 3, 5, 7), (1, 3, 4, 9)):  # a new grid gets its own constants
+        x = torch.randn(shape)
+        torch.testing.assert_close(compiled(x), roundtrip(x))

@@ -145,11 +145,18 @@ _BUILDERS = {
 }
 
 
-@functools.lru_cache(maxsize=256)
+# torch.compile takes the cached tensors as constants of its graph, instead of tracing (and
+# then re-running on every call) the Python that builds them.
+@torch.compiler.assume_constant_result
 def scan_indices(
     name: str, h: int, w: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached ``(order, inverse)``, each (K, L) int64 on ``device``, for an H×W token grid."""
+    return _indices(name, h, w, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     if name not in _BUILDERS:
         raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES}")
     if h < 1 or w < 1:
