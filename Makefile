@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # One intra-op thread: on a loaded 2-core box, 2 threads made the scan loop 50x slower.
 THREADS ?= OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-gpu lint format bench bench-scan clean
+.PHONY: help install demo test test-gpu gpu-check lint format bench bench-scan clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ test: $(STAMP) ## run the whole CPU test suite (offline, minutes)
 
 test-gpu: $(STAMP) ## run only the GPU-marked tests (needs CUDA; mamba-ssm for the kernel tests)
 	$(BIN)/python -m pytest -q -m gpu tests
+
+gpu-check: $(STAMP) ## on a CUDA machine: GPU tests + CUDA benchmark (eager, CUDA graphs, StyTr², 8192²) in one run
+	PY=$(BIN)/python bash experiments/gpu_check.sh
 
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check src tests experiments *.py && $(BIN)/ruff format --check src tests experiments *.py
