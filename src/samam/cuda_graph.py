@@ -52,7 +52,8 @@ class GraphedSaMam:
             raise ValueError(f"CUDA graphs need the network on a CUDA device; it is on {device}")
         if net.training:
             raise ValueError("call net.eval() first: a captured graph replays one fixed mode")
-        self.net, self.precision, self.max_graphs, self.warmup = net, precision, max_graphs, warmup
+        self.net, self.device, self.precision = net, device, precision
+        self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: collections.OrderedDict[tuple, _Graph] = collections.OrderedDict()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -74,9 +75,8 @@ class GraphedSaMam:
     ) -> torch.Tensor:
         self.net.check_inputs(content, style, style_embedding)
         kind, other = ("style", style) if style is not None else ("style_embedding", style_embedding)
-        device = next(self.net.parameters()).device
-        if content.device != device or other.device != device:
-            raise ValueError(f"inputs must be on the network's device {device}")
+        if content.device != self.device or other.device != self.device:
+            raise ValueError(f"inputs must be on the network's device {self.device}")
         key = (kind, tuple(content.shape), tuple(other.shape), content.dtype, other.dtype)
         entry = self._graphs.get(key)
         if entry is None:

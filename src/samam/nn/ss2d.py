@@ -84,9 +84,7 @@ class SS2D(nn.Module):
         per_direction = d * h * w
         dirs = max(1, min(self.k, self.max_elements // per_direction))
         samples = max(1, min(b, self.max_elements // (dirs * per_direction)))
-        if samples == b and dirs == self.k:
-            return merge(self._scan(x, A, D, order, 0, self.k), order, inverse, h, w)
-        outs = []
+        outs = []  # one pass when everything fits under the cap
         for s in range(0, b, samples):
             e = min(b, s + samples)
             xb = x[s:e]
@@ -98,7 +96,7 @@ class SS2D(nn.Module):
                 y = self._scan(xb, Ab, Db, order, k0, k1)
                 out = merge(y, order[k0:k1], inverse[k0:k1], h, w, out=out)
             outs.append(out)
-        return torch.cat(outs)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _scan(
         self, x: torch.Tensor, A: torch.Tensor, D: torch.Tensor, order: torch.Tensor, k0: int, k1: int
@@ -110,9 +108,8 @@ class SS2D(nn.Module):
         x_dbl = torch.matmul(self.x_proj_weight[k0:k1].to(xs.dtype), xs)  # (B, kc, R+2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_proj_weight[k0:k1].to(dts.dtype), dts)  # (B, kc, D, L)
-        if kc < self.k:  # this pass's channels of the direction-major A, D
-            A = A[..., k0 * d : k1 * d, :].contiguous()
-            D = D[..., k0 * d : k1 * d].contiguous()
+        A = A[..., k0 * d : k1 * d, :].contiguous()  # this pass's channels of the direction-major A, D
+        D = D[..., k0 * d : k1 * d].contiguous()
         y = self.backend(
             xs.reshape(b, kc * d, L),
             dts.reshape(b, kc * d, L),
