@@ -279,6 +279,19 @@ def test_mamba_fold_equals_per_sample_loop():
 
 @pytest.mark.gpu
 @needs_mamba
+def test_mamba_batch_32_released_width_runs_and_matches_torch():
+    """65536 folded channels, one over the CUDA grid limit: the split call runs and agrees."""
+    from samam.ops.selective_scan.mamba_scan import selective_scan_mamba
+
+    xs = _to_cuda(make_inputs(32, 4, 512, 16, 64, per_sample_A=True, per_sample_D=True))
+    y_t, g_t, gy = run(selective_scan_torch, xs)
+    y_m, g_m, _ = run(selective_scan_mamba, clone(xs), gy=gy)
+    assert_rel_close(y_m, y_t, 1e-4, "y")
+    assert_rel_close(g_m[0], g_t[0], 1e-3, "du")
+
+
+@pytest.mark.gpu
+@needs_mamba
 def test_auto_on_cuda_uses_mamba_and_numba_refuses_cuda():
     backend = resolve_scan_backend("auto")
     assert "cuda: mamba" in backend.describe()
@@ -288,25 +301,83 @@ def test_auto_on_cuda_uses_mamba_and_numba_refuses_cuda():
             resolve_scan_backend("numba")(*xs[:6], delta_bias=xs[6])
 
 
+def _stand_in_kernel(calls: list):
+    """selective_scan_ref behind mamba-ssm's argument checks (selective_scan.cpp) and launch limit."""
+
+    def kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        assert A.dim() == 2 and (D is None or D.dim() == 1) and z is None  # no per-sample A, D
+        assert u.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        assert delta.dtype == B.dtype == C.dtype == u.dtype, (u.dtype, delta.dtype, B.dtype, C.dtype)
+        assert A.dtype == torch.float32 and all(
+            t is None or t.dtype == torch.float32 for t in (D, delta_bias)
+        )
+        assert u.shape[1] <= 65535, "grid dimension y"
+        calls.append((tuple(u.shape), tuple(B.shape)))
+        return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus).to(u.dtype)
+
+    return kernel
+
+
 def test_mamba_fold_with_stand_in_kernel(monkeypatch):
     """The batch fold of SPEC §4, checked on CPU with the reference standing in for the kernel."""
     from samam.ops.selective_scan import mamba_scan
 
     calls = []
-
-    def kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-        # mamba-ssm's contract: A (D, N), D and delta_bias (D,), no per-sample parameters
-        assert A.dim() == 2 and (D is None or D.dim() == 1) and z is None
-        calls.append((tuple(u.shape), tuple(B.shape)))
-        return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus)
-
-    monkeypatch.setattr(mamba_scan, "_load", lambda: kernel)
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel(calls))
     xs = make_inputs(3, 2, 4, 5, 11, per_sample_A=True, per_sample_D=True)
     compare(mamba_scan.selective_scan_mamba, xs, fwd_tol=1e-6, bwd_tol=1e-6)
     assert calls == [((1, 3 * 8, 11), (1, 3 * 2, 5, 11))]
     calls.clear()
     compare(mamba_scan.selective_scan_mamba, make_inputs(3, 2, 4, 5, 11), fwd_tol=1e-6, bwd_tol=1e-6)
     assert calls == [((3, 8, 11), (3, 2, 5, 11))]
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_mamba_splits_calls_at_the_launch_limit(monkeypatch, per_sample):
+    """Over the channel limit the call is split along whole groups, with the same result.
+    The limit is lowered to 9 here: 2 groups of 4 channels per call."""
+    from samam.ops.selective_scan import mamba_scan
+
+    calls = []
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel(calls))
+    monkeypatch.setattr(mamba_scan, "MAX_CHANNELS_PER_CALL", 9)
+    xs = make_inputs(3, 2, 4, 5, 11, per_sample_A=per_sample, per_sample_D=per_sample)
+    compare(mamba_scan.selective_scan_mamba, xs, fwd_tol=1e-6, bwd_tol=1e-6)
+    if per_sample:  # 6 folded groups → 3 calls of 2 groups
+        assert calls == [((1, 8, 11), (1, 2, 5, 11))] * 3
+    else:  # 2 groups of each sample → 1 call
+        assert calls == [((3, 8, 11), (3, 2, 5, 11))]
+
+
+def test_mamba_batch_32_of_the_released_width_is_split(monkeypatch):
+    """The released SS2D (4 directions × 512 channels) with per-sample A folds a batch of 32
+    into 65536 channels, one over the grid limit: 127 groups go in the first call, 1 in the next."""
+    from samam.ops.selective_scan import mamba_scan
+
+    calls = []
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel(calls))
+    xs = make_inputs(32, 4, 512, 2, 3, per_sample_A=True, per_sample_D=True)
+    y = mamba_scan.selective_scan_mamba(*xs[:6], delta_bias=xs[6])
+    assert calls == [((1, 127 * 512, 3), (1, 127, 2, 3)), ((1, 512, 3), (1, 1, 2, 3))]
+    assert_rel_close(y, selective_scan_ref(*xs[:6], delta_bias=xs[6]), 1e-6, "y")
+
+
+def test_mamba_promotes_mixed_dtypes(monkeypatch):
+    """u in float32 with Δ, B, C in bf16 (or the reverse) reaches the kernel in one dtype."""
+    from samam.ops.selective_scan import mamba_scan
+
+    calls = []
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel(calls))
+    xs = make_inputs(2, 2, 4, 5, 11, per_sample_A=True)
+    for i in (1, 3, 4):  # delta, B, C
+        xs[i] = xs[i].detach().bfloat16().requires_grad_()
+    y = mamba_scan.selective_scan_mamba(*xs[:6], delta_bias=xs[6])
+    ref = selective_scan_ref(*xs[:6], delta_bias=xs[6])
+    assert y.dtype == torch.float32 and len(calls) == 1
+    assert_rel_close(y, ref, 1e-5, "y")
+    with pytest.raises(ValueError, match="launch limit"):
+        monkeypatch.setattr(mamba_scan, "MAX_CHANNELS_PER_CALL", 3)
+        mamba_scan.selective_scan_mamba(*xs[:6], delta_bias=xs[6])
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")

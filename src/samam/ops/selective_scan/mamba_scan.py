@@ -3,7 +3,9 @@
 mamba-ssm's kernel takes A as (D, N) and D as (D,) with no batch axis. Per-sample A or D
 (S7) is handled by folding the batch into the channel axis (SPEC §4): u, Δ (1, B·K·D, L),
 A (B·K·D, N), D and delta_bias (B·K·D,), B and C (1, B·K, N, L); group b·K + k then serves
-exactly the channels of sample b, direction k.
+exactly the channels of sample b, direction k. Calls with more than 65535 channels (the
+kernel's launch limit: a batch of 32 at d_inner 512 with 4 directions, folded) are split
+into several kernel calls along whole groups.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def mamba_unavailable_reason() -> str | None:
     return None if callable(fn) else fn
 
 
+# mamba-ssm launches one thread block per (sample, channel) on a (batch, channels) grid, and a
+# CUDA grid's second dimension holds at most 65535 blocks: more channels in one call fail to
+# launch. Calls are split along whole groups to stay under it.
+MAX_CHANNELS_PER_CALL = 65535
+
+
 def selective_scan_mamba(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -66,7 +74,8 @@ def selective_scan_mamba(
 ) -> torch.Tensor:
     """Selective scan with mamba-ssm's CUDA kernel (CUDA tensors only; ScanBackend checks).
 
-    Shapes and semantics as :func:`selective_scan_ref`.
+    Shapes and semantics as :func:`selective_scan_ref`. The kernel wants u, Δ, B and C in one
+    dtype: mixed inputs are promoted (bf16 with fp32 → fp32), which loses nothing.
     """
     fn = _load()
     if not callable(fn):
@@ -74,29 +83,43 @@ def selective_scan_mamba(
             f"the mamba selective-scan backend is unavailable ({fn}); install it with: {INSTALL_HINT}"
         )
     bt, g, dg, n, length = check_scan_shapes(u, delta, A, B, C, D, delta_bias)
+    if dg > MAX_CHANNELS_PER_CALL:
+        raise ValueError(
+            f"selective_scan (mamba): {dg} channels per group exceed the kernel's launch limit of "
+            f"{MAX_CHANNELS_PER_CALL}; use scan backend 'torch'"
+        )
     kd = g * dg
+    dtype = functools.reduce(torch.promote_types, (delta.dtype, B.dtype, C.dtype), u.dtype)
+    u, delta, B, C = (t.to(dtype) for t in (u, delta, B, C))
     A = A.float()
     D = None if D is None else D.float()
     bias = None if delta_bias is None else delta_bias.float()
-
-    def kw(d: torch.Tensor | None, b: torch.Tensor | None) -> dict:
-        d = None if d is None else d.contiguous()
-        b = None if b is None else b.contiguous()
-        return dict(D=d, z=None, delta_bias=b, delta_softplus=delta_softplus)
-
-    per_sample = A.dim() == 3 or (D is not None and D.dim() == 2)
-    if not per_sample:
-        y = fn(u.contiguous(), delta.contiguous(), A, B.contiguous(), C.contiguous(), **kw(D, bias))
-        return y.float()
-    # fold the batch into the channel axis: channel b·K·D + c, group b·K + k
-    u1 = u.reshape(1, bt * kd, length)
-    dt1 = delta.reshape(1, bt * kd, length)
-    A1 = A.expand(bt, kd, n).reshape(bt * kd, n)
-    D1 = None if D is None else D.expand(bt, kd).reshape(bt * kd)
-    bias1 = None if bias is None else bias.repeat(bt)
-    B1 = B.reshape(1, bt * g, n, length)
-    C1 = C.reshape(1, bt * g, n, length)
-    y = fn(
-        u1.contiguous(), dt1.contiguous(), A1.contiguous(), B1.contiguous(), C1.contiguous(), **kw(D1, bias1)
-    )
+    if A.dim() == 3 or (D is not None and D.dim() == 2):
+        # per-sample A or D: fold the batch into the channel axis (channel b·K·D + c, group
+        # b·K + k), since the kernel takes A (channels, N) and D (channels,) with no batch axis
+        u, delta = u.reshape(1, bt * kd, length), delta.reshape(1, bt * kd, length)
+        A = A.expand(bt, kd, n).reshape(bt * kd, n)
+        D = None if D is None else D.expand(bt, kd).reshape(bt * kd)
+        bias = None if bias is None else bias.repeat(bt)
+        B, C = B.reshape(1, bt * g, n, length), C.reshape(1, bt * g, n, length)
+    groups = B.shape[1]
+    step = MAX_CHANNELS_PER_CALL // dg  # whole groups per kernel call
+    ys = []
+    for g0 in range(0, groups, step):
+        g1 = min(groups, g0 + step)
+        c = slice(g0 * dg, g1 * dg)
+        ys.append(
+            fn(
+                u[:, c].contiguous(),
+                delta[:, c].contiguous(),
+                A[c].contiguous(),
+                B[:, g0:g1].contiguous(),
+                C[:, g0:g1].contiguous(),
+                D=None if D is None else D[c].contiguous(),
+                z=None,
+                delta_bias=None if bias is None else bias[c].contiguous(),
+                delta_softplus=delta_softplus,
+            )
+        )
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
     return y.float().reshape(bt, kd, length)
