@@ -7,6 +7,8 @@
 #   # optional, for same-run ratios vs the authors' code (never committed; only what it imports,
 #   # to stay under the 64 MiB carry limit):
 #   mkdir -p wheels/SaMam && cp -r /path/to/SaMam/{ARCHI,MODEL} wheels/SaMam/
+#   # (or from a bare mirror: git --git-dir=<mirror> archive HEAD ARCHI MODEL | tar -x -C wheels/SaMam)
+#   # wheels/ then holds ~38 MB; the tree that travels must stay under 64 MiB.
 # Then through the device tool:
 #   run(command="SAMAM_COMMIT=<short sha> bash experiments/gpu_check.sh", carry=["wheels"], timeout_s=600)
 # Elsewhere: `bash experiments/gpu_check.sh` (writes to experiments/results/<date>-gpu-check/);
