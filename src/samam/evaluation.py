@@ -580,19 +580,21 @@ def stylize(
             summary["skipped_unreadable"].append(str(cpath))
             bar.update(len(targets))
             continue
-        if min(c.shape[-2:]) < net.config["patch_size"]:
-            log.warning("skipping content image %s: %dx%d px is below the patch size", cpath, *c.shape[-2:])
+        paths = [out / output_name(cpath, name, alpha) for name, _ in targets]
+        todo = [i for i, p in enumerate(paths) if overwrite or not p.exists()]
+        try:  # the network's own limits (e.g. 2 patches per side), checked before any output
+            net.check_inputs(c[None], style_embedding=targets[0][1][None])
+            if todo and alpha < 1:  # the content is also embedded as a style
+                c_style = c if style_side is None else read_image(cpath, short_side=style_side).to(dev)
+                e_content = embed_styles(net, [c_style], 1, precision)[0]  # (S, 3, 3)
+        except ValueError as err:
+            log.warning("skipping content image %s: %s", cpath, err)
             summary["skipped_unreadable"].append(str(cpath))
             bar.update(len(targets))
             continue
-        paths = [out / output_name(cpath, name, alpha) for name, _ in targets]
-        todo = [i for i, p in enumerate(paths) if overwrite or not p.exists()]
         for i in set(range(len(targets))) - set(todo):
             log.info("exists, not overwritten (overwrite=true to replace): %s", paths[i])
             summary["skipped_existing"].append(str(paths[i]))
-        if todo and alpha < 1:
-            c_style = c if style_side is None else read_image(cpath, short_side=style_side).to(dev)
-            e_content = embed_styles(net, [c_style], 1, precision)[0]  # (S, 3, 3)
         with torch.no_grad():
             for s in range(0, len(todo), batch_size):
                 idx = todo[s : s + batch_size]

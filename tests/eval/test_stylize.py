@@ -99,6 +99,24 @@ def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, tmp_pat
     assert len(third["written"]) == 6
 
 
+def test_content_below_the_network_minimum_is_skipped_not_fatal(tiny_ckpt, image_dirs, make_image, tmp_path):
+    """Patch size 8 needs ≥ 16 px per side; with α < 1 the content is also embedded as a
+    style (≥ 64 px here). Such images are skipped and counted; the others are written."""
+    _, style = image_dirs
+    folder = tmp_path / "content"
+    folder.mkdir()
+    make_image(folder / "big.png", 72, 64, seed=0)  # usable both ways
+    make_image(folder / "thin.png", 40, 12, seed=1)  # W × H: 12 px < 2 patches
+    make_image(folder / "small.png", 40, 24, seed=2)  # enough as content, too small as a style
+    s0 = sorted(style.iterdir())[0]
+    full = run(tiny_ckpt, folder, s0, tmp_path / "a1")
+    assert full["skipped_unreadable"] == [str(folder / "thin.png")]
+    assert len(full["written"]) == 2
+    mixed = run(tiny_ckpt, folder, s0, tmp_path / "a05", alpha=0.5)
+    assert mixed["skipped_unreadable"] == [str(folder / "small.png"), str(folder / "thin.png")]
+    assert mixed["written"] == [str(tmp_path / "a05" / "big_stylized_s0_alpha0.50.png")]
+
+
 def test_max_side_shrinks_content(tiny_ckpt, pair, tmp_path):
     content, style = pair
     run(tiny_ckpt, content, style, tmp_path / "out", max_side=100)

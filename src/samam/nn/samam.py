@@ -64,7 +64,7 @@ class SaMam(nn.Module):
     """Style-aware Mamba for arbitrary style transfer.
 
     ``net(content, style)``: content (B, 3, H, W) and style (B, 3, h, w) in [0, 1] →
-    stylised (B, 3, H, W), no output activation. Any H, W ≥ patch size: the content is
+    stylised (B, 3, H, W), no output activation. Any H, W ≥ 2 × patch size: the content is
     reflect-padded to a multiple of the patch size and the output cropped back. Each sample
     may have its own style; the whole batch runs in one pass.
     """
@@ -109,15 +109,20 @@ class SaMam(nn.Module):
         return dataclasses.asdict(self.cfg)
 
     def _zero_init_style_embedders(self) -> None:
-        """The release's zero_init: every conv/linear inside SAIN and SCM starts at zero, so
-        SCM's gate starts at 0.5 and SAIN's γ, β at 0."""
+        """Start every style modulation neutral: SAIN is plain instance norm (γ = 1, β = 0, the
+        generators' weights zero) and SCM's gate is 0.5 for every style (its last conv zero).
+
+        The release's zero_init zeroes every conv of SAIN and SCM instead. That is a saddle
+        training never leaves: with γ = β = 0 in both SAINs of a block, the mixer's input and
+        the gradient back into it are both zero, and SCM's two zero convs give each other zero
+        gradient. Here every parameter gets a gradient by the second step (a test checks)."""
         for m in self.modules():
-            if isinstance(m, (SAIN, SCM)):
-                for layer in m.modules():
-                    if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                        nn.init.zeros_(layer.weight)
-                        if layer.bias is not None:
-                            nn.init.zeros_(layer.bias)
+            if isinstance(m, SAIN):
+                for affine, start in ((m.gamma, 1.0), (m.beta, 0.0)):
+                    nn.init.zeros_(affine.proj.weight)
+                    nn.init.constant_(affine.proj.bias, start)
+            elif isinstance(m, SCM):
+                nn.init.zeros_(m.up.weight)
 
     # ---- validation -------------------------------------------------------------------
 
