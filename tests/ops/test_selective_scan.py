@@ -122,6 +122,20 @@ def test_multi_chunk_length(fn, monkeypatch):
 
 
 @pytest.mark.parametrize("fn", CPU_BACKENDS)
+def test_autocast_keeps_state_and_output_fp32(fn):
+    """Under bf16 autocast (forward and backward inside it) the scan's own products stay
+    float32: fp32 inputs give the fp32 reference's result, not a bf16-rounded one."""
+    xs = make_inputs(2, 2, 3, 4, 40, per_sample_A=True)
+    ys = clone(xs)
+    y_ref, g_ref, gy = run(selective_scan_ref, xs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, g, _ = run(fn, ys, gy=gy)
+    assert_rel_close(y, y_ref, 1e-5, "y")  # bf16 products would be ~3e-3 off
+    for name, a, b in zip(NAMES, g, g_ref):
+        assert_rel_close(a, b, 1e-5, f"d{name}")
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_low_precision_inputs(fn, dtype):
     xs = make_inputs(2, 2, 3, 4, 25, per_sample_A=True, dtype=dtype)

@@ -9,6 +9,8 @@ states from it, so memory is O(L/T·K·D·N + T·K·D·N) instead of O(L·K·D·
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -50,6 +52,15 @@ def _group_sum(w: torch.Tensor, x: torch.Tensor, g: int) -> torch.Tensor:
     return out.view(t, bt, g, n)
 
 
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off around the scan's matmuls, so state and output stay float32 (the contract)."""
+    try:
+        enabled = torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type autocast does not know (e.g. meta)
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False) if enabled else contextlib.nullcontext()
+
+
 class _TorchScanFn(torch.autograd.Function):
     """u, dt (B, K·D, L) float32 (Δ already transformed); A (1 or B, K·D, N); B, C (B, K, N, L)."""
 
@@ -80,7 +91,11 @@ class _TorchScanFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy):
         u, dt, A, B, C, starts = ctx.saved_tensors
-        step = ctx.step
+        with _no_autocast(u.device):  # backward may run inside the caller's autocast on CPU
+            return _TorchScanFn._backward(ctx.step, gy, u, dt, A, B, C, starts)
+
+    @staticmethod
+    def _backward(step, gy, u, dt, A, B, C, starts):
         bt, kd, length = u.shape
         g, n = B.shape[1], B.shape[2]
         gy = gy.float()
@@ -141,7 +156,8 @@ def selective_scan_torch(
     dt = scan_delta(delta, delta_bias, delta_softplus).contiguous()
     a = A.float()
     a = a.unsqueeze(0) if a.dim() == 2 else a  # (1 or B, K·D, N)
-    y = _TorchScanFn.apply(x, dt, a.contiguous(), B.float().contiguous(), C.float().contiguous())
+    with _no_autocast(x.device):
+        y = _TorchScanFn.apply(x, dt, a.contiguous(), B.float().contiguous(), C.float().contiguous())
     if D is not None:
         y = y + D.float().expand(bt, -1)[..., None] * x
     return y
