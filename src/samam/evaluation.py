@@ -53,6 +53,23 @@ def collect_images(source: PathLike | Sequence[PathLike], what: str) -> list[Pat
     return files
 
 
+def check_unique_stems(paths: Sequence[Path], what: str) -> None:
+    """Output names use file stems only: two inputs with one stem would write the same file."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for p in paths:
+        if p.stem in seen:
+            clashes.append(f"{seen[p.stem]} and {p}")
+        seen.setdefault(p.stem, p)
+    if clashes:
+        raise ValueError(
+            f"{what} images share a file name stem, so their outputs would overwrite each other: "
+            + "; ".join(clashes[:5])
+            + (f" (+{len(clashes) - 5} more)" if len(clashes) > 5 else "")
+            + ". Rename them or pass them in separate runs."
+        )
+
+
 def read_image(
     path: PathLike, size: int | None = None, short_side: int | None = None, max_side: int | None = None
 ) -> Tensor:
@@ -370,15 +387,19 @@ def evaluate(
     suite: StyleTransferMetrics = build_metrics(**dict(metrics or {})).to(dev)
     contents = collect_images(content_dir, "content")
     styles = collect_images(style_dir, "style")
+    check_unique_stems(contents, "content")
+    check_unique_stems(styles, "style")
     out.mkdir(parents=True, exist_ok=True)
     log.info(
         "eval: %d content × %d style images on %s (%s) → %s", len(contents), len(styles), dev, precision, out
     )
 
-    style_imgs = [read_image(p, size=style_size) for p in styles]
+    style_imgs = [read_image(p, size=style_size) for p in styles]  # what the network sees
     with torch.no_grad():
-        for im in style_imgs:
-            suite.update_style(im[None].to(dev))
+        for p, im in zip(styles, style_imgs):
+            # FID's reference set is the style images as they are, aspect kept: the art
+            # Inception resizes them to its 512 shorter side itself (SPEC §6).
+            suite.update_style((im if style_size is None else read_image(p))[None].to(dev))
     e_styles = embed_styles(net, style_imgs, batch_size, precision)  # (N_s, S, 3, 3)
 
     bar = tqdm(total=len(contents) * len(styles), desc="stylising", unit="img", disable=not progress)
@@ -534,9 +555,10 @@ def stylize(
     out = Path(output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     content_paths = collect_images(content, "content")
-    style_paths, style_imgs, bad_styles = _read_all(
-        collect_images(style, "style"), "style", short_side=style_side
-    )
+    check_unique_stems(content_paths, "content")
+    all_styles = collect_images(style, "style")
+    check_unique_stems(all_styles, "style")
+    style_paths, style_imgs, bad_styles = _read_all(all_styles, "style", short_side=style_side)
     if style_weights is not None and bad_styles:
         raise ValueError(
             f"style_weights given but these styles are unreadable: {[str(p) for p in bad_styles]}"

@@ -99,3 +99,40 @@ def test_eval_missing_checkpoint(image_dirs, tmp_path):
     cfg = compose_eval(base_overrides(tmp_path / "absent.ckpt", image_dirs, tmp_path / "o"))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         entry_point("eval")(cfg)
+
+
+def test_eval_fid_reference_is_the_style_files_as_they_are(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
+    """The network sees style_size² styles; FID's real set gets each style file unsquashed
+    (aspect kept), for the art Inception's own 512-shorter-side resize (SPEC §6)."""
+    from samam.metrics import StyleTransferMetrics
+
+    seen = []
+    real = StyleTransferMetrics.update_style
+    monkeypatch.setattr(
+        StyleTransferMetrics, "update_style", lambda self, s: (seen.append(tuple(s.shape)), real(self, s))
+    )
+    out = tmp_path / "eval"
+    overrides = base_overrides(tiny_ckpt, image_dirs, out) + [
+        "metrics.test_extractors=true",
+        "bench.enabled=false",
+    ]
+    entry_point("eval")(compose_eval(overrides))
+    assert seen == [(1, 3, 80, 64), (1, 3, 72, 96), (1, 3, 64, 64)]  # s0 64×80, s1 96×72, s2 64×64 (W×H)
+
+
+def test_eval_and_stylize_refuse_inputs_whose_outputs_would_collide(tiny_ckpt, image_dirs, tmp_path):
+    from samam.evaluation import stylize
+
+    content, style = image_dirs
+    styles = tmp_path / "styles"
+    for sub in ("a", "b"):
+        (styles / sub).mkdir(parents=True)
+    (styles / "a" / "x.png").write_bytes((style / "s0.png").read_bytes())
+    (styles / "b" / "x.jpg").write_bytes((style / "s1.jpg").read_bytes())
+    out = tmp_path / "eval"
+    overrides = base_overrides(tiny_ckpt, (content, styles), out) + ["metrics.test_extractors=true"]
+    with pytest.raises(ValueError, match=r"share a file name stem.*a/x\.png and .*b/x\.jpg"):
+        entry_point("eval")(compose_eval(overrides))
+    with pytest.raises(ValueError, match="content images share a file name stem"):
+        stylize(tiny_ckpt, [content / "c0.png", content / "c0.png"], style, out, device="cpu", progress=False)
+    assert not out.exists() or not list(out.glob("*.png"))
