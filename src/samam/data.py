@@ -139,15 +139,14 @@ class RandomPairs(IterableDataset):
         return to_tensor(im.crop((x, y, x + self.crop, y + self.crop)))  # (3,crop,crop)
 
     def _draw(self, files: list[Path], rng: np.random.Generator) -> Tensor:
-        while True:
-            good = [p for p in files if p not in self.skipped.paths] if len(self.skipped) else files
-            if len(good) == 0:
-                raise RuntimeError("every image in the folder failed to decode; see the warnings above")
-            path = good[int(rng.integers(len(good)))]
+        while files:
+            path = files[int(rng.integers(len(files)))]
             try:
                 return self._crop(path, rng)
-            except Exception as err:  # corrupt/truncated: skip and draw again
+            except Exception as err:  # corrupt/truncated: skip, never draw it again, draw again
                 self.skipped.add(path, f"{type(err).__name__}: {err}")
+                files.remove(path)  # this process's copy of the list; once per bad file
+        raise RuntimeError("every image in the folder failed to decode; see the warnings above")
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         info = get_worker_info()

@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 
 
+def skipped_total(setup: int, worker_skips: dict[int, int], reduce: Callable, device: torch.device) -> float:
+    """Bad images of the whole run: those found at setup (every rank checks the same folders,
+    so counted once) plus those skipped while training, summed over this rank's workers and
+    then over ranks (``reduce``: the strategy's all-reduce; a file bad for two workers counts
+    twice, as each of them skipped it)."""
+    runtime = reduce(torch.tensor(float(sum(worker_skips.values())), device=device), reduce_op="sum")
+    return float(setup + runtime)
+
+
 class InverseDecay:
     """lr(it) / lr0 = 1 / (1 + decay · it); a class (not a lambda) so LambdaLR state pickles."""
 
@@ -100,7 +109,8 @@ class StyleTransferModule(L.LightningModule):
             if not hasattr(self, "_worker_skips"):
                 self._worker_skips: dict[int, int] = {}
             self._worker_skips[int(batch["worker"][0])] = int(batch["skipped"].max())
-            self.log("data/skipped", float(dm.skipped + sum(self._worker_skips.values())), batch_size=b)
+            total = skipped_total(dm.skipped, self._worker_skips, self.trainer.strategy.reduce, self.device)
+            self.log("data/skipped", total, batch_size=b)
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

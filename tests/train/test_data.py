@@ -94,10 +94,14 @@ def test_header_check_then_runtime_skip(messy, caplog):
     )
     dm.setup("fit")
     assert dm.skipped == 2  # empty + text file
-    stream = iter(RandomPairs(dm.content_files, dm.style_files, crop=16, resize=None, seed=0))
+    pairs = RandomPairs(dm.content_files, dm.style_files, crop=16, resize=None, seed=0)
+    stream = iter(pairs)
     with caplog.at_level(logging.WARNING, logger="samam.data"):
         samples = [next(stream) for _ in range(60)]
     assert int(samples[-1]["skipped"]) == 1
+    # dropped from the dataset's own lists (never drawn again), not from the datamodule's
+    assert not any(p.name == "truncated.jpg" for p in pairs.content + pairs.style)
+    assert any(p.name == "truncated.jpg" for p in dm.content_files + dm.style_files)
     assert sum("truncated.jpg" in r.message for r in caplog.records) == 1
     assert samples[0]["content"].shape == (3, 16, 16)  # 6×5 webp was scaled up to the crop
 
@@ -134,3 +138,16 @@ def test_global_batch_must_divide_over_devices(tmp_path):
         _ = dm.per_device_batch_size
     dm.batch_size = 8
     assert dm.per_device_batch_size == 2
+
+
+def test_skipped_total_counts_setup_once_and_sums_workers_then_ranks():
+    from samam.module import skipped_total
+
+    calls = []
+
+    def two_ranks(t, reduce_op):  # stands in for the DDP all-reduce: the other rank skipped 3
+        calls.append(reduce_op)
+        return t + 3
+
+    assert skipped_total(2, {0: 1, 1: 4}, two_ranks, torch.device("cpu")) == 2 + (1 + 4) + 3
+    assert calls == ["sum"]
