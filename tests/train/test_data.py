@@ -106,17 +106,39 @@ def test_header_check_then_runtime_skip(messy, caplog):
     assert samples[0]["content"].shape == (3, 16, 16)  # 6×5 webp was scaled up to the crop
 
 
-def test_streams_differ_per_rank_and_worker_and_repeat_per_seed(tmp_path):
+def test_streams_differ_per_rank_and_worker_and_repeat_per_seed(tmp_path, monkeypatch):
+    import types
+
+    import samam.data
+
     files = [_save(tmp_path / f"{i}.png", _rgb(seed=i)) for i in range(8)]
 
-    def first(rank: int, start: int = 0, seed: int = 0) -> torch.Tensor:
-        return next(
-            iter(RandomPairs(files, files, crop=8, resize=16, seed=seed, rank=rank, start_step=start))
-        )["content"]
+    def first(rank: int = 0, start: int = 0, seed: int = 0, worker: int | None = None) -> torch.Tensor:
+        info = None if worker is None else types.SimpleNamespace(id=worker)
+        monkeypatch.setattr(samam.data, "get_worker_info", lambda: info)
+        pairs = RandomPairs(files, files, crop=8, resize=16, seed=seed, rank=rank, start_step=start)
+        return next(iter(pairs))["content"]
 
-    assert torch.equal(first(0), first(0))
-    assert not torch.equal(first(0), first(1))
-    assert not torch.equal(first(0), first(0, start=100))  # a resumed run does not replay step 0
+    assert torch.equal(first(), first())
+    assert torch.equal(first(), first(worker=0))  # the main process is worker 0
+    assert not torch.equal(first(), first(rank=1))
+    assert not torch.equal(first(worker=0), first(worker=1))
+    assert not torch.equal(first(), first(seed=1))
+    assert not torch.equal(first(), first(start=100))  # a resumed run does not replay step 0
+
+
+def test_train_dataloader_starts_the_stream_at_the_restored_step(tmp_path):
+    for i in range(4):
+        _save(tmp_path / f"{i}.png", _rgb(seed=i))
+
+    class RestoredTrainer:  # what Lightning has restored from a checkpoint before building loaders
+        world_size, global_rank, global_step = 2, 1, 1234
+
+    dm = StyleTransferDataModule(str(tmp_path), str(tmp_path), batch_size=2, crop=8, resize=16, num_workers=0)
+    dm.trainer = RestoredTrainer()
+    dm.setup("fit")
+    dm.train_dataloader()
+    assert (dm._train.rank, dm._train.start_step) == (1, 1234)
 
 
 def test_missing_and_empty_folders_fail_with_path(tmp_path):
