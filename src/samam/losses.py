@@ -27,6 +27,8 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+# The release loads AdaIN's normalised VGG-19 from this link (its LOSS/vgg_ckp/readme.md).
+VGG_NORMALISED_URL = "https://drive.google.com/file/d/13BzdootYTuwCiV4VW0sjSxjopWJiiRZg/view"
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 # Output widths of VGG-19's convolutions up to conv5_1, grouped by the tap that ends each slice
@@ -168,7 +170,8 @@ def build_vgg(source: str) -> VGGEncoder:
     if not path.is_file():
         raise FileNotFoundError(
             f"loss.vgg={source!r}: no such file. Use 'imagenet' (needs {VGG19_FILE} in "
-            f"{torch_hub_checkpoint_dir()}), 'random', or the path to AdaIN's vgg_normalised.pth."
+            f"{torch_hub_checkpoint_dir()}), 'random', or the path to AdaIN's vgg_normalised.pth "
+            f"(the release's copy: {VGG_NORMALISED_URL})."
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in state:

@@ -129,5 +129,5 @@ def test_vgg_normalised_file_maps_onto_the_taps(tmp_path):
 
 
 def test_missing_path_fails_with_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="vgg_normalised"):
+    with pytest.raises(FileNotFoundError, match=r"vgg_normalised\.pth \(the release's copy: https://drive"):
         build_vgg(str(tmp_path / "nope.pth"))
