@@ -348,9 +348,10 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -458,8 +459,8 @@ def evaluate(
     )
     if any("TEST ONLY" in v for v in suite.networks.values()):
         res["warning"] = "test_extractors=true: metric values come from random networks and mean nothing"
-    _write_json(out / "results.json", res)
-    (out / "results.md").write_text(results_markdown(res))
+    _write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
+    _write_text(out / "results.md", results_markdown(res))
     log.info(
         "eval: %s", {k: res[k] for k in (*METRIC_NAMES, "ms_per_image", "gmacs", "params", "peak_mem_mib")}
     )
