@@ -448,3 +448,44 @@ def test_numba_default_tile_matches_torch(items_per_thread, monkeypatch):
     assert_rel_close(y_n, y_t, 1e-5, "y")
     for name, a, b in zip(NAMES, g_n, g_t):
         assert_rel_close(a, b, 1e-4, f"d{name}")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_network_through_the_mamba_wrapper_with_stand_in_kernel(monkeypatch, precision):
+    """The whole network with every SS2D calling selective_scan_mamba (the reference behind
+    mamba-ssm's argument checks standing in for the CUDA kernel): every call passes the
+    kernel's dtype and shape checks, also under bf16 autocast, and the output equals the
+    torch backend's."""
+    import contextlib
+
+    from tiny import TINY
+
+    from samam import SaMam
+    from samam.nn.ss2d import SS2D
+    from samam.ops.selective_scan import mamba_scan
+    from samam.ops.selective_scan.backend import ScanBackend
+
+    calls, dtypes = [], set()
+    kernel = _stand_in_kernel(calls)
+
+    def recording(u, *args, **kwargs):
+        dtypes.add(u.dtype)
+        return kernel(u, *args, **kwargs)
+
+    monkeypatch.setattr(mamba_scan, "_load", lambda: recording)
+    torch.manual_seed(0)
+    net = SaMam(**{**TINY, "backend": "torch"}).eval()
+    c, s = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 64, 64)
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with torch.no_grad(), cast:
+        ref = net(c, s)
+        stand_in = ScanBackend("mamba", cpu=("mamba", mamba_scan.selective_scan_mamba), cuda=("mamba", None))
+        for m in net.modules():
+            if isinstance(m, SS2D):
+                m.backend = stand_in
+        out = net(c, s)
+    assert len(calls) == sum(isinstance(m, SS2D) for m in net.modules())
+    # under autocast u, Δ, B, C all come out of bf16 convs and matmuls: none promoted to fp32
+    assert dtypes == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    tol = 1e-5 if precision == "fp32" else 2e-2  # bf16: the kernel gets bf16 u, Δ, B, C
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
