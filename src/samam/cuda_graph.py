@@ -57,8 +57,8 @@ class GraphedSaMam:
         self._graphs: collections.OrderedDict[tuple, _Graph] = collections.OrderedDict()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
+        if self.precision == "fp32":  # also inside a caller's autocast: the graph is fp32
+            return torch.autocast("cuda", enabled=False)
         # A graph replays the casts it captured, so autocast's cache of cast weights is off.
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
 

@@ -221,16 +221,19 @@ def test_gpu_batch_of_styles_equals_single_runs_and_cpu(backend):
 
     if backend == "mamba" and not mamba_available():
         pytest.skip("mamba_ssm not importable")
-    torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    cpu = tiny()
-    gpu = tiny(backend=backend).cuda()
-    gpu.load_state_dict(cpu.state_dict())
-    c, s = torch.rand(3, 3, 40, 56), torch.rand(3, 3, 64, 64)
-    with torch.no_grad():
-        batched = gpu(c.cuda(), s.cuda())
-        single = torch.cat([gpu(c[i : i + 1].cuda(), s[i : i + 1].cuda()) for i in range(3)])
-        ref = cpu(c, s)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32 vs fp32
+    try:
+        cpu = tiny()
+        gpu = tiny(backend=backend).cuda()
+        gpu.load_state_dict(cpu.state_dict())
+        c, s = torch.rand(3, 3, 40, 56), torch.rand(3, 3, 64, 64)
+        with torch.no_grad():
+            batched = gpu(c.cuda(), s.cuda())
+            single = torch.cat([gpu(c[i : i + 1].cuda(), s[i : i + 1].cuda()) for i in range(3)])
+            ref = cpu(c, s)
+    finally:  # later tests in this process see the defaults
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batched.cpu(), ref, rtol=1e-3, atol=1e-4)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import subprocess
@@ -376,22 +377,54 @@ def test_mamba_batch_32_of_the_released_width_is_split(monkeypatch):
     assert_rel_close(y, selective_scan_ref(*xs[:6], delta_bias=xs[6]), 1e-6, "y")
 
 
-def test_mamba_promotes_mixed_dtypes(monkeypatch):
-    """u in float32 with Δ, B, C in bf16 (or the reverse) reaches the kernel in one dtype."""
+@pytest.mark.parametrize("low", [(0, 1, 3, 4), (1, 3, 4)], ids=["all-bf16", "mixed"])
+def test_mamba_kernel_gets_float32(monkeypatch, low):
+    """bf16 (or mixed) u, Δ, B, C reach the kernel as float32, so its output (which takes
+    their dtype) is float32 as the contract says, equal to the reference on the same values."""
     from samam.ops.selective_scan import mamba_scan
 
-    calls = []
-    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel(calls))
+    calls, dtypes = [], set()
+    kernel = _stand_in_kernel(calls)
+    monkeypatch.setattr(
+        mamba_scan, "_load", lambda: lambda u, *a, **k: (dtypes.add(u.dtype), kernel(u, *a, **k))[1]
+    )
     xs = make_inputs(2, 2, 4, 5, 11, per_sample_A=True)
-    for i in (1, 3, 4):  # delta, B, C
+    for i in low:
         xs[i] = xs[i].detach().bfloat16().requires_grad_()
     y = mamba_scan.selective_scan_mamba(*xs[:6], delta_bias=xs[6])
-    ref = selective_scan_ref(*xs[:6], delta_bias=xs[6])
-    assert y.dtype == torch.float32 and len(calls) == 1
-    assert_rel_close(y, ref, 1e-5, "y")
+    assert y.dtype == torch.float32 and dtypes == {torch.float32} and len(calls) == 1
+    assert_rel_close(y, selective_scan_ref(*xs[:6], delta_bias=xs[6]), 1e-5, "y")
     with pytest.raises(ValueError, match="launch limit"):
         monkeypatch.setattr(mamba_scan, "MAX_CHANNELS_PER_CALL", 3)
         mamba_scan.selective_scan_mamba(*xs[:6], delta_bias=xs[6])
+
+
+def test_mamba_loads_the_scan_without_the_package_init(tmp_path, monkeypatch):
+    """Only mamba_ssm.ops.selective_scan_interface is imported (the package's __init__ pulls
+    in transformers and Triton layers); afterwards `import mamba_ssm` is the real package."""
+    from samam.ops.selective_scan import mamba_scan
+
+    pkg = tmp_path / "mamba_ssm"
+    (pkg / "ops").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('the heavy __init__ ran')\n")
+    (pkg / "ops" / "__init__.py").write_text("")
+    (pkg / "ops" / "selective_scan_interface.py").write_text(
+        "def selective_scan_fn(*a, **k):\n    return 'kernel'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    mamba_scan._load.cache_clear()
+    try:
+        fn = mamba_scan._load()
+        assert callable(fn) and fn() == "kernel"
+        assert "mamba_ssm" not in sys.modules  # the bare stand-in package is gone again
+        with pytest.raises(ImportError, match="heavy __init__"):
+            importlib.import_module("mamba_ssm")
+    finally:
+        for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[name]
+        mamba_scan._load.cache_clear()
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
@@ -485,7 +518,6 @@ def test_network_through_the_mamba_wrapper_with_stand_in_kernel(monkeypatch, pre
                 m.backend = stand_in
         out = net(c, s)
     assert len(calls) == sum(isinstance(m, SS2D) for m in net.modules())
-    # under autocast u, Δ, B, C all come out of bf16 convs and matmuls: none promoted to fp32
-    assert dtypes == {torch.float32 if precision == "fp32" else torch.bfloat16}
-    tol = 1e-5 if precision == "fp32" else 2e-2  # bf16: the kernel gets bf16 u, Δ, B, C
+    assert dtypes == {torch.float32}  # bf16 u, Δ, B, C are cast up: the scan's output is fp32
+    tol = 1e-5 if precision == "fp32" else 2e-2  # bf16: the convs and matmuls around the scan
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)

@@ -26,16 +26,17 @@ INSTALL_HINT = "MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation mamba-ss
 
 @functools.cache
 def _load() -> Callable | str:
-    """mamba-ssm's selective_scan_fn, or the reason it cannot be imported."""
+    """mamba-ssm's selective_scan_fn, or the reason it cannot be imported.
+
+    mamba_ssm/__init__.py imports transformers and the Triton layers (seconds, and more that
+    can fail); the scan needs none of it. Unless the package is already imported, a bare
+    package stands in while the scan's module is imported, then is removed again, so a later
+    ``import mamba_ssm`` elsewhere still runs the real __init__ (and reuses this module)."""
     spec = importlib.util.find_spec("mamba_ssm")
     if spec is None:
         return "mamba_ssm is not installed"
-    try:
-        importlib.import_module("mamba_ssm")
-    except Exception:
-        # mamba_ssm/__init__.py imports transformers and its Triton layers; the scan does
-        # not need them, so register a bare package and import only the submodule.
-        sys.modules.pop("mamba_ssm", None)
+    bare = "mamba_ssm" not in sys.modules
+    if bare:
         pkg = types.ModuleType("mamba_ssm")
         pkg.__path__ = list(spec.submodule_search_locations or [])
         sys.modules["mamba_ssm"] = pkg
@@ -43,6 +44,9 @@ def _load() -> Callable | str:
         mod = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
     except Exception as e:  # e.g. "No module named 'selective_scan_cuda'" on a CPU build
         return f"importing mamba_ssm.ops.selective_scan_interface failed: {type(e).__name__}: {e}"
+    finally:
+        if bare:
+            sys.modules.pop("mamba_ssm", None)
     return mod.selective_scan_fn
 
 
@@ -74,8 +78,9 @@ def selective_scan_mamba(
 ) -> torch.Tensor:
     """Selective scan with mamba-ssm's CUDA kernel (CUDA tensors only; ScanBackend checks).
 
-    Shapes and semantics as :func:`selective_scan_ref`. The kernel wants u, Δ, B and C in one
-    dtype: mixed inputs are promoted (bf16 with fp32 → fp32), which loses nothing.
+    Shapes and semantics as :func:`selective_scan_ref`. u, Δ, B and C reach the kernel in
+    float32, also under bf16 autocast: its output takes their dtype, and the contract's
+    output is float32 (as the release does, which casts them with ``.float()``).
     """
     fn = _load()
     if not callable(fn):
@@ -89,8 +94,7 @@ def selective_scan_mamba(
             f"{MAX_CHANNELS_PER_CALL}; use scan backend 'torch'"
         )
     kd = g * dg
-    dtype = functools.reduce(torch.promote_types, (delta.dtype, B.dtype, C.dtype), u.dtype)
-    u, delta, B, C = (t.to(dtype) for t in (u, delta, B, C))
+    u, delta, B, C = (t.float() for t in (u, delta, B, C))
     A = A.float()
     D = None if D is None else D.float()
     bias = None if delta_bias is None else delta_bias.float()
