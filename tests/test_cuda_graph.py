@@ -67,6 +67,18 @@ def test_gpu_bf16_replay_equals_eager_bf16():
 
 
 @pytest.mark.gpu
+def test_gpu_fp32_graph_ignores_a_callers_autocast():
+    net = _gpu_net("torch")
+    c, s = torch.rand(1, 3, 64, 64, device="cuda"), torch.rand(1, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        ref = net(c, s)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = GraphedSaMam(net, precision="fp32")(c, s)  # captured inside the caller's autocast
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
 def test_gpu_training_mode_is_refused():
     with pytest.raises(ValueError, match="eval"):
         GraphedSaMam(_gpu_net("torch").train())
