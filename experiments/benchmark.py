@@ -468,7 +468,8 @@ def samam_series(
 
             def build(mixer=mixer, backend=backend) -> nn.Module:
                 net = SaMam(**kwargs, mixer=mixer, backend=backend).to(device).eval()
-                return torch.compile(net) if compile_ else net
+                # one graph per input shape, as in training (module.py): no symbolic sizes
+                return torch.compile(net, dynamic=False) if compile_ else net
 
             out.append(Series("samam", mixer, backend if mixer == "ssm" else "-", build))
             if graph:
