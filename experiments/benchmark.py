@@ -403,11 +403,13 @@ def time_calls(
     fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, case_seconds: float
 ) -> list[float]:
     """Times of up to `repeats` calls after up to `warmup` untimed ones; a case whose calls are
-    slow gets fewer of both (at least one timed call), about `case_seconds` of each."""
+    slow gets fewer of both (at least one timed call), about `case_seconds` of each. The first
+    warm-up call pays one-off costs (compilation, CUDA-graph capture, autotuning): it neither
+    counts towards `case_seconds` nor sets how many calls are timed."""
     spent, last = 0.0, None
-    for _ in range(warmup):
+    for i in range(warmup):
         last = time_once(fn, device)
-        spent += last
+        spent += last if i else 0.0
         if spent > case_seconds:
             break
     n = repeats if last is None else max(1, min(repeats, int(case_seconds // max(last, 1e-9))))

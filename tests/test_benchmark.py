@@ -167,3 +167,17 @@ def test_gpu_cuda_graph_series_rows(tmp_path):
         ("train", "skipped: CUDA-graph series are timed for inference only"),
     }
     assert all(r["backend"] == "torch" for r in rows if r not in graph)
+
+
+def test_first_warmup_call_does_not_set_the_number_of_timed_calls(monkeypatch):
+    """A slow first call (compilation, graph capture) is followed by the steady-state count."""
+    benchmark = _load_benchmark()
+    times = iter([30.0, 0.5] + [0.5] * 20)  # first call compiles; then 0.5 s per call
+    monkeypatch.setattr(benchmark, "time_once", lambda fn, device: next(times))
+    timed = benchmark.time_calls(lambda: None, torch.device("cpu"), warmup=3, repeats=10, case_seconds=4)
+    assert timed == [0.5] * 8  # 3 warm-ups, then 4 s // 0.5 s = 8 timed calls
+    slow = iter([60.0] * 5)  # every call slow: one warm-up after the first, one timed call
+    monkeypatch.setattr(benchmark, "time_once", lambda fn, device: next(slow))
+    assert benchmark.time_calls(lambda: None, torch.device("cpu"), warmup=3, repeats=10, case_seconds=4) == [
+        60.0
+    ]
