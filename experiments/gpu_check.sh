@@ -16,16 +16,8 @@
 #
 # Output (≤ 8 files, into $OUT when set): gpu_check.log (everything printed), results.csv,
 # results.md, scaling.png, meta.json, results_8192.csv. Exit status: 0 when every phase passed.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-
-OUT=${OUT:-experiments/results/$(date +%F)-gpu-check}
-mkdir -p "$OUT"
-exec > >(tee "$OUT/gpu_check.log") 2>&1
-tee_pid=$!
-export PYTHONPATH=$PWD/.site:$PWD/src
-export PYTHONDONTWRITEBYTECODE=1
-PY=${PY:-python3}
+# shellcheck source=experiments/gpu_env.sh
+source "$(dirname "$0")/gpu_env.sh" gpu-check
 status=()
 phase() { echo; echo "=== $* ($(date +%T))"; }
 
@@ -104,6 +96,4 @@ rc=0
 for s in "${status[@]}"; do
     [ "${s#*=}" = 0 ] || rc=1
 done
-exec >&- 2>&-  # close the pipe to tee and let it write the log's last lines before we exit
-wait "$tee_pid"
-exit $rc
+finish $rc

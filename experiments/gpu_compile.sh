@@ -4,16 +4,8 @@
 # training step on 256² crops with the VGG loss, fp32 and bf16 (issue 5: step ≤ 120 ms).
 #   run(command="SAMAM_COMMIT=<short sha> bash experiments/gpu_compile.sh", carry=["wheels"], timeout_s=240)
 # Output (into $OUT when set): gpu_compile.log, results.csv, results.md, scaling.png, meta.json.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-
-OUT=${OUT:-experiments/results/$(date +%F)-gpu-compile}
-mkdir -p "$OUT"
-exec > >(tee "$OUT/gpu_compile.log") 2>&1
-tee_pid=$!
-export PYTHONPATH=$PWD/.site:$PWD/src
-export PYTHONDONTWRITEBYTECODE=1
-PY=${PY:-python3}
+# shellcheck source=experiments/gpu_env.sh
+source "$(dirname "$0")/gpu_env.sh" gpu-compile
 
 # A warm machine keeps .site/ from gpu_check.sh; a fresh one installs the wheel again.
 if ! "$PY" -c "import selective_scan_cuda" 2>/dev/null && ls wheels/mamba_ssm-*.whl >/dev/null 2>&1; then
@@ -23,7 +15,4 @@ fi
 timeout --preserve-status -s INT -k 10 200 "$PY" experiments/benchmark.py --device cuda --compile \
     --precision fp32 bf16 --tasks latency train --sizes 512 --train-batch 8 --train-sizes 256 \
     --warmup 3 --repeats 10 --case-seconds 4 --budget 170 --out "$OUT"
-rc=$?
-exec >&- 2>&-
-wait "$tee_pid"
-exit $rc
+finish $?
