@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
+from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, to_uint8
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,6 @@ PathLike = str | os.PathLike
 
 def collect_images(source: PathLike | Sequence[PathLike], what: str) -> list[Path]:
     """An image file, a folder (recursive, sorted) or a list of either → image paths."""
-    from samam.data import IMAGE_EXTENSIONS, list_images
-
     if isinstance(source, (str, os.PathLike)):
         p = Path(source).expanduser()
         if p.is_dir():
@@ -73,14 +73,17 @@ def check_unique_stems(paths: Sequence[Path], what: str) -> None:
 def read_image(
     path: PathLike, size: int | None = None, short_side: int | None = None, max_side: int | None = None
 ) -> Tensor:
-    """Decode ``path`` → (3, H, W) in [0, 1]. ``size``: resize to size×size (StyleID protocol);
-    ``short_side``: resize so the shorter side is this; ``max_side``: shrink (never enlarge) so
-    the longer side is at most this. Bicubic (PIL). Unreadable files raise ``OSError``/``ValueError``."""
-    from PIL import Image
+    """Decode ``path`` → (3, H, W) in [0, 1], resized as :func:`resize_image` says. Unreadable
+    files raise ``OSError``/``ValueError``."""
+    return to_tensor(resize_image(load_rgb(path), size, short_side, max_side))
 
-    from samam.data import load_rgb, to_tensor
 
-    im = load_rgb(path)
+def resize_image(
+    im: Image.Image, size: int | None = None, short_side: int | None = None, max_side: int | None = None
+) -> Image.Image:
+    """A PIL image resized: ``size`` to size×size (StyleID protocol); ``short_side`` so the
+    shorter side is this; ``max_side`` shrunk (never enlarged) so the longer side is at most
+    this; none of them: as it is. Bicubic (PIL)."""
     w, h = im.size
     if size is not None:
         new = (size, size)
@@ -92,15 +95,11 @@ def read_image(
         new = (max(1, round(w * s)), max(1, round(h * s)))
     else:
         new = (w, h)
-    if new != (w, h):
-        im = im.resize(new, Image.BICUBIC)
-    return to_tensor(im)
+    return im.resize(new, Image.BICUBIC) if new != (w, h) else im
 
 
 def save_png(image: Tensor, path: PathLike) -> None:
     """(3, H, W) uint8 or float in [0, 1] → PNG, written atomically (temp file + rename)."""
-    from PIL import Image
-
     img = image if image.dtype == torch.uint8 else to_uint8(image)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -395,12 +394,14 @@ def evaluate(
         "eval: %d content × %d style images on %s (%s) → %s", len(contents), len(styles), dev, precision, out
     )
 
-    style_imgs = [read_image(p, size=style_size) for p in styles]  # what the network sees
+    style_imgs = []  # what the network sees
     with torch.no_grad():
-        for p, im in zip(styles, style_imgs):
+        for p in styles:
+            im = load_rgb(p)  # decoded once for both uses
             # FID's reference set is the style images as they are, aspect kept: the art
             # Inception resizes them to its 512 shorter side itself (SPEC §6).
-            suite.update_style((im if style_size is None else read_image(p))[None].to(dev))
+            suite.update_style(to_tensor(im)[None].to(dev))
+            style_imgs.append(to_tensor(resize_image(im, size=style_size)))
     e_styles = embed_styles(net, style_imgs, batch_size, precision)  # (N_s, S, 3, 3)
 
     bar = tqdm(total=len(contents) * len(styles), desc="stylising", unit="img", disable=not progress)
@@ -597,7 +598,8 @@ def stylize(
     bar = tqdm(total=len(content_paths) * len(targets), desc="stylising", unit="img", disable=not progress)
     for cpath in content_paths:
         try:
-            c = read_image(cpath, max_side=max_side).to(dev)  # (3, H, W)
+            c_pil = load_rgb(cpath)
+            c = to_tensor(resize_image(c_pil, max_side=max_side)).to(dev)  # (3, H, W)
         except Exception as err:  # PIL raises many types for bad files
             log.warning("skipping unreadable content image %s (%s: %s)", cpath, type(err).__name__, err)
             summary["skipped_unreadable"].append(str(cpath))
@@ -608,7 +610,9 @@ def stylize(
         try:  # the network's own limits (e.g. 2 patches per side), checked before any output
             net.check_inputs(c[None], style_embedding=targets[0][1][None])
             if todo and alpha < 1:  # the content is also embedded as a style
-                c_style = c if style_side is None else read_image(cpath, short_side=style_side).to(dev)
+                c_style = (
+                    c if style_side is None else to_tensor(resize_image(c_pil, short_side=style_side)).to(dev)
+                )
                 e_content = embed_styles(net, [c_style], 1, precision)[0]  # (S, 3, 3)
         except ValueError as err:
             log.warning("skipping content image %s: %s", cpath, err)
@@ -632,8 +636,6 @@ def stylize(
                 bar.update(len(idx))
         bar.update(len(targets) - len(todo))
         if grid:
-            from samam.data import load_rgb, to_tensor
-
             grid_rows.append((c.cpu(), [_thumb(to_tensor(load_rgb(p)), grid_cell) for p in paths]))
     bar.close()
     if grid and grid_rows:
