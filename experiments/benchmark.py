@@ -724,14 +724,15 @@ def run_case(
     if task == "train" and (s.peer or s.graph):
         row["status"] = f"skipped: {'peers' if s.peer else 'CUDA-graph series'} are timed for inference only"
         return row
-    predicted = h.predict(size * size, 2.0 if s.mixer == "attention" else 1.0)
+    slope = 2.0 if s.mixer == "attention" else 1.0  # expected growth of time and memory in pixels
+    predicted = h.predict(size * size, slope)
     if ctx.time_limit and predicted is not None and predicted > ctx.time_limit:
         row["status"] = f"skipped: ~{predicted:.0f} s per call predicted > --time-limit {ctx.time_limit:g}"
         return row
 
     # On CPU an out-of-memory case does not raise: the kernel kills the process (or the box).
     free = available_mib() if device.type == "cpu" else None
-    predicted_mib = h.predict_mib(size * size, 2.0 if s.mixer == "attention" else 1.0)
+    predicted_mib = h.predict_mib(size * size, slope)
     if free is not None and predicted_mib is not None and predicted_mib > 0.7 * free:
         row["status"] = f"skipped: ~{predicted_mib:.0f} MiB predicted > 70% of {free:.0f} MiB available"
         return row
