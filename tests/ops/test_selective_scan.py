@@ -316,8 +316,9 @@ def test_auto_on_cuda_uses_mamba_and_numba_refuses_cuda():
             resolve_scan_backend("numba")(*xs[:6], delta_bias=xs[6])
 
 
-def _stand_in_kernel(calls: list):
-    """selective_scan_ref behind mamba-ssm's argument checks (selective_scan.cpp) and launch limit."""
+def _stand_in_kernel(calls: list, dtypes: set | None = None):
+    """selective_scan_ref behind mamba-ssm's argument checks (selective_scan.cpp) and launch limit;
+    each call's shapes go to `calls`, and the dtype of its u to `dtypes` when given."""
 
     def kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
         assert A.dim() == 2 and (D is None or D.dim() == 1) and z is None  # no per-sample A, D
@@ -328,6 +329,8 @@ def _stand_in_kernel(calls: list):
         )
         assert u.shape[1] <= 65535, "grid dimension y"
         calls.append((tuple(u.shape), tuple(B.shape)))
+        if dtypes is not None:
+            dtypes.add(u.dtype)
         return selective_scan_ref(u, delta, A, B, C, D, delta_bias, delta_softplus).to(u.dtype)
 
     return kernel
@@ -384,10 +387,7 @@ def test_mamba_kernel_gets_float32(monkeypatch, low):
     from samam.ops.selective_scan import mamba_scan
 
     calls, dtypes = [], set()
-    kernel = _stand_in_kernel(calls)
-    monkeypatch.setattr(
-        mamba_scan, "_load", lambda: lambda u, *a, **k: (dtypes.add(u.dtype), kernel(u, *a, **k))[1]
-    )
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel(calls, dtypes))
     xs = make_inputs(2, 2, 4, 5, 11, per_sample_A=True)
     for i in low:
         xs[i] = xs[i].detach().bfloat16().requires_grad_()
@@ -499,13 +499,7 @@ def test_network_through_the_mamba_wrapper_with_stand_in_kernel(monkeypatch, pre
     from samam.ops.selective_scan.backend import ScanBackend
 
     calls, dtypes = [], set()
-    kernel = _stand_in_kernel(calls)
-
-    def recording(u, *args, **kwargs):
-        dtypes.add(u.dtype)
-        return kernel(u, *args, **kwargs)
-
-    monkeypatch.setattr(mamba_scan, "_load", lambda: recording)
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel(calls, dtypes))
     torch.manual_seed(0)
     net = SaMam(**{**TINY, "backend": "torch"}).eval()
     c, s = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 64, 64)
