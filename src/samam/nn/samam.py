@@ -150,6 +150,9 @@ class SaMam(nn.Module):
     def embed_style(self, style: torch.Tensor) -> torch.Tensor:
         """Style image (B, 3, h, w) → style embedding e_s (B, S, 3, 3)."""
         self._check_image(style, "style", self.min_style_side)
+        return self._embed(style)
+
+    def _embed(self, style: torch.Tensor) -> torch.Tensor:
         return self.style_embedder(self.style_encoder(style))
 
     def check_inputs(
@@ -180,7 +183,7 @@ class SaMam(nn.Module):
         style_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_inputs(content, style, style_embedding)
-        e_s = self.style_embedder(self.style_encoder(style)) if style is not None else style_embedding
+        e_s = self._embed(style) if style is not None else style_embedding  # style checked above
         p = self.cfg.patch_size
         h, w = content.shape[-2:]
         pad_h, pad_w = -h % p, -w % p
