@@ -9,7 +9,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -209,6 +209,7 @@ class StyleTransferDataModule(L.LightningDataModule):
         self.num_workers, self.val_pairs, self.val_size = num_workers, val_pairs, val_size
         self.verify, self.seed, self.pin_memory = verify, seed, pin_memory
         self.setup_skipped = SkipLog()
+        self.worker_skips: dict[int, int] = {}  # training workers' running skip counts, this rank
         self.content_files: list[Path] = []
         self.style_files: list[Path] = []
         self.fixed_pairs: list[tuple[Path, Path]] = []
@@ -280,6 +281,14 @@ class StyleTransferDataModule(L.LightningDataModule):
     @property
     def skipped(self) -> int:
         return len(self.setup_skipped)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Take a training batch's skip counter off while it is still on the host, so reading it
+        never waits for the device. Each batch comes from one worker; its count is that
+        worker's running total."""
+        if isinstance(batch, dict) and "worker" in batch:
+            self.worker_skips[int(batch.pop("worker")[0])] = int(batch.pop("skipped").max())
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         rank = 0 if self.trainer is None else self.trainer.global_rank

@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 
 
-def skipped_total(setup: int, worker_skips: dict[int, int], reduce: Callable, device: torch.device) -> float:
+def skipped_total(setup: int, worker_skips: dict[int, int], reduce: Callable, device: torch.device) -> Tensor:
     """Bad images of the whole run: those found at setup (every rank checks the same folders,
     so counted once) plus those skipped while training, summed over this rank's workers and
     then over ranks (``reduce``: the strategy's all-reduce; a file bad for two workers counts
-    twice, as each of them skipped it)."""
+    twice, as each of them skipped it). A 0-d tensor on ``device``: nothing here waits for it."""
     runtime = reduce(torch.tensor(float(sum(worker_skips.values())), device=device), reduce_op="sum")
-    return float(setup + runtime)
+    return runtime + setup
 
 
 class InverseDecay:
@@ -104,12 +104,8 @@ class StyleTransferModule(L.LightningModule):
         self.log("train/loss", losses["loss"].detach(), prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and "skipped" in batch:
-            # Each batch comes from one worker; its count is that worker's running total.
-            if not hasattr(self, "_worker_skips"):
-                self._worker_skips: dict[int, int] = {}
-            self._worker_skips[int(batch["worker"][0])] = int(batch["skipped"].max())
-            total = skipped_total(dm.skipped, self._worker_skips, self.trainer.strategy.reduce, self.device)
+        if getattr(dm, "worker_skips", None):  # filled by the datamodule's on_before_batch_transfer
+            total = skipped_total(dm.skipped, dm.worker_skips, self.trainer.strategy.reduce, self.device)
             self.log("data/skipped", total, batch_size=b)
         return losses["loss"]
 

@@ -173,3 +173,35 @@ def test_skipped_total_counts_setup_once_and_sums_workers_then_ranks():
 
     assert skipped_total(2, {0: 1, 1: 4}, two_ranks, torch.device("cpu")) == 2 + (1 + 4) + 3
     assert calls == ["sum"]
+
+
+def test_skip_counter_leaves_the_batch_on_the_host():
+    """The datamodule takes each training batch's counter off before the batch is moved, so
+    logging it never waits for the device; a later batch of a worker replaces its count."""
+    dm = StyleTransferDataModule(".", ".")
+    image = torch.zeros(2, 3, 8, 8)
+    for worker, count in ((0, 1), (1, 4), (0, 2)):
+        batch = {
+            "content": image,
+            "style": image,
+            "skipped": torch.tensor([count - 1, count]),
+            "worker": torch.tensor([worker] * 2),
+        }
+        assert set(dm.on_before_batch_transfer(batch, 0)) == {"content", "style"}
+    assert dm.worker_skips == {0: 2, 1: 4}
+    val = {"content": image, "style": image}
+    assert dm.on_before_batch_transfer(val, 0) is val and dm.worker_skips == {0: 2, 1: 4}
+
+
+def test_training_logs_bad_files(compose, tiny, demo_root, tmp_path):
+    """End to end: a file that fails the header check at setup is in data/skipped."""
+    import shutil
+
+    from samam.train import main
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    (root / "content" / "notes.png").write_text("not an image")
+    cfg = compose([*tiny(tmp_path / "run"), f"data.root={root}", "data.verify=header", "debug=fdr"])
+    metrics = main(cfg)
+    assert metrics["data/skipped"] == 1.0
