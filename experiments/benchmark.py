@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=float, default=0.0, help="stop starting cases after this many seconds; 0 = none"
     )
     p.add_argument("--threads", type=int, help="intra-op threads (torch and numba); default: as the env says")
+    p.add_argument(
+        "--matmul-precision",
+        choices=["highest", "high", "medium"],
+        default="highest",
+        help="torch.set_float32_matmul_precision for every series: highest = true fp32 matmuls (the "
+        "release's setting), high = TF32 (Ampere and newer); convolutions use TF32 either way",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile our network (not the release)")
     p.add_argument(
         "--cuda-graph",
@@ -283,6 +290,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "commit": git_commit(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     if device.type == "cuda":
@@ -884,6 +892,8 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
         f"- model: {meta['model']}; style {meta['style']}²; warm-up {meta['warmup']}, up to {meta['repeats']} "
         "timed calls per case",
         f"- peak memory: {meta['mem_kind']} ({MEM_KINDS[meta['mem_kind']]})",
+        f"- fp32 math: matmul precision {meta.get('float32_matmul_precision', '?')}; cuDNN TF32 convolutions "
+        f"{'on' if meta.get('cudnn_allow_tf32') else 'off'}",
         f"- training step: {meta['loss']}",
         "- optional kernels imported: "
         + (", ".join(f"{m} {meta[m]}" for m in ("numba", "mamba_ssm") if m in meta) or "none"),
@@ -994,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     args.repeats = max(1, args.repeats if args.repeats is not None else (10 if gpu else 3))
     time_limit = args.time_limit if args.time_limit is not None else (60.0 if gpu else 300.0)
+    torch.set_float32_matmul_precision(args.matmul_precision)  # recorded in meta.json
     torch.manual_seed(args.seed)
 
     kwargs = model_kwargs(args.preset, args.model)

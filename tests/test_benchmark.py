@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def test_benchmark_writes_csv_markdown_and_plot(tmp_path):
         sys.executable, str(REPO / "experiments" / "benchmark.py"), "--device", "cpu", "--model", *TINY,
         "--mixers", "ssm", "attention", "--backend", "torch", "--sizes", "64", "96",
         "--throughput-sizes", "64", "--throughput-batch", "2", "--train-sizes", "64", "--train-batch", "2",
-        "--style-size", "64", "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out),
+        "--style-size", "64", "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out), "--matmul-precision", "high",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
@@ -48,7 +49,8 @@ def test_benchmark_writes_csv_markdown_and_plot(tmp_path):
     assert "vs release" not in md  # no release timed in this run
     assert "time slope" in md and "samam attention" in md
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "meta.json").is_file()
+    assert "- fp32 math: matmul precision high; cuDNN TF32 convolutions on" in md
+    assert json.loads((out / "meta.json").read_text())["float32_matmul_precision"] == "high"
 
 
 def _load_benchmark():

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -73,9 +74,22 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """torch.set_float32_matmul_precision, refusing a value torch would only warn about and ignore."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"float32_matmul_precision={precision!r}: choose one of {', '.join(MATMUL_PRECISIONS)}"
+        )
+    torch.set_float32_matmul_precision(precision)
+
+
 def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     check_launch(cfg)
+    set_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     if cfg.run_name is None:
         with open_dict(cfg):
             cfg.run_name = default_run_name(cfg)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from samam.train import main
@@ -144,3 +145,14 @@ def test_multirun_ablation_one_run_per_arm(tiny, train_subprocess, tmp_path):
         assert ckpt["samam"]["config"]["seed"] == 0
         assert ckpt["samam"]["config"]["logger"]["csv"]["save_dir"] == str(job)
     assert arms == {True, False}
+
+
+def test_matmul_precision_is_applied_and_checked(compose, tiny, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)  # keep the suite's global
+    main(compose([*tiny(), "debug=fdr", "float32_matmul_precision=high"]))
+    assert calls == ["high"]
+    with pytest.raises(
+        ValueError, match="float32_matmul_precision='tf32': choose one of highest, high, medium"
+    ):
+        main(compose([*tiny(), "debug=fdr", "float32_matmul_precision=tf32"]))
