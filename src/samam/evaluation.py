@@ -14,6 +14,7 @@ import logging
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -71,31 +72,40 @@ def check_unique_stems(paths: Sequence[Path], what: str) -> None:
 
 
 def read_image(
-    path: PathLike, size: int | None = None, short_side: int | None = None, max_side: int | None = None
+    path: PathLike,
+    size: int | None = None,
+    short_side: int | None = None,
+    max_side: int | None = None,
+    resample: int = Image.BICUBIC,
 ) -> Tensor:
     """Decode ``path`` → (3, H, W) in [0, 1], resized as :func:`resize_image` says. Unreadable
     files raise ``OSError``/``ValueError``."""
-    return to_tensor(resize_image(load_rgb(path), size, short_side, max_side))
+    return to_tensor(resize_image(load_rgb(path), size, short_side, max_side, resample))
 
 
 def resize_image(
-    im: Image.Image, size: int | None = None, short_side: int | None = None, max_side: int | None = None
+    im: Image.Image,
+    size: int | None = None,
+    short_side: int | None = None,
+    max_side: int | None = None,
+    resample: int = Image.BICUBIC,
 ) -> Image.Image:
     """A PIL image resized: ``size`` to size×size (StyleID protocol); ``short_side`` so the
-    shorter side is this; ``max_side`` shrunk (never enlarged) so the longer side is at most
-    this; none of them: as it is. Bicubic (PIL)."""
+    shorter side is this (the longer one truncated, as torchvision's ``Resize(short_side)``);
+    ``max_side`` shrunk (never enlarged) so the longer side is at most this; none of them: as
+    it is. ``resample``: a PIL filter (bicubic; the release's test script uses bilinear)."""
     w, h = im.size
     if size is not None:
         new = (size, size)
     elif short_side is not None:
         s = short_side / min(w, h)
-        new = (max(1, round(w * s)), max(1, round(h * s)))
+        new = (short_side, max(1, int(h * s))) if w <= h else (max(1, int(w * s)), short_side)
     elif max_side is not None and max(w, h) > max_side:
         s = max_side / max(w, h)
         new = (max(1, round(w * s)), max(1, round(h * s)))
     else:
         new = (w, h)
-    return im.resize(new, Image.BICUBIC) if new != (w, h) else im
+    return im.resize(new, resample) if new != (w, h) else im
 
 
 def save_png(image: Tensor, path: PathLike) -> None:
@@ -254,7 +264,7 @@ def count_macs(net: nn.Module, content: Tensor, style: Tensor) -> dict[str, floa
 def measure_efficiency(
     net: nn.Module,
     content_size: int = 512,
-    style_size: int = 512,
+    style_size: int = 256,
     warmup: int = 2,
     repeats: int = 10,
     precision: Precision = "fp32",
@@ -316,7 +326,7 @@ def results_markdown(res: Mapping[str, Any]) -> str:
         ("FID (art Inception) ↓", "fid_art"),
         ("LPIPS ↓", "lpips"),
         ("CFSD ↓", "cfsd"),
-        ("FID (TF-Inception, torch-fidelity) ↓", "fid"),
+        ("FID (TF-Inception, torch-fidelity) ↓", "fid_tf"),
         ("ms / image", "ms_per_image"),
         ("GMACs", "gmacs"),
         ("parameters", "params"),
@@ -327,11 +337,18 @@ def results_markdown(res: Mapping[str, Any]) -> str:
         lines[1:1] = ["", f"**Warning: {res['warning']}**"]
     lines += [f"| {label} | {_fmt(res.get(key))} |" for label, key in rows]
     p = res.get("protocol", {})
+    if p.get("style_size"):
+        style = f"style {p['style_size']}²"
+    elif p.get("style_short_side"):
+        style = f"style shorter side {p['style_short_side']} (bilinear, aspect kept)"
+    else:
+        style = "style as decoded"
     lines += [
         "",
         f"{p.get('n_content')} content × {p.get('n_style')} style = {p.get('n_images')} images; "
-        f"content {p.get('content_size')}², style {p.get('style_size')}²; device {res.get('device')}, "
-        f"precision {res.get('precision')}.",
+        f"content {p.get('content_size')}², {style}; device {res.get('device')}, "
+        f"precision {res.get('precision')}. FID reference set: "
+        f"{p.get('style_reference', 'the style images')}.",
     ]
     b = res.get("bench") or {}
     if b:
@@ -364,7 +381,8 @@ def evaluate(
     backend: str = "auto",
     batch_size: int = 8,
     content_size: int | None = 512,
-    style_size: int | None = 512,
+    style_size: int | None = None,
+    style_short_side: int | None = 256,
     metrics: Mapping[str, Any] | None = None,
     bench: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
@@ -373,6 +391,11 @@ def evaluate(
     """Stylise every content × style pair, save ``{content}_stylized_{style}.png``, compute
     the protocol's metrics and efficiency figures, write ``results.json`` and ``results.md``
     into ``output_dir`` and return the results.
+
+    The network sees each content at ``content_size``² (StyleID's images are 512²) and each
+    style as the release's test script prepares it: shorter side ``style_short_side``, aspect
+    kept, bilinear (``style_size`` instead squashes it to size×size). FID's reference set is
+    the style files themselves, each counted once per content image.
 
     ``metrics``: keyword arguments of :func:`samam.metrics.build_metrics`; ``bench``:
     ``{enabled, content_size, style_size, warmup, repeats}`` (sizes default to the eval sizes).
@@ -398,10 +421,12 @@ def evaluate(
     with torch.no_grad():
         for p in styles:
             im = load_rgb(p)  # decoded once for both uses
-            # FID's reference set is the style images as they are, aspect kept: the art
-            # Inception resizes them to its 512 shorter side itself (SPEC §6).
-            suite.update_style(to_tensor(im)[None].to(dev))
-            style_imgs.append(to_tensor(resize_image(im, size=style_size)))
+            # FID's reference set is the style images as they are, aspect kept (the art
+            # Inception resizes them to its 512 shorter side itself, SPEC §6), each counted once
+            # per stylised image made with it, as StyleID's copied reference folder holds it.
+            suite.update_style(to_tensor(im)[None].to(dev), weight=len(contents))
+            net_in = resize_image(im, size=style_size, short_side=style_short_side, resample=Image.BILINEAR)
+            style_imgs.append(to_tensor(net_in))
     e_styles = embed_styles(net, style_imgs, batch_size, precision)  # (N_s, S, 3, 3)
 
     bar = tqdm(total=len(contents) * len(styles), desc="stylising", unit="img", disable=not progress)
@@ -426,7 +451,7 @@ def evaluate(
         eff = measure_efficiency(
             net,
             content_size=bench.get("content_size") or content_size or 512,
-            style_size=bench.get("style_size") or style_size or 512,
+            style_size=bench.get("style_size") or style_size or style_short_side or 256,
             warmup=bench.get("warmup", 2),
             repeats=bench.get("repeats", 10),
             precision=precision,
@@ -450,6 +475,8 @@ def evaluate(
             n_images=len(contents) * len(styles),
             content_size=content_size,
             style_size=style_size,
+            style_short_side=style_short_side,
+            style_reference="style files as decoded, each weighted by n_content",
         ),
         ckpt_path=str(ckpt_path),
         model=net.config,
@@ -473,9 +500,7 @@ def evaluate(
 # ---------------------------------------------------------------------------------------
 
 
-def _read_all(
-    paths: Sequence[Path], what: str, **resize: int | None
-) -> tuple[list[Path], list[Tensor], list[Path]]:
+def _read_all(paths: Sequence[Path], what: str, **resize: Any) -> tuple[list[Path], list[Tensor], list[Path]]:
     """Decode each path; unreadable files are skipped with a warning (returned third)."""
     ok, images, bad = [], [], []
     for p in paths:
@@ -520,7 +545,7 @@ def stylize(
     alpha: float = 1.0,
     style_weights: Sequence[float] | None = None,
     max_side: int | None = None,
-    style_side: int | None = 512,
+    style_side: int | None = 256,
     batch_size: int = 4,
     device: str = "auto",
     precision: Precision = "fp32",
@@ -536,7 +561,8 @@ def stylize(
     weighted mix of all styles) and save ``{content}_stylized_{style}.png`` in ``output_dir``.
 
     Content keeps its size (``max_side`` only shrinks); styles (and, for α < 1, the content
-    used as its own style) are resized so the shorter side is ``style_side``. α ∈ [0, 1]
+    used as its own style) are resized so the shorter side is ``style_side`` (bilinear; 256 and
+    bilinear are the release's test defaults). α ∈ [0, 1]
     interpolates the embedding from the content's own (α = 0) to the style's. Existing
     outputs are kept unless ``overwrite``. ``cuda_graph`` replays one captured CUDA graph per
     input shape (samam.cuda_graph): worth it for many images of one size, such as video
@@ -560,7 +586,9 @@ def stylize(
     check_unique_stems(content_paths, "content")
     all_styles = collect_images(style, "style")
     check_unique_stems(all_styles, "style")
-    style_paths, style_imgs, bad_styles = _read_all(all_styles, "style", short_side=style_side)
+    style_paths, style_imgs, bad_styles = _read_all(
+        all_styles, "style", short_side=style_side, resample=Image.BILINEAR
+    )
     if style_weights is not None and bad_styles:
         raise ValueError(
             f"style_weights given but these styles are unreadable: {[str(p) for p in bad_styles]}"
@@ -611,7 +639,11 @@ def stylize(
             net.check_inputs(c[None], style_embedding=targets[0][1][None])
             if todo and alpha < 1:  # the content is also embedded as a style
                 c_style = (
-                    c if style_side is None else to_tensor(resize_image(c_pil, short_side=style_side)).to(dev)
+                    c
+                    if style_side is None
+                    else to_tensor(resize_image(c_pil, short_side=style_side, resample=Image.BILINEAR)).to(
+                        dev
+                    )
                 )
                 e_content = embed_styles(net, [c_style], 1, precision)[0]  # (S, 3, 3)
         except ValueError as err:
@@ -660,7 +692,7 @@ def stylize(
 class EvalMetricsCallback(L.Callback):
     """Every ``every_n_val_rounds`` validation rounds (the first included), stylise a fixed
     set of content × style pairs with ``pl_module.net`` and log ``val/artfid``,
-    ``val/fid_art``, ``val/lpips``, ``val/cfsd``, ``val/fid`` (disabled metrics are not
+    ``val/fid_art``, ``val/lpips``, ``val/cfsd``, ``val/fid_tf`` (disabled metrics are not
     logged), ``val/eval_seconds`` and, with a WandbLogger, a table of samples.
 
     DDP: each rank stylises a shard of the pairs; the metrics' float64 sums are all-reduced.
@@ -675,7 +707,8 @@ class EvalMetricsCallback(L.Callback):
         style: PathLike | Sequence[PathLike],
         every_n_val_rounds: int = 1,
         content_size: int | None = 256,
-        style_size: int | None = 256,
+        style_size: int | None = None,
+        style_short_side: int | None = 256,
         batch_size: int = 8,
         max_pairs: int | None = None,
         log_samples: int = 8,
@@ -687,7 +720,7 @@ class EvalMetricsCallback(L.Callback):
             raise ValueError(f"every_n_val_rounds must be ≥ 1, got {every_n_val_rounds}")
         self.content, self.style = content, style
         self.every_n_val_rounds = every_n_val_rounds
-        self.content_size, self.style_size = content_size, style_size
+        self.content_size, self.style_size, self.style_short_side = content_size, style_size, style_short_side
         self.batch_size, self.max_pairs, self.log_samples = batch_size, max_pairs, log_samples
         self.precision = precision
         self.metrics_cfg = dict(metrics or {})
@@ -703,12 +736,16 @@ class EvalMetricsCallback(L.Callback):
         self.content_paths = collect_images(self.content, "eval content")
         self.style_paths = collect_images(self.style, "eval style")
         self.contents = [read_image(p, size=self.content_size) for p in self.content_paths]
-        self.styles = [read_image(p, size=self.style_size) for p in self.style_paths]
+        self.styles = [
+            read_image(p, size=self.style_size, short_side=self.style_short_side, resample=Image.BILINEAR)
+            for p in self.style_paths
+        ]
         pairs = [(i, j) for i in range(len(self.contents)) for j in range(len(self.styles))]
         if self.max_pairs is not None and self.max_pairs < len(pairs):
             step = len(pairs) / self.max_pairs  # spread over all contents and styles
             pairs = [pairs[int(k * step)] for k in range(self.max_pairs)]
         self.pairs = pairs
+        self.style_uses = Counter(j for _, j in pairs)  # FID counts each style once per use
         log.info(
             "eval metrics: %d pairs (%d content × %d style) every %d validation round(s); metrics %s",
             len(pairs),
@@ -744,9 +781,12 @@ class EvalMetricsCallback(L.Callback):
         net.eval()
         suite = self.suite.to(dev)
         rank, world = trainer.global_rank, trainer.world_size
-        if not self._style_fed:
-            for im in self.styles[rank::world]:
-                suite.update_style(im[None].to(dev))
+        if not self._style_fed:  # the style files as decoded, as in eval.py
+            for j in range(rank, len(self.style_paths), world):
+                if self.style_uses[j] > 0:
+                    suite.update_style(
+                        read_image(self.style_paths[j])[None].to(dev), weight=self.style_uses[j]
+                    )
             self._style_fed = True
         e_styles = embed_styles(net, self.styles, self.batch_size, self.precision).to(dev)
         shard = self.pairs[rank::world]

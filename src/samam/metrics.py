@@ -2,7 +2,7 @@
 
 - ``fid_art``: FID on 2048-d pool features of ArtFID's art-trained Inception-v3
   (``art_inception.pth``), the FID the paper reports;
-- ``fid``: FID on torch-fidelity's TF-Inception, fed uint8 with the reference
+- ``fid_tf``: FID on torch-fidelity's TF-Inception, fed uint8 with the reference
   (TF1-style, non-antialiased) resize, so it matches torch-fidelity's own number;
 - ``lpips``: AlexNet LPIPS v0.1 between each output and its content, inputs in [-1, 1];
 - ``artfid`` = (1 + lpips)·(1 + fid_art);
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("artfid", "fid_art", "lpips", "cfsd", "fid")
+METRIC_NAMES = ("artfid", "fid_art", "lpips", "cfsd", "fid_tf")
 
 # ---------------------------------------------------------------------------------------
 # Weight files
@@ -61,7 +62,7 @@ TF_INCEPTION = WeightFile(
     "weights-inception-2015-12-05-6726825d.pth",
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
     "~91 MB",
-    "fid (torch-fidelity's TF-Inception)",
+    "fid_tf (torch-fidelity's TF-Inception)",
 )
 ALEXNET = WeightFile(
     "alexnet-owt-7be5be79.pth",
@@ -167,18 +168,22 @@ class ArtInceptionFeatures(nn.Module):
     """ArtFID's art-trained Inception-v3 as a feature extractor: (B, 3, H, W) in [0, 1] → (B, 2048).
 
     Architecture: torchvision's ``Inception3`` (BasicConv2d = conv without bias + BN eps 1e-3),
-    without the aux head and the classifier. Preprocessing: resize so the shorter side is
-    ``short_side`` (SPEC §6; ``None`` keeps the size), then bilinear to 299×299
-    (align_corners=False, no antialias) and x ↦ 2x − 1, which is what ArtFID's Inception3 is
-    documented (by third-party re-implementations) to do internally.
+    without the aux heads and the classifiers. Preprocessing as the reference (ArtFID's
+    ``get_activations``: ``ToTensor()`` only, ``transform_input=False``; StyleID's
+    ``eval_artfid.py``: ``Resize(512)`` first): the image is resized so its shorter side is
+    ``short_side`` (SPEC §6; bilinear, antialiased, longer side truncated as torchvision's
+    ``Resize`` does; ``None`` keeps the size) and goes into the network as it is: pixels in
+    [0, 1], no resize to 299, no rescaling to [−1, 1]. Global pooling makes any size ≥ 75 px work.
 
-    Expected key layout of ``art_inception.pth``: torchvision's, e.g.
-    ``Conv2d_1a_3x3.conv.weight``, ``Conv2d_1a_3x3.bn.{weight,bias,running_mean,running_var}``,
-    ``Mixed_5b.branch1x1.conv.weight`` … ``Mixed_7c.branch_pool.bn.running_var``; classifier
-    (``fc.*``) and ``AuxLogits.*`` are ignored; see :func:`load_art_inception_state`.
+    Key layout of ``art_inception.pth``: torchvision's, e.g. ``Conv2d_1a_3x3.conv.weight``,
+    ``Conv2d_1a_3x3.bn.{weight,bias,running_mean,running_var}``, ``Mixed_5b.branch1x1.conv.weight``
+    … ``Mixed_7c.branch_pool.bn.running_var``; the file's two classifiers and two aux heads
+    (``fc1``, ``fc2``, ``AuxLogits1``, ``AuxLogits2``) are ignored; see
+    :func:`load_art_inception_state`.
     """
 
     num_features = 2048
+    min_side = 75  # the smallest input whose last block still has a spatial position
 
     def __init__(self, short_side: int | None = 512):
         super().__init__()
@@ -198,11 +203,14 @@ class ArtInceptionFeatures(nn.Module):
         if self.short_side is not None:
             h, w = x.shape[-2:]
             s = self.short_side / min(h, w)
-            if s != 1:
-                size = (max(1, round(h * s)), max(1, round(w * s)))
+            size = (self.short_side, max(1, int(w * s))) if h <= w else (max(1, int(h * s)), self.short_side)
+            if size != (h, w):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
+        if min(x.shape[-2:]) < self.min_side:
+            raise ValueError(
+                f"art Inception: input {tuple(x.shape[-2:])} is below its {self.min_side}-px minimum; "
+                "set metrics.fid_art.short_side (512 in the protocol)"
+            )
         for name in _INCEPTION_BLOCKS:
             x = getattr(self.net, name)(x)
         return x.flatten(1)  # (B, 2048)
@@ -212,13 +220,14 @@ def load_art_inception_state(model: ArtInceptionFeatures, state: Mapping[str, An
     """Load ``art_inception.pth`` content into ``model``; return the keys deliberately ignored.
 
     Tolerates a wrapping dict (``state_dict``/``model``), a common key prefix (``module.`` …),
-    a classifier of any size (``fc.*``), ``AuxLogits.*`` and absent ``num_batches_tracked``.
+    classifiers of any size (``fc.*``, ``fc1.*``, ``fc2.*``), aux heads (``AuxLogits*.*``) and
+    absent ``num_batches_tracked``.
     Every backbone tensor must be present with the right shape, else ``ValueError`` lists
     the missing and mismatched keys. Other extra keys are logged, not loaded.
     """
     sd = _unwrap_state_dict(state)
     own = model.net.state_dict()
-    ignored = sorted(k for k in sd if k.startswith(("fc.", "AuxLogits.")))
+    ignored = sorted(k for k in sd if re.match(r"(fc\d*|AuxLogits\d*)\.", k))
     extra = sorted(k for k in sd if k not in own and k not in ignored)
     missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked"))
     wrong = sorted(
@@ -405,6 +414,29 @@ class FrechetDistance(FrechetInceptionDistance):
             **kwargs,
         )
 
+    def update(self, imgs: Tensor, real: bool, weight: int = 1) -> None:
+        """Add the images' features to the real or fake statistics, each counted ``weight``
+        times: the protocol's reference set holds every style once per content image (StyleID
+        copies the files; here their features are weighted, not extracted again)."""
+        if weight < 1:
+            raise ValueError(f"weight must be ≥ 1, got {weight}")
+        features = self.inception(imgs).double()  # (B, F)
+        if features.dim() == 1:
+            features = features.unsqueeze(0)
+        total, outer, n = (
+            weight * features.sum(0),
+            weight * features.t().mm(features),
+            weight * features.shape[0],
+        )
+        if real:
+            self.real_features_sum += total
+            self.real_features_cov_sum += outer
+            self.real_features_num_samples += n
+        else:
+            self.fake_features_sum += total
+            self.fake_features_cov_sum += outer
+            self.fake_features_num_samples += n
+
     def compute(self) -> Tensor:
         n_r, n_f = self.real_features_num_samples, self.fake_features_num_samples
         if n_r < 2 or n_f < 2:
@@ -509,25 +541,27 @@ def to_uint8(x: Tensor) -> Tensor:
 class StyleTransferMetrics(nn.Module):
     """Every metric of the protocol behind one interface; disabled ones report ``None``.
 
-    ``update_style(style)`` feeds the reference (style) set of both FIDs, once per style
-    image; ``update(output, content)`` feeds each stylised image with its content. Images
+    ``update_style(style, weight)`` feeds the reference (style) set of both FIDs: each style
+    image once, ``weight`` = how many stylised images were made with it (the protocol's
+    reference set repeats each style once per content image); ``update(output, content)``
+    feeds each stylised image with its content. Images
     are (B, 3, H, W) in [0, 1]; the TF-Inception FID gets them quantised to uint8.
     """
 
     def __init__(
         self,
         fid_art: FrechetDistance | None = None,
-        fid: FrechetDistance | None = None,
+        fid_tf: FrechetDistance | None = None,
         lpips: LPIPSDistance | None = None,
         cfsd: CFSD | None = None,
         reasons: Mapping[str, str] | None = None,
         networks: Mapping[str, str] | None = None,
     ):
         super().__init__()
-        self.fid_art, self.fid, self.lpips, self.cfsd = fid_art, fid, lpips, cfsd
+        self.fid_art, self.fid_tf, self.lpips, self.cfsd = fid_art, fid_tf, lpips, cfsd
         self.reasons = dict(reasons or {})  # metric → why it is None
         self.networks = dict(networks or {})  # metric → which feature network computed it
-        for name in ("fid_art", "fid", "lpips", "cfsd"):
+        for name in ("fid_art", "fid_tf", "lpips", "cfsd"):
             if getattr(self, name) is None:
                 self.reasons.setdefault(name, "disabled")
         if fid_art is None or lpips is None:
@@ -540,19 +574,19 @@ class StyleTransferMetrics(nn.Module):
         return [n for n in METRIC_NAMES if n not in self.reasons]
 
     @torch.no_grad()
-    def update_style(self, style: Tensor) -> None:
+    def update_style(self, style: Tensor, weight: int = 1) -> None:
         if self.fid_art is not None:
-            self.fid_art.update(style.float(), real=True)
-        if self.fid is not None:
-            self.fid.update(to_uint8(style), real=True)
+            self.fid_art.update(style.float(), real=True, weight=weight)
+        if self.fid_tf is not None:
+            self.fid_tf.update(to_uint8(style), real=True, weight=weight)
 
     @torch.no_grad()
     def update(self, output: Tensor, content: Tensor) -> None:
         output, content = output.float(), content.float()
         if self.fid_art is not None:
             self.fid_art.update(output, real=False)
-        if self.fid is not None:
-            self.fid.update(to_uint8(output), real=False)
+        if self.fid_tf is not None:
+            self.fid_tf.update(to_uint8(output), real=False)
         if self.lpips is not None:
             self.lpips.update(output, content)
         if self.cfsd is not None:
@@ -561,7 +595,7 @@ class StyleTransferMetrics(nn.Module):
     def compute(self) -> dict[str, float | None]:
         """Every name of :data:`METRIC_NAMES` → value (float) or None (see ``reasons``)."""
         res: dict[str, float | None] = {n: None for n in METRIC_NAMES}
-        for name in ("fid_art", "fid", "lpips", "cfsd"):
+        for name in ("fid_art", "fid_tf", "lpips", "cfsd"):
             metric = getattr(self, name)
             if metric is not None:
                 res[name] = float(metric.compute())
@@ -572,7 +606,7 @@ class StyleTransferMetrics(nn.Module):
     def reset(self) -> None:
         """Clear the stylised-image statistics; FIDs built with ``reset_real_features=False``
         keep their style statistics."""
-        for name in ("fid_art", "fid", "lpips", "cfsd"):
+        for name in ("fid_art", "fid_tf", "lpips", "cfsd"):
             metric = getattr(self, name)
             if metric is not None:
                 metric.reset()
@@ -584,7 +618,7 @@ def _opt(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
 
 def build_metrics(
     fid_art: Mapping[str, Any] | None = None,
-    fid: Mapping[str, Any] | None = None,
+    fid_tf: Mapping[str, Any] | None = None,
     lpips: Mapping[str, Any] | None = None,
     cfsd: Mapping[str, Any] | None = None,
     download: bool = False,
@@ -602,7 +636,7 @@ def build_metrics(
     reasons: dict[str, str] = {}
     networks: dict[str, str] = {}
     built: dict[str, Metric | None] = {}
-    cfgs = {"fid_art": fid_art, "fid": fid, "lpips": lpips, "cfsd": cfsd}
+    cfgs = {"fid_art": fid_art, "fid_tf": fid_tf, "lpips": lpips, "cfsd": cfsd}
     test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
     for name, cfg in cfgs.items():
         if not _opt(cfg, "enabled", True):
@@ -617,7 +651,7 @@ def build_metrics(
                 net = art_inception(weights, download, short_side=_opt(cfg, "short_side", 512))
                 networks[name] = f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d"
             built[name] = FrechetDistance(net, reset_real_features=reset_style)
-        elif name == "fid":
+        elif name == "fid_tf":
             if test_extractors:
                 net, networks[name] = RandomFeatures(32, seed=2), test_note
                 built[name] = FrechetDistance(net, reset_real_features=reset_style)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from samam.evaluation import EvalMetricsCallback
 
-METRICS = {"test_extractors": True, "fid": {"enabled": False}}
+METRICS = {"test_extractors": True, "fid_tf": {"enabled": False}}
 
 
 class TinyModule(L.LightningModule):
@@ -64,7 +64,7 @@ def test_callback_logs_metrics_every_n_rounds_and_feeds_checkpointing(tiny_net, 
     m = trainer.callback_metrics
     for key in ("val/artfid", "val/fid_art", "val/lpips", "val/cfsd", "val/eval_seconds"):
         assert key in m and torch.isfinite(m[key]), key
-    assert "val/fid" not in m  # disabled metrics are not logged
+    assert "val/fid_tf" not in m  # disabled metrics are not logged
     assert torch.allclose(m["val/artfid"], (1 + m["val/lpips"]) * (1 + m["val/fid_art"]), rtol=1e-5)
     assert ckpt.best_model_path and ckpt.best_model_score is not None
     assert cb.state_dict() == {"rounds": 3}

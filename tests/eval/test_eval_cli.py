@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ("artfid", "fid_art", "lpips", "cfsd", "fid", "ms_per_image", "gmacs", "params", "peak_mem_mib")
+KEYS = ("artfid", "fid_art", "lpips", "cfsd", "fid_tf", "ms_per_image", "gmacs", "params", "peak_mem_mib")
 
 
 def entry_point(name: str):
@@ -54,7 +54,7 @@ def test_eval_end_to_end_writes_every_key(tiny_ckpt, tiny_net, image_dirs, tmp_p
     saved = json.loads((out / "results.json").read_text())
     for key in KEYS:
         assert key in saved
-    for key in ("artfid", "fid_art", "lpips", "cfsd", "fid", "ms_per_image", "gmacs", "params"):
+    for key in ("artfid", "fid_art", "lpips", "cfsd", "fid_tf", "ms_per_image", "gmacs", "params"):
         assert isinstance(saved[key], (int, float)), key
     assert saved["peak_mem_mib"] is None and "CUDA" in saved["null_reasons"]["peak_mem_mib"]
     assert saved["artfid"] == pytest.approx((1 + saved["lpips"]) * (1 + saved["fid_art"]))
@@ -75,12 +75,12 @@ def test_eval_disabled_metrics_are_null_with_reason(tiny_ckpt, image_dirs, tmp_p
     overrides = base_overrides(tiny_ckpt, image_dirs, out) + [
         "metrics.test_extractors=true",
         "metrics.lpips.enabled=false",
-        "metrics.fid.enabled=false",
+        "metrics.fid_tf.enabled=false",
         "bench.enabled=false",
     ]
     entry_point("eval")(compose_eval(overrides))
     saved = json.loads((out / "results.json").read_text())
-    for key in ("lpips", "fid", "artfid", "ms_per_image", "gmacs"):
+    for key in ("lpips", "fid_tf", "artfid", "ms_per_image", "gmacs"):
         assert saved[key] is None and saved["null_reasons"][key], key
     assert "metrics.lpips.enabled=false" in saved["null_reasons"]["lpips"]
     assert isinstance(saved["fid_art"], float) and isinstance(saved["cfsd"], float)
@@ -102,22 +102,39 @@ def test_eval_missing_checkpoint(image_dirs, tmp_path):
 
 
 def test_eval_fid_reference_is_the_style_files_as_they_are(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
-    """The network sees style_size² styles; FID's real set gets each style file unsquashed
-    (aspect kept), for the art Inception's own 512-shorter-side resize (SPEC §6)."""
+    """FID's real set gets each style file unsquashed (aspect kept, for the art Inception's own
+    512-shorter-side resize, SPEC §6), weighted by the number of contents: StyleID's reference
+    folder holds each style once per stylised image. By default the network sees each style
+    as the release's test script makes it: shorter side 256 (here 64), aspect kept."""
+    import samam.evaluation as E
     from samam.metrics import StyleTransferMetrics
 
-    seen = []
+    seen, embedded = [], []
     real = StyleTransferMetrics.update_style
     monkeypatch.setattr(
-        StyleTransferMetrics, "update_style", lambda self, s: (seen.append(tuple(s.shape)), real(self, s))
+        StyleTransferMetrics,
+        "update_style",
+        lambda self, s, weight=1: (seen.append((tuple(s.shape), weight)), real(self, s, weight)),
+    )
+    embed = E.embed_styles
+    monkeypatch.setattr(
+        E,
+        "embed_styles",
+        lambda net, ims, *a: (embedded.extend(tuple(i.shape) for i in ims), embed(net, ims, *a))[1],
     )
     out = tmp_path / "eval"
     overrides = base_overrides(tiny_ckpt, image_dirs, out) + [
         "metrics.test_extractors=true",
         "bench.enabled=false",
+        "style_size=null",
+        "style_short_side=64",
     ]
-    entry_point("eval")(compose_eval(overrides))
-    assert seen == [(1, 3, 80, 64), (1, 3, 72, 96), (1, 3, 64, 64)]  # s0 64×80, s1 96×72, s2 64×64 (W×H)
+    res = entry_point("eval")(compose_eval(overrides))
+    # s0 64×80, s1 96×72, s2 64×64 (W×H); 2 contents
+    assert seen == [((1, 3, 80, 64), 2), ((1, 3, 72, 96), 2), ((1, 3, 64, 64), 2)]
+    assert embedded == [(3, 80, 64), (3, 64, 85), (3, 64, 64)]  # 96·64/72 = 85.3, truncated
+    assert "style shorter side 64 (bilinear, aspect kept)" in (out / "results.md").read_text()
+    assert res["protocol"]["style_reference"] == "style files as decoded, each weighted by n_content"
 
 
 def test_eval_and_stylize_refuse_inputs_whose_outputs_would_collide(tiny_ckpt, image_dirs, tmp_path):

@@ -65,16 +65,16 @@ def test_artfid_formula_and_suite():
 
     rng = np.random.default_rng(2)
     real, fake = rng.normal(size=(20, 4)), rng.normal(loc=1.0, size=(20, 4))
-    fid = M.FrechetDistance(nn.Flatten(), num_features=4)
-    suite = M.StyleTransferMetrics(fid_art=fid, lpips=M.LPIPSDistance(Const()))
+    fid_tf = M.FrechetDistance(nn.Flatten(), num_features=4)
+    suite = M.StyleTransferMetrics(fid_art=fid_tf, lpips=M.LPIPSDistance(Const()))
     suite.update_style(torch.from_numpy(real).view(20, 4, 1, 1))
     suite.update(torch.from_numpy(fake).view(20, 4, 1, 1), torch.zeros(20, 4, 1, 1))
     res = suite.compute()
     assert res["lpips"] == pytest.approx(0.25)
     assert res["fid_art"] == pytest.approx(scipy_fid(real, fake), rel=1e-8)
     assert res["artfid"] == pytest.approx((1 + 0.25) * (1 + res["fid_art"]), rel=1e-12)
-    assert res["fid"] is None and res["cfsd"] is None
-    assert "disabled" in suite.reasons["fid"] and "artfid" not in suite.reasons
+    assert res["fid_tf"] is None and res["cfsd"] is None
+    assert "disabled" in suite.reasons["fid_tf"] and "artfid" not in suite.reasons
 
 
 def test_artfid_is_null_with_reason_when_lpips_disabled():
@@ -135,9 +135,9 @@ def test_lpips_plumbing_random_backbone():
 def test_metric_states_are_float64_sums():
     metric = M.CFSD(M.RandomFeatures(4, spatial=True))
     assert metric.total.dtype == torch.float64
-    fid = M.FrechetDistance(nn.Identity(), num_features=3)
-    assert fid.real_features_cov_sum.dtype == torch.float64
-    for m in (metric, fid):
+    fid_tf = M.FrechetDistance(nn.Identity(), num_features=3)
+    assert fid_tf.real_features_cov_sum.dtype == torch.float64
+    for m in (metric, fid_tf):
         assert all(fn is not None for fn in m._reductions.values())  # every state all-reduced
 
 
@@ -162,7 +162,7 @@ def test_missing_explicit_weights_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="art_inception.pth"):
         M.art_inception(weights=tmp_path / "nope.pth")
     with pytest.raises(M.MissingWeightsError, match="vgg19-dcbb9e9d.pth"):
-        M.build_metrics(fid_art={"enabled": False}, fid={"enabled": False}, lpips={"enabled": False})
+        M.build_metrics(fid_art={"enabled": False}, fid_tf={"enabled": False}, lpips={"enabled": False})
 
 
 def test_art_inception_tolerant_loader_and_mismatch_report():
@@ -186,6 +186,49 @@ def test_art_inception_tolerant_loader_and_mismatch_report():
     msg = str(info.value)
     assert "missing: Mixed_6b.branch1x1.conv.weight" in msg
     assert "Conv2d_1a_3x3.conv.weight: file (32, 3, 5, 5) vs model (32, 3, 3, 3)" in msg
+
+
+def test_art_inception_ignores_the_reference_files_two_classifiers_and_aux_heads():
+    """ArtFID's Inception3 has fc1, fc2, AuxLogits1, AuxLogits2 beside the torchvision backbone."""
+    model = M.ArtInceptionFeatures(short_side=None)
+    state = dict(model.net.state_dict())
+    heads = ["fc1.weight", "fc1.bias", "fc2.weight", "AuxLogits1.conv0.conv.weight", "AuxLogits2.fc.bias"]
+    state.update({k: torch.zeros(3) for k in heads})
+    assert M.load_art_inception_state(model, state) == sorted(heads)
+
+
+def test_art_inception_sees_pixels_in_0_1_at_their_size():
+    """As ArtFID (ToTensor only, transform_input=False) after StyleID's Resize(512): no resize
+    to 299 and no rescaling to [-1, 1]; only the shorter side is set (torchvision truncation)."""
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    ref = inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False).eval()
+    ref.fc, ref.dropout = nn.Identity(), nn.Identity()  # ref(x) = pooled 2048-d features
+    ours = M.ArtInceptionFeatures(short_side=None)
+    ours.net.load_state_dict(ref.state_dict(), strict=False)
+    x = torch.rand(2, 3, 100, 134)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+        ours.short_side = 90
+        resized = F.interpolate(x, size=(90, 120), mode="bilinear", align_corners=False, antialias=True)
+        torch.testing.assert_close(ours(x), ref(resized))  # 134·0.9 = 120.6 → 120
+        ours.short_side = None
+        with pytest.raises(ValueError, match="below its 75-px minimum"):
+            ours(torch.rand(1, 3, 60, 90))
+
+
+def test_weighted_reference_set_equals_repeated_images():
+    """Style statistics weighted by the number of contents = StyleID's copied reference folder."""
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(12, 8)), rng.normal(loc=0.2, size=(30, 8))
+    weighted = M.FrechetDistance(nn.Identity(), num_features=8)
+    weighted.update(torch.from_numpy(real), real=True, weight=3)
+    weighted.update(torch.from_numpy(fake), real=False)
+    assert int(weighted.real_features_num_samples) == 36
+    assert float(weighted.compute()) == pytest.approx(scipy_fid(np.repeat(real, 3, axis=0), fake), rel=1e-6)
+    with pytest.raises(ValueError, match="weight must be"):
+        weighted.update(torch.from_numpy(real), real=True, weight=0)
 
 
 def test_vgg19_relu31_matches_torchvision_layout(tmp_path):
