@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
@@ -45,33 +50,105 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.close(dir_fd)
 
 
+class CheckpointOnStop(Callback):
+    """Writes ``dirpath/last.ckpt`` when a run is stopped by SIGTERM (scancel, preemption, a
+    SLURM time limit), so a requeued or resumed run (``ckpt_path=auto``) loses no step.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` at the next step boundary, on every rank;
+    this saves there, before Lightning tears the strategy down. Other exceptions save nothing:
+    the state may be mid-step. ``samam.train`` then exits with status 143 (128 + SIGTERM).
+
+    submitit (``hydra/launcher=slurm``) requeues on SIGUSR2 and exits at once, mid-step. When a
+    Python handler for SIGUSR2 is installed at fit start, it is deferred: the signal becomes a
+    SIGTERM for Lightning (save at the step boundary, as above), and ``after_stop()`` (called by
+    ``samam.train``) then runs the deferred handler, which requeues the job."""
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
+        self.dirpath, self.filename = dirpath, filename
+        self._requeue: Callable[[int, FrameType | None], Any] | None = None
+        self._requeue_pending = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        handler = signal.getsignal(signal.SIGUSR2)
+        if callable(handler) and handler != self._defer_requeue:
+            self._requeue = handler
+            signal.signal(signal.SIGUSR2, self._defer_requeue)
+
+    def _defer_requeue(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGUSR2 (requeue): stopping at the next step boundary to checkpoint first")
+        self._requeue_pending = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.global_step == 0:
+            return
+        path = Path(self.dirpath) / self.filename
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning("stopped by SIGTERM at step %d; saved %s", trainer.global_step, path)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._requeue is not None and signal.getsignal(signal.SIGUSR2) == self._defer_requeue:
+            signal.signal(signal.SIGUSR2, self._requeue)
+
+    def after_stop(self) -> None:
+        """Run the SIGUSR2 handler deferred by a stop (submitit: requeue this job, then exit)."""
+        if self._requeue_pending and self._requeue is not None:
+            self._requeue_pending = False
+            self._requeue(signal.SIGUSR2, None)
+
+
 class LossSummary(Callback):
     """Remembers the style loss at the start and end: on the fixed validation pairs and as the mean of
-    the first/last ``window`` training steps. ``samam.train`` prints the summary."""
+    the first/last ``window`` training steps. ``samam.train`` prints the summary.
+
+    Training values stay device tensors until the summary (or a checkpoint) needs them, so no step
+    waits for the device; the state is checkpointed, so a resumed run summarises the whole run."""
 
     def __init__(self, key: str = "loss_style", window: int = 10) -> None:
         self.key, self.window = key, window
-        self.train: list[float] = []
+        self.steps = 0
+        self.first: list[torch.Tensor | float] = []  # the first `window` steps' values
+        self.last: deque[torch.Tensor | float] = deque(maxlen=window)  # the latest `window`
         self.val: list[tuple[int, float]] = []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        value = trainer.callback_metrics.get(f"train/{self.key}")
+        value = getattr(pl_module, "last_losses", {}).get(self.key)  # detached, on the device
         if value is not None:
-            self.train.append(float(value))
+            self.steps += 1
+            if len(self.first) < self.window:
+                self.first.append(value)
+            self.last.append(value)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(f"val/{self.key}")
         if value is not None and not trainer.sanity_checking:
             self.val.append((trainer.global_step, float(value)))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "first": [float(v) for v in self.first],
+            "last": [float(v) for v in self.last],
+            "val": list(self.val),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = int(state_dict.get("steps", 0))
+        self.first = list(state_dict.get("first", []))
+        self.last = deque(state_dict.get("last", []), maxlen=self.window)
+        self.val = [(int(s), float(v)) for s, v in state_dict.get("val", [])]
+
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        if len(self.train) >= 2:
-            w = min(self.window, len(self.train) // 2)
-            out["train_start"] = sum(self.train[:w]) / w
-            out["train_end"] = sum(self.train[-w:]) / w
+        if self.steps >= 2:
+            w = min(self.window, self.steps // 2)
+            out["train_start"] = sum(float(v) for v in self.first[:w]) / w
+            out["train_end"] = sum(float(v) for v in list(self.last)[-w:]) / w
         if len(self.val) >= 2:
             out["val_start"], out["val_end"] = self.val[0][1], self.val[-1][1]
             out["val_start_step"], out["val_end_step"] = float(self.val[0][0]), float(self.val[-1][0])

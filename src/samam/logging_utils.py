@@ -50,8 +50,11 @@ def wandb_logger(
     name: str | None = None,
     mode: WandbMode | None = None,
     log_model: bool = False,
+    id: str | None = None,
+    resume: str | None = None,
 ) -> WandbLogger:
-    """WandbLogger with a resolved mode; the run starts lazily on first use (rank 0 only)."""
+    """WandbLogger with a resolved mode; the run starts lazily on first use (rank 0 only).
+    ``id`` + ``resume="allow"`` continue an existing run (set by ``samam.train`` on resume)."""
     resolved = resolve_wandb_mode(mode)
     os.makedirs(save_dir, exist_ok=True)
     return WandbLogger(
@@ -63,14 +66,17 @@ def wandb_logger(
         save_dir=save_dir,
         mode=resolved,
         log_model=log_model,
+        id=id,
+        resume=resume,
     )
 
 
-def finish_wandb() -> None:
-    """Close the active W&B run, so the next multirun job starts its own."""
+def finish_wandb(exit_code: int = 0) -> None:
+    """Close the active W&B run, so the next multirun job starts its own; a non-zero
+    ``exit_code`` marks it failed (crashed or stopped) instead of finished."""
     if "wandb" not in sys.modules:
         return
     import wandb
 
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)

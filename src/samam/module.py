@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -78,6 +79,7 @@ class StyleTransferModule(L.LightningModule):
         self.sample_dir = sample_dir
         self.run_config = run_config
         self.last_grid_path: Path | None = None
+        self.last_losses: dict[str, Tensor] = {}
 
     def setup(self, stage: str) -> None:
         if self.compile_net:
@@ -99,6 +101,7 @@ class StyleTransferModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self._step(batch)
+        self.last_losses = {k: v.detach() for k, v in losses.items()}  # for callbacks, no host sync
         b = batch["content"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=b)
         self.log("train/loss", losses["loss"].detach(), prog_bar=True, batch_size=b)
@@ -158,6 +161,9 @@ class StyleTransferModule(L.LightningModule):
             "config": self.run_config,
             "version": CHECKPOINT_VERSION,
         }
+        wandb_ids = [lg.version for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if wandb_ids and wandb_ids[0]:
+            checkpoint["samam"]["wandb_id"] = wandb_ids[0]  # a resumed run continues this W&B run
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before load_state_dict: put the current loss network back so strict loading passes.

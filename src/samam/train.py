@@ -12,9 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from samam.callbacks import AtomicCheckpointIO, LossSummary
+from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, LossSummary
 from samam.logging_utils import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,10 @@ def world_size(devices: Any, num_nodes: int) -> int | None:
 
 
 def check_launch(cfg: DictConfig) -> None:
-    """Refuse Hydra multirun on the in-process (basic) launcher combined with a multi-process DDP
-    launch: Lightning would re-run this script per rank inside a sweep job, and the ranks of one job
-    would join the sweep. Sweep DDP jobs on a cluster launcher (hydra/launcher=slurm) instead."""
+    """Refuse Hydra multirun on the in-process (basic) launcher when a run would have more than one
+    process, whatever the strategy says (with strategy=auto Lightning picks DDP by itself):
+    Lightning would re-run this script per rank inside a sweep job, and the ranks of one job would
+    join the sweep. Sweep multi-process jobs on a cluster launcher (hydra/launcher=slurm) instead."""
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
@@ -46,11 +48,15 @@ def check_launch(cfg: DictConfig) -> None:
     strategy = cfg.trainer.get("strategy", "auto")
     strategy_name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
     n = world_size(cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
-    if "ddp" in strategy_name.lower() and n != 1:
+    if n is None:  # devices=auto / -1: every visible GPU (Lightning then picks DDP itself)
+        on_gpu = cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+        n = (torch.cuda.device_count() if on_gpu else 1) * int(cfg.trainer.get("num_nodes", 1))
+    if n > 1:
         raise RuntimeError(
             f"Refusing `-m` (multirun) with trainer={hc.runtime.choices.get('trainer')} "
-            f"({strategy_name}, devices={cfg.trainer.get('devices')}, num_nodes={cfg.trainer.get('num_nodes')}) "
-            f"on the '{launcher}' launcher: one run must be one process group. Either sweep on SLURM "
+            f"({strategy_name}, devices={cfg.trainer.get('devices')}, num_nodes={cfg.trainer.get('num_nodes')}: "
+            f"{n} processes) on the '{launcher}' launcher: one run must be one process group, and Lightning "
+            "would re-run this script per rank inside the sweep. Either sweep on SLURM "
             "(add hydra/launcher=slurm, or submitit_slurm) so each arm gets its own srun job, or run the "
             "arms one by one without -m (python train.py experiment=... trainer=ddp)."
         )
@@ -63,9 +69,46 @@ def default_run_name(cfg: DictConfig) -> str:
         overrides = [
             o
             for o in HydraConfig.get().overrides.task
-            if not o.startswith(("experiment=", "hydra", "paths."))
+            if not o.startswith(("experiment=", "hydra", "paths.", "ckpt_path="))
         ]
     return ",".join([str(cfg.experiment_name)] + overrides)
+
+
+def resolve_ckpt_path(
+    ckpt_path: str | None, output_dir: str | Path, run_config: dict[str, Any]
+) -> str | None:
+    """``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
+    restarted job resumes where it stopped), else a fresh start. It must hold the same
+    experiment and network, else the run stops rather than overwrite another run's checkpoints.
+    Any other value is returned as it is."""
+    if ckpt_path != "auto":
+        return ckpt_path
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    saved = (
+        torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("samam", {}).get("config", {})
+    )
+    for key in ("experiment_name", "model"):
+        if key in saved and saved[key] != run_config.get(key):
+            raise RuntimeError(
+                f"ckpt_path=auto: {last} belongs to another run ({key} differs: {saved[key]!r} vs "
+                f"{run_config.get(key)!r}). Give this run its own folder (hydra.run.dir=...), pass "
+                "ckpt_path=null to start over there, or ckpt_path=<file> to resume a specific checkpoint."
+            )
+    log.info("ckpt_path=auto: resuming from %s", last)
+    return str(last)
+
+
+def _wandb_id(ckpt_path: str | None) -> str | None:
+    """The W&B run a checkpoint was logging to (``checkpoint["samam"]["wandb_id"]``), if any."""
+    if ckpt_path is None or not Path(ckpt_path).is_file():
+        return None
+    return (
+        torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        .get("samam", {})
+        .get("wandb_id")
+    )
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -97,6 +140,12 @@ def main(cfg: DictConfig) -> dict[str, float]:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(run_config, dict)
 
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, run_config)
+    wandb_id = _wandb_id(ckpt_path)
+    if wandb_id is not None and cfg.get("logger") and cfg.logger.get("wandb") is not None:
+        with open_dict(cfg):  # the resumed run logs on into the same W&B run
+            cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"
+
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
     loss = instantiate(cfg.loss)
@@ -114,16 +163,24 @@ def main(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(run_config)
 
     try:
-        if cfg.validate_before_training and cfg.ckpt_path is None:
+        if cfg.validate_before_training and ckpt_path is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         last = _final_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.is_global_zero:
             _report(trainer, module, last)
-        return metrics
-    finally:
-        finish_wandb()
+    except SIGTERMException:  # raised by Lightning at a step boundary; CheckpointOnStop saved there
+        finish_wandb(exit_code=143)
+        for cb in trainer.callbacks:
+            if isinstance(cb, CheckpointOnStop):
+                cb.after_stop()  # a deferred submitit requeue: requeues and exits
+        raise SystemExit(143) from None  # not 0: SLURM and shells must see the run did not finish
+    except BaseException:
+        finish_wandb(exit_code=1)
+        raise
+    finish_wandb()
+    return metrics
 
 
 def _final_checkpoint(trainer: L.Trainer) -> Path | None:

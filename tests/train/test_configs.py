@@ -52,6 +52,21 @@ def test_model_presets_compose(compose):
         assert cfg.model.scan == "cross" and cfg.model.out_norm == "instancenorm"
 
 
+def test_run_name_leaves_out_the_checkpoint_path(monkeypatch):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from samam import train
+
+    hc = SimpleNamespace(
+        overrides=SimpleNamespace(task=["experiment=demo", "seed=1", "ckpt_path=/a/b/last.ckpt"])
+    )
+    monkeypatch.setattr(train.HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(train.HydraConfig, "get", staticmethod(lambda: hc))
+    assert train.default_run_name(OmegaConf.create({"experiment_name": "demo"})) == "demo,seed=1"
+
+
 def test_world_size():
     assert world_size(2, 3) == 6
     assert world_size([0, 1], 1) == 2
@@ -74,6 +89,9 @@ def test_multirun_with_in_process_ddp_is_refused(monkeypatch, compose):
     fake.runtime.choices["hydra/launcher"] = "slurm"
     check_launch(cfg)  # a cluster launcher gives each arm its own job
     check_launch(compose(["trainer=cpu"]))
+    fake.runtime.choices["hydra/launcher"] = "basic"
+    with pytest.raises(RuntimeError, match="2 processes"):  # strategy=auto: Lightning would pick DDP
+        check_launch(compose(["trainer=cpu", "trainer.devices=2"]))
 
 
 def test_conf_files_have_no_stray_names():

@@ -19,6 +19,17 @@ def test_mean_std_matches_adain_definition():
     assert torch.allclose(n.view(2, 3, -1).mean(-1), torch.zeros(2, 3), atol=1e-5)
 
 
+def test_mean_std_in_float32_under_mixed_precision():
+    """bf16 features (autocast): statistics in fp32; a nearly constant channel keeps its std."""
+    feat = (1.0 + 1e-3 * torch.randn(2, 4, 16, 16)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, sigma = mean_std(feat)
+    ref_mu, ref_sigma = mean_std(feat.float())
+    assert mu.dtype == sigma.dtype == torch.float32
+    torch.testing.assert_close(sigma, ref_sigma, rtol=0, atol=0)
+    torch.testing.assert_close(mu, ref_mu, rtol=0, atol=0)
+
+
 def test_style_and_content_loss_known_values():
     feats = [torch.randn(2, c, 8, 8) for c in (4, 4, 4, 4, 4)]
     assert StyleTransferLoss.style_loss(feats, [f.clone() for f in feats]) == 0
