@@ -240,7 +240,12 @@ class StyleTransferDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if len(self.content_files) > 0:
             return
-        _ = self.per_device_batch_size  # fail early on an indivisible batch
+        log.info(  # fails early on an indivisible batch
+            "data: global batch %d = %d per device × %d devices",
+            self.batch_size,
+            self.per_device_batch_size,
+            1 if self.trainer is None else self.trainer.world_size,
+        )
         content = self._usable(list_images(self.content_dir, "content"))
         style = self._usable(list_images(self.style_dir, "style"))
         for files, what, folder in ((content, "content", self.content_dir), (style, "style", self.style_dir)):

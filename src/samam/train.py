@@ -189,7 +189,12 @@ def _final_checkpoint(trainer: L.Trainer) -> Path | None:
     if ckpt is None or ckpt.dirpath is None:
         return None
     last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
-    if ckpt._last_global_step_saved != trainer.global_step or not last.is_file():
+    # Rank 0 decides and every rank follows: save_checkpoint is collective, and ranks on a
+    # non-coherent shared file system could disagree about is_file().
+    missing = trainer.strategy.broadcast(
+        ckpt._last_global_step_saved != trainer.global_step or not last.is_file()
+    )
+    if missing:
         trainer.save_checkpoint(last)
     return last
 
