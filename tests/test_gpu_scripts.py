@@ -34,6 +34,9 @@ def test_gpu_check_without_cuda_runs_every_phase_and_fails_cleanly(tmp_path):
     log = (tmp_path / "gpu_check.log").read_text()
     for phase in ("machine", "GPU-marked tests", "benchmark on CUDA", "8192²", "summary"):
         assert f"=== {phase}" in log, phase
+    mamba_phase = log.split("=== samam sees mamba-ssm's kernel", 1)[1].split("===", 1)[0]
+    assert "AssertionError: mamba_ssm" in mamba_phase, mamba_phase  # refused for the stated reason,
+    assert "ImportError" not in mamba_phase, mamba_phase  # not because the check itself broke
     summary = log.split("=== summary", 1)[1]
     assert "mamba=1" in summary and "benchmark=1" in summary  # no kernel, no CUDA: refused, not passed
     assert "gpu_check.log" in summary  # the log ends with the listing of $OUT: flushed before exit

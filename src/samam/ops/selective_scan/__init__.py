@@ -11,7 +11,7 @@ returned ScanBackend. numba and mamba_ssm are imported only when asked for.
 from __future__ import annotations
 
 from samam.ops.selective_scan.backend import BACKENDS, BackendName, ScanBackend, resolve_scan_backend
-from samam.ops.selective_scan.mamba_scan import mamba_available
+from samam.ops.selective_scan.mamba_scan import mamba_available, mamba_unavailable_reason
 from samam.ops.selective_scan.numba_scan import numba_available, selective_scan_numba
 from samam.ops.selective_scan.reference import check_scan_shapes, selective_scan_ref
 from samam.ops.selective_scan.torch_scan import selective_scan_torch
@@ -22,6 +22,7 @@ __all__ = [
     "ScanBackend",
     "check_scan_shapes",
     "mamba_available",
+    "mamba_unavailable_reason",
     "numba_available",
     "resolve_scan_backend",
     "selective_scan_numba",
