@@ -13,7 +13,8 @@ what it measured.
 
 The authors' release is never imported unless --release-path names a local clone; it is
 then timed in the same process with its own scan (mamba-ssm on CUDA, pure torch on CPU).
---peers times other networks (experiments/stytr2.py) on the inference tasks, style side = content side.
+--peers times other networks (experiments/stytr2.py) on the inference tasks, with our style size
+(--peer-style same, like for like) or style side = content side (content, the published setting).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ FIELDS = (
     "speedup_vs_stytr2", "speedup_vs_stytr2_sdpa", "status", "notes",
 )  # fmt: skip
 # Reference impl → (column, markdown header): its median / a row's median, same task, batch,
-# content side and precision, same run; filled for every other impl's ok rows.
+# content and style sides and precision, same run; filled for every other impl's ok rows.
 SPEEDUPS = {
     "release": ("speedup_vs_release", "vs release"),
     "stytr2": ("speedup_vs_stytr2", "vs StyTr²"),
@@ -239,13 +240,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         choices=list(PEERS),
         help="also time StyTr² (experiments/stytr2.py, random weights): stytr2 = published attention, "
-        "stytr2-sdpa = same weights through SDPA; inference only, style side = content side",
+        "stytr2-sdpa = same weights through SDPA; inference only",
+    )
+    p.add_argument(
+        "--peer-style",
+        choices=["same", "content"],
+        default="same",
+        help="the peers' style side: same = --style-size, as ours (like for like; the vs-peer ratios "
+        "compare equal inputs); content = the content's side (how StyTr²'s figures are usually taken)",
     )
     p.add_argument(
         "--peer-model", nargs="*", default=[], metavar="K=V", help="StyTr2 constructor overrides (tests)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="default experiments/results/<date>-<device>/")
+    p.add_argument(
+        "--replot",
+        type=Path,
+        metavar="DIR",
+        help="only rewrite DIR's results.md and scaling.png from its results.csv and meta.json (e.g. "
+        "on a machine with matplotlib after a GPU run without it); runs nothing",
+    )
     return p
 
 
@@ -442,7 +457,7 @@ class Series:
     requested: str  # backend asked for
     build: Callable[[], nn.Module]
     batched: bool = True  # False: the network takes one sample at a time (the release's S7)
-    peer: bool = False  # another method: inference tasks only, style side = content side
+    peer: bool = False  # another method: inference tasks only (style side: --peer-style)
     graph: bool = False  # replayed from a captured CUDA graph per shape (samam.cuda_graph): inference only
     backend: str = ""  # what the built network resolved it to
 
@@ -554,8 +569,21 @@ def forward_fn(series: Series, net: nn.Module) -> Callable[[torch.Tensor, torch.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_loss(kind: str, device: torch.device) -> tuple[LossFn, str]:
-    """The training objective: SaMam's VGG perceptual loss, or MSE when it is unavailable."""
+class _TotalLoss(nn.Module):
+    """StyleTransferLoss → its total; a module, so run_case can keep it on the device only for
+    training cases (inference rows' peak memory must not include the loss network)."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, *t: torch.Tensor) -> torch.Tensor:
+        return self.loss(*t)["loss"]
+
+
+def build_loss(kind: str) -> tuple[LossFn, str]:
+    """The training objective: SaMam's VGG perceptual loss (built on the CPU), or MSE when it
+    is unavailable."""
 
     def mse(ics, icc, iss, c, s):
         return F.mse_loss(torch.cat([ics, icc, iss]), torch.cat([c, c, s]))
@@ -572,10 +600,10 @@ def build_loss(kind: str, device: torch.device) -> tuple[LossFn, str]:
     level = losses_log.level
     losses_log.setLevel(logging.ERROR)  # its random-weights warning is meant for training runs
     try:
-        loss = StyleTransferLoss(vgg="random").to(device)
+        loss = _TotalLoss(StyleTransferLoss(vgg="random"))
     finally:
         losses_log.setLevel(level)
-    return (lambda *t: loss(*t)["loss"]), "VGG-19 perceptual (samam.losses; random weights, same FLOPs)"
+    return loss, "VGG-19 perceptual (samam.losses; random weights, same FLOPs)"
 
 
 # ---- cases ----------------------------------------------------------------------------
@@ -627,6 +655,24 @@ def train_case(
         opt.step()
 
     return step
+
+
+def failure_status(err: BaseException) -> str:
+    """A row's status for a failed case: ``oom`` or ``error: <type>: <first line>``."""
+    if is_oom(err):
+        return "oom"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"error: {type(err).__name__}: {first}"[:200].rstrip(": ")
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what the last case held; after a sticky CUDA error this can raise too, and is logged."""
+    gc.collect()
+    if device.type == "cuda":
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as err:
+            log.warning("torch.cuda.empty_cache failed (the CUDA context may be broken): %s", err)
 
 
 def is_oom(err: BaseException) -> bool:
@@ -709,7 +755,7 @@ def run_case(
         task=task,
         batch=batch,
         content=size,
-        style=size if task == "train" or s.peer else args.style_size,
+        style=size if task == "train" or (s.peer and args.peer_style == "content") else args.style_size,
         pixels=size * size,
         mem_kind=memory.kind,
     )
@@ -748,6 +794,8 @@ def run_case(
     try:
         if task == "train":
             net.train()
+            if isinstance(ctx.loss_fn, nn.Module):
+                ctx.loss_fn.to(device)
             call = train_case(s, net, device, precision, batch, size, ctx.loss_fn)
         else:
             net.eval()
@@ -757,18 +805,17 @@ def run_case(
         times = time_calls(call, device, args.warmup, args.repeats, args.case_seconds)
         peak = memory.measure(call) if memory.extra_call else memory.peak_mib()
         row["peak_mib"] = round(peak, 1)
-    except (RuntimeError, MemoryError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        row["status"] = "oom" if is_oom(err) else f"error: {first[:160]}"
+    except Exception as err:  # any failure is this case's row; the next series still runs
+        row["status"] = failure_status(err)
         h.failed = row["status"]
-        log.warning("%s %s %s %s²: %s", s.label, precision, task, size, first)
+        log.warning("%s %s %s %s²: %s", s.label, precision, task, size, row["status"])
         return row
     finally:
         net.eval()
         call = None
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        if isinstance(ctx.loss_fn, nn.Module):
+            ctx.loss_fn.to("cpu")  # off the device for the inference cases' peak memory
+        release_memory(device)
     med = statistics.median(times)
     h.points.append((size * size, med))
     h.mem_points.append((size * size, peak))
@@ -800,9 +847,23 @@ def cases(args: argparse.Namespace) -> Iterator[tuple[str, int, int]]:
 def run_series(
     ctx: Context, s: Series, precision: str, rows: list[dict[str, Any]], on_row: Callable[[], None]
 ):
-    """Build one network and run every case on it, sizes ascending per task."""
+    """Build one network and run every case on it, sizes ascending per task. A network that
+    fails to build gives an error row for each of its cases."""
     torch.manual_seed(ctx.args.seed)
-    net = s.build()
+    try:
+        net = s.build()
+    except Exception as err:
+        status = failure_status(err)
+        log.warning("%s %s: building failed: %s", s.label, precision, status)
+        for task, batch, size in cases(ctx.args):
+            row = dict.fromkeys(FIELDS, "")
+            row.update(
+                impl=s.impl, mixer=s.mixer, backend=s.backend, precision=precision, task=task, batch=batch,
+                content=size, pixels=size * size, status=f"{status} (building the network)",
+            )  # fmt: skip
+            rows.append(row)
+        on_row()
+        return
     if s.impl == "samam" and s.mixer == "ssm":
         resolved = getattr(getattr(net, "_orig_mod", net), "scan_backend", None)
         s.backend = backend_name(resolved, ctx.device) if resolved is not None else s.requested
@@ -816,23 +877,37 @@ def run_series(
         print(f"benchmark: {s.label} {precision} {task} b{batch} {size}²: {_summary(row)}", flush=True)
         on_row()
     del net
-    gc.collect()
-    if ctx.device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(ctx.device)
 
 
 # ---- outputs --------------------------------------------------------------------------
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Fill every SPEEDUPS column: reference median / row median; > 1 = faster than the reference."""
-    key = ("task", "batch", "content", "precision")
+    """Fill every SPEEDUPS column: reference median / row median; > 1 = faster than the reference.
+    Only rows with equal inputs are compared (task, batch, content and style sides, precision)."""
+    key = ("task", "batch", "content", "style", "precision")
     for impl, (column, _) in SPEEDUPS.items():
         ref = {tuple(r[k] for k in key): r for r in rows if r["impl"] == impl and r["status"] == "ok"}
         for r in rows:
             base = ref.get(tuple(r[k] for k in key))
             ok = r["impl"] != impl and r["status"] == "ok" and base is not None
             r[column] = round(base["median_ms"] / r["median_ms"], 3) if ok else ""
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """results.csv back into rows with numbers where numbers were written (for --replot)."""
+    ints, floats = (
+        {"batch", "content", "style", "pixels", "repeats"},
+        {"median_ms", "min_ms", "img_per_s", "peak_mib"},
+    )
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ints | floats:
+            if r.get(k, "") != "":
+                r[k] = int(r[k]) if k in ints else float(r[k])
+    return rows
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -870,6 +945,12 @@ def scaling(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for s in out.values():
         s["time_slope"] = fit_slope(s["pixels"], s["ms"])
         s["mem_slope"] = fit_slope(s["pixels"], s["mib"])
+        # Fixed costs (launches, the style branch) flatten the small sizes: the large ones show
+        # how the work itself grows.
+        top = sorted(zip(s["pixels"], s["ms"]))[-3:]
+        s["time_slope_top3"] = (
+            fit_slope([p for p, _ in top], [t for _, t in top]) if len(s["pixels"]) > 3 else None
+        )
     return out
 
 
@@ -902,8 +983,13 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
     if meta.get("peers"):
         lines.append(
             f"- peers: {', '.join(meta['peers'])} (experiments/stytr2.py, random weights; {meta['peer_model']}); "
-            "content and style both n² (style side = content side), ours keep style "
-            f"{meta['style']}²; inference only (train rows skipped)"
+            + (
+                "content and style both n² (--peer-style content), ours keep style "
+                f"{meta['style']}²: ratios only where the sides are equal"
+                if meta.get("peer_style") == "content"
+                else f"style {meta['style']}² as ours (--peer-style same)"
+            )
+            + "; inference only (train rows skipped)"
         )
     lines.append("")
     impls = {r["impl"] for r in rows}
@@ -929,10 +1015,14 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
     fits = scaling(rows)
     if fits:
         lines += ["", "Log-log slope vs pixels, batch-1 latency (1 = linear, 2 = quadratic):", ""]
-        lines += ["| series | sizes | time slope | memory slope |", "|---|---|---|---|"]
+        lines += [
+            "| series | sizes | time slope | time slope, 3 largest sizes | memory slope |",
+            "|---|---|---|---|---|",
+        ]
         for name, s in fits.items():
             sizes = ", ".join(f"{round(math.sqrt(p))}²" for p in s["pixels"])
-            lines.append(f"| {name} | {sizes} | {fmt(s['time_slope'], 2)} | {fmt(s['mem_slope'], 2)} |")
+            slopes = (fmt(s[k], 2) for k in ("time_slope", "time_slope_top3", "mem_slope"))
+            lines.append(f"| {name} | {sizes} | " + " | ".join(slopes) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -966,7 +1056,8 @@ def write_plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> 
         ax.grid(True, which="both", alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=8)
-    peers = f"; peers (dashed): style = content, {', '.join(meta['peers'])}" if meta.get("peers") else ""
+    peer_style = "style = content" if meta.get("peer_style") == "content" else f"style {meta['style']}²"
+    peers = f"; peers (dashed): {peer_style}, {', '.join(meta['peers'])}" if meta.get("peers") else ""
     fig.suptitle(
         f"SaMam, {meta.get('gpu') or meta['cpu']}, style {meta['style']}²{peers}, {meta['date'][:10]}",
         fontsize=10,
@@ -991,6 +1082,11 @@ def write_outputs(rows, meta, out: Path, plot: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.replot is not None:
+        meta = json.loads((args.replot / "meta.json").read_text())
+        write_outputs(read_csv(args.replot / "results.csv"), meta, args.replot, plot=True)
+        print(f"benchmark: rewrote {args.replot / 'results.md'} and {args.replot / 'scaling.png'}")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -1021,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--peer-model: no --peers to apply it to")
     peer_desc = "StyTr2(" + ", ".join(f"{k}={v}" for k, v in peer_kw.items()) + ")"
     memory = PeakMemory(device)
-    loss_fn, loss_desc = build_loss(args.loss, device) if "train" in args.tasks else (None, "not timed")
+    loss_fn, loss_desc = build_loss(args.loss) if "train" in args.tasks else (None, "not timed")
 
     meta = machine_info(device)
     name = meta.get("gpu", "cpu") if gpu else "cpu"
@@ -1042,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         cuda_graph=args.cuda_graph,
         peers=args.peers,
+        peer_style=args.peer_style,
         peer_model=peer_desc if peer_kw else "StyTr2() (published sizes)",
         peer_model_kwargs=peer_kw,
     )
@@ -1058,12 +1155,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     t_start = time.monotonic()
     ctx = Context(args, device, memory, loss_fn, loss_desc, time_limit, t_start)
+    interrupted = False
     try:
         # Precision outermost: with a --budget, every network's fp32 figures come first.
         for precision in args.precision:
             for s in series:
                 run_series(ctx, s, precision, rows, on_row=lambda: write_outputs(rows, meta, out, plot=False))
     except KeyboardInterrupt:
+        interrupted = True
         print("benchmark: interrupted; writing what was measured", file=sys.stderr)
     finally:
         meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -1072,7 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(rows, meta, out, plot=True)
     print(f"benchmark: load average at end {meta['loadavg_end']}; {meta['elapsed_s']} s")
     print((out / "results.md").read_text())
-    return 0
+    return 130 if interrupted else 0  # interrupted: the files hold what was measured, not every case
 
 
 if __name__ == "__main__":

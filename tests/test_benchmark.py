@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny import TINY as TINY_PRESET
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [f"{k}={v}" for k, v in TINY_PRESET.items()]  # --model overrides
@@ -50,6 +51,13 @@ def test_benchmark_writes_csv_markdown_and_plot(tmp_path):
     assert "time slope" in md and "samam attention" in md
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "- fp32 math: matmul precision high; cuDNN TF32 convolutions on" in md
+
+    # --replot rebuilds the table and the plot from the CSV and meta.json alone
+    (out / "scaling.png").unlink()
+    (out / "results.md").write_text("")
+    assert _load_benchmark().main(["--replot", str(out)]) == 0
+    assert (out / "results.md").read_text() == md
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "meta.json").read_text())["float32_matmul_precision"] == "high"
 
 
@@ -95,7 +103,7 @@ def test_benchmark_times_stytr2_peers_in_the_same_run(tmp_path):
         for size in ("72", "96"):
             r = rows[(impl, "latency", size)]
             assert (r["mixer"], r["backend"], r["status"]) == ("attention", backend, "ok")
-            assert r["style"] == size  # peers: style side = content side
+            assert r["style"] == "64"  # --peer-style same (default): the peers get our style size
         assert rows[(impl, "train", "72")]["status"] == "skipped: peers are timed for inference only"
     for size in ("72", "96"):
         ours, mha, sdpa = (rows[(impl, "latency", size)] for impl in ("samam", "stytr2", "stytr2-sdpa"))
@@ -111,7 +119,7 @@ def test_benchmark_times_stytr2_peers_in_the_same_run(tmp_path):
 
     md = (out / "results.md").read_text()
     assert "| peak MiB | vs StyTr² | vs StyTr² sdpa | status |" in md and "vs release" not in md
-    assert "content and style both n²" in md and "decoder_width=16" in md
+    assert "style 64² as ours (--peer-style same)" in md and "decoder_width=16" in md
     assert "| stytr2 attention/mha fp32 | 72², 96² |" in md  # its slope row
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -130,7 +138,7 @@ def test_guards_skip_a_quadratic_peer_before_it_runs(monkeypatch):
     # One point, no measured slope: a peer is assumed quadratic, 4 s at 512² → ~64 s at 1024².
     row = run(bench.History(points=[(512 * 512, 4.0)]))
     assert row["status"] == "skipped: ~64 s per call predicted > --time-limit 10"
-    assert row["style"] == 1024
+    assert row["style"] == 256  # --peer-style same: our style size
     # Memory on CPU: 1 GiB at 512² → ≥ 16 GiB at 1024², over 70% of the (pretended) 10 GiB free.
     monkeypatch.setattr(bench, "available_mib", lambda: 10240.0)
     row = run(bench.History(mem_points=[(512 * 512, 1024.0)]))
@@ -183,3 +191,64 @@ def test_first_warmup_call_does_not_set_the_number_of_timed_calls(monkeypatch):
     assert benchmark.time_calls(lambda: None, torch.device("cpu"), warmup=3, repeats=10, case_seconds=4) == [
         60.0
     ]
+
+
+def test_a_failing_network_gives_rows_and_the_next_series_still_runs(tmp_path, monkeypatch):
+    """A release that cannot import, or raises something other than RuntimeError, is an error
+    row per case; an interrupted run writes its files and exits 130, not 0."""
+    bench = _load_benchmark()
+    argv = ["--device", "cpu", "--tasks", "latency", "--sizes", "64", "96", "--repeats", "1", "--warmup", "0"]
+    args = bench.build_parser().parse_args(argv)
+    cpu = torch.device("cpu")
+    ctx = bench.Context(args, cpu, bench.PeakMemory(cpu), None, "-", 0.0, t_start=0.0)
+
+    def cannot_import() -> nn.Module:
+        raise ModuleNotFoundError("No module named 'mamba_ssm'")
+
+    class Refuses(nn.Module):
+        def forward(self, content, style):
+            raise AssertionError("release says no")
+
+    rows: list[dict] = []
+    bench.run_series(ctx, bench.Series("release", "ssm", "mamba", cannot_import), "fp32", rows, lambda: None)
+    bench.run_series(ctx, bench.Series("release", "ssm", "torch", Refuses), "fp32", rows, lambda: None)
+    assert [r["status"] for r in rows] == [
+        "error: ModuleNotFoundError: No module named 'mamba_ssm' (building the network)",
+        "error: ModuleNotFoundError: No module named 'mamba_ssm' (building the network)",
+        "error: AssertionError: release says no",
+        "skipped: a smaller size failed (error: AssertionError: release says no)",
+    ]
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_series", interrupt)
+    assert bench.main([*argv, "--model", *TINY, "--out", str(tmp_path)]) == 130
+    assert (tmp_path / "results.md").is_file()
+
+
+def test_peer_ratios_compare_equal_inputs_only():
+    """--peer-style content gives the peer style = content: no ratio where our style differs."""
+    bench = _load_benchmark()
+
+    def row(impl, content, style, ms):
+        r = dict.fromkeys(bench.FIELDS, "")
+        r.update(impl=impl, task="latency", batch=1, content=content, style=style, precision="fp32")
+        return {**r, "median_ms": ms, "status": "ok"}
+
+    rows = [row("samam", 256, 256, 2.0), row("stytr2", 256, 256, 6.0), row("samam", 512, 256, 4.0)]
+    rows.append(row("stytr2", 512, 512, 30.0))
+    bench.add_speedups(rows)
+    assert [r["speedup_vs_stytr2"] for r in rows] == [3.0, "", "", ""]
+
+
+def test_slope_of_the_largest_sizes_ignores_fixed_costs():
+    bench = _load_benchmark()
+    rows = [
+        {"impl": "samam", "mixer": "ssm", "backend": "mamba", "precision": "fp32", "task": "latency"}
+        | {"status": "ok", "pixels": p, "median_ms": ms, "peak_mib": p / 10}
+        for p, ms in ((1e4, 1.0), (4e4, 1.0), (16e4, 4.0), (64e4, 16.0))  # launch-bound at the smallest
+    ]
+    (fit,) = bench.scaling(rows).values()
+    assert fit["time_slope_top3"] == pytest.approx(1.0) and fit["time_slope"] < 0.9
+    assert bench.scaling(rows[:3])["samam ssm/mamba fp32"]["time_slope_top3"] is None  # all of them anyway

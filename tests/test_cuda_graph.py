@@ -82,3 +82,32 @@ def test_gpu_fp32_graph_ignores_a_callers_autocast():
 def test_gpu_training_mode_is_refused():
     with pytest.raises(ValueError, match="eval"):
         GraphedSaMam(_gpu_net("torch").train())
+
+
+def test_scan_indices_handed_out_in_a_block_are_recorded():
+    from samam.ops.scan_orders import record_indices, scan_indices
+
+    with record_indices() as kept:
+        order, inverse = scan_indices("zigzag", 3, 5)
+    scan_indices("zigzag", 4, 4)  # outside the block: not recorded
+    assert len(kept) == 2 and kept[0] is order and kept[1] is inverse
+
+
+@pytest.mark.gpu
+def test_gpu_graph_keeps_its_scan_indices_alive_past_cache_eviction():
+    """The LRU cache of scan indices may drop what a captured graph reads; the graph's own
+    references keep that memory from being freed and reused."""
+    from samam.ops import scan_orders
+
+    net = _gpu_net("torch")
+    graphed = GraphedSaMam(net)
+    c, s = torch.rand(1, 3, 48, 72, device="cuda"), torch.rand(1, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        expected = net(c, s)
+        graphed(c, s)  # captured
+        scan_orders._indices.cache_clear()  # evicted from the cache
+        junk = [
+            torch.full((1 << 16,), -1, dtype=torch.int64, device="cuda") for _ in range(64)
+        ]  # reuse freed memory
+        torch.testing.assert_close(graphed(c, s), expected)
+    del junk

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from samam.ops.scan_orders import record_indices
+
 Precision = Literal["fp32", "bf16"]
 
 
@@ -29,6 +31,7 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, torch.Tensor]  # static content and style (or style embedding)
     output: torch.Tensor
+    kept: list[torch.Tensor]  # the scan indices the graph reads: alive as long as the graph
 
 
 class GraphedSaMam:
@@ -105,6 +108,6 @@ class GraphedSaMam:
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph), self._autocast():
+        with torch.no_grad(), torch.cuda.graph(graph), self._autocast(), record_indices() as kept:
             output = run()
-        return _Graph(graph, static, output)
+        return _Graph(graph, static, output, kept)

@@ -11,7 +11,9 @@ forward); here they are built once per (name, H, W, device) and reused.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Literal, get_args
 
 import torch
@@ -145,6 +147,22 @@ _BUILDERS = {
 }
 
 
+_RECORDERS: list[list[torch.Tensor]] = []
+
+
+@contextlib.contextmanager
+def record_indices() -> Iterator[list[torch.Tensor]]:
+    """Collects every index tensor :func:`scan_indices` hands out inside the block. A captured
+    CUDA graph holds raw pointers to them: its owner keeps these references, so an LRU eviction
+    cannot free (and reuse) memory the graph still reads."""
+    kept: list[torch.Tensor] = []
+    _RECORDERS.append(kept)
+    try:
+        yield kept
+    finally:
+        _RECORDERS.remove(kept)
+
+
 # torch.compile takes the cached tensors as constants of its graph, instead of tracing (and
 # then re-running on every call) the Python that builds them.
 @torch.compiler.assume_constant_result
@@ -152,7 +170,10 @@ def scan_indices(
     name: str, h: int, w: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached ``(order, inverse)``, each (K, L) int64 on ``device``, for an H×W token grid."""
-    return _indices(name, h, w, device)
+    out = _indices(name, h, w, device)
+    for kept in _RECORDERS:
+        kept.extend(out)
+    return out
 
 
 @functools.lru_cache(maxsize=256)
