@@ -40,5 +40,5 @@ bench: $(STAMP) ## full-network benchmark (see experiments/benchmark.py --help)
 bench-scan: $(STAMP) ## selective-scan kernel benchmark (CPU backends vs reference)
 	$(THREADS) $(BIN)/python experiments/bench_scan.py
 
-clean: ## remove caches and run outputs (keeps .venv)
+clean: ## delete caches, outputs/ and multirun/ (every trained checkpoint!) and data/demo; keeps .venv
 	rm -rf outputs multirun .pytest_cache .ruff_cache data/demo

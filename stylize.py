@@ -17,7 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 def main(cfg: DictConfig) -> dict[str, Any]:
     from samam.evaluation import stylize
 
-    return stylize(**OmegaConf.to_container(cfg, resolve=True))
+    summary = stylize(**OmegaConf.to_container(cfg, resolve=True))
+    if not summary["written"] and not summary["skipped_existing"]:  # a script must see the failure
+        raise SystemExit("stylize: nothing written: every content image was skipped (see the warnings above)")
+    return summary
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ exactly the pixels written to the PNG files.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -119,9 +120,21 @@ def save_png(image: Tensor, path: PathLike) -> None:
 
 
 def output_name(content: Path, style: str, alpha: float = 1.0) -> str:
-    """StyleID naming: ``{content_stem}_stylized_{style_stem}.png`` (α ≠ 1 adds ``_alpha0.50``)."""
-    suffix = "" if alpha == 1 else f"_alpha{alpha:.2f}"
+    """StyleID naming: ``{content_stem}_stylized_{style_stem}.png`` (α ≠ 1 adds ``_alpha0.5``,
+    six significant digits, so two different α never share a file)."""
+    suffix = "" if alpha == 1 else f"_alpha{alpha:.6g}"
     return f"{content.stem}_stylized_{style}{suffix}.png"
+
+
+def mix_name(stems: Sequence[str], weights: Sequence[float]) -> str:
+    """The ``style`` part of a weighted mix's file name: ``a@0.7+b@0.3`` (weights normalised),
+    or, when that would make a long file name, ``mix3-<10 hex digits>`` hashing the same text
+    (``stylize`` writes the stems and weights beside it, in ``mixes.json``)."""
+    total = sum(weights)
+    text = "+".join(f"{stem}@{w / total:.4g}" for stem, w in zip(stems, weights))
+    if len(text) <= 120:
+        return text
+    return f"mix{len(stems)}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -357,6 +370,8 @@ def results_markdown(res: Mapping[str, Any]) -> str:
             f"median of {b.get('repeats')} runs; MACs = FlopCounterMode (dense ops) + analytic scan "
             f"B·K·D·L·(4N + 2)."
         )
+    for path, why in (p.get("skipped_inputs") or {}).items():
+        lines.append(f"- skipped input `{path}`: {why}")
     for key, why in (res.get("null_reasons") or {}).items():
         lines.append(f"- `{key}` is null: {why}")
     for key, net in (res.get("metric_networks") or {}).items():
@@ -417,17 +432,48 @@ def evaluate(
         "eval: %d content × %d style images on %s (%s) → %s", len(contents), len(styles), dev, precision, out
     )
 
-    style_imgs = []  # what the network sees
+    # Every input is decoded and size-checked before any work: a bad file is skipped (and listed
+    # in results.json), not found after minutes of stylising.
+    skipped: dict[str, str] = {}
+    style_files, e_list = [], []
     with torch.no_grad():
         for p in styles:
-            im = load_rgb(p)  # decoded once for both uses
+            try:
+                im = load_rgb(p)  # kept for the FID reference set below
+                net_in = resize_image(
+                    im, size=style_size, short_side=style_short_side, resample=Image.BILINEAR
+                )
+                e_list.append(embed_styles(net, [to_tensor(net_in)], 1, precision)[0])  # (S, 3, 3)
+                style_files.append((p, im))
+            except Exception as err:  # unreadable, or below the style embedder's minimum
+                skipped[str(p)] = f"{type(err).__name__}: {err}"
+        if not style_files:
+            raise ValueError(f"eval: no usable style image; skipped: {skipped}")
+        usable = []
+        for cpath in contents:
+            try:
+                c = read_image(cpath, size=content_size)[None]
+                net.check_inputs(c, style_embedding=e_list[0][None])
+                if min(c.shape[-2:]) < suite.min_side:
+                    raise ValueError(
+                        f"{tuple(c.shape[-2:])} px is below the metrics' {suite.min_side}-px minimum"
+                    )
+                usable.append(cpath)
+            except Exception as err:
+                skipped[str(cpath)] = f"{type(err).__name__}: {err}"
+    for path, why in skipped.items():
+        log.warning("eval: skipping %s (%s)", path, why)
+    if not usable:
+        raise ValueError(f"eval: no usable content image; skipped: {skipped}")
+    contents, styles = usable, [p for p, _ in style_files]
+    e_styles = torch.stack(e_list)  # (N_s, S, 3, 3)
+    with torch.no_grad():
+        for _, im in style_files:
             # FID's reference set is the style images as they are, aspect kept (the art
             # Inception resizes them to its 512 shorter side itself, SPEC §6), each counted once
             # per stylised image made with it, as StyleID's copied reference folder holds it.
             suite.update_style(to_tensor(im)[None].to(dev), weight=len(contents))
-            net_in = resize_image(im, size=style_size, short_side=style_short_side, resample=Image.BILINEAR)
-            style_imgs.append(to_tensor(net_in))
-    e_styles = embed_styles(net, style_imgs, batch_size, precision)  # (N_s, S, 3, 3)
+    del style_files
 
     bar = tqdm(total=len(contents) * len(styles), desc="stylising", unit="img", disable=not progress)
     with torch.no_grad():
@@ -473,6 +519,7 @@ def evaluate(
             n_content=len(contents),
             n_style=len(styles),
             n_images=len(contents) * len(styles),
+            skipped_inputs=skipped,
             content_size=content_size,
             style_size=style_size,
             style_short_side=style_short_side,
@@ -572,6 +619,12 @@ def stylize(
 
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    for name, value in (("batch_size", batch_size), ("grid_cell", grid_cell)):
+        if value < 1:
+            raise ValueError(f"{name} must be ≥ 1, got {value}")
+    for name, value in (("max_side", max_side), ("style_side", style_side)):
+        if value is not None and value < 16:
+            raise ValueError(f"{name} must be ≥ 16 px (SaMam's minimum) or null, got {value}")
     dev = resolve_device(device)
     autocast(dev, precision)
     net = load_network(ckpt_path, dev, backend, trust_pickle)
@@ -594,7 +647,7 @@ def stylize(
             f"style_weights given but these styles are unreadable: {[str(p) for p in bad_styles]}"
         )
 
-    e_list, keep = [], []
+    e_list, keep, unusable_styles = [], [], []
     for p, im in zip(style_paths, style_imgs):
         try:
             e_list.append(embed_styles(net, [im], 1, precision)[0])  # (S, 3, 3)
@@ -602,6 +655,7 @@ def stylize(
         except ValueError as err:  # e.g. smaller than the style encoder's minimum
             log.warning("skipping style image %s: %s", p, err)
             bad_styles.append(p)
+            unusable_styles.append(p)
     if style_weights is not None and len(keep) < len(style_paths):
         raise ValueError(
             f"style_weights given but these styles cannot be used: {[str(p) for p in bad_styles]}"
@@ -611,7 +665,10 @@ def stylize(
     style_imgs = [im for p, im in zip(style_paths, style_imgs) if p in keep]
     style_paths, e_styles = keep, torch.stack(e_list)  # (N_s, S, 3, 3)
     if style_weights is not None:
-        targets = [("+".join(p.stem for p in style_paths), mix_embeddings(e_styles, style_weights))]
+        mixed = mix_embeddings(e_styles, style_weights)  # checks the weights
+        name = mix_name([p.stem for p in style_paths], style_weights)
+        targets = [(name, mixed)]
+        _record_mix(out / "mixes.json", name, style_paths, style_weights)
         grid_styles = [torch.cat([_thumb(im, grid_cell) for im in style_imgs], dim=2)]  # one strip header
     else:
         targets = [(p.stem, e) for p, e in zip(style_paths, e_styles)]
@@ -620,7 +677,8 @@ def stylize(
     summary: dict[str, Any] = {
         "written": [],
         "skipped_existing": [],
-        "skipped_unreadable": [str(p) for p in bad_styles],  # unreadable or unusable inputs
+        "skipped_unreadable": [str(p) for p in bad_styles if p not in unusable_styles],  # cannot decode
+        "skipped_unusable": [str(p) for p in unusable_styles],  # decoded, below the network's minimum
     }
     grid_rows: list[tuple[Tensor, list[Tensor]]] = []
     bar = tqdm(total=len(content_paths) * len(targets), desc="stylising", unit="img", disable=not progress)
@@ -648,7 +706,7 @@ def stylize(
                 e_content = embed_styles(net, [c_style], 1, precision)[0]  # (S, 3, 3)
         except ValueError as err:
             log.warning("skipping content image %s: %s", cpath, err)
-            summary["skipped_unreadable"].append(str(cpath))
+            summary["skipped_unusable"].append(str(cpath))
             bar.update(len(targets))
             continue
         for i in set(range(len(targets))) - set(todo):
@@ -675,13 +733,22 @@ def stylize(
         save_png(g, out / "grid.png")
         summary["grid"] = str(out / "grid.png")
     log.info(
-        "stylize: %d written, %d kept (exist), %d unreadable skipped → %s",
+        "stylize: %d written, %d kept (exist), %d unreadable and %d too small skipped → %s",
         len(summary["written"]),
         len(summary["skipped_existing"]),
         len(summary["skipped_unreadable"]),
+        len(summary["skipped_unusable"]),
         out,
     )
     return summary
+
+
+def _record_mix(path: Path, name: str, styles: Sequence[Path], weights: Sequence[float]) -> None:
+    """Add ``name`` → its styles and normalised weights to ``mixes.json`` (atomically)."""
+    mixes = json.loads(path.read_text()) if path.is_file() else {}
+    total = sum(weights)
+    mixes[name] = {"styles": [str(p) for p in styles], "weights": [w / total for w in weights]}
+    _write_text(path, json.dumps(mixes, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------

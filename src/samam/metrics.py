@@ -79,7 +79,10 @@ VGG19 = WeightFile(
 
 
 class MissingWeightsError(FileNotFoundError):
-    """A metric's pretrained weight file is absent (and was not, or could not be, downloaded)."""
+    """A metric's pretrained weight file is absent (and was not, or could not be, downloaded).
+    ``build_metrics`` raises one for all missing files: ``others`` are the rest."""
+
+    others: list[MissingWeightsError]
 
     def __init__(self, spec: WeightFile, looked_at: Path, cause: BaseException | None = None):
         folder = hub_checkpoint_dir()
@@ -93,6 +96,12 @@ class MissingWeightsError(FileNotFoundError):
             msg += f"\n  Download failed: {type(cause).__name__}: {cause}"
         super().__init__(msg)
         self.spec = spec
+        self.others = []
+
+    def __str__(self) -> str:
+        parts = [super().__str__(), *(FileNotFoundError.__str__(e) for e in self.others)]
+        head = f"{len(parts)} metric weight files are missing:\n" if len(parts) > 1 else ""
+        return head + "\n".join(parts)
 
 
 def hub_checkpoint_dir() -> Path:
@@ -573,6 +582,12 @@ class StyleTransferMetrics(nn.Module):
     def enabled(self) -> list[str]:
         return [n for n in METRIC_NAMES if n not in self.reasons]
 
+    @property
+    def min_side(self) -> int:
+        """Smallest image side every enabled metric accepts: LPIPS's AlexNet pools a 30-px side
+        to nothing (the FIDs resize, CFSD's relu3_1 needs 4 px)."""
+        return 31 if self.lpips is not None else 4
+
     @torch.no_grad()
     def update_style(self, style: Tensor, weight: int = 1) -> None:
         if self.fid_art is not None:
@@ -638,36 +653,43 @@ def build_metrics(
     built: dict[str, Metric | None] = {}
     cfgs = {"fid_art": fid_art, "fid_tf": fid_tf, "lpips": lpips, "cfsd": cfsd}
     test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
+    missing: list[MissingWeightsError] = []
     for name, cfg in cfgs.items():
         if not _opt(cfg, "enabled", True):
             reasons[name] = f"disabled in config (metrics.{name}.enabled=false)"
             built[name] = None
             continue
-        weights = _opt(cfg, "weights", None)
-        if name == "fid_art":
-            if test_extractors:
-                net, networks[name] = RandomFeatures(32, seed=1), test_note
-            else:
-                net = art_inception(weights, download, short_side=_opt(cfg, "short_side", 512))
-                networks[name] = f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d"
-            built[name] = FrechetDistance(net, reset_real_features=reset_style)
-        elif name == "fid_tf":
-            if test_extractors:
-                net, networks[name] = RandomFeatures(32, seed=2), test_note
+        try:
+            weights = _opt(cfg, "weights", None)
+            if name == "fid_art":
+                if test_extractors:
+                    net, networks[name] = RandomFeatures(32, seed=1), test_note
+                else:
+                    net = art_inception(weights, download, short_side=_opt(cfg, "short_side", 512))
+                    networks[name] = f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d"
                 built[name] = FrechetDistance(net, reset_real_features=reset_style)
+            elif name == "fid_tf":
+                if test_extractors:
+                    net, networks[name] = RandomFeatures(32, seed=2), test_note
+                    built[name] = FrechetDistance(net, reset_real_features=reset_style)
+                else:
+                    net = tf_inception(weights, download)
+                    networks[name] = f"torch-fidelity TF-Inception ({TF_INCEPTION.name}), uint8, TF1 resize"
+                    built[name] = FrechetDistance(net, num_features=2048, reset_real_features=reset_style)
+            elif name == "lpips":
+                rand = test_extractors or bool(_opt(cfg, "pnet_rand", False))
+                built[name] = LPIPSDistance(lpips_alexnet(weights, download, pnet_rand=rand))
+                networks[name] = test_note if rand else f"LPIPS v0.1 AlexNet ({ALEXNET.name})"
             else:
-                net = tf_inception(weights, download)
-                networks[name] = f"torch-fidelity TF-Inception ({TF_INCEPTION.name}), uint8, TF1 resize"
-                built[name] = FrechetDistance(net, num_features=2048, reset_real_features=reset_style)
-        elif name == "lpips":
-            rand = test_extractors or bool(_opt(cfg, "pnet_rand", False))
-            built[name] = LPIPSDistance(lpips_alexnet(weights, download, pnet_rand=rand))
-            networks[name] = test_note if rand else f"LPIPS v0.1 AlexNet ({ALEXNET.name})"
-        else:
-            if test_extractors:
-                net, networks[name] = RandomFeatures(16, spatial=True, seed=3), test_note
-            else:
-                net = vgg19_relu31(weights, download)
-                networks[name] = f"VGG-19 ImageNet relu3_1 ({VGG19.name})"
-            built[name] = CFSD(net, block_rows=_opt(cfg, "block_rows", 1024))
+                if test_extractors:
+                    net, networks[name] = RandomFeatures(16, spatial=True, seed=3), test_note
+                else:
+                    net = vgg19_relu31(weights, download)
+                    networks[name] = f"VGG-19 ImageNet relu3_1 ({VGG19.name})"
+                built[name] = CFSD(net, block_rows=_opt(cfg, "block_rows", 1024))
+        except MissingWeightsError as err:  # collect them all: one error names every missing file
+            missing.append(err)
+    if missing:
+        missing[0].others = missing[1:]
+        raise missing[0]
     return StyleTransferMetrics(**built, reasons=reasons, networks=networks)

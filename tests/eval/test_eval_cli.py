@@ -153,3 +153,25 @@ def test_eval_and_stylize_refuse_inputs_whose_outputs_would_collide(tiny_ckpt, i
     with pytest.raises(ValueError, match="content images share a file name stem"):
         stylize(tiny_ckpt, [content / "c0.png", content / "c0.png"], style, out, device="cpu", progress=False)
     assert not out.exists() or not list(out.glob("*.png"))
+
+
+def test_eval_checks_every_input_first_and_lists_the_skipped(tiny_ckpt, image_dirs, make_image, tmp_path):
+    """A corrupt content file and one below LPIPS's 31-px minimum (content_size=null) are skipped
+    before any work and listed; the run still scores the usable pairs."""
+    content, style = image_dirs
+    folder = tmp_path / "content"
+    folder.mkdir()
+    for p in content.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "corrupt.png").write_bytes(b"\x89PNG not really")
+    make_image(folder / "sliver.png", 200, 24, seed=9)  # W × H: fine for SaMam (≥ 16), not for LPIPS
+    out = tmp_path / "eval"
+    overrides = [
+        o for o in base_overrides(tiny_ckpt, (folder, style), out) if not o.startswith("content_size")
+    ]
+    res = entry_point("eval")(compose_eval([*overrides, "content_size=null", "metrics.test_extractors=true"]))
+    skipped = res["protocol"]["skipped_inputs"]
+    assert set(skipped) == {str(folder / "corrupt.png"), str(folder / "sliver.png")}
+    assert "31-px minimum" in skipped[str(folder / "sliver.png")]
+    assert res["protocol"]["n_content"] == 2 and res["lpips"] is not None
+    assert "- skipped input `" in (out / "results.md").read_text()

@@ -246,3 +246,13 @@ def test_vgg19_relu31_matches_torchvision_layout(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref((x - mean) / std))
     assert model(x).shape == (1, 256, 5, 6)
+
+
+def test_every_missing_weight_file_is_named_in_one_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty $TORCH_HOME/hub
+    with pytest.raises(M.MissingWeightsError) as info:
+        M.build_metrics()
+    msg = str(info.value)
+    assert msg.startswith("4 metric weight files are missing")
+    for name in ("art_inception.pth", "weights-inception-2015-12-05", "alexnet-owt-7be5be79.pth", "vgg19-dcbb9e9d"):
+        assert name in msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_odd_size_kept_and_alpha_one_equals_net(tiny_ckpt, tiny_net, pair, tmp_p
 def test_alpha_zero_reconstructs_content_embedding(tiny_ckpt, tiny_net, pair, tmp_path):
     content, style = pair
     run(tiny_ckpt, content, style, tmp_path / "out", alpha=0.0)
-    out = tmp_path / "out" / "odd_stylized_art_alpha0.00.png"
+    out = tmp_path / "out" / "odd_stylized_art_alpha0.png"
     c = read_image(content)[None]
     with torch.no_grad():
         ref = to_uint8(tiny_net(c, c))[0].int()  # the reconstruction net(c, c)
@@ -68,13 +69,29 @@ def test_style_mixing_weights(tiny_ckpt, image_dirs, tmp_path):
     styles = sorted(style.iterdir())
     run(tiny_ckpt, content / "c0.png", styles[0], tmp_path / "single")
     summary = run(tiny_ckpt, content / "c0.png", styles, tmp_path / "mix", style_weights=[2.0, 0.0, 0.0])
-    mixed = tmp_path / "mix" / "c0_stylized_s0+s1+s2.png"
+    mixed = tmp_path / "mix" / "c0_stylized_s0@1+s1@0+s2@0.png"
     assert summary["written"] == [str(mixed)]
     assert torch.equal(
         pixels(mixed), pixels(tmp_path / "single" / "c0_stylized_s0.png")
     )  # normalised weights
     with pytest.raises(ValueError, match="style_weights"):
         run(tiny_ckpt, content / "c0.png", styles, tmp_path / "bad", style_weights=[1.0, 1.0])
+    # another mix of the same styles is another file, not "exists, kept"
+    other = run(tiny_ckpt, content / "c0.png", styles, tmp_path / "mix", style_weights=[1.0, 1.0, 2.0])
+    assert other["written"] == [str(tmp_path / "mix" / "c0_stylized_s0@0.25+s1@0.25+s2@0.5.png")]
+    mixes = json.loads((tmp_path / "mix" / "mixes.json").read_text())
+    assert mixes["s0@0.25+s1@0.25+s2@0.5"]["weights"] == [0.25, 0.25, 0.5]
+
+
+def test_output_names_never_collide():
+    from samam.evaluation import mix_name, output_name
+
+    c = Path("c.png")
+    names = {output_name(c, "s", a) for a in (0.0, 0.001, 0.5, 0.999, 0.9999, 1.0)}
+    assert len(names) == 6
+    stems = [f"vincent_van_gogh_the_starry_night_{i:02d}" for i in range(10)]
+    long_a, long_b = mix_name(stems, [1.0] * 10), mix_name(stems, [2.0] + [1.0] * 9)
+    assert long_a.startswith("mix10-") and len(long_a) == 16 and long_a != long_b
 
 
 def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, tmp_path):
@@ -87,7 +104,7 @@ def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, tmp_pat
     out = tmp_path / "out"
     first = run(tiny_ckpt, mixed, style, out, batch_size=2, grid=True, grid_cell=32)
     assert len(first["written"]) == 6
-    assert first["skipped_unreadable"] == [str(mixed / "broken.png")]
+    assert first["skipped_unreadable"] == [str(mixed / "broken.png")] and first["skipped_unusable"] == []
     assert Image.open(out / "grid.png").size == ((1 + 3) * 32, (1 + 2) * 32)
     assert Image.open(out / "c1_stylized_s2.png").size == (64, 48)
 
@@ -110,11 +127,11 @@ def test_content_below_the_network_minimum_is_skipped_not_fatal(tiny_ckpt, image
     make_image(folder / "small.png", 40, 24, seed=2)  # enough as content, too small as a style
     s0 = sorted(style.iterdir())[0]
     full = run(tiny_ckpt, folder, s0, tmp_path / "a1")
-    assert full["skipped_unreadable"] == [str(folder / "thin.png")]
+    assert full["skipped_unusable"] == [str(folder / "thin.png")] and full["skipped_unreadable"] == []
     assert len(full["written"]) == 2
     mixed = run(tiny_ckpt, folder, s0, tmp_path / "a05", alpha=0.5)
-    assert mixed["skipped_unreadable"] == [str(folder / "small.png"), str(folder / "thin.png")]
-    assert mixed["written"] == [str(tmp_path / "a05" / "big_stylized_s0_alpha0.50.png")]
+    assert mixed["skipped_unusable"] == [str(folder / "small.png"), str(folder / "thin.png")]
+    assert mixed["written"] == [str(tmp_path / "a05" / "big_stylized_s0_alpha0.5.png")]
 
 
 def test_max_side_shrinks_content(tiny_ckpt, pair, tmp_path):
@@ -142,6 +159,29 @@ def test_missing_checkpoint_clear_message(pair, tmp_path):
     content, style = pair
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         run(tmp_path / "nope.ckpt", content, style, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [({"batch_size": 0}, "batch_size must be ≥ 1"), ({"grid_cell": 0}, "grid_cell must be ≥ 1"),
+     ({"max_side": -5}, "max_side must be ≥ 16"), ({"style_side": 0}, "style_side must be ≥ 16")],
+)  # fmt: skip
+def test_bad_numbers_are_refused_before_any_work(pair, tmp_path, kw, msg):
+    content, style = pair
+    with pytest.raises(ValueError, match=msg):
+        run(tmp_path / "never-read.ckpt", content, style, tmp_path / "out", **kw)
+
+
+def test_cli_fails_when_nothing_could_be_written(tiny_ckpt, pair, make_image, tmp_path):
+    _, style = pair
+    tiny = make_image(tmp_path / "tiny.png", 10, 10, seed=3)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stylize.py"), f"ckpt_path={tiny_ckpt}", f"content={tiny}", f"style={style}",
+         f"output_dir={tmp_path / 'out'}", "device=cpu", "backend=torch", "progress=false"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "nothing written" in proc.stderr
 
 
 def test_cli_refuses_missing_checkpoint(pair, tmp_path):

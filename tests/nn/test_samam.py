@@ -174,6 +174,14 @@ class TestBadInput:
         with pytest.raises(ValueError, match="NaN or Inf"):
             self.net(c, torch.rand(1, 3, 64, 64))
 
+    def test_integer_and_mismatched_float_images(self):
+        with pytest.raises(TypeError, match=r"content is torch.uint8: pass floats in \[0, 1\]"):
+            self.net((torch.rand(1, 3, 32, 32) * 255).to(torch.uint8), torch.rand(1, 3, 64, 64))
+        with pytest.raises(TypeError, match="style is torch.float64 but the weights are torch.float32"):
+            self.net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64, dtype=torch.float64))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: allowed
+            self.net(torch.rand(1, 3, 32, 32).bfloat16(), torch.rand(1, 3, 64, 64))
+
     def test_batch_mismatch(self):
         with pytest.raises(ValueError, match="batch sizes differ"):
             self.net(torch.rand(2, 3, 32, 32), torch.rand(1, 3, 64, 64))

@@ -131,6 +131,13 @@ class SaMam(nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{name} must be (B, 3, H, W) RGB in [0, 1], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} is {x.dtype}: pass floats in [0, 1] (for uint8 images: x.float() / 255)")
+        weights = next(self.content_encoder.parameters()).dtype
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{name} is {x.dtype} but the weights are {weights}: convert it, or run under torch.autocast"
+            )
         if min(x.shape[-2:]) < min_side:
             raise ValueError(
                 f"{name} is {x.shape[-2]}x{x.shape[-1]} px; SaMam (patch size {self.cfg.patch_size}) needs at least "
