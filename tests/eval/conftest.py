@@ -56,3 +56,19 @@ def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
     write_image(style / "s1.jpg", 96, 72, seed=4)
     write_image(style / "s2.png", 64, 64, seed=5)
     return content, style
+
+
+@pytest.fixture(scope="session")
+def folder_copy():
+    """folder_copy(src, dest, extra) → dest holding src's files plus ``extra`` {name: bytes}
+    (a corrupt file, say)."""
+
+    def make(src: Path, dest: Path, extra: dict[str, bytes]) -> Path:
+        dest.mkdir(parents=True)
+        for p in src.iterdir():
+            (dest / p.name).write_bytes(p.read_bytes())
+        for name, data in extra.items():
+            (dest / name).write_bytes(data)
+        return dest
+
+    return make

@@ -155,15 +155,13 @@ def test_eval_and_stylize_refuse_inputs_whose_outputs_would_collide(tiny_ckpt, i
     assert not out.exists() or not list(out.glob("*.png"))
 
 
-def test_eval_checks_every_input_first_and_lists_the_skipped(tiny_ckpt, image_dirs, make_image, tmp_path):
+def test_eval_checks_every_input_first_and_lists_the_skipped(
+    tiny_ckpt, image_dirs, make_image, folder_copy, tmp_path
+):
     """A corrupt content file and one below LPIPS's 31-px minimum (content_size=null) are skipped
     before any work and listed; the run still scores the usable pairs."""
     content, style = image_dirs
-    folder = tmp_path / "content"
-    folder.mkdir()
-    for p in content.iterdir():
-        (folder / p.name).write_bytes(p.read_bytes())
-    (folder / "corrupt.png").write_bytes(b"\x89PNG not really")
+    folder = folder_copy(content, tmp_path / "content", {"corrupt.png": b"\x89PNG not really"})
     make_image(folder / "sliver.png", 200, 24, seed=9)  # W × H: fine for SaMam (≥ 16), not for LPIPS
     out = tmp_path / "eval"
     overrides = [

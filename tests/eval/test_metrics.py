@@ -254,5 +254,10 @@ def test_every_missing_weight_file_is_named_in_one_error(tmp_path, monkeypatch):
         M.build_metrics()
     msg = str(info.value)
     assert msg.startswith("4 metric weight files are missing")
-    for name in ("art_inception.pth", "weights-inception-2015-12-05", "alexnet-owt-7be5be79.pth", "vgg19-dcbb9e9d"):
+    for name in (
+        "art_inception.pth",
+        "weights-inception-2015-12-05",
+        "alexnet-owt-7be5be79.pth",
+        "vgg19-dcbb9e9d",
+    ):
         assert name in msg

@@ -94,13 +94,9 @@ def test_output_names_never_collide():
     assert long_a.startswith("mix10-") and len(long_a) == 16 and long_a != long_b
 
 
-def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, tmp_path):
+def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, folder_copy, tmp_path):
     content, style = image_dirs
-    mixed = tmp_path / "content"
-    mixed.mkdir()
-    for p in content.iterdir():
-        (mixed / p.name).write_bytes(p.read_bytes())
-    (mixed / "broken.png").write_bytes(b"not an image at all")
+    mixed = folder_copy(content, tmp_path / "content", {"broken.png": b"not an image at all"})
     out = tmp_path / "out"
     first = run(tiny_ckpt, mixed, style, out, batch_size=2, grid=True, grid_cell=32)
     assert len(first["written"]) == 6
