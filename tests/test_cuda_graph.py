@@ -105,9 +105,10 @@ def test_gpu_graph_keeps_its_scan_indices_alive_past_cache_eviction():
     with torch.no_grad():
         expected = net(c, s)
         graphed(c, s)  # captured
-        scan_orders._indices.cache_clear()  # evicted from the cache
-        junk = [
-            torch.full((1 << 16,), -1, dtype=torch.int64, device="cuda") for _ in range(64)
-        ]  # reuse freed memory
+        (entry,) = graphed._graphs.values()
+        assert entry.kept, "the graph holds no scan indices"
+        scan_orders.clear_scan_cache()  # evicted from the cache
+        # Same-size blocks are what the caching allocator would hand out in the freed ones' place.
+        junk = [torch.full_like(t, -1) for t in entry.kept for _ in range(16)]
         torch.testing.assert_close(graphed(c, s), expected)
     del junk

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -52,21 +53,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class CheckpointOnStop(Callback):
     """Writes ``dirpath/last.ckpt`` when a run is stopped by SIGTERM (scancel, preemption, a
-    SLURM time limit), so a requeued or resumed run (``ckpt_path=auto``) loses no step.
+    SLURM time limit) after its first step, so a requeued or resumed run (``ckpt_path=auto``)
+    loses no step.
 
-    Lightning turns SIGTERM into ``SIGTERMException`` at the next step boundary, on every rank;
-    this saves there, before Lightning tears the strategy down. Other exceptions save nothing:
-    the state may be mid-step. ``samam.train`` then exits with status 143 (128 + SIGTERM).
+    Lightning turns SIGTERM into ``SIGTERMException`` at the next step boundary; this saves
+    there, before Lightning tears the strategy down. Rank 0 writes and no rank waits for the
+    others: under DDP the ranks may stop at different boundaries, and a barrier would hang.
+    Other exceptions save nothing: the state may be mid-step. ``samam.train`` then exits with
+    status 143 (128 + SIGTERM).
 
     submitit (``hydra/launcher=slurm``) requeues on SIGUSR2 and exits at once, mid-step. When a
     Python handler for SIGUSR2 is installed at fit start, it is deferred: the signal becomes a
     SIGTERM for Lightning (save at the step boundary, as above), and ``after_stop()`` (called by
-    ``samam.train``) then runs the deferred handler, which requeues the job."""
+    ``samam.train``) then runs the deferred handler, which requeues the job. If no boundary
+    comes within ``max_defer_s`` (a long evaluation hook), the handler runs anyway, from a
+    timer thread, so the job is still requeued before SLURM's kill."""
 
-    def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
-        self.dirpath, self.filename = dirpath, filename
+    def __init__(self, dirpath: str, filename: str = "last.ckpt", max_defer_s: float = 60.0) -> None:
+        self.dirpath, self.filename, self.max_defer_s = dirpath, filename, max_defer_s
         self._requeue: Callable[[int, FrameType | None], Any] | None = None
         self._requeue_pending = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         handler = signal.getsignal(signal.SIGUSR2)
@@ -76,7 +84,11 @@ class CheckpointOnStop(Callback):
 
     def _defer_requeue(self, signum: int, frame: FrameType | None) -> None:
         log.warning("SIGUSR2 (requeue): stopping at the next step boundary to checkpoint first")
-        self._requeue_pending = True
+        with self._lock:
+            self._requeue_pending = True
+        self._timer = threading.Timer(self.max_defer_s, self.after_stop)
+        self._timer.daemon = True
+        self._timer.start()
         os.kill(os.getpid(), signal.SIGTERM)
 
     def on_exception(
@@ -85,7 +97,9 @@ class CheckpointOnStop(Callback):
         if not isinstance(exception, SIGTERMException) or trainer.global_step == 0:
             return
         path = Path(self.dirpath) / self.filename
-        trainer.save_checkpoint(path)
+        # Trainer.save_checkpoint minus its closing barrier (see the class docstring).
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        trainer.strategy.save_checkpoint(checkpoint, path)
         if trainer.is_global_zero:
             log.warning("stopped by SIGTERM at step %d; saved %s", trainer.global_step, path)
 
@@ -94,9 +108,12 @@ class CheckpointOnStop(Callback):
             signal.signal(signal.SIGUSR2, self._requeue)
 
     def after_stop(self) -> None:
-        """Run the SIGUSR2 handler deferred by a stop (submitit: requeue this job, then exit)."""
-        if self._requeue_pending and self._requeue is not None:
-            self._requeue_pending = False
+        """Run the SIGUSR2 handler deferred by a stop, once (submitit: requeue this job, then exit)."""
+        with self._lock:
+            pending, self._requeue_pending = self._requeue_pending, False
+        if self._timer is not None and threading.current_thread() is not self._timer:
+            self._timer.cancel()
+        if pending and self._requeue is not None:
             self._requeue(signal.SIGUSR2, None)
 
 

@@ -99,8 +99,12 @@ def resize_image(
     if size is not None:
         new = (size, size)
     elif short_side is not None:
-        s = short_side / min(w, h)
-        new = (short_side, max(1, int(h * s))) if w <= h else (max(1, int(w * s)), short_side)
+        # torchvision's Resize(short_side): the longer side int(short_side · long / short)
+        new = (
+            (short_side, max(1, int(short_side * h / w)))
+            if w <= h
+            else (max(1, int(short_side * w / h)), short_side)
+        )
     elif max_side is not None and max(w, h) > max_side:
         s = max_side / max(w, h)
         new = (max(1, round(w * s)), max(1, round(h * s)))
@@ -128,13 +132,16 @@ def output_name(content: Path, style: str, alpha: float = 1.0) -> str:
 
 def mix_name(stems: Sequence[str], weights: Sequence[float]) -> str:
     """The ``style`` part of a weighted mix's file name: ``a@0.7+b@0.3`` (weights normalised),
-    or, when that would make a long file name, ``mix3-<10 hex digits>`` hashing the same text
-    (``stylize`` writes the stems and weights beside it, in ``mixes.json``)."""
+    or, when that would be long or round a weight, ``mix3-<10 hex digits>`` hashing the stems
+    and exact weights (``stylize`` writes them beside it, in ``mixes.json``)."""
     total = sum(weights)
-    text = "+".join(f"{stem}@{w / total:.4g}" for stem, w in zip(stems, weights))
-    if len(text) <= 120:
+    normalised = [w / total for w in weights]
+    text = "+".join(f"{stem}@{w:.4g}" for stem, w in zip(stems, normalised))
+    exact = all(float(f"{w:.4g}") == w for w in normalised)  # else two mixes could share the text
+    if exact and len(text.encode()) <= 120:
         return text
-    return f"mix{len(stems)}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    key = "+".join(f"{stem}@{w!r}" for stem, w in zip(stems, normalised))
+    return f"mix{len(stems)}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,6 +425,8 @@ def evaluate(
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
+    if style_size is not None and style_short_side is not None:
+        raise ValueError("set one of style_size (N×N) or style_short_side (aspect kept), not both")
     out = Path(output_dir).expanduser()
     dev = resolve_device(device)
     autocast(dev, precision)  # validates the name before any work
@@ -623,11 +632,17 @@ def stylize(
         if value < 1:
             raise ValueError(f"{name} must be ≥ 1, got {value}")
     for name, value in (("max_side", max_side), ("style_side", style_side)):
-        if value is not None and value < 16:
-            raise ValueError(f"{name} must be ≥ 16 px (SaMam's minimum) or null, got {value}")
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be ≥ 1 px or null, got {value}")
     dev = resolve_device(device)
     autocast(dev, precision)
     net = load_network(ckpt_path, dev, backend, trust_pickle)
+    for name, value, least in (
+        ("max_side", max_side, 2 * net.cfg.patch_size),
+        ("style_side", style_side, net.min_style_side),
+    ):
+        if value is not None and value < least:
+            raise ValueError(f"{name}={value} is below this network's {least}-px minimum for it")
     stylise = net
     if cuda_graph:
         from samam.cuda_graph import GraphedSaMam
@@ -785,6 +800,8 @@ class EvalMetricsCallback(L.Callback):
         super().__init__()
         if every_n_val_rounds < 1:
             raise ValueError(f"every_n_val_rounds must be ≥ 1, got {every_n_val_rounds}")
+        if style_size is not None and style_short_side is not None:
+            raise ValueError("set one of style_size (N×N) or style_short_side (aspect kept), not both")
         self.content, self.style = content, style
         self.every_n_val_rounds = every_n_val_rounds
         self.content_size, self.style_size, self.style_short_side = content_size, style_size, style_short_side

@@ -211,8 +211,8 @@ class ArtInceptionFeatures(nn.Module):
         x = x.float()  # (B, 3, H, W) in [0, 1]
         if self.short_side is not None:
             h, w = x.shape[-2:]
-            s = self.short_side / min(h, w)
-            size = (self.short_side, max(1, int(w * s))) if h <= w else (max(1, int(h * s)), self.short_side)
+            n = self.short_side  # the longer side as torchvision's Resize(n): int(n · long / short)
+            size = (n, max(1, int(n * w / h))) if h <= w else (max(1, int(n * h / w)), n)
             if size != (h, w):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         if min(x.shape[-2:]) < self.min_side:

@@ -74,13 +74,39 @@ def default_run_name(cfg: DictConfig) -> str:
     return ",".join([str(cfg.experiment_name)] + overrides)
 
 
+# What makes two runs the same run: an auto-resume must match on all of it. Free to differ:
+# trainer (max_steps to extend a run, devices), callbacks, logger, paths, run name, precision.
+RUN_IDENTITY = ("experiment_name", "seed", "model", "loss", "module", "data")
+RUN_IDENTITY_FREE = ("model.backend", "data.num_workers", "data.pin_memory")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved → current`` for every RUN_IDENTITY setting that differs between two run configs."""
+    a = _flat({k: saved.get(k) for k in RUN_IDENTITY})
+    b = _flat({k: current.get(k) for k in RUN_IDENTITY})
+    keys = sorted(
+        k for k in a.keys() | b.keys() if not k.startswith(RUN_IDENTITY_FREE) and a.get(k) != b.get(k)
+    )
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
+
+
 def resolve_ckpt_path(
     ckpt_path: str | None, output_dir: str | Path, run_config: dict[str, Any]
 ) -> str | None:
     """``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
-    restarted job resumes where it stopped), else a fresh start. It must hold the same
-    experiment and network, else the run stops rather than overwrite another run's checkpoints.
-    Any other value is returned as it is."""
+    restarted job resumes where it stopped), else a fresh start. The checkpoint must come from
+    the same run (:data:`RUN_IDENTITY`: experiment, seed, network, loss, optimiser, data), else
+    the run stops rather than resume or overwrite another run: two runs in one SLURM job share
+    the job's folder. Any other value is returned as it is."""
     if ckpt_path != "auto":
         return ckpt_path
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
@@ -89,13 +115,16 @@ def resolve_ckpt_path(
     saved = (
         torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("samam", {}).get("config", {})
     )
-    for key in ("experiment_name", "model"):
-        if key in saved and saved[key] != run_config.get(key):
-            raise RuntimeError(
-                f"ckpt_path=auto: {last} belongs to another run ({key} differs: {saved[key]!r} vs "
-                f"{run_config.get(key)!r}). Give this run its own folder (hydra.run.dir=...), pass "
-                "ckpt_path=null to start over there, or ckpt_path=<file> to resume a specific checkpoint."
-            )
+    differ = identity_differences(saved, run_config)
+    if differ:
+        raise RuntimeError(
+            f"ckpt_path=auto: {last} belongs to another run ("
+            + "; ".join(differ[:8])
+            + (f"; … {len(differ) - 8} more" if len(differ) > 8 else "")
+            + "). Give this run its own folder "
+            "(hydra.run.dir=...), pass ckpt_path=null to start over there, or ckpt_path=<file> to "
+            "start from a specific checkpoint."
+        )
     log.info("ckpt_path=auto: resuming from %s", last)
     return str(last)
 
@@ -141,9 +170,11 @@ def main(cfg: DictConfig) -> dict[str, float]:
     assert isinstance(run_config, dict)
 
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, run_config)
-    wandb_id = _wandb_id(ckpt_path)
+    # Only a run resumed in its own folder continues its W&B run; from another run's checkpoint
+    # (fine-tuning, a sweep of arms from one checkpoint) a new W&B run starts.
+    wandb_id = _wandb_id(ckpt_path) if cfg.ckpt_path == "auto" else None
     if wandb_id is not None and cfg.get("logger") and cfg.logger.get("wandb") is not None:
-        with open_dict(cfg):  # the resumed run logs on into the same W&B run
+        with open_dict(cfg):
             cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"
 
     datamodule = instantiate(cfg.data)

@@ -40,7 +40,14 @@ def test_callback_logs_metrics_every_n_rounds_and_feeds_checkpointing(tiny_net, 
 
     content, style = image_dirs
     cb = EvalMetricsCallback(
-        content, style, every_n_val_rounds=2, content_size=32, style_size=64, batch_size=4, metrics=METRICS
+        content,
+        style,
+        every_n_val_rounds=2,
+        content_size=32,
+        style_size=64,
+        style_short_side=None,
+        batch_size=4,
+        metrics=METRICS,
     )
     calls = []
     original = cb.evaluate

@@ -37,6 +37,7 @@ def base_overrides(tiny_ckpt: Path, image_dirs, out: Path) -> list[str]:
         "backend=torch",
         "content_size=32",
         "style_size=64",
+        "style_short_side=null",
         "batch_size=2",
         "progress=false",
         "bench.content_size=32",

@@ -92,6 +92,18 @@ def test_output_names_never_collide():
     stems = [f"vincent_van_gogh_the_starry_night_{i:02d}" for i in range(10)]
     long_a, long_b = mix_name(stems, [1.0] * 10), mix_name(stems, [2.0] + [1.0] * 9)
     assert long_a.startswith("mix10-") and len(long_a) == 16 and long_a != long_b
+    assert mix_name(["a", "b"], [0.7, 0.3]) == "a@0.7+b@0.3"
+    assert mix_name(["a", "b"], [0.70001, 0.29999]).startswith("mix2-")  # would round to the same text
+
+
+def test_shorter_side_resize_is_torchvision_resize():
+    from torchvision.transforms import Resize
+
+    from samam.evaluation import resize_image
+
+    for w, h in ((103, 103), (640, 427), (427, 640), (999, 1001), (17, 1000), (333, 500)):
+        im = Image.new("RGB", (w, h))
+        assert resize_image(im, short_side=256).size == Resize(256)(im).size, (w, h)
 
 
 def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, folder_copy, tmp_path):
@@ -160,12 +172,20 @@ def test_missing_checkpoint_clear_message(pair, tmp_path):
 @pytest.mark.parametrize(
     "kw, msg",
     [({"batch_size": 0}, "batch_size must be ≥ 1"), ({"grid_cell": 0}, "grid_cell must be ≥ 1"),
-     ({"max_side": -5}, "max_side must be ≥ 16"), ({"style_side": 0}, "style_side must be ≥ 16")],
+     ({"max_side": -5}, "max_side must be ≥ 1"), ({"style_side": 0}, "style_side must be ≥ 1")],
 )  # fmt: skip
 def test_bad_numbers_are_refused_before_any_work(pair, tmp_path, kw, msg):
     content, style = pair
     with pytest.raises(ValueError, match=msg):
         run(tmp_path / "never-read.ckpt", content, style, tmp_path / "out", **kw)
+
+
+def test_sizes_below_the_networks_minimum_are_refused(tiny_ckpt, pair, tmp_path):
+    content, style = pair
+    with pytest.raises(ValueError, match="style_side=32 is below this network's 64-px minimum"):
+        run(tiny_ckpt, content, style, tmp_path / "out", style_side=32)
+    with pytest.raises(ValueError, match="max_side=8 is below this network's 16-px minimum"):
+        run(tiny_ckpt, content, style, tmp_path / "out", max_side=8)
 
 
 def test_cli_fails_when_nothing_could_be_written(tiny_ckpt, pair, make_image, tmp_path):

@@ -127,3 +127,18 @@ def test_torch_compile_takes_cached_indices_as_constants():
     for shape in ((2, 3, 5, 7), (1, 3, 4, 9)):  # a new grid gets its own constants
         x = torch.randn(shape)
         torch.testing.assert_close(compiled(x), roundtrip(x))
+
+
+def test_cache_is_capped_by_memory_not_by_count(monkeypatch):
+    """Many grid sizes (photos at their own sizes) must not pile up index tensors."""
+    from samam.ops import scan_orders
+
+    scan_orders.clear_scan_cache()
+    monkeypatch.setattr(scan_orders, "MAX_CACHE_BYTES", 200_000)
+    for side in range(20, 60):  # 2 · 4 · L · 8 bytes each: 25.6 kB at 20², 115 kB at 59²
+        newest = scan_indices("zigzag", side, side)
+        assert scan_orders.cache_bytes() <= 200_000 or len(scan_orders._CACHE) == 1
+    assert scan_indices("zigzag", 59, 59) is newest  # the newest stays
+    big = scan_indices("zigzag", 100, 100)  # alone over the budget: kept, the rest dropped
+    assert list(scan_orders._CACHE.values()) == [big]
+    scan_orders.clear_scan_cache()

@@ -245,12 +245,19 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     assert resolve_ckpt_path("some.ckpt", tmp_path, {}) == "some.ckpt"
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    mine = {"experiment_name": "demo", "model": {"embed_dim": 32}}
+    mine = {"experiment_name": "demo", "seed": 0, "model": {"embed_dim": 32, "backend": "mamba"}}
+    mine |= {"module": {"optimizer": {"lr": 1e-4}}, "trainer": {"max_steps": 10}}
     torch.save({"samam": {"config": mine, "wandb_id": "abc123"}}, last)
     assert resolve_ckpt_path("auto", tmp_path, mine) == str(last)
     assert _wandb_id(str(last)) == "abc123"
-    with pytest.raises(RuntimeError, match="belongs to another run \\(model differs"):
-        resolve_ckpt_path("auto", tmp_path, {**mine, "model": {"embed_dim": 64}})
+    # the same run, extended, on a node without mamba-ssm: resumes
+    same = {**mine, "model": {"embed_dim": 32, "backend": "torch"}, "trainer": {"max_steps": 20}}
+    assert resolve_ckpt_path("auto", tmp_path, same) == str(last)
+    # another run in the same folder (two runs in one SLURM job): refused, saying what differs
+    with pytest.raises(RuntimeError, match="belongs to another run \\(model.embed_dim: 32 → 64\\)"):
+        resolve_ckpt_path("auto", tmp_path, {**mine, "model": {"embed_dim": 64, "backend": "mamba"}})
+    with pytest.raises(RuntimeError, match="module.optimizer.lr: 0.0001 → 0.0005; seed: 0 → 1"):
+        resolve_ckpt_path("auto", tmp_path, {**mine, "seed": 1, "module": {"optimizer": {"lr": 5e-4}}})
 
     def steps(cb: LossSummary, values: list[float]) -> None:
         for v in values:
@@ -263,3 +270,39 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     resumed.load_state_dict(summary.state_dict())
     steps(resumed, [1.0])
     assert resumed.summary() == {"train_start": 3.5, "train_end": 1.5}  # whole run, not since resume
+
+
+def test_sigterm_under_ddp_saves_once_without_a_barrier(tiny, tmp_path):
+    """Two ranks may stop at different step boundaries: rank 0 writes, nobody waits (no hang)."""
+    run = tmp_path / "ddp"
+    args = [
+        *tiny(run),
+        "trainer=ddp_sim",
+        "trainer.max_steps=1000",
+        "callbacks.checkpoint.every_n_train_steps=1000",
+    ]
+    proc = _start([*args, f"hydra.run.dir={run}"], tmp_path)
+    _wait_for(run / "samples" / "step0000002.png", proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-3000:]
+    assert (
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+        >= 2
+    )
+
+
+def test_a_deferred_requeue_still_runs_when_no_step_boundary_comes(monkeypatch):
+    """A long evaluation hook must not hold the requeue until SLURM's kill: a timer runs it."""
+    from samam import callbacks
+
+    calls = []
+    monkeypatch.setattr(callbacks.os, "kill", lambda pid, sig: calls.append(("kill", sig)))
+    stop = callbacks.CheckpointOnStop("unused", max_defer_s=0.2)
+    stop._requeue = lambda signum, frame: calls.append(("requeue", signum))
+    stop._defer_requeue(signal.SIGUSR2, None)
+    assert calls == [("kill", signal.SIGTERM)]
+    time.sleep(0.6)
+    assert calls[-1] == ("requeue", signal.SIGUSR2)
+    stop.after_stop()  # the stop comes later after all: no second requeue
+    assert calls.count(("requeue", signal.SIGUSR2)) == 1
