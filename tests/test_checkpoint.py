@@ -159,6 +159,15 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         load_checkpoint(tmp_path / "resnet.ckpt")
 
 
+def test_a_bare_state_dict_of_ours_is_refused_not_rebuilt_with_defaults(tmp_path):
+    """Its switches (here scan=cross) are not in the tensors: rebuilding from shapes would give zigzag."""
+    net = SaMam(**TINY, scan="cross", backend="torch")
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    for loader in (load_official_checkpoint, load_model):
+        with pytest.raises(CheckpointError, match="bare state dict in this repository's layout"):
+            loader(tmp_path / "bare.pt", backend="torch")
+
+
 class Opaque:  # needs arbitrary unpickling
     def __init__(self):
         self.lr = 1e-4

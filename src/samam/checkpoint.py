@@ -212,6 +212,14 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
             "this is not a SaMam release checkpoint: expected keys such as "
             f"'model.content_encoder.0.proj.weight', found e.g. {example}"
         )
+    if origin["content_encoder.patch_embed.weight"].endswith("content_encoder.patch_embed.weight"):
+        # Our own key names: switches such as the scan order or the norms are not in the tensors,
+        # so rebuilding from shapes would silently give the default network.
+        raise CheckpointError(
+            "this is a bare state dict in this repository's layout: it has no network config (scan "
+            "order, norms, ...). Load a checkpoint written by train.py (it holds samam.model), or "
+            "build SaMam(...) with the right settings and call load_state_dict yourself."
+        )
     return infer_config(sd), sd, origin
 
 

@@ -182,6 +182,18 @@ class TestBadInput:
         with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: allowed
             self.net(torch.rand(1, 3, 32, 32).bfloat16(), torch.rand(1, 3, 64, 64))
 
+    def test_style_embedding_of_the_wrong_shape(self):
+        s = self.net.cfg.style_dim
+        with pytest.raises(ValueError, match=rf"style_embedding must be \(B, {s}, 3, 3\) from embed_style"):
+            self.net(torch.rand(1, 3, 32, 32), style_embedding=torch.rand(1, 3, 3))
+
+    def test_attention_heads_divide_any_width(self):
+        from samam.nn.blocks import AttentionMixer
+
+        mixer = AttentionMixer(208)  # 208 // 64 = 3 heads would not divide 208
+        assert 208 % mixer.heads == 0
+        assert mixer(torch.rand(1, 208, 4, 4)).shape == (1, 208, 4, 4)
+
     def test_batch_mismatch(self):
         with pytest.raises(ValueError, match="batch sizes differ"):
             self.net(torch.rand(2, 3, 32, 32), torch.rand(1, 3, 64, 64))

@@ -180,6 +180,19 @@ def test_numba_matches_torch_at_model_width():
         assert_rel_close(a, b, 1e-4, f"d{name}")
 
 
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_numba_growth_overflows_to_inf_as_the_reference():
+    """A > 0 is outside the model (A = −exp(·)) but inside the contract: e^{ΔA} past float32's
+    range is inf, as in the reference, not a wrapped exponent (which gave finite outputs)."""
+    u, delta = torch.ones(1, 1, 3), torch.ones(1, 1, 3)
+    A, B, C = torch.full((1, 1), 89.5), torch.ones(1, 1, 1, 3), torch.ones(1, 1, 1, 3)
+    kw = dict(delta_softplus=False)
+    ref = selective_scan_ref(u, delta, A, B, C, **kw)
+    y = selective_scan_numba(u, delta, A, B, C, **kw)
+    assert not torch.isfinite(ref).any()  # e^89.5 overflows: inf·0 and inf − inf make NaN
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+
+
 # ----- backend resolution -------------------------------------------------------------
 
 

@@ -24,6 +24,8 @@ class AttentionMixer(nn.Module):
     def __init__(self, d_inner: int, head_dim: int = 64):
         super().__init__()
         self.heads = max(1, d_inner // head_dim)
+        while d_inner % self.heads:  # the largest head count ≤ d_inner / head_dim that divides it
+            self.heads -= 1
         self.qkv = nn.Conv2d(d_inner, 3 * d_inner, 1, bias=False)
 
     def forward(

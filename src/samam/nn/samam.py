@@ -176,6 +176,21 @@ class SaMam(nn.Module):
         self._check_image(content, "content", 2 * p)
         if style is not None:
             self._check_image(style, "style", self.min_style_side)
+        else:
+            want = (self.cfg.style_dim, 3, 3)
+            if not isinstance(style_embedding, torch.Tensor) or tuple(style_embedding.shape[1:]) != want:
+                got = (
+                    tuple(style_embedding.shape)
+                    if isinstance(style_embedding, torch.Tensor)
+                    else style_embedding
+                )
+                raise ValueError(
+                    f"style_embedding must be (B, {', '.join(map(str, want))}) from embed_style, got {got}"
+                )
+            if style_embedding.device != content.device:
+                raise ValueError(
+                    f"style_embedding is on {style_embedding.device}, content on {content.device}"
+                )
         batch = (style if style is not None else style_embedding).shape[0]
         if batch != content.shape[0]:
             raise ValueError(f"batch sizes differ: content {content.shape[0]}, style {batch}")

@@ -102,7 +102,10 @@ def _i32_as_f32(typingctx, x):
 
 
 def _exp(x):
-    # Below -87, 2^k would leave the normal range; e^-87 ≈ 1.6e-38 is zero for a decay.
+    # Below -87, 2^k would leave the normal range; e^-87 ≈ 1.6e-38 is zero for a decay. Above
+    # 88.7 float32 overflows: inf, as np.exp (the exponent bits would otherwise wrap the sign).
+    if x > np.float32(88.72):
+        return np.float32(np.inf)
     lo = np.float32(-87.0)
     x = x if x > lo else lo
     k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
