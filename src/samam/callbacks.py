@@ -94,6 +94,9 @@ class CheckpointOnStop(Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # the boundary came: the requeue waits for the checkpoint (after_stop)
+        self._restore_handler()  # Lightning skips teardown on this path
         if not isinstance(exception, SIGTERMException) or trainer.global_step == 0:
             return
         path = Path(self.dirpath) / self.filename
@@ -104,15 +107,22 @@ class CheckpointOnStop(Callback):
             log.warning("stopped by SIGTERM at step %d; saved %s", trainer.global_step, path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
         if self._requeue is not None and signal.getsignal(signal.SIGUSR2) == self._defer_requeue:
             signal.signal(signal.SIGUSR2, self._requeue)
 
     def after_stop(self) -> None:
-        """Run the SIGUSR2 handler deferred by a stop, once (submitit: requeue this job, then exit)."""
+        """Run the SIGUSR2 handler deferred by a stop, once (submitit: requeue this job, then exit).
+        Called by ``samam.train`` after the stop, and by the timer if no stop comes in time; the
+        main thread waits for a requeue the timer has already started, so exiting cannot cut it."""
+        timer = self._timer
+        if timer is not None and threading.current_thread() is not timer:
+            timer.cancel()
+            timer.join()
         with self._lock:
             pending, self._requeue_pending = self._requeue_pending, False
-        if self._timer is not None and threading.current_thread() is not self._timer:
-            self._timer.cancel()
         if pending and self._requeue is not None:
             self._requeue(signal.SIGUSR2, None)
 

@@ -130,15 +130,16 @@ def output_name(content: Path, style: str, alpha: float = 1.0) -> str:
     return f"{content.stem}_stylized_{style}{suffix}.png"
 
 
-def mix_name(stems: Sequence[str], weights: Sequence[float]) -> str:
-    """The ``style`` part of a weighted mix's file name: ``a@0.7+b@0.3`` (weights normalised),
-    or, when that would be long or round a weight, ``mix3-<10 hex digits>`` hashing the stems
-    and exact weights (``stylize`` writes them beside it, in ``mixes.json``)."""
+def mix_name(stems: Sequence[str], weights: Sequence[float], taken: Mapping[str, Any] | None = None) -> str:
+    """The ``style`` part of a weighted mix's file name: ``a@0.7+b@0.3`` (weights normalised, six
+    significant digits), or ``mix3-<10 hex digits>`` hashing the stems and exact weights when
+    that text is long, or when ``taken`` (``mixes.json``: name → {"weights": ...}) already
+    gives it to a mix with other weights. ``stylize`` records each name in ``mixes.json``."""
     total = sum(weights)
     normalised = [w / total for w in weights]
-    text = "+".join(f"{stem}@{w:.4g}" for stem, w in zip(stems, normalised))
-    exact = all(float(f"{w:.4g}") == w for w in normalised)  # else two mixes could share the text
-    if exact and len(text.encode()) <= 120:
+    text = "+".join(f"{stem}@{w:.6g}" for stem, w in zip(stems, normalised))
+    other = (taken or {}).get(text)
+    if len(text.encode()) <= 120 and (other is None or other.get("weights") == normalised):
         return text
     key = "+".join(f"{stem}@{w!r}" for stem, w in zip(stems, normalised))
     return f"mix{len(stems)}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
@@ -416,7 +417,7 @@ def evaluate(
 
     The network sees each content at ``content_size``² (StyleID's images are 512²) and each
     style as the release's test script prepares it: shorter side ``style_short_side``, aspect
-    kept, bilinear (``style_size`` instead squashes it to size×size). FID's reference set is
+    kept, bilinear (``style_size``, when set, wins and squashes it to size×size). FID's reference set is
     the style files themselves, each counted once per content image.
 
     ``metrics``: keyword arguments of :func:`samam.metrics.build_metrics`; ``bench``:
@@ -425,8 +426,8 @@ def evaluate(
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    if style_size is not None and style_short_side is not None:
-        raise ValueError("set one of style_size (N×N) or style_short_side (aspect kept), not both")
+    if style_size is not None:
+        style_short_side = None  # style_size (N×N) wins; results.json records what was used
     out = Path(output_dir).expanduser()
     dev = resolve_device(device)
     autocast(dev, precision)  # validates the name before any work
@@ -462,7 +463,7 @@ def evaluate(
         for cpath in contents:
             try:
                 c = read_image(cpath, size=content_size)[None]
-                net.check_inputs(c, style_embedding=e_list[0][None])
+                net.check_inputs(c, style_embedding=e_list[0][None].to(c.device))  # c stays on the CPU
                 if min(c.shape[-2:]) < suite.min_side:
                     raise ValueError(
                         f"{tuple(c.shape[-2:])} px is below the metrics' {suite.min_side}-px minimum"
@@ -681,7 +682,9 @@ def stylize(
     style_paths, e_styles = keep, torch.stack(e_list)  # (N_s, S, 3, 3)
     if style_weights is not None:
         mixed = mix_embeddings(e_styles, style_weights)  # checks the weights
-        name = mix_name([p.stem for p in style_paths], style_weights)
+        mixes = out / "mixes.json"
+        taken = json.loads(mixes.read_text()) if mixes.is_file() else {}
+        name = mix_name([p.stem for p in style_paths], style_weights, taken)
         targets = [(name, mixed)]
         _record_mix(out / "mixes.json", name, style_paths, style_weights)
         grid_styles = [torch.cat([_thumb(im, grid_cell) for im in style_imgs], dim=2)]  # one strip header
@@ -800,8 +803,8 @@ class EvalMetricsCallback(L.Callback):
         super().__init__()
         if every_n_val_rounds < 1:
             raise ValueError(f"every_n_val_rounds must be ≥ 1, got {every_n_val_rounds}")
-        if style_size is not None and style_short_side is not None:
-            raise ValueError("set one of style_size (N×N) or style_short_side (aspect kept), not both")
+        if style_size is not None:
+            style_short_side = None  # style_size (N×N) wins
         self.content, self.style = content, style
         self.every_n_val_rounds = every_n_val_rounds
         self.content_size, self.style_size, self.style_short_side = content_size, style_size, style_short_side

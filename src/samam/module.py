@@ -78,6 +78,7 @@ class StyleTransferModule(L.LightningModule):
         self.compile_net = compile
         self.sample_dir = sample_dir
         self.run_config = run_config
+        self.run_identity: dict[str, Any] | None = None  # set by samam.train; see train.run_identity
         self.last_grid_path: Path | None = None
         self.last_losses: dict[str, Tensor] = {}
 
@@ -159,6 +160,7 @@ class StyleTransferModule(L.LightningModule):
         checkpoint["samam"] = {
             "model": dict(self.net.config),
             "config": self.run_config,
+            "identity": self.run_identity,
             "version": CHECKPOINT_VERSION,
         }
         wandb_ids = [lg.version for lg in self.loggers if isinstance(lg, WandbLogger)]

@@ -74,10 +74,21 @@ def default_run_name(cfg: DictConfig) -> str:
     return ",".join([str(cfg.experiment_name)] + overrides)
 
 
-# What makes two runs the same run: an auto-resume must match on all of it. Free to differ:
-# trainer (max_steps to extend a run, devices), callbacks, logger, paths, run name, precision.
+# What makes two runs the same run: an auto-resume must match on all of it, compared as written
+# (interpolations such as ${paths.data_dir} unresolved, so a moved repository or data folder
+# still matches). Free to differ: trainer (max_steps to extend a run, devices), callbacks,
+# logger, paths, run name, precision, and the keys below.
 RUN_IDENTITY = ("experiment_name", "seed", "model", "loss", "module", "data")
-RUN_IDENTITY_FREE = ("model.backend", "data.num_workers", "data.pin_memory")
+RUN_IDENTITY_FREE = ("model.backend", "data.num_workers", "data.pin_memory", "module.compile")
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The RUN_IDENTITY part of a run config, interpolations unresolved."""
+    out = {}
+    for key in RUN_IDENTITY:
+        value = cfg.get(key)
+        out[key] = OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+    return out
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -89,42 +100,46 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved → current`` for every RUN_IDENTITY setting that differs between two run configs."""
-    a = _flat({k: saved.get(k) for k in RUN_IDENTITY})
-    b = _flat({k: current.get(k) for k in RUN_IDENTITY})
-    keys = sorted(
-        k for k in a.keys() | b.keys() if not k.startswith(RUN_IDENTITY_FREE) and a.get(k) != b.get(k)
-    )
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
+def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(``key: saved → current`` for settings both runs have and that differ, settings only one
+    of them has: a key added or removed by a code update between requeues)."""
+    a, b = _flat(saved), _flat(current)
+    keys = sorted(k for k in a.keys() | b.keys() if not k.startswith(RUN_IDENTITY_FREE))
+    differ = [f"{k}: {a[k]!r} → {b[k]!r}" for k in keys if k in a and k in b and a[k] != b[k]]
+    one_sided = [k for k in keys if (k in a) != (k in b)]
+    return differ, one_sided
 
 
-def resolve_ckpt_path(
-    ckpt_path: str | None, output_dir: str | Path, run_config: dict[str, Any]
-) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, identity: dict[str, Any]) -> str | None:
     """``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
     restarted job resumes where it stopped), else a fresh start. The checkpoint must come from
-    the same run (:data:`RUN_IDENTITY`: experiment, seed, network, loss, optimiser, data), else
-    the run stops rather than resume or overwrite another run: two runs in one SLURM job share
-    the job's folder. Any other value is returned as it is."""
+    the same run (``identity``, see :func:`run_identity`: experiment, seed, network, loss,
+    optimiser, data), else the run stops rather than resume or overwrite another run: two runs
+    in one SLURM job share its folder. Any other value is returned as it is."""
     if ckpt_path != "auto":
         return ckpt_path
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
-    saved = (
-        torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("samam", {}).get("config", {})
-    )
-    differ = identity_differences(saved, run_config)
-    if differ:
-        raise RuntimeError(
-            f"ckpt_path=auto: {last} belongs to another run ("
-            + "; ".join(differ[:8])
-            + (f"; … {len(differ) - 8} more" if len(differ) > 8 else "")
-            + "). Give this run its own folder "
-            "(hydra.run.dir=...), pass ckpt_path=null to start over there, or ckpt_path=<file> to "
-            "start from a specific checkpoint."
+    meta = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("samam") or {}
+    saved = meta.get("identity")
+    if saved is None:
+        log.warning(
+            "ckpt_path=auto: %s records no run identity (an older checkpoint); resuming unchecked", last
         )
+    else:
+        differ, one_sided = identity_differences(saved, identity)
+        if differ:
+            raise RuntimeError(
+                f"ckpt_path=auto: {last} belongs to another run ("
+                + "; ".join(differ[:8])
+                + (f"; … {len(differ) - 8} more" if len(differ) > 8 else "")
+                + "). Give this run its own "
+                "folder (hydra.run.dir=...), pass ckpt_path=null to start over there, or ckpt_path=<file> "
+                "to start from a specific checkpoint."
+            )
+        if one_sided:
+            log.warning("ckpt_path=auto: settings only one of the two runs has: %s", ", ".join(one_sided))
     log.info("ckpt_path=auto: resuming from %s", last)
     return str(last)
 
@@ -169,10 +184,15 @@ def main(cfg: DictConfig) -> dict[str, float]:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(run_config, dict)
 
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, run_config)
+    identity = run_identity(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, identity)
     # Only a run resumed in its own folder continues its W&B run; from another run's checkpoint
     # (fine-tuning, a sweep of arms from one checkpoint) a new W&B run starts.
-    wandb_id = _wandb_id(ckpt_path) if cfg.ckpt_path == "auto" else None
+    own = (
+        ckpt_path is not None
+        and Path(ckpt_path).resolve().parent.parent == Path(cfg.paths.output_dir).resolve()
+    )
+    wandb_id = _wandb_id(ckpt_path) if own else None
     if wandb_id is not None and cfg.get("logger") and cfg.logger.get("wandb") is not None:
         with open_dict(cfg):
             cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"
@@ -182,6 +202,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     loss = instantiate(cfg.loss)
     module = instantiate(cfg.module, net=net, loss=loss)
     module.run_config = run_config  # not via instantiate: it would build every _target_ inside it
+    module.run_identity = identity
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
@@ -209,6 +230,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
         raise SystemExit(143) from None  # not 0: SLURM and shells must see the run did not finish
     except BaseException:
         finish_wandb(exit_code=1)
+        for cb in trainer.callbacks:
+            if isinstance(cb, CheckpointOnStop):
+                cb.after_stop()  # a requeue asked for before the crash still happens
         raise
     finish_wandb()
     return metrics

@@ -93,7 +93,10 @@ def test_output_names_never_collide():
     long_a, long_b = mix_name(stems, [1.0] * 10), mix_name(stems, [2.0] + [1.0] * 9)
     assert long_a.startswith("mix10-") and len(long_a) == 16 and long_a != long_b
     assert mix_name(["a", "b"], [0.7, 0.3]) == "a@0.7+b@0.3"
-    assert mix_name(["a", "b"], [0.70001, 0.29999]).startswith("mix2-")  # would round to the same text
+    assert mix_name(["a", "b", "c"], [1, 1, 1]) == "a@0.333333+b@0.333333+c@0.333333"
+    # text already taken by other (exact) weights: the hash
+    taken = {"a@0.7+b@0.3": {"weights": [0.7000001, 0.2999999]}}
+    assert mix_name(["a", "b"], [0.7, 0.3], taken).startswith("mix2-")
 
 
 def test_shorter_side_resize_is_torchvision_resize():

@@ -142,3 +142,39 @@ def test_cache_is_capped_by_memory_not_by_count(monkeypatch):
     big = scan_indices("zigzag", 100, 100)  # alone over the budget: kept, the rest dropped
     assert list(scan_orders._CACHE.values()) == [big]
     scan_orders.clear_scan_cache()
+
+
+def test_cache_under_dynamic_compile_and_threads(monkeypatch):
+    """The cache's bookkeeping reads no tensors (fake tensors under dynamic=True compile) and
+    holds a lock (threads: a DataLoader or a server calling the network)."""
+    import threading
+
+    from samam.ops import scan_orders
+
+    def roundtrip(x):
+        h, w = x.shape[-2:]
+        order, inverse = scan_indices("zigzag", h, w, x.device)
+        return merge(scan(x, order), order, inverse, h, w)
+
+    compiled = torch.compile(roundtrip, backend="eager", dynamic=True)
+    for shape in ((2, 3, 5, 7), (1, 3, 4, 9)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(compiled(x), roundtrip(x))
+
+    monkeypatch.setattr(scan_orders, "MAX_CACHE_BYTES", 50_000)
+    errors = []
+
+    def hammer(offset):
+        try:
+            for side in range(8 + offset, 48, 4):
+                scan_indices("cross", side, side + 1)
+        except Exception as err:  # pragma: no cover - the failure being tested for
+            errors.append(err)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and scan_orders.cache_bytes() <= 50_000 or len(scan_orders._CACHE) == 1
+    scan_orders.clear_scan_cache()

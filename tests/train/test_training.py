@@ -246,12 +246,12 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
     mine = {"experiment_name": "demo", "seed": 0, "model": {"embed_dim": 32, "backend": "mamba"}}
-    mine |= {"module": {"optimizer": {"lr": 1e-4}}, "trainer": {"max_steps": 10}}
-    torch.save({"samam": {"config": mine, "wandb_id": "abc123"}}, last)
+    mine |= {"module": {"optimizer": {"lr": 1e-4}}, "data": {"root": "${paths.data_dir}/demo"}}
+    torch.save({"samam": {"config": {}, "identity": mine, "wandb_id": "abc123"}}, last)
     assert resolve_ckpt_path("auto", tmp_path, mine) == str(last)
     assert _wandb_id(str(last)) == "abc123"
-    # the same run, extended, on a node without mamba-ssm: resumes
-    same = {**mine, "model": {"embed_dim": 32, "backend": "torch"}, "trainer": {"max_steps": 20}}
+    # the same run on a node without mamba-ssm, after a code update added a setting: resumes
+    same = {**mine, "model": {"embed_dim": 32, "backend": "torch", "new_switch": False}}
     assert resolve_ckpt_path("auto", tmp_path, same) == str(last)
     # another run in the same folder (two runs in one SLURM job): refused, saying what differs
     with pytest.raises(RuntimeError, match="belongs to another run \\(model.embed_dim: 32 → 64\\)"):

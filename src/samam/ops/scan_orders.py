@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Literal, get_args
 
@@ -183,23 +184,28 @@ MAX_CACHE_BYTES = 256 * 2**20
 _CACHE: collections.OrderedDict[tuple[str, int, int, str], tuple[torch.Tensor, torch.Tensor]] = (
     collections.OrderedDict()
 )
+_SIZES: dict[tuple[str, int, int, str], int] = {}  # bytes per entry, plain ints (no tensor reads)
+_LOCK = threading.Lock()
 
 
 def cache_bytes() -> int:
-    return sum(o.nbytes + i.nbytes for o, i in _CACHE.values())
+    return sum(_SIZES.values())
 
 
 def clear_scan_cache() -> None:
     """Drop every cached index tensor (captured CUDA graphs keep their own references)."""
-    _CACHE.clear()
+    with _LOCK:
+        _CACHE.clear()
+        _SIZES.clear()
 
 
 def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     key = (name, h, w, str(torch.device(device)))
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
     if name not in _BUILDERS:
         raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES}")
     if h < 1 or w < 1:
@@ -211,9 +217,12 @@ def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[tor
         inverse = torch.empty_like(order)
         inverse.scatter_(1, order, torch.arange(h * w).expand_as(order).contiguous())
         entry = order.to(device), inverse.to(device)
-    _CACHE[key] = entry
-    while len(_CACHE) > 1 and cache_bytes() > MAX_CACHE_BYTES:
-        _CACHE.popitem(last=False)
+    with _LOCK:
+        _CACHE[key] = entry
+        _SIZES[key] = 2 * 8 * len(order) * h * w  # order and inverse, int64
+        while len(_CACHE) > 1 and sum(_SIZES.values()) > MAX_CACHE_BYTES:
+            old, _ = _CACHE.popitem(last=False)
+            del _SIZES[old]
     return entry
 
 

@@ -107,7 +107,7 @@ def _exp(x):
     if x > np.float32(88.72):
         return np.float32(np.inf)
     lo = np.float32(-87.0)
-    x = x if x > lo else lo
+    x = lo if x < lo else x  # NaN stays NaN
     k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
     # ln 2 split in two so that x − k·ln2 stays exact for |k| ≤ 126
     r = x - k * np.float32(0.693359375)
