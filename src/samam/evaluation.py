@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
+from samam.logging_utils import brief_list
 from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, to_uint8
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,7 @@ def check_unique_stems(paths: Sequence[Path], what: str) -> None:
     if clashes:
         raise ValueError(
             f"{what} images share a file name stem, so their outputs would overwrite each other: "
-            + "; ".join(clashes[:5])
-            + (f" (+{len(clashes) - 5} more)" if len(clashes) > 5 else "")
-            + ". Rename them or pass them in separate runs."
+            f"{brief_list(clashes, 5)}. Rename them or pass them in separate runs."
         )
 
 

@@ -6,12 +6,19 @@ import logging
 import netrc
 import os
 import sys
+from collections.abc import Sequence
 from typing import Literal
 
 from lightning.pytorch.loggers import WandbLogger
 
 log = logging.getLogger(__name__)
 WandbMode = Literal["online", "offline", "disabled"]
+
+
+def brief_list(items: Sequence[str], most: int, sep: str = "; ") -> str:
+    """The first ``most`` items joined, then how many more there are: for error messages."""
+    more = f" (+{len(items) - most} more)" if len(items) > most else ""
+    return sep.join(items[:most]) + more
 
 
 def _has_wandb_credentials() -> bool:

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, LossSummary
-from samam.logging_utils import finish_wandb
+from samam.logging_utils import brief_list, finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, identity: d
         differ, one_sided = identity_differences(saved, identity)
         if differ:
             raise RuntimeError(
-                f"ckpt_path=auto: {last} belongs to another run ("
-                + "; ".join(differ[:8])
-                + (f"; … {len(differ) - 8} more" if len(differ) > 8 else "")
-                + "). Give this run its own "
+                f"ckpt_path=auto: {last} belongs to another run ({brief_list(differ, 8)}). Give this run its own "
                 "folder (hydra.run.dir=...), pass ckpt_path=null to start over there, or ckpt_path=<file> "
                 "to start from a specific checkpoint."
             )
