@@ -83,6 +83,8 @@ class CheckpointOnStop(Callback):
             signal.signal(signal.SIGUSR2, self._defer_requeue)
 
     def _defer_requeue(self, signum: int, frame: FrameType | None) -> None:
+        if self._timer is not None and self._timer.is_alive():
+            return  # a second SIGUSR2: the first one's stop and timer are under way
         log.warning("SIGUSR2 (requeue): stopping at the next step boundary to checkpoint first")
         with self._lock:
             self._requeue_pending = True
@@ -96,15 +98,17 @@ class CheckpointOnStop(Callback):
     ) -> None:
         if self._timer is not None:
             self._timer.cancel()  # the boundary came: the requeue waits for the checkpoint (after_stop)
-        self._restore_handler()  # Lightning skips teardown on this path
-        if not isinstance(exception, SIGTERMException) or trainer.global_step == 0:
-            return
-        path = Path(self.dirpath) / self.filename
-        # Trainer.save_checkpoint minus its closing barrier (see the class docstring).
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        trainer.strategy.save_checkpoint(checkpoint, path)
-        if trainer.is_global_zero:
-            log.warning("stopped by SIGTERM at step %d; saved %s", trainer.global_step, path)
+        try:
+            if not isinstance(exception, SIGTERMException) or trainer.global_step == 0:
+                return
+            path = Path(self.dirpath) / self.filename
+            # Trainer.save_checkpoint minus its closing barrier (see the class docstring).
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            trainer.strategy.save_checkpoint(checkpoint, path)
+            if trainer.is_global_zero:
+                log.warning("stopped by SIGTERM at step %d; saved %s", trainer.global_step, path)
+        finally:
+            self._restore_handler()  # after the save (Lightning skips teardown on this path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handler()

@@ -76,8 +76,9 @@ def default_run_name(cfg: DictConfig) -> str:
 
 # What makes two runs the same run: an auto-resume must match on all of it, compared as written
 # (interpolations such as ${paths.data_dir} unresolved, so a moved repository or data folder
-# still matches). Free to differ: trainer (max_steps to extend a run, devices), callbacks,
-# logger, paths, run name, precision, and the keys below.
+# still matches: a moved data folder then resumes on the data found there). Free to differ:
+# trainer (max_steps to extend a run, devices), callbacks, logger, paths, run name, precision,
+# and the keys (or sections) below.
 RUN_IDENTITY = ("experiment_name", "seed", "model", "loss", "module", "data")
 RUN_IDENTITY_FREE = ("model.backend", "data.num_workers", "data.pin_memory", "module.compile")
 
@@ -100,43 +101,52 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(``key: saved → current`` for settings both runs have and that differ, settings only one
-    of them has: a key added or removed by a code update between requeues)."""
+def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved → current`` for every identity setting that differs, including settings only
+    one run has (a section set to null, a ``+key`` added, a key added by a code update)."""
     a, b = _flat(saved), _flat(current)
-    keys = sorted(k for k in a.keys() | b.keys() if not k.startswith(RUN_IDENTITY_FREE))
-    differ = [f"{k}: {a[k]!r} → {b[k]!r}" for k in keys if k in a and k in b and a[k] != b[k]]
-    one_sided = [k for k in keys if (k in a) != (k in b)]
-    return differ, one_sided
+    free = tuple(f"{p}." for p in RUN_IDENTITY_FREE)
+    keys = sorted(k for k in a.keys() | b.keys() if k not in RUN_IDENTITY_FREE and not k.startswith(free))
+    missing = "<absent>"
+    return [
+        f"{k}: {a.get(k, missing)!r} → {b.get(k, missing)!r}"
+        for k in keys
+        if a.get(k, missing) != b.get(k, missing)
+    ]
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, identity: dict[str, Any]) -> str | None:
+def resolve_ckpt_path(
+    ckpt_path: str | None,
+    output_dir: str | Path,
+    identity: dict[str, Any],
+    resolved_config: dict[str, Any] | None = None,
+) -> str | None:
     """``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
     restarted job resumes where it stopped), else a fresh start. The checkpoint must come from
     the same run (``identity``, see :func:`run_identity`: experiment, seed, network, loss,
-    optimiser, data), else the run stops rather than resume or overwrite another run: two runs
-    in one SLURM job share its folder. Any other value is returned as it is."""
+    optimiser, data, as written), else the run stops rather than resume or overwrite another
+    run: two runs in one SLURM job share its folder. A checkpoint from before identities were
+    stored is compared on its resolved config (``resolved_config``). Any other value is
+    returned as it is."""
     if ckpt_path != "auto":
         return ckpt_path
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
     meta = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("samam") or {}
-    saved = meta.get("identity")
-    if saved is None:
-        log.warning(
-            "ckpt_path=auto: %s records no run identity (an older checkpoint); resuming unchecked", last
-        )
+    if meta.get("identity") is not None:
+        differ = identity_differences(meta["identity"], identity)
     else:
-        differ, one_sided = identity_differences(saved, identity)
-        if differ:
-            raise RuntimeError(
-                f"ckpt_path=auto: {last} belongs to another run ({brief_list(differ, 8)}). Give this run its own "
-                "folder (hydra.run.dir=...), pass ckpt_path=null to start over there, or ckpt_path=<file> "
-                "to start from a specific checkpoint."
-            )
-        if one_sided:
-            log.warning("ckpt_path=auto: settings only one of the two runs has: %s", ", ".join(one_sided))
+        saved, now = meta.get("config") or {}, resolved_config or {}
+        differ = identity_differences(
+            {k: saved.get(k) for k in RUN_IDENTITY}, {k: now.get(k) for k in RUN_IDENTITY}
+        )
+    if differ:
+        raise RuntimeError(
+            f"ckpt_path=auto: {last} belongs to another run ({brief_list(differ, 8)}). Give this run its own "
+            "folder (hydra.run.dir=...), pass ckpt_path=null to start over there, or ckpt_path=<file> "
+            "to start from that checkpoint anyway."
+        )
     log.info("ckpt_path=auto: resuming from %s", last)
     return str(last)
 
@@ -182,7 +192,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     assert isinstance(run_config, dict)
 
     identity = run_identity(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, identity)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, identity, run_config)
     # Only a run resumed in its own folder continues its W&B run; from another run's checkpoint
     # (fine-tuning, a sweep of arms from one checkpoint) a new W&B run starts.
     own = (
@@ -227,6 +237,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         raise SystemExit(143) from None  # not 0: SLURM and shells must see the run did not finish
     except BaseException:
         finish_wandb(exit_code=1)
+        log.exception("training failed")  # a deferred requeue below exits, hiding the traceback
         for cb in trainer.callbacks:
             if isinstance(cb, CheckpointOnStop):
                 cb.after_stop()  # a requeue asked for before the crash still happens

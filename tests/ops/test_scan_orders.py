@@ -176,5 +176,6 @@ def test_cache_under_dynamic_compile_and_threads(monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and scan_orders.cache_bytes() <= 50_000 or len(scan_orders._CACHE) == 1
+    assert errors == []
+    assert scan_orders.cache_bytes() <= 50_000 or len(scan_orders._CACHE) == 1
     scan_orders.clear_scan_cache()

@@ -250,9 +250,19 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     torch.save({"samam": {"config": {}, "identity": mine, "wandb_id": "abc123"}}, last)
     assert resolve_ckpt_path("auto", tmp_path, mine) == str(last)
     assert _wandb_id(str(last)) == "abc123"
-    # the same run on a node without mamba-ssm, after a code update added a setting: resumes
-    same = {**mine, "model": {"embed_dim": 32, "backend": "torch", "new_switch": False}}
+    # the same run on a node without mamba-ssm: resumes
+    same = {**mine, "model": {"embed_dim": 32, "backend": "torch"}}
     assert resolve_ckpt_path("auto", tmp_path, same) == str(last)
+    # a setting only one run has (a section set to null, a +key): refused too
+    with pytest.raises(RuntimeError, match="module.optimizer.weight_decay: '<absent>' → 0.1"):
+        resolve_ckpt_path(
+            "auto", tmp_path, {**mine, "module": {"optimizer": {"lr": 1e-4, "weight_decay": 0.1}}}
+        )
+    # a checkpoint from before identities were stored: compared on its resolved config
+    torch.save({"samam": {"config": {**mine, "seed": 3}}}, last)
+    with pytest.raises(RuntimeError, match="seed: 3 → 0"):
+        resolve_ckpt_path("auto", tmp_path, mine, resolved_config=mine)
+    torch.save({"samam": {"config": mine, "identity": mine, "wandb_id": "abc123"}}, last)
     # another run in the same folder (two runs in one SLURM job): refused, saying what differs
     with pytest.raises(RuntimeError, match="belongs to another run \\(model.embed_dim: 32 → 64\\)"):
         resolve_ckpt_path("auto", tmp_path, {**mine, "model": {"embed_dim": 64, "backend": "mamba"}})

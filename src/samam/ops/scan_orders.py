@@ -189,7 +189,8 @@ _LOCK = threading.Lock()
 
 
 def cache_bytes() -> int:
-    return sum(_SIZES.values())
+    with _LOCK:
+        return sum(_SIZES.values())
 
 
 def clear_scan_cache() -> None:
