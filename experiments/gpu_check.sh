@@ -67,7 +67,7 @@ if [ -f wheels/SaMam/MODEL/SaMam_model.py ]; then
     release=(--release-path wheels/SaMam)
 fi
 # --budget stops starting new cases; the timeout (SIGINT) still leaves the tables and plot, and
-# --preserve-status keeps the benchmark's own exit status (0 once it has written them).
+# --preserve-status keeps the benchmark's own exit status (130 when the timeout cut it short).
 timeout --preserve-status -s INT -k 10 "$(budget 260 150)" "$PY" experiments/benchmark.py --device cuda --precision fp32 bf16 \
     --sizes 256 512 1024 2048 4096 --throughput-batch 8 --throughput-sizes 512 \
     --train-batch 8 --train-sizes 256 --warmup 3 --repeats 10 --case-seconds 4 --time-limit 30 \
