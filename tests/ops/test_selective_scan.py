@@ -182,8 +182,8 @@ def test_numba_matches_torch_at_model_width():
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
 def test_numba_growth_overflows_to_inf_as_the_reference():
-    """A > 0 is outside the model (A = −exp(·)) but inside the contract: e^{ΔA} past float32's
-    range is inf, as in the reference, not a wrapped exponent (which gave finite outputs)."""
+    """A > 0 is outside the model (A = −exp(·)): e^{ΔA} past float32's range must still give
+    non-finite outputs, as in the reference, not a wrapped exponent (which gave finite ones)."""
     u, delta = torch.ones(1, 1, 3), torch.ones(1, 1, 3)
     A, B, C = torch.full((1, 1), 89.5), torch.ones(1, 1, 1, 3), torch.ones(1, 1, 1, 3)
     kw = dict(delta_softplus=False)

@@ -424,7 +424,9 @@ def selective_scan_numba(
 ) -> torch.Tensor:
     """Selective scan with numba kernels (CPU tensors only).
 
-    Shapes and semantics as :func:`selective_scan_ref`.
+    Shapes and semantics as :func:`selective_scan_ref`, for decaying states (A ≤ 0, as every
+    Mamba model has: A = −exp(A_log)). For growing states whose e^{ΔA} nears float32's limit
+    the kernels may give NaN where the reference still has a finite value.
     """
     if not numba_available():
         raise RuntimeError(f"the numba selective-scan backend needs numba: {INSTALL_HINT}")
