@@ -22,11 +22,13 @@ demo: $(STAMP) ## train the demo experiment on CPU (a few minutes), print the ch
 test: $(STAMP) ## run the whole CPU test suite (offline, minutes)
 	$(THREADS) $(BIN)/python -m pytest -q tests
 
-test-gpu: $(STAMP) ## run only the GPU-marked tests (needs CUDA; mamba-ssm for the kernel tests)
-	$(BIN)/python -m pytest -q -m gpu tests
+# GPU targets run the active (conda) environment's python, where mamba-ssm is built: GPU_PY=... to choose.
+GPU_PY  ?= python
+test-gpu: ## run only the GPU-marked tests in the active env (needs CUDA; mamba-ssm for the kernel tests)
+	$(GPU_PY) -m pytest -q -m gpu tests
 
-gpu-check: $(STAMP) ## on a CUDA machine: GPU tests + CUDA benchmark (eager, CUDA graphs, StyTr², 8192²) in one run
-	PY=$(BIN)/python bash experiments/gpu_check.sh
+gpu-check: ## on a CUDA machine, active env: GPU tests + CUDA benchmark (eager, CUDA graphs, StyTr², 8192²)
+	PY=$(GPU_PY) bash experiments/gpu_check.sh
 
 lint: $(STAMP) ## ruff lint + format check
 	$(BIN)/ruff check src tests experiments *.py && $(BIN)/ruff format --check src tests experiments *.py

@@ -29,11 +29,16 @@ def test_environment_yml_is_a_gpu_conda_env():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     deps = env["dependencies"]
     names = {re.split(r"[=<>]", d)[0] for d in deps if isinstance(d, str)}
-    assert {"python", "pytorch", "torchvision", "pytorch-cuda", "cuda-nvcc", "pip"} <= names
+    assert {"python", "cuda-nvcc", "cuda-toolkit", "setuptools", "wheel", "pip"} <= names
+    assert "pytorch" not in env["channels"]  # stopped at torch 2.5; its MKL clashes with conda-forge's
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
     pip_names = {re.split(r"[=<>\[ ]", p)[0] for p in pip}
     needed = {"lightning", "hydra-core", "omegaconf", "wandb", "torchmetrics", "torch-fidelity", "lpips"}
     assert needed <= pip_names
+    # the GPU env runs the torch the tests run: the same pins as the CPU machines
+    cpu_pins = {ln.strip() for ln in (ROOT / "requirements-cpu.txt").read_text().splitlines() if "==" in ln}
+    assert cpu_pins == {p for p in pip if p.startswith(("torch==", "torchvision=="))}
+    assert not any(p.startswith("triton") for p in pip)  # torch pins its own triton
     text = (ROOT / "environment.yml").read_text()
     assert "MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation" in text
 
