@@ -6,6 +6,7 @@ Shapes: B batch, H, W crop size. Images are float (3,H,W) in [0, 1].
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,13 +28,21 @@ Verify = Literal["full", "header", "none"]
 
 
 def list_images(folder: str | Path, what: str) -> list[Path]:
-    """All image files under ``folder`` (recursive, sorted). Missing or empty folders fail with what was found."""
+    """All image files under ``folder`` (recursive, sorted; symlinked folders followed; hidden
+    files and folders such as ``._x.jpg`` or ``.ipynb_checkpoints/`` skipped). Missing or empty
+    folders fail with what was found."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{what} folder {str(root)!r} does not exist (absolute: {root.resolve()})")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    every, seen = [], {os.path.realpath(root)}
+    for here, dirs, names in os.walk(root, followlinks=True):
+        real = [(d, os.path.realpath(os.path.join(here, d))) for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d, r in real if r not in seen]  # a symlink loop is walked once
+        seen.update(r for _, r in real)
+        every += [Path(here) / n for n in names if not n.startswith(".")]
+    files = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if len(files) == 0:
-        found = Counter(p.suffix.lower() or "<no suffix>" for p in root.rglob("*") if p.is_file())
+        found = Counter(p.suffix.lower() or "<no suffix>" for p in every if p.is_file())
         summary = ", ".join(f"{n} × {ext}" for ext, n in found.most_common(8)) or "nothing"
         raise FileNotFoundError(
             f"{what} folder {str(root)!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}, recursive); found: {summary}"
@@ -82,6 +91,12 @@ def to_tensor(im: Image.Image) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def check_crop(crop: int, resize: int | None) -> None:
+    """A configuration error, refused at construction (not found per image while training)."""
+    if crop < 1 or (resize is not None and resize < crop):
+        raise ValueError(f"data.resize={resize} must be ≥ data.crop={crop} ≥ 1 (or resize=null)")
+
+
 def resize_for_crop(im: Image.Image, resize: int | None, crop: int) -> Image.Image:
     """Resize to resize×resize (aspect not kept, as the release); with resize=None only scale up images
     whose short side is below the crop."""
@@ -127,6 +142,7 @@ class RandomPairs(IterableDataset):
     ) -> None:
         super().__init__()
         self.content, self.style = list(content), list(style)
+        check_crop(crop, resize)
         self.crop, self.resize = crop, resize
         self.seed, self.rank, self.start_step = seed, rank, start_step
         self.skipped = SkipLog()
@@ -205,6 +221,7 @@ class StyleTransferDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.content_dir, self.style_dir = content_dir, style_dir
+        check_crop(crop, resize)
         self.batch_size, self.crop, self.resize = batch_size, crop, resize
         self.num_workers, self.val_pairs, self.val_size = num_workers, val_pairs, val_size
         self.verify, self.seed, self.pin_memory = verify, seed, pin_memory

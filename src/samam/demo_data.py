@@ -193,19 +193,31 @@ def generate(root: Path, styles_per_kind: int = 2, seed: int = 0) -> None:
 
 
 def ensure_demo_data(root: str | Path) -> Path:
-    """Generate the demo set into root once; concurrent callers are safe (build in tmp, rename)."""
+    """Generate the demo set into root once; concurrent callers are safe (build in tmp, rename).
+    An existing folder is replaced only if it is an older demo set (a ``.complete-v*`` marker):
+    anything else there is refused, never deleted."""
     root = Path(root)
     stamp = root / f".complete-v{VERSION}"
     if stamp.is_file():
         return root
+    if root.exists() and any(root.iterdir()) and not any(root.glob(".complete-v*")):
+        raise FileExistsError(
+            f"data.root={str(root)!r} exists and is not a generated demo set (no .complete-v* marker); "
+            "point data.root at an empty or new folder, or use data=folders for your own images"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
     try:
         log.info("generating demo data into %s (first use, ~10 s)", root)
         generate(tmp)
         (tmp / f".complete-v{VERSION}").touch()
-        if root.exists():
-            shutil.rmtree(root)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        if stamp.is_file():  # another process finished meanwhile: keep its set (it may be in use)
+            return root
+        if root.exists():  # an older demo set: moved aside, then removed
+            old = Path(tempfile.mkdtemp(prefix=".demo-old-", dir=root.parent))
+            os.replace(root, old / "set")
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.replace(tmp, root)
         except OSError:  # another process finished first

@@ -205,3 +205,45 @@ def test_training_logs_bad_files(compose, tiny, demo_root, tmp_path):
     cfg = compose([*tiny(tmp_path / "run"), f"data.root={root}", "data.verify=header", "debug=fdr"])
     metrics = main(cfg)
     assert metrics["data/skipped"] == 1.0
+
+
+def test_listing_follows_symlinked_folders_once_and_skips_hidden_files(tmp_path):
+    from samam.data import list_images
+
+    real = tmp_path / "elsewhere"
+    (real / "sub").mkdir(parents=True)
+    for p in (real / "a.png", real / "sub" / "b.jpg"):
+        Image.new("RGB", (8, 8)).save(p)
+    root = tmp_path / "styles"
+    (root / ".ipynb_checkpoints").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "c.png")
+    Image.new("RGB", (8, 8)).save(root / ".ipynb_checkpoints" / "c-checkpoint.png")
+    (root / "._c.png").write_bytes(b"AppleDouble")  # macOS metadata beside every file
+    (root / "linked").symlink_to(real, target_is_directory=True)
+    (real / "sub" / "loop").symlink_to(root, target_is_directory=True)  # a cycle is walked once
+    names = sorted(p.name for p in list_images(root, "style"))
+    assert names == ["a.png", "b.jpg", "c.png"]
+
+
+def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
+    with pytest.raises(ValueError, match="data.resize=32 must be ≥ data.crop=64"):
+        StyleTransferDataModule(str(tmp_path), str(tmp_path), crop=64, resize=32)
+
+
+def test_demo_data_never_deletes_a_folder_that_is_not_a_demo_set(tmp_path, monkeypatch):
+    from samam import demo_data
+
+    monkeypatch.setattr(demo_data, "generate", lambda root: (root / "x.png").write_bytes(b"png"))
+    mine = tmp_path / "my_images"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="is not a generated demo set"):
+        demo_data.ensure_demo_data(mine)
+    assert (mine / "holiday.jpg").read_bytes() == b"precious"
+    old = tmp_path / "demo"  # an older version of the demo set is replaced
+    old.mkdir()
+    (old / ".complete-v0").touch()
+    assert demo_data.ensure_demo_data(old) == old
+    assert sorted(p.name for p in old.iterdir()) == [f".complete-v{demo_data.VERSION}", "x.png"]
+    assert oct(old.stat().st_mode & 0o777) == "0o755"
+    assert not list(tmp_path.glob(".demo-*"))  # no temporary folders left behind
