@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.logging_utils import brief_list
-from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, to_uint8
+from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, short_side_size, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,7 @@ def resize_image(
     if size is not None:
         new = (size, size)
     elif short_side is not None:
-        # torchvision's Resize(short_side): the longer side int(short_side · long / short)
-        new = (
-            (short_side, max(1, int(short_side * h / w)))
-            if w <= h
-            else (max(1, int(short_side * w / h)), short_side)
-        )
+        new = short_side_size(w, h, short_side)  # (W, H) in, (W, H) out: the rule is symmetric
     elif max_side is not None and max(w, h) > max_side:
         s = max_side / max(w, h)
         new = (max(1, round(w * s)), max(1, round(h * s)))

@@ -173,6 +173,11 @@ _INCEPTION_BLOCKS = (
 )
 
 
+def short_side_size(h: int, w: int, n: int) -> tuple[int, int]:
+    """(H, W) after torchvision's ``Resize(n)``: the shorter side n, the longer int(n · long / short)."""
+    return (n, max(1, int(n * w / h))) if h <= w else (max(1, int(n * h / w)), n)
+
+
 class ArtInceptionFeatures(nn.Module):
     """ArtFID's art-trained Inception-v3 as a feature extractor: (B, 3, H, W) in [0, 1] → (B, 2048).
 
@@ -210,10 +215,8 @@ class ArtInceptionFeatures(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()  # (B, 3, H, W) in [0, 1]
         if self.short_side is not None:
-            h, w = x.shape[-2:]
-            n = self.short_side  # the longer side as torchvision's Resize(n): int(n · long / short)
-            size = (n, max(1, int(n * w / h))) if h <= w else (max(1, int(n * h / w)), n)
-            if size != (h, w):
+            size = short_side_size(*x.shape[-2:], self.short_side)
+            if size != tuple(x.shape[-2:]):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         if min(x.shape[-2:]) < self.min_side:
             raise ValueError(
