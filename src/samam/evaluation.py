@@ -676,11 +676,13 @@ def stylize(
     style_paths, e_styles = keep, torch.stack(e_list)  # (N_s, S, 3, 3)
     if style_weights is not None:
         mixed = mix_embeddings(e_styles, style_weights)  # checks the weights
-        mixes = out / "mixes.json"
+        mixes = out / "mixes.json"  # name → its styles and normalised weights
         taken = json.loads(mixes.read_text()) if mixes.is_file() else {}
         name = mix_name([p.stem for p in style_paths], style_weights, taken)
+        total = sum(style_weights)
+        taken[name] = {"styles": [str(p) for p in style_paths], "weights": [w / total for w in style_weights]}
+        _write_text(mixes, json.dumps(taken, indent=2) + "\n")
         targets = [(name, mixed)]
-        _record_mix(out / "mixes.json", name, style_paths, style_weights)
         grid_styles = [torch.cat([_thumb(im, grid_cell) for im in style_imgs], dim=2)]  # one strip header
     else:
         targets = [(p.stem, e) for p, e in zip(style_paths, e_styles)]
@@ -753,14 +755,6 @@ def stylize(
         out,
     )
     return summary
-
-
-def _record_mix(path: Path, name: str, styles: Sequence[Path], weights: Sequence[float]) -> None:
-    """Add ``name`` → its styles and normalised weights to ``mixes.json`` (atomically)."""
-    mixes = json.loads(path.read_text()) if path.is_file() else {}
-    total = sum(weights)
-    mixes[name] = {"styles": [str(p) for p in styles], "weights": [w / total for w in weights]}
-    _write_text(path, json.dumps(mixes, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------
