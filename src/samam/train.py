@@ -133,7 +133,7 @@ def resolve_ckpt_path(
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
-    meta = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("samam") or {}
+    meta = checkpoint_meta(last)
     if meta.get("identity") is not None:
         differ = identity_differences(meta["identity"], identity)
     else:
@@ -151,15 +151,12 @@ def resolve_ckpt_path(
     return str(last)
 
 
-def _wandb_id(ckpt_path: str | None) -> str | None:
-    """The W&B run a checkpoint was logging to (``checkpoint["samam"]["wandb_id"]``), if any."""
-    if ckpt_path is None or not Path(ckpt_path).is_file():
-        return None
-    return (
-        torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-        .get("samam", {})
-        .get("wandb_id")
-    )
+def checkpoint_meta(path: str | Path | None) -> dict[str, Any]:
+    """A checkpoint's ``samam`` entry (run config, identity, W&B id), or {} for none. Memory-mapped:
+    the weights are not read."""
+    if path is None or not Path(path).is_file():
+        return {}
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("samam") or {}
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -199,7 +196,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         ckpt_path is not None
         and Path(ckpt_path).resolve().parent.parent == Path(cfg.paths.output_dir).resolve()
     )
-    wandb_id = _wandb_id(ckpt_path) if own else None
+    wandb_id = checkpoint_meta(ckpt_path).get("wandb_id") if own else None
     if wandb_id is not None and cfg.get("logger") and cfg.logger.get("wandb") is not None:
         with open_dict(cfg):
             cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"
@@ -229,18 +226,17 @@ def main(cfg: DictConfig) -> dict[str, float]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.is_global_zero:
             _report(trainer, module, last)
-    except SIGTERMException:  # raised by Lightning at a step boundary; CheckpointOnStop saved there
-        finish_wandb(exit_code=143)
+    except BaseException as err:
+        # SIGTERMException: raised by Lightning at a step boundary, where CheckpointOnStop saved.
+        stopped = isinstance(err, SIGTERMException)
+        finish_wandb(exit_code=143 if stopped else 1)
+        if not stopped:
+            log.exception("training failed")  # a deferred requeue below exits, hiding the traceback
         for cb in trainer.callbacks:
             if isinstance(cb, CheckpointOnStop):
-                cb.after_stop()  # a deferred submitit requeue: requeues and exits
-        raise SystemExit(143) from None  # not 0: SLURM and shells must see the run did not finish
-    except BaseException:
-        finish_wandb(exit_code=1)
-        log.exception("training failed")  # a deferred requeue below exits, hiding the traceback
-        for cb in trainer.callbacks:
-            if isinstance(cb, CheckpointOnStop):
-                cb.after_stop()  # a requeue asked for before the crash still happens
+                cb.after_stop()  # a deferred submitit requeue (also one asked for before a crash)
+        if stopped:
+            raise SystemExit(143) from None  # not 0: SLURM and shells must see the run did not finish
         raise
     finish_wandb()
     return metrics

@@ -239,7 +239,7 @@ def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tin
 
 def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path):
     from samam.callbacks import LossSummary
-    from samam.train import _wandb_id, resolve_ckpt_path
+    from samam.train import checkpoint_meta, resolve_ckpt_path
 
     assert resolve_ckpt_path("auto", tmp_path, {}) is None  # nothing there: a fresh start
     assert resolve_ckpt_path("some.ckpt", tmp_path, {}) == "some.ckpt"
@@ -249,7 +249,7 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     mine |= {"module": {"optimizer": {"lr": 1e-4}}, "data": {"root": "${paths.data_dir}/demo"}}
     torch.save({"samam": {"config": {}, "identity": mine, "wandb_id": "abc123"}}, last)
     assert resolve_ckpt_path("auto", tmp_path, mine) == str(last)
-    assert _wandb_id(str(last)) == "abc123"
+    assert checkpoint_meta(last)["wandb_id"] == "abc123"
     # the same run on a node without mamba-ssm: resumes
     same = {**mine, "model": {"embed_dim": 32, "backend": "torch"}}
     assert resolve_ckpt_path("auto", tmp_path, same) == str(last)
