@@ -140,7 +140,7 @@ def test_cache_is_capped_by_memory_not_by_count(monkeypatch):
         assert scan_orders.cache_bytes() <= 200_000 or len(scan_orders._CACHE) == 1
     assert scan_indices("zigzag", 59, 59) is newest  # the newest stays
     big = scan_indices("zigzag", 100, 100)  # alone over the budget: kept, the rest dropped
-    assert list(scan_orders._CACHE.values()) == [big]
+    assert [entry for entry, _ in scan_orders._CACHE.values()] == [big]
     scan_orders.clear_scan_cache()
 
 

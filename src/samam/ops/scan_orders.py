@@ -181,23 +181,27 @@ def scan_indices(
 # more than MAX_CACHE_BYTES (the newest is always kept). A cap by count would not do:
 # stylising photos of many sizes adds ~12 MB per 4000×3000 size (p=8), on the GPU.
 MAX_CACHE_BYTES = 256 * 2**20
-_CACHE: collections.OrderedDict[tuple[str, int, int, str], tuple[torch.Tensor, torch.Tensor]] = (
+# key → ((order, inverse), bytes); the size is a plain int: no tensor is read (fake tensors
+# under torch.compile(dynamic=True) cannot be).
+_CACHE: collections.OrderedDict[tuple[str, int, int, str], tuple[tuple[torch.Tensor, torch.Tensor], int]] = (
     collections.OrderedDict()
 )
-_SIZES: dict[tuple[str, int, int, str], int] = {}  # bytes per entry, plain ints (no tensor reads)
 _LOCK = threading.Lock()
+
+
+def _cached_bytes() -> int:  # caller holds _LOCK
+    return sum(size for _, size in _CACHE.values())
 
 
 def cache_bytes() -> int:
     with _LOCK:
-        return sum(_SIZES.values())
+        return _cached_bytes()
 
 
 def clear_scan_cache() -> None:
     """Drop every cached index tensor (captured CUDA graphs keep their own references)."""
     with _LOCK:
         _CACHE.clear()
-        _SIZES.clear()
 
 
 def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +210,7 @@ def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[tor
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
-            return hit
+            return hit[0]
     if name not in _BUILDERS:
         raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES}")
     if h < 1 or w < 1:
@@ -219,11 +223,9 @@ def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[tor
         inverse.scatter_(1, order, torch.arange(h * w).expand_as(order).contiguous())
         entry = order.to(device), inverse.to(device)
     with _LOCK:
-        _CACHE[key] = entry
-        _SIZES[key] = 2 * 8 * len(order) * h * w  # order and inverse, int64
-        while len(_CACHE) > 1 and sum(_SIZES.values()) > MAX_CACHE_BYTES:
-            old, _ = _CACHE.popitem(last=False)
-            del _SIZES[old]
+        _CACHE[key] = entry, 2 * 8 * len(order) * h * w  # order and inverse, int64
+        while len(_CACHE) > 1 and _cached_bytes() > MAX_CACHE_BYTES:
+            _CACHE.popitem(last=False)
     return entry
 
 
