@@ -741,11 +741,9 @@ class Context:
     t_start: float
 
 
-def run_case(
-    ctx: Context, s: Series, net: nn.Module, precision: str, task: str, batch: int, size: int, h: History
-):
-    """One row: skipped (budget, earlier failure, predicted too slow), failed, or timed."""
-    args, device, memory = ctx.args, ctx.device, ctx.memory
+def new_row(ctx: Context, s: Series, precision: str, task: str, batch: int, size: int) -> dict[str, Any]:
+    """A case's row before it runs: its coordinates, memory kind and notes; no status yet."""
+    args = ctx.args
     row: dict[str, Any] = dict.fromkeys(FIELDS, "")
     row.update(
         impl=s.impl,
@@ -757,7 +755,7 @@ def run_case(
         content=size,
         style=size if task == "train" or (s.peer and args.peer_style == "content") else args.style_size,
         pixels=size * size,
-        mem_kind=memory.kind,
+        mem_kind=ctx.memory.kind,
     )
     notes = []
     if not s.batched and batch > 1:
@@ -765,6 +763,15 @@ def run_case(
     if task == "train" and not s.peer:
         notes.append("loss: " + ctx.loss_desc.split(" ", 1)[0])
     row["notes"] = "; ".join(notes)
+    return row
+
+
+def run_case(
+    ctx: Context, s: Series, net: nn.Module, precision: str, task: str, batch: int, size: int, h: History
+):
+    """One row: skipped (budget, earlier failure, predicted too slow), failed, or timed."""
+    args, device, memory = ctx.args, ctx.device, ctx.memory
+    row = new_row(ctx, s, precision, task, batch, size)
 
     if args.budget and time.monotonic() - ctx.t_start > args.budget:
         row["status"] = f"skipped: --budget {args.budget:g} s spent"
@@ -856,11 +863,8 @@ def run_series(
         status = failure_status(err)
         log.warning("%s %s: building failed: %s", s.label, precision, status)
         for task, batch, size in cases(ctx.args):
-            row = dict.fromkeys(FIELDS, "")
-            row.update(
-                impl=s.impl, mixer=s.mixer, backend=s.backend, precision=precision, task=task, batch=batch,
-                content=size, pixels=size * size, status=f"{status} (building the network)",
-            )  # fmt: skip
+            row = new_row(ctx, s, precision, task, batch, size)
+            row["status"] = f"{status} (building the network)"
             rows.append(row)
         on_row()
         return
