@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 import threading
 from collections.abc import Iterator
 from typing import Literal, get_args
@@ -164,13 +165,20 @@ def record_indices() -> Iterator[list[torch.Tensor]]:
         _RECORDERS.remove(kept)
 
 
-# torch.compile takes the cached tensors as constants of its graph, instead of tracing (and
-# then re-running on every call) the Python that builds them.
-@torch.compiler.assume_constant_result
 def scan_indices(
     name: str, h: int, w: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached ``(order, inverse)``, each (K, L) int64 on ``device``, for an H×W token grid."""
+    # Under torch.compile with dynamic shapes, h and w are symbolic; operator.index makes them
+    # plain ints (torch 2.11's dynamo fails on symbolic arguments of a constant function; int()
+    # does not convert them there).
+    return _constant_indices(name, operator.index(h), operator.index(w), device)
+
+
+# torch.compile takes the cached tensors as constants of its graph, instead of tracing (and
+# then re-running on every call) the Python that builds them.
+@torch.compiler.assume_constant_result
+def _constant_indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     out = _indices(name, h, w, device)
     for kept in _RECORDERS:
         kept.extend(out)
