@@ -178,7 +178,9 @@ def scan_indices(
 # torch.compile takes the cached tensors as constants of its graph, instead of tracing (and
 # then re-running on every call) the Python that builds them.
 @torch.compiler.assume_constant_result
-def _constant_indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+def _constant_indices(
+    name: str, h: int, w: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     out = _indices(name, h, w, device)
     for kept in _RECORDERS:
         kept.extend(out)
