@@ -97,17 +97,22 @@ def check_crop(crop: int, resize: int | None) -> None:
         raise ValueError(f"data.resize={resize} must be ≥ data.crop={crop} ≥ 1 (or resize=null)")
 
 
+# The release's training transform is torchvision's Resize((512, 512)) on PIL images: PIL's
+# bilinear filter (antialiased when shrinking).
+TRAIN_RESAMPLE = Image.BILINEAR
+
+
 def resize_for_crop(im: Image.Image, resize: int | None, crop: int) -> Image.Image:
-    """Resize to resize×resize (aspect not kept, as the release); with resize=None only scale up images
-    whose short side is below the crop."""
+    """Resize to resize×resize (aspect not kept, bilinear, as the release); with resize=None only
+    scale up images whose short side is below the crop."""
     if resize is not None:
         if resize < crop:
             raise ValueError(f"resize={resize} is smaller than crop={crop}")
-        return im.resize((resize, resize), Image.BICUBIC)
+        return im.resize((resize, resize), TRAIN_RESAMPLE)
     w, h = im.size
     if min(w, h) < crop:
         scale = crop / min(w, h)
-        return im.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.BICUBIC)
+        return im.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), TRAIN_RESAMPLE)
     return im
 
 
@@ -189,7 +194,7 @@ class FixedPairs(Dataset):
         return len(self.pairs)
 
     def _load(self, path: Path) -> Tensor:
-        return to_tensor(load_rgb(path).resize((self.size, self.size), Image.BICUBIC))
+        return to_tensor(load_rgb(path).resize((self.size, self.size), TRAIN_RESAMPLE))
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         c, s = self.pairs[i]

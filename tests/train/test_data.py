@@ -247,3 +247,17 @@ def test_demo_data_never_deletes_a_folder_that_is_not_a_demo_set(tmp_path, monke
     assert sorted(p.name for p in old.iterdir()) == [f".complete-v{demo_data.VERSION}", "x.png"]
     assert oct(old.stat().st_mode & 0o777) == "0o755"
     assert not list(tmp_path.glob(".demo-*"))  # no temporary folders left behind
+
+
+def test_training_crops_follow_the_release_transform(tmp_path):
+    """The release trains on transforms.Compose([Resize((512, 512)), RandomCrop(256), ToTensor()])
+    over Image.open(f).convert('RGB'): each crop must be a window of exactly that resized image."""
+    from torchvision import transforms
+
+    path = _save(tmp_path / "s.png", _rgb(300, 200, seed=5))
+    resized = transforms.ToTensor()(transforms.Resize((96, 96))(Image.open(path).convert("RGB")))
+    pairs = RandomPairs([path], [path], crop=32, resize=96, seed=0)
+    batch = next(iter(pairs))
+    windows = resized.unfold(1, 32, 1).unfold(2, 32, 1)  # (3, 65, 65, 32, 32)
+    err = (windows - batch["content"][:, None, None]).abs().amax(dim=(0, 3, 4))
+    assert err.min().item() == 0.0
