@@ -541,8 +541,9 @@ def artfid(lpips: float | Tensor, fid_art: float | Tensor) -> float | Tensor:
 
 
 def to_uint8(x: Tensor) -> Tensor:
-    """[0, 1] float → uint8 with rounding, exactly what a saved PNG holds."""
-    return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    """[0, 1] float → uint8, exactly what a saved PNG holds: halves round up, as
+    torchvision's ``save_image`` (the release's writer) does, not to even."""
+    return x.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------

@@ -261,3 +261,17 @@ def test_every_missing_weight_file_is_named_in_one_error(tmp_path, monkeypatch):
         "vgg19-dcbb9e9d",
     ):
         assert name in msg
+
+
+def test_uint8_pixels_are_those_torchvision_save_image_writes(tmp_path):
+    """The release saves with torchvision.utils.save_image (halves round up): our PNGs and the
+    metrics' uint8 inputs must hold the same pixels, ties and out-of-range values included."""
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    ties = (torch.arange(256.0) + 0.5) / 255  # k + 0.5 exactly, for every k
+    x = torch.cat([ties, torch.rand(1000), torch.tensor([-0.3, 1.7, 0.0, 1.0])]).clamp(max=1.5)
+    img = x[: 3 * 420].reshape(3, 20, 21)
+    save_image(img, tmp_path / "tv.png")
+    theirs = torch.from_numpy(np.array(Image.open(tmp_path / "tv.png"))).permute(2, 0, 1)
+    assert torch.equal(M.to_uint8(img), theirs)
