@@ -8,8 +8,9 @@ pure-torch scan) is built with random weights, every 1-D parameter but PReLU's p
 init the style changes the output by only ~3e-5 of its range, too little to show that the
 style path agrees; at 1.5 it changes it by ~7 %). Its state_dict() is saved as a
 Lightning-style .ckpt (plus a loss-network entry the loader must drop) and loaded with
-samam.load_official_checkpoint once per scan backend. Both stylise the same random content
-(72×104) with two 256² styles (uniform noise, a smooth colour ramp), batch 1, fp32, CPU, one
+samam.load_official_checkpoint once per scan backend. Both stylise the same random contents
+(72×104, whole patches; 77×109, where the release drops the partial patches and ours is given
+the content cropped as stylize.py match_release=true does) with two 256² styles (uniform noise, a smooth colour ramp), batch 1, fp32, CPU, one
 thread. Reported: the output's error, and the error of the style's effect (output for style
 1 minus output for style 2). Also checks zigzag_orders and their inverses against the
 release's get_permute_order.
@@ -35,12 +36,13 @@ from benchmark import git_commit, release_series  # experiments/ is sys.path[0]
 from torch import nn
 
 import samam
+from samam.evaluation import drop_partial_patches
 from samam.ops.scan_orders import scan_indices, zigzag_orders
 from samam.ops.selective_scan import numba_available
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = ((1, 1), (1, 5), (4, 4), (3, 2), (5, 7), (8, 6), (2, 9))
-CONTENT, STYLE = (72, 104), (256, 256)  # H, W
+CONTENTS, STYLE = ((72, 104), (77, 109)), (256, 256)  # H, W; 77×109: partial patches for p = 8 and 4
 
 
 def release_commit(path: Path) -> str:
@@ -86,7 +88,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(
     path: Path, patch_size: int, backends: list[str], seed: int, gain: float, tmp: Path
 ) -> list[dict[str, Any]]:
-    """Rows of max|ours − release| / max|release| for one patch size, one per backend."""
+    """Rows of max|ours − release| / max|release| for one patch size, one per content and backend."""
     release = perturbed_release(path, patch_size, seed, gain)
     ckpt = tmp / f"release_p{patch_size}.ckpt"
     sd = {f"model.{k}": v for k, v in release.state_dict().items()}
@@ -94,8 +96,28 @@ def compare(
     torch.save({"state_dict": sd}, ckpt)
 
     g = torch.Generator().manual_seed(seed + 1)
-    content = torch.rand(1, 3, *CONTENT, generator=g)
+    contents = [torch.rand(1, 3, *CONTENTS[0], generator=g)]
     s1, s2 = styles(g)
+    contents += [torch.rand(1, 3, *size, generator=g) for size in CONTENTS[1:]]
+    rows = []
+    for content in contents:
+        rows += compare_content(release, ckpt, patch_size, backends, content, s1, s2)
+    return rows
+
+
+def compare_content(
+    release: nn.Module,
+    ckpt: Path,
+    patch_size: int,
+    backends: list[str],
+    content: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+) -> list[dict[str, Any]]:
+    cropped = drop_partial_patches(content, patch_size)
+    size = f"{content.shape[-2]}×{content.shape[-1]}"
+    if cropped.shape != content.shape:
+        size += f" (ours: cropped to {cropped.shape[-2]}×{cropped.shape[-1]})"
     with torch.inference_mode():
         t0 = time.perf_counter()
         ref = release(content, s1)
@@ -105,18 +127,18 @@ def compare(
         for backend in backends:
             ours = samam.load_official_checkpoint(ckpt, backend=backend)
             t0 = time.perf_counter()
-            out = ours(content, s1)
+            out = ours(cropped, s1)
             ours_s = time.perf_counter() - t0
             assert out.shape == ref.shape, (out.shape, ref.shape)
             row = dict(
-                patch_size=patch_size, backend=backend, rel_error=rel(out, ref),
+                patch_size=patch_size, content=size, backend=backend, rel_error=rel(out, ref),
                 style_effect=(ref_effect.abs().max() / ref.abs().max()).item(),
-                style_effect_error=rel(out - ours(content, s2), ref_effect),
+                style_effect_error=rel(out - ours(cropped, s2), ref_effect),
                 release_s=round(release_s, 2), ours_s=round(ours_s, 2),
             )  # fmt: skip
             rows.append(row)
             print(
-                f"p={patch_size} {backend}: output {row['rel_error']:.1e}, style effect "
+                f"p={patch_size} {size} {backend}: output {row['rel_error']:.1e}, style effect "
                 f"{row['style_effect']:.1e} of the range, its error {row['style_effect_error']:.1e} "
                 f"(release {release_s:.1f} s, ours {ours_s:.1f} s)"
             )
@@ -143,11 +165,12 @@ def check_zigzag(path: Path) -> list[str]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| patch size | our backend | output: relative error | style effect (share of range) | style effect: relative error |",
-        "|---|---|---|---|---|",
+        "| patch size | content | our backend | output: relative error | style effect (share of range) "
+        "| style effect: relative error |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['patch_size']} | {r['backend']} | {r['rel_error']:.1e} | {r['style_effect']:.1e} "
+        f"| {r['patch_size']} | {r['content']} | {r['backend']} | {r['rel_error']:.1e} | {r['style_effect']:.1e} "
         f"| {r['style_effect_error']:.1e} |"
         for r in rows
     ]
@@ -195,7 +218,7 @@ def main() -> None:
         date=datetime.datetime.now().isoformat(timespec="seconds"), torch=torch.__version__,
         commit=git_commit(), release_path=str(path), release_commit=release_commit(path),
         command=" ".join(sys.argv), threads=torch.get_num_threads(), seed=args.seed, gain=args.gain, tol=args.tol, effect_tol=args.effect_tol,
-        content=list(CONTENT), style=list(STYLE), elapsed_s=round(elapsed, 1), rows=rows,
+        contents=[list(c) for c in CONTENTS], style=list(STYLE), elapsed_s=round(elapsed, 1), rows=rows,
         zigzag_grids=[f"{h}x{w}" for h, w in GRIDS], zigzag_mismatches=bad_grids,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +228,7 @@ def main() -> None:
         f"release {meta['release_path']} ({meta['release_commit']}), CPU fp32, 1 thread, {elapsed:.0f} s\n\n"
     )
     head += (
-        f"max |ours − release| / max |release|, content {CONTENT[0]}×{CONTENT[1]}, styles {STYLE[0]}², batch 1, "
+        f"max |ours − release| / max |release|, styles {STYLE[0]}², batch 1, "
         f"weights × {args.gain:g}; style effect = output(noise style) − output(colour ramp):\n\n"
     )
     (out / "results.md").write_text(f"{head}{table}\n\n{zigzag}\n")

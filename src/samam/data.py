@@ -50,8 +50,13 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
     return files
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any still image to 8-bit RGB: grayscale, RGBA/LA and palette (on white), 16-bit, float, CMYK."""
+def load_rgb(path: str | Path, plain: bool = False) -> Image.Image:
+    """Decode any still image to 8-bit RGB: EXIF orientation applied; grayscale, RGBA/LA and
+    palette (on white), 16-bit, float, CMYK. ``plain``: PIL's ``convert('RGB')`` only, as the
+    release reads images (no EXIF rotation, alpha dropped, 16-bit saturated)."""
+    if plain:
+        with Image.open(path) as im:
+            return im.convert("RGB")
     with Image.open(path) as im:
         im.load()
         im = ImageOps.exif_transpose(im)

@@ -77,10 +77,11 @@ def read_image(
     short_side: int | None = None,
     max_side: int | None = None,
     resample: int = Image.BICUBIC,
+    plain: bool = False,
 ) -> Tensor:
-    """Decode ``path`` → (3, H, W) in [0, 1], resized as :func:`resize_image` says. Unreadable
-    files raise ``OSError``/``ValueError``."""
-    return to_tensor(resize_image(load_rgb(path), size, short_side, max_side, resample))
+    """Decode ``path`` → (3, H, W) in [0, 1], resized as :func:`resize_image` says (``plain``:
+    see :func:`samam.data.load_rgb`). Unreadable files raise ``OSError``/``ValueError``."""
+    return to_tensor(resize_image(load_rgb(path, plain), size, short_side, max_side, resample))
 
 
 def resize_image(
@@ -105,6 +106,13 @@ def resize_image(
     else:
         new = (w, h)
     return im.resize(new, resample) if new != (w, h) else im
+
+
+def drop_partial_patches(x: Tensor, patch_size: int) -> Tensor:
+    """(…, H, W) → (…, ⌊H/p⌋·p, ⌊W/p⌋·p), top-left kept: what the release's strided patch
+    embedding sees of an image (it drops the bottom and right partial patches)."""
+    h, w = x.shape[-2:]
+    return x[..., : h // patch_size * patch_size, : w // patch_size * patch_size]
 
 
 def save_png(image: Tensor, path: PathLike) -> None:
@@ -607,6 +615,7 @@ def stylize(
     trust_pickle: bool = False,
     progress: bool = True,
     cuda_graph: bool = False,
+    match_release: bool = False,
 ) -> dict[str, Any]:
     """Stylise every content × style pair (or, with ``style_weights``, every content with one
     weighted mix of all styles) and save ``{content}_stylized_{style}.png`` in ``output_dir``.
@@ -617,7 +626,11 @@ def stylize(
     interpolates the embedding from the content's own (α = 0) to the style's. Existing
     outputs are kept unless ``overwrite``. ``cuda_graph`` replays one captured CUDA graph per
     input shape (samam.cuda_graph): worth it for many images of one size, such as video
-    frames. Returns lists of written and skipped files.
+    frames. ``match_release`` reads images as the release's test script does (PIL
+    ``convert('RGB')``: no EXIF rotation, alpha dropped) and drops the partial patches at the
+    bottom and right edges as its patch embedding does, so outputs are floor(H/p)·p ×
+    floor(W/p)·p and equal the release's; otherwise every pixel is kept (edges padded).
+    Returns lists of written and skipped files.
     """
     from tqdm.auto import tqdm
 
@@ -650,7 +663,7 @@ def stylize(
     all_styles = collect_images(style, "style")
     check_unique_stems(all_styles, "style")
     style_paths, style_imgs, bad_styles = _read_all(
-        all_styles, "style", short_side=style_side, resample=Image.BILINEAR
+        all_styles, "style", short_side=style_side, resample=Image.BILINEAR, plain=match_release
     )
     if style_weights is not None and bad_styles:
         raise ValueError(
@@ -698,8 +711,10 @@ def stylize(
     bar = tqdm(total=len(content_paths) * len(targets), desc="stylising", unit="img", disable=not progress)
     for cpath in content_paths:
         try:
-            c_pil = load_rgb(cpath)
+            c_pil = load_rgb(cpath, plain=match_release)
             c = to_tensor(resize_image(c_pil, max_side=max_side)).to(dev)  # (3, H, W)
+            if match_release:
+                c = drop_partial_patches(c, net.cfg.patch_size)
         except Exception as err:  # PIL raises many types for bad files
             log.warning("skipping unreadable content image %s (%s: %s)", cpath, type(err).__name__, err)
             summary["skipped_unreadable"].append(str(cpath))

@@ -47,6 +47,34 @@ def test_odd_size_kept_and_alpha_one_equals_net(tiny_ckpt, tiny_net, pair, tmp_p
     assert (pixels(out) - ref).abs().max() <= 1  # same pixels up to rounding of float noise
 
 
+def test_match_release_reads_plainly_and_drops_partial_patches(tiny_ckpt, tiny_net, tmp_path):
+    """The release reads with convert('RGB') (no EXIF rotation, alpha dropped) and its strided
+    patch embedding drops partial patches; match_release=true must give exactly that output."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (301, 457, 4), dtype=np.uint8)
+    rgba[:150, :, 3] = 0  # transparent half: white in our careful decode, raw colour in convert
+    content = tmp_path / "see_through.png"
+    Image.fromarray(rgba, "RGBA").save(content)
+    style = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° to display
+    Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(style, exif=exif)
+
+    run(tiny_ckpt, content, style, tmp_path / "ours")
+    run(tiny_ckpt, content, style, tmp_path / "rel", match_release=True)
+    p = tiny_net.cfg.patch_size
+    h, w = 301 // p * p, 457 // p * p
+    out = tmp_path / "rel" / "see_through_stylized_turned.png"
+    assert Image.open(out).size == (w, h)
+    assert Image.open(tmp_path / "ours" / out.name).size == (457, 301)
+    c = torch.from_numpy(rgba[:h, :w, :3].copy()).permute(2, 0, 1)[None].float() / 255
+    s = read_image(style, plain=True)[None]
+    assert s.shape[-2:] == (72, 96)  # not turned
+    with torch.no_grad():
+        ref = to_uint8(tiny_net(c, s))[0].int()
+    assert (pixels(out) - ref).abs().max() <= 1
+
+
 def test_alpha_zero_reconstructs_content_embedding(tiny_ckpt, tiny_net, pair, tmp_path):
     content, style = pair
     run(tiny_ckpt, content, style, tmp_path / "out", alpha=0.0)
