@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # A truncated file must fail, not decode into a grey half image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PIL refuses images over ~179 MP as possible decompression bombs; the release lifts the limit
+# too. Large WikiArt scans exceed it, and so does a 16K photo to stylise.
+Image.MAX_IMAGE_PIXELS = None
 Verify = Literal["full", "header", "none"]
 
 

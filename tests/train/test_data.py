@@ -261,3 +261,12 @@ def test_training_crops_follow_the_release_transform(tmp_path):
     windows = resized.unfold(1, 32, 1).unfold(2, 32, 1)  # (3, 65, 65, 32, 32)
     err = (windows - batch["content"][:, None, None]).abs().amax(dim=(0, 3, 4))
     assert err.min().item() == 0.0
+
+
+def test_images_over_pils_bomb_limit_are_used(tmp_path):
+    """13500² = 182 MP: PIL's default limit (179 MP) refuses it; the release and we do not."""
+    from samam.data import check_image
+
+    big = tmp_path / "big.png"
+    Image.new("1", (13500, 13500)).save(big)  # 22 kB on disk
+    assert check_image(big, "header") is None
