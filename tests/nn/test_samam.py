@@ -116,6 +116,55 @@ def test_switches_change_the_structure():
     assert "decoder.0.blocks.0.out_norm.norm.weight" in names(tiny(out_norm="layernorm"))
 
 
+def _style_effect_per_path(net: SaMam) -> dict[str, float]:
+    """How much each path of the first decoder block changes between two styles, same input."""
+    torch.manual_seed(1)
+    blk = net.decoder[0].blocks[0]
+    e1, e2 = (net._embed(torch.rand(1, 3, 64, 64)) for _ in range(2))
+    v1, v2 = e1.mean((2, 3)), e2.mean((2, 3))
+    x = torch.randn(1, blk.in_proj.in_channels, 6, 7)
+    h = torch.randn(1, blk.in_proj.out_channels, 6, 7)
+
+    def ssm(e, v):
+        return blk.ssm(h, *(blk.style_params(v) if blk.style_params is not None else (None, None)))
+
+    def skip(e):
+        return blk.scm(x, e) if blk.scm is not None else x
+
+    pairs = {
+        "in_norm": (blk.in_norm(x, v1), blk.in_norm(x, v2)),
+        "conv": (blk.conv(h, e1), blk.conv(h, e2)),
+        "ssm": (ssm(e1, v1), ssm(e2, v2)),
+        "out_norm": (blk.out_norm(h, v1), blk.out_norm(h, v2)),
+        "skip": (skip(e1), skip(e2)),
+    }
+    return {k: (a - b).abs().max().item() for k, (a, b) in pairs.items()}
+
+
+@pytest.mark.parametrize(
+    "switch, cut",
+    [
+        ({}, None),
+        ({"sconv": False}, "conv"),
+        ({"style_ssm": False}, "ssm"),
+        ({"mixer": "attention"}, "ssm"),  # attention has no style-generated A, D
+        ({"out_norm": "layernorm"}, "out_norm"),
+        ({"out_norm": "instancenorm"}, "out_norm"),
+        ({"scm": False}, "skip"),
+    ],
+)
+@torch.no_grad()
+def test_each_ablation_cuts_the_style_out_of_its_path_only(switch, cut):
+    """Whole-network outputs barely move with the style at random init, so each path of a
+    style-aware block is compared on its own: the ablated one ignores the style, the rest not."""
+    effect = _style_effect_per_path(tiny(**switch))
+    for path, diff in effect.items():
+        if path == cut:
+            assert diff == 0.0, (path, effect)
+        else:
+            assert diff > 1e-6, (path, effect)
+
+
 def test_zero_init_starts_style_modulation_neutral():
     """SAIN = plain instance norm and SCM's gate = 0.5, whatever the style."""
     net = tiny(zero_init=True)
