@@ -74,7 +74,7 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("batch, side", [(1, 8192), (2, 8192), (8, 4096)])
+@pytest.mark.parametrize("batch, side", [(1, 8192), (2, 8192), (4, 8192), (8, 4096)])
 def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side):
     """Shapes only, on the meta device: the released network at 8192² (where the release
     fails in its image decoder) and a batch of 8 at 4096²."""
@@ -99,3 +99,26 @@ def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side):
     numel, shape, op = max((n, s, op) for op, (n, s) in mode.largest.items())
     assert numel < 2**31, f"{op} made a {shape} tensor"
     assert len(scans) > 8 and max(scans) <= SS2D.max_elements  # the scan ran in passes
+
+
+def test_large_batches_run_in_chunks_of_samples_equal_to_one_pass(monkeypatch):
+    """Past max_batch_elements the batch runs in chunks of samples: same outputs and gradients."""
+    torch.manual_seed(0)
+    net = SaMam(embed_dim=16, patch_size=8, backend="torch", style_dim=16)
+    c = torch.rand(5, 3, 40, 48, requires_grad=True)
+    s = torch.rand(5, 3, 64, 64)
+    weights = torch.rand(5, 3, 40, 48)
+    runs = []
+    for cap in (SaMam.max_batch_elements, 2 * net.d_inner * 7 * 8):  # 5 samples → chunks of 2, 2, 1
+        monkeypatch.setattr(SaMam, "max_batch_elements", cap)
+        calls = []
+        monkeypatch.setattr(
+            net, "_stylise", lambda x, e, f=SaMam._stylise.__get__(net): calls.append(len(x)) or f(x, e)
+        )
+        y = net(c, s)
+        (g,) = torch.autograd.grad((y * weights).sum(), c)
+        runs.append((y.detach(), g, calls))
+    (y1, g1, calls1), (y2, g2, calls2) = runs
+    assert calls1 == [5] and calls2 == [2, 2, 1]
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-6)

@@ -66,15 +66,20 @@ class SaMam(nn.Module):
     ``net(content, style)``: content (B, 3, H, W) and style (B, 3, h, w) in [0, 1] →
     stylised (B, 3, H, W), no output activation. Any H, W ≥ 2 × patch size: the content is
     reflect-padded to a multiple of the patch size and the output cropped back. Each sample
-    may have its own style; the whole batch runs in one pass.
+    may have its own style; the whole batch runs in one pass, unless its blocks' activations
+    (d_inner channels per token, plus SConv's padding) would reach ``max_batch_elements``: then
+    the batch runs in chunks of samples (8192² at batch ≥ 4 with p=8), so that no tensor needs
+    64-bit index math, which CUDA kernels such as reflection padding refuse.
     """
+
+    max_batch_elements = 2**31 - 1
 
     def __init__(self, **kwargs):
         super().__init__()
         cfg = SaMamConfig(**kwargs)
         self.cfg = cfg
         c, p = cfg.embed_dim, cfg.patch_size
-        d_inner = int(cfg.expand * c)
+        d_inner = self.d_inner = int(cfg.expand * c)
         dt_rank = cfg.dt_rank if cfg.dt_rank is not None else math.ceil(c / 16)
         self.scan_backend = resolve_scan_backend(cfg.backend)
         ss2d = dict(d_state=cfg.d_state, dt_rank=dt_rank, scan_order=cfg.scan, backend=self.scan_backend)
@@ -206,6 +211,20 @@ class SaMam(nn.Module):
     ) -> torch.Tensor:
         self.check_inputs(content, style, style_embedding)
         e_s = self._embed(style) if style is not None else style_embedding  # style checked above
+        p = self.cfg.patch_size
+        h, w = content.shape[-2:]
+        per_sample = self.d_inner * (-(-h // p) + 2) * (-(-w // p) + 2)
+        chunk = max(1, self.max_batch_elements // per_sample)
+        if content.shape[0] > chunk:
+            return torch.cat(
+                [
+                    self._stylise(content[i : i + chunk], e_s[i : i + chunk])
+                    for i in range(0, len(content), chunk)
+                ]
+            )
+        return self._stylise(content, e_s)
+
+    def _stylise(self, content: torch.Tensor, e_s: torch.Tensor) -> torch.Tensor:
         p = self.cfg.patch_size
         h, w = content.shape[-2:]
         pad_h, pad_w = -h % p, -w % p
