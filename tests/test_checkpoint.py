@@ -205,3 +205,75 @@ def test_our_checkpoint_round_trips_and_load_model_dispatches(tmp_path):
             torch.testing.assert_close(back(c, s), ref)
     sd = release_state_dict(C=32, enc=1, groups=1, depth=1, N=4, S=16, lc=4, ls=4)
     assert load_model(save(tmp_path, sd), backend="torch").config["embed_dim"] == 32
+
+
+SMALL = dict(C=32, enc=1, groups=1, depth=1, N=4, S=16, lc=4, ls=4)
+
+
+def test_key_map_sends_each_tensor_home(tmp_path):
+    """One pair per kind of key: a swap inside the name table (gamma/beta, SAIN1 vs the SSM's
+    SAIN, stage order, the LoE's four convs) keeps every shape, so only values reveal it."""
+    sd = release_state_dict(p=4, **SMALL)
+    own = load_official_checkpoint(save(tmp_path, sd), backend="torch").state_dict()
+    blk, rel = "decoder.0.blocks.0", "SAVSSGs.0.SAVSSMs.0"
+    pairs = {
+        f"{blk}.in_norm.gamma.proj.bias": f"{rel}.SAIN1.compress_gamma.1.bias",
+        f"{blk}.in_norm.beta.proj.bias": f"{rel}.SAIN1.compress_beta.1.bias",
+        f"{blk}.out_norm.gamma.proj.bias": f"{rel}.SSM.SAIN.compress_gamma.1.bias",
+        f"{blk}.out_norm.beta.proj.bias": f"{rel}.SSM.SAIN.compress_beta.1.bias",
+        f"{blk}.conv.kernel_gen.weight": f"{rel}.SSM.SConv.compress_key.0.weight",
+        **{
+            f"style_embedder.stages.{i}.weight": f"global_embedder.downscale.{3 * i}.weight" for i in range(3)
+        },
+        "style_embedder.stages.3.weight": "global_embedder.downscale2.0.weight",
+        **{
+            f"{ours}.loe.{conv}.weight": f"{theirs}.{cab}.weight"
+            for ours, theirs in (("decoder.0", "SAVSSGs.0.LoE"), ("content_encoder", "content_encoder.2"))
+            for conv, cab in (("conv1", "cab.0"), ("conv2", "cab.2"), ("ca_down", "cab.3.attention.1"))
+        },
+        "decoder.0.loe.ca_up.bias": "SAVSSGs.0.LoE.cab.3.attention.3.bias",
+        "style_encoder.loe.conv1.bias": "style_encoder.2.cab.0.bias",
+    }
+    for ours, theirs in pairs.items():
+        assert torch.equal(own[ours].flatten(), sd["model." + theirs].flatten()), (ours, theirs)
+
+
+def test_an_unused_tensor_alone_is_refused(tmp_path):
+    sd = release_state_dict(**SMALL)
+    sd["model.SAVSSGs.0.SAVSSMs.0.SSM.extra"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match="not used by the model"):
+        load_official_checkpoint(save(tmp_path, sd), backend="torch")
+
+
+def test_a_transposed_weight_of_the_same_size_is_refused(tmp_path):
+    sd = release_state_dict(**SMALL)
+    key = "model.SAVSSGs.0.SAVSSMs.0.SSM.in_proj.weight"
+    sd[key] = sd[key].t().contiguous()
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_official_checkpoint(save(tmp_path, sd), backend="torch")
+
+
+def _our_checkpoint(tmp_path, net, prefix="net."):
+    ckpt = {
+        "state_dict": {prefix + k: v for k, v in net.state_dict().items()},
+        "samam": {"model": net.config},
+    }
+    torch.save(ckpt, tmp_path / "ours.ckpt")
+    return tmp_path / "ours.ckpt", ckpt
+
+
+def test_a_compiled_networks_checkpoint_loads(tmp_path):
+    net = SaMam(**TINY, backend="torch").eval()
+    path, _ = _our_checkpoint(tmp_path, net, "net._orig_mod.")
+    back = load_checkpoint(path, backend="torch").state_dict()
+    assert back.keys() == net.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in net.state_dict().items())
+
+
+def test_our_checkpoint_missing_a_tensor_is_refused(tmp_path):
+    net = SaMam(**TINY, backend="torch").eval()
+    path, ckpt = _our_checkpoint(tmp_path, net)
+    del ckpt["state_dict"]["net.decoder.0.blocks.0.ssm.x_proj_weight"]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="missing in checkpoint"):
+        load_checkpoint(path, backend="torch")

@@ -26,6 +26,19 @@ def test_orders_are_permutations_and_inverse_inverts(name, hw):
 
 
 @pytest.mark.parametrize("name", SCAN_NAMES)
+def test_four_different_directions(name):
+    """Two equal rows would still be permutations with inverses; the scan would lose a direction.
+    Zigzag, spiral and Hilbert start one direction at each corner; cross starts two at top-left
+    (rows, columns) and two at bottom-right (their reverses)."""
+    for h, w in [(3, 4), (5, 5), (4, 7)]:
+        order, _ = scan_indices(name, h, w)
+        assert len({tuple(o.tolist()) for o in order}) == 4
+        starts = sorted((int(o[0]) // w, int(o[0]) % w) for o in order)
+        corners = [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)]
+        assert starts == ([(0, 0), (0, 0), (h - 1, w - 1), (h - 1, w - 1)] if name == "cross" else corners)
+
+
+@pytest.mark.parametrize("name", SCAN_NAMES)
 def test_merge_is_adjoint_of_scan(name):
     h, w = 5, 6
     order, inverse = scan_indices(name, h, w)

@@ -363,6 +363,17 @@ def test_mamba_fold_with_stand_in_kernel(monkeypatch):
     assert calls == [((3, 8, 11), (3, 2, 5, 11))]
 
 
+def test_mamba_wrapper_passes_delta_softplus_through(monkeypatch):
+    """With delta_softplus=False the kernel must get False (Δ used as given)."""
+    from samam.ops.selective_scan import mamba_scan
+
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel([]))
+    xs = make_inputs(2, 2, 3, 4, 11, per_sample_A=True)
+    with torch.no_grad():
+        xs[1].copy_(torch.rand_like(xs[1]) * 0.3)  # a positive Δ
+    compare(mamba_scan.selective_scan_mamba, xs, softplus=False, fwd_tol=1e-6, bwd_tol=1e-6)
+
+
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_mamba_splits_calls_at_the_launch_limit(monkeypatch, per_sample):
     """Over the channel limit the call is split along whole groups, with the same result.

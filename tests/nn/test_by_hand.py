@@ -1,0 +1,124 @@
+"""Each module against its definition written out by hand (SPEC §1–2), on tiny inputs: SS2D's
+four directions, SConv, LoE, the InstanceNorm arm, the group residual, the style vector and the
+pad-and-crop of sizes that are not multiples of the patch. The release comparison
+(experiments/release_equivalence.py) cannot run in CI; these pin the same maths."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import TINY as TINY_PRESET
+
+from samam import SaMam
+from samam.nn.loe import LoE
+from samam.nn.norms import InstanceNorm
+from samam.nn.ss2d import SS2D, StyleSSMParams
+from samam.nn.style import SConv
+from samam.ops.scan_orders import scan_indices
+from samam.ops.selective_scan import resolve_scan_backend, selective_scan_ref
+
+TINY = {**TINY_PRESET, "backend": "torch"}
+
+
+def _ss2d_by_hand(m: SS2D, x: torch.Tensor, A: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Per direction k: gather by order k, x_proj → [Δ rank | B | C], dt_proj, selective scan
+    with softplus(Δ + bias), scatter back by order k; the four directions summed."""
+    b, d, h, w = x.shape
+    order, _ = scan_indices(m.scan_order, h, w)
+    out = torch.zeros(b, d, h * w)
+    r, n = m.dt_rank, m.d_state
+    for k in range(m.k):
+        xs = x.reshape(b, d, -1)[:, :, order[k]]  # (B, D, L)
+        proj = torch.einsum("cd,bdl->bcl", m.x_proj_weight[k], xs)
+        dt, bk, ck = proj[:, :r], proj[:, r : r + n], proj[:, r + n :]
+        dt = torch.einsum("dr,brl->bdl", m.dt_proj_weight[k], dt)
+        ak, dk = A[..., k * d : (k + 1) * d, :], D[..., k * d : (k + 1) * d]
+        y = selective_scan_ref(xs, dt, ak, bk[:, None], ck[:, None], dk, m.dt_proj_bias[k], True)
+        out[:, :, order[k]] += y
+    return out.view(b, d, h, w)
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["S6", "S7"])
+@torch.no_grad()
+def test_ss2d_equals_its_definition(static):
+    torch.manual_seed(0)
+    m = SS2D(6, 3, 2, "zigzag", resolve_scan_backend("torch"), static_params=static)
+    x = torch.randn(2, 6, 3, 4)
+    if static:
+        A, D = -torch.exp(m.A_log), m.D
+        got = m(x)
+    else:
+        gen, s = StyleSSMParams(5, 4, 6, 3), torch.randn(2, 5)
+        A, D = gen(s)
+        # A_gen's output channel (k·D + d)·N + n holds A[k·D + d, n], negated through exp
+        assert torch.equal(A, -torch.exp(gen.A_gen(s)).view(2, 4 * 6, 3))
+        got = m(x, A, D)
+    torch.testing.assert_close(got, _ss2d_by_hand(m, x, A, D), rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_sconv_is_a_reflect_padded_per_sample_depthwise_conv():
+    torch.manual_seed(0)
+    m, x, e = SConv(3, 4), torch.randn(2, 3, 5, 6), torch.randn(2, 4, 3, 3)
+    kernel = F.leaky_relu(m.kernel_gen(e), 0.1)  # (B, C, 3, 3)
+    ref = torch.cat(
+        [
+            F.conv2d(F.pad(x[i : i + 1], (1, 1, 1, 1), mode="reflect"), kernel[i, :, None], groups=3)
+            for i in range(2)
+        ]
+    )
+    torch.testing.assert_close(m(x, e), ref)
+
+
+@torch.no_grad()
+def test_loe_is_a_residual_with_channel_attention_on_its_branch():
+    torch.manual_seed(0)
+    m, x = LoE(8, 2, 2), torch.randn(2, 8, 5, 5)
+    z = m.conv2(F.gelu(m.conv1(x)))
+    attention = torch.sigmoid(m.ca_up(F.relu(m.ca_down(z.mean((2, 3), keepdim=True)))))
+    torch.testing.assert_close(m(x), x + z * attention)
+
+
+@torch.no_grad()
+def test_instancenorm_arm_is_instance_norm_with_its_affine():
+    m = InstanceNorm(4)
+    m.norm.weight.normal_()
+    m.norm.bias.normal_()
+    x = torch.randn(2, 4, 5, 6)
+    torch.testing.assert_close(m(x), F.instance_norm(x, weight=m.norm.weight, bias=m.norm.bias))
+
+
+@torch.no_grad()
+def test_decoder_group_adds_its_input_back():
+    torch.manual_seed(0)
+    net = SaMam(**{**TINY, "loe": False}).eval()
+    group = net.decoder[0]
+    x, e = torch.randn(2, 32, 4, 5), torch.randn(2, 16, 3, 3)
+    v = e.mean((2, 3))
+    expected = x
+    for blk in group.blocks:
+        expected = blk(expected, e, v)
+    torch.testing.assert_close(group(x, e, v), expected + x)
+
+
+@torch.no_grad()
+def test_style_vector_is_the_global_average_of_the_embedding(monkeypatch):
+    torch.manual_seed(0)
+    net = SaMam(**TINY).eval()
+    seen = []
+    forward = type(net.decoder[0]).forward
+    monkeypatch.setattr(
+        type(net.decoder[0]), "forward", lambda self, x, e, v: seen.append((e, v)) or forward(self, x, e, v)
+    )
+    net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64))
+    e, v = seen[0]
+    torch.testing.assert_close(v, e.mean((2, 3)))
+
+
+@torch.no_grad()
+def test_other_sizes_are_reflect_padded_at_the_bottom_right_then_cropped():
+    torch.manual_seed(0)
+    net = SaMam(**TINY).eval()
+    p = net.cfg.patch_size
+    c, s = torch.rand(1, 3, 37, 45), torch.rand(1, 3, 64, 64)
+    padded = F.pad(c, (0, -45 % p, 0, -37 % p), mode="reflect")
+    torch.testing.assert_close(net(c, s), net(padded, s)[..., :37, :45])
