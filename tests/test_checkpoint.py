@@ -277,3 +277,22 @@ def test_our_checkpoint_missing_a_tensor_is_refused(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="missing in checkpoint"):
         load_checkpoint(path, backend="torch")
+
+
+def test_checkpoint_write_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
+    """A crash or kill while writing must leave the previous checkpoint whole, and no temp file."""
+    from samam import callbacks
+
+    io, path = callbacks.AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.arange(1000.0)}, path)
+
+    def half_then_crash(obj, f, *args, **kwargs):
+        f.write(b"\x80\x02half a pickle")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(callbacks.torch, "save", half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    kept = torch.load(path, weights_only=True)
+    assert kept["step"] == 1 and torch.equal(kept["w"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -111,6 +111,49 @@ def test_style_mixing_weights(tiny_ckpt, image_dirs, tmp_path):
     assert mixes["s0@0.25+s1@0.25+s2@0.5"]["weights"] == [0.25, 0.25, 0.5]
 
 
+@pytest.fixture()
+def seen_embeddings(tiny_net, monkeypatch):
+    """The style embeddings stylize hands the network, one (B, S, 3, 3) tensor per call. At random
+    init the tiny net's pixels barely depend on the style, so its inputs are checked, not pixels."""
+    from samam import evaluation
+
+    seen: list[torch.Tensor] = []
+    hook = tiny_net.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["style_embedding"].clone()), with_kwargs=True
+    )
+    monkeypatch.setattr(evaluation, "load_network", lambda *a, **k: tiny_net)
+    yield seen
+    hook.remove()
+
+
+@torch.no_grad()
+def test_alpha_and_mixes_reach_the_network_as_the_promised_embeddings(
+    tiny_ckpt, tiny_net, pair, image_dirs, seen_embeddings, tmp_path
+):
+    from PIL import Image as PILImage
+
+    content, style = pair
+    embed = tiny_net.embed_style
+    run(tiny_ckpt, content, style, tmp_path / "a", alpha=0.25)  # styles and content at their size
+    e_c, e_s = embed(read_image(content)[None]), embed(read_image(style)[None])
+    torch.testing.assert_close(seen_embeddings[-1], 0.75 * e_c + 0.25 * e_s, rtol=0, atol=1e-6)
+
+    run(tiny_ckpt, content, style, tmp_path / "b", alpha=0.5, style_side=64)  # both at shorter side 64
+
+    def at_64(path):
+        return read_image(path, short_side=64, resample=PILImage.BILINEAR)[None]
+
+    assert at_64(content).shape[-2:] != read_image(content).shape[-2:]
+    expected = 0.5 * embed(at_64(content)) + 0.5 * embed(at_64(style))
+    torch.testing.assert_close(seen_embeddings[-1], expected, rtol=0, atol=1e-6)
+
+    c_dir, s_dir = image_dirs
+    styles = sorted(s_dir.iterdir())
+    run(tiny_ckpt, c_dir / "c0.png", styles, tmp_path / "mix", style_weights=[1.0, 1.0, 2.0])
+    e = torch.cat([embed(read_image(p)[None]) for p in styles])
+    torch.testing.assert_close(seen_embeddings[-1][0], (e[0] + e[1] + 2 * e[2]) / 4, rtol=0, atol=1e-6)
+
+
 def test_output_names_never_collide():
     from samam.evaluation import mix_name, output_name
 

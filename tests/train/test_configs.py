@@ -97,3 +97,21 @@ def test_multirun_with_in_process_ddp_is_refused(monkeypatch, compose):
 def test_conf_files_have_no_stray_names():
     names = {p.relative_to(CONF).as_posix() for p in Path(CONF).rglob("*.yaml")}
     assert "train.yaml" in names
+
+
+def test_paper_experiment_holds_the_release_recipe(compose):
+    """SPEC §5, value by value: a wrong number here trains a different recipe without an error."""
+    cfg = compose(["experiment=paper"])
+    assert (cfg.loss.content_weight, cfg.loss.style_weight) == (7.0, 7.0)
+    assert (cfg.loss.identity1_weight, cfg.loss.identity2_weight) == (70.0, 1.0)
+    assert cfg.loss.vgg.endswith("models/vgg_normalised.pth")
+    assert cfg.module.optimizer._target_ == "torch.optim.Adam" and cfg.module.optimizer.lr == 1e-4
+    assert set(cfg.module.optimizer) == {"_target_", "_partial_", "lr"}  # Adam's default betas, eps, no decay
+    assert cfg.module.scheduler.decay == 2e-5
+    assert (cfg.data.batch_size, cfg.data.crop, cfg.data.resize) == (8, 256, 512)
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval, cfg.trainer.precision) == (
+        200_000,
+        1000,
+        "32-true",
+    )
+    assert (cfg.model.patch_size, cfg.model.embed_dim, cfg.model.scan) == (8, 256, "zigzag")

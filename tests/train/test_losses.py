@@ -42,9 +42,20 @@ def test_style_and_content_loss_known_values():
     ms, ss = zip(*(mean_std(f) for f in feats))
     expected = sum(((a - b) ** 2).mean() + ((c - d) ** 2).mean() for a, b, c, d in zip(mo, ms, so, ss))
     assert torch.allclose(StyleTransferLoss.style_loss(shifted, feats), expected)
-    # content = MSE(norm φ4) + MSE(norm φ5) only: changing φ1..φ3 does not matter.
+    # content = MSE(norm φ4) + MSE(norm φ5) only: changing φ1..φ3 does not matter ...
     other = [torch.randn_like(f) for f in feats[:3]] + feats[3:]
     assert StyleTransferLoss.content_loss(other, feats) < 1e-6
+    # ... and it is exactly that sum, φ4 included.
+    new = feats[:3] + [torch.randn_like(f) for f in feats[3:]]
+
+    def norm(f):
+        m, sd = mean_std(f)
+        return (f - m) / sd
+
+    expected = sum(((norm(a) - norm(b)) ** 2).mean() for a, b in zip(new[3:], feats[3:]))
+    assert torch.allclose(StyleTransferLoss.content_loss(new, feats), expected)
+    only_relu4 = feats[:3] + [new[3], feats[4]]
+    assert StyleTransferLoss.content_loss(only_relu4, feats) > 0.1
 
 
 def test_total_loss_weights_and_identity_terms(caplog):
@@ -61,6 +72,10 @@ def test_total_loss_weights_and_identity_terms(caplog):
     icc = c + 0.1
     out = loss(c, icc, s, c, s)
     assert torch.allclose(out["loss_id1"], torch.tensor(0.01), atol=1e-6)
+    out = loss(c + 0.05, c + 0.1, s - 0.1, c, s)  # every term non-zero: each weight on its own term
+    assert min(out[k] for k in ("loss_content", "loss_style", "loss_id1", "loss_id2")) > 0
+    expected = out["loss_content"] + 2 * out["loss_style"] + 3 * out["loss_id1"] + 4 * out["loss_id2"]
+    assert torch.allclose(out["loss"], expected)
 
 
 def test_vgg_is_frozen_and_stays_in_eval():

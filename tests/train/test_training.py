@@ -114,6 +114,7 @@ def test_sigkill_then_resume_continues_step_and_lr(tiny, train_subprocess, tmp_p
     assert final["global_step"] == k + 2
     lr0, decay = 1e-4, 2e-5
     assert abs(final["optimizer_states"][0]["param_groups"][0]["lr"] - lr0 / (1 + decay * (k + 2))) < 1e-12
+    assert float(final["optimizer_states"][0]["state"][0]["step"]) == k + 2  # Adam's moments were restored
     first_lr = next(
         float(r["train/lr"]) for r in _csv_rows(second) if r.get("train/lr") and int(r["step"]) == steps[0]
     )
