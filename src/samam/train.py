@@ -159,6 +159,15 @@ def checkpoint_meta(path: str | Path | None) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("samam") or {}
 
 
+def wandb_resume_id(ckpt_path: str | Path | None, output_dir: str | Path) -> str | None:
+    """The W&B run id to continue: only a run resumed from its own folder's checkpoints
+    continues its W&B run; from another run's checkpoint (fine-tuning, a sweep of arms from one
+    checkpoint) a new W&B run starts."""
+    if ckpt_path is None or Path(ckpt_path).resolve().parent.parent != Path(output_dir).resolve():
+        return None
+    return checkpoint_meta(ckpt_path).get("wandb_id")
+
+
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     if group is None:
         return []
@@ -190,13 +199,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
     identity = run_identity(cfg)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, identity, run_config)
-    # Only a run resumed in its own folder continues its W&B run; from another run's checkpoint
-    # (fine-tuning, a sweep of arms from one checkpoint) a new W&B run starts.
-    own = (
-        ckpt_path is not None
-        and Path(ckpt_path).resolve().parent.parent == Path(cfg.paths.output_dir).resolve()
-    )
-    wandb_id = checkpoint_meta(ckpt_path).get("wandb_id") if own else None
+    wandb_id = wandb_resume_id(ckpt_path, cfg.paths.output_dir)
     if wandb_id is not None and cfg.get("logger") and cfg.logger.get("wandb") is not None:
         with open_dict(cfg):
             cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"

@@ -75,6 +75,8 @@ def test_callback_logs_metrics_every_n_rounds_and_feeds_checkpointing(tiny_net, 
     assert torch.allclose(m["val/artfid"], (1 + m["val/lpips"]) * (1 + m["val/fid_art"]), rtol=1e-5)
     assert ckpt.best_model_path and ckpt.best_model_score is not None
     assert cb.state_dict() == {"rounds": 3}
+    # FID's reference set counts each style once per pair that used it (as eval.py does)
+    assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
 
 
 def test_callback_config_composes_and_instantiates():

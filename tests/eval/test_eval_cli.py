@@ -164,13 +164,44 @@ def test_eval_checks_every_input_first_and_lists_the_skipped(
     content, style = image_dirs
     folder = folder_copy(content, tmp_path / "content", {"corrupt.png": b"\x89PNG not really"})
     make_image(folder / "sliver.png", 200, 24, seed=9)  # W × H: fine for SaMam (≥ 16), not for LPIPS
+    styles = folder_copy(style, tmp_path / "style", {"broken.jpg": b"\xff\xd8 not a jpeg"})
     out = tmp_path / "eval"
     overrides = [
-        o for o in base_overrides(tiny_ckpt, (folder, style), out) if not o.startswith("content_size")
+        o for o in base_overrides(tiny_ckpt, (folder, styles), out) if not o.startswith("content_size")
     ]
     res = entry_point("eval")(compose_eval([*overrides, "content_size=null", "metrics.test_extractors=true"]))
     skipped = res["protocol"]["skipped_inputs"]
-    assert set(skipped) == {str(folder / "corrupt.png"), str(folder / "sliver.png")}
+    assert set(skipped) == {
+        str(folder / "corrupt.png"),
+        str(folder / "sliver.png"),
+        str(styles / "broken.jpg"),
+    }
     assert "31-px minimum" in skipped[str(folder / "sliver.png")]
-    assert res["protocol"]["n_content"] == 2 and res["lpips"] is not None
+    assert res["protocol"]["n_content"] == 2 and res["protocol"]["n_style"] == 3 and res["lpips"] is not None
     assert "- skipped input `" in (out / "results.md").read_text()
+
+
+def test_eval_scores_exactly_the_saved_pixels(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
+    """The metrics must see what results/ holds (uint8 PNGs), not the network's floats."""
+    import numpy as np
+    import torch
+
+    from samam.metrics import StyleTransferMetrics
+
+    scored = []
+    update = StyleTransferMetrics.update
+    monkeypatch.setattr(
+        StyleTransferMetrics,
+        "update",
+        lambda self, out, content: scored.append(out.clone()) or update(self, out, content),
+    )
+    out = tmp_path / "eval"
+    entry_point("eval")(
+        compose_eval(base_overrides(tiny_ckpt, image_dirs, out) + ["metrics.test_extractors=true"])
+    )
+    images = torch.cat(scored)  # stylising order: contents, then styles in batches
+    names = [f"c{i}_stylized_s{j}.png" for i in range(2) for j in range(3)]
+    assert images.shape[0] == len(names)
+    for img, name in zip(images, names):
+        png = torch.from_numpy(np.array(Image.open(out / name))).permute(2, 0, 1).float() / 255
+        assert torch.equal(img, png), name

@@ -275,3 +275,27 @@ def test_uint8_pixels_are_those_torchvision_save_image_writes(tmp_path):
     save_image(img, tmp_path / "tv.png")
     theirs = torch.from_numpy(np.array(Image.open(tmp_path / "tv.png"))).permute(2, 0, 1)
     assert torch.equal(M.to_uint8(img), theirs)
+
+
+def test_fid_art_short_side_reaches_the_art_inception_and_both_configs_say_512(monkeypatch):
+    """ArtFID feeds the art Inception at a 512 shorter side (SPEC §6); a 299 anywhere on the way
+    (config, default, a hard-coded size) silently changes every FID_art."""
+    from pathlib import Path
+
+    import yaml
+
+    seen = []
+
+    def recording(weights=None, download=False, short_side=512):
+        seen.append(short_side)
+        return M.ArtInceptionFeatures(short_side=short_side)  # random weights: only the size matters
+
+    monkeypatch.setattr(M, "art_inception", recording)
+    off = {"enabled": False}
+    suite = M.build_metrics(fid_art={"enabled": True, "short_side": 300}, fid_tf=off, lpips=off, cfsd=off)
+    assert seen == [300] and suite.fid_art is not None
+    assert M.ArtInceptionFeatures().short_side == 512
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    assert yaml.safe_load((conf / "eval.yaml").read_text())["metrics"]["fid_art"]["short_side"] == 512
+    callback = yaml.safe_load((conf / "callbacks" / "eval_metrics.yaml").read_text())
+    assert callback["metrics"]["fid_art"]["short_side"] == 512

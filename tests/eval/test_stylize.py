@@ -274,6 +274,22 @@ def test_cli_fails_when_nothing_could_be_written(tiny_ckpt, pair, make_image, tm
     assert "nothing written" in proc.stderr
 
 
+def test_cli_rerun_with_every_output_present_succeeds(tiny_ckpt, pair, tmp_path):
+    """A resumed batch job whose outputs all exist has nothing to do: that is success, not exit 1."""
+    from hydra import compose, initialize_config_dir
+    from test_eval_cli import entry_point
+
+    content, style = pair
+    overrides = [f"ckpt_path={tiny_ckpt}", f"content={content}", f"style={style}", f"output_dir={tmp_path / 'out'}",
+                 "device=cpu", "backend=torch", "progress=false", "style_side=null"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("stylize", overrides=overrides)
+    main = entry_point("stylize")
+    assert len(main(cfg)["written"]) == 1
+    again = main(cfg)
+    assert again["written"] == [] and len(again["skipped_existing"]) == 1
+
+
 def test_cli_refuses_missing_checkpoint(pair, tmp_path):
     content, style = pair
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}

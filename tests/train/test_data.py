@@ -270,3 +270,15 @@ def test_images_over_pils_bomb_limit_are_used(tmp_path):
     big = tmp_path / "big.png"
     Image.new("1", (13500, 13500)).save(big)  # 22 kB on disk
     assert check_image(big, "header") is None
+
+
+def test_validation_pairs_are_torchvisions_resize(tmp_path):
+    from torchvision import transforms
+
+    from samam.data import FixedPairs
+
+    c, s = _save(tmp_path / "c.png", _rgb(300, 200, seed=6)), _save(tmp_path / "s.png", _rgb(90, 140, seed=7))
+    pair = FixedPairs([(c, s)], size=96)[0]
+    for key, path in (("content", c), ("style", s)):
+        expected = transforms.ToTensor()(transforms.Resize((96, 96))(Image.open(path).convert("RGB")))
+        assert torch.equal(pair[key], expected), key

@@ -2,6 +2,7 @@
 DDP on CPU with 2 processes, and a multirun over an ablation's arms."""
 
 import csv
+import logging
 import os
 import re
 import signal
@@ -238,6 +239,27 @@ def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tin
     )
 
 
+def test_wandb_run_continues_only_from_the_runs_own_checkpoint(tmp_path):
+    from samam.train import wandb_resume_id
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run, other):
+        (folder / "checkpoints").mkdir(parents=True)
+        torch.save({"samam": {"wandb_id": f"id-{folder.name}"}}, folder / "checkpoints" / "last.ckpt")
+    assert wandb_resume_id(run / "checkpoints" / "last.ckpt", run) == "id-run"
+    assert wandb_resume_id(other / "checkpoints" / "last.ckpt", run) is None  # fine-tuning from another run
+    assert wandb_resume_id(None, run) is None
+
+
+def test_run_identity_covers_the_loss_and_names_a_changed_weight(compose):
+    from samam.train import RUN_IDENTITY, identity_differences, run_identity
+
+    base = compose(["experiment=demo"])
+    assert set(run_identity(base)) == set(RUN_IDENTITY) >= {"seed", "model", "loss", "module", "data"}
+    changed = run_identity(compose(["experiment=demo", "loss.style_weight=3.0"]))
+    assert identity_differences(run_identity(base), changed) == ["loss.style_weight: 7.0 → 3.0"]
+
+
 def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path):
     from samam.callbacks import LossSummary
     from samam.train import checkpoint_meta, resolve_ckpt_path
@@ -317,3 +339,24 @@ def test_a_deferred_requeue_still_runs_when_no_step_boundary_comes(monkeypatch):
     assert calls[-1] == ("requeue", signal.SIGUSR2)
     stop.after_stop()  # the stop comes later after all: no second requeue
     assert calls.count(("requeue", signal.SIGUSR2)) == 1
+
+
+def test_wandb_mode_never_goes_online_without_credentials(tmp_path, monkeypatch, caplog):
+    """No mode and no API key must mean offline: online would hang at a login prompt (ENV.md)."""
+    from samam.logging_utils import resolve_wandb_mode
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))  # none there
+    with caplog.at_level(logging.WARNING):
+        assert resolve_wandb_mode(None) == "offline"
+    assert "OFFLINE" in caplog.text
+    assert resolve_wandb_mode("online") == "online"  # the config wins
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolve_wandb_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_wandb_mode(None) == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert resolve_wandb_mode(None) == "online"
