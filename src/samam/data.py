@@ -39,9 +39,13 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
         raise FileNotFoundError(f"{what} folder {str(root)!r} does not exist (absolute: {root.resolve()})")
     every, seen = [], {os.path.realpath(root)}
     for here, dirs, names in os.walk(root, followlinks=True):
-        real = [(d, os.path.realpath(os.path.join(here, d))) for d in dirs if not d.startswith(".")]
-        dirs[:] = [d for d, r in real if r not in seen]  # a symlink loop is walked once
-        seen.update(r for _, r in real)
+        keep = []
+        for d in dirs:  # each real folder is walked once: symlink loops, two links to one folder
+            r = os.path.realpath(os.path.join(here, d))
+            if not d.startswith(".") and r not in seen:
+                seen.add(r)
+                keep.append(d)
+        dirs[:] = keep
         every += [Path(here) / n for n in names if not n.startswith(".")]
     files = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if len(files) == 0:

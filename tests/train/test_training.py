@@ -360,3 +360,17 @@ def test_wandb_mode_never_goes_online_without_credentials(tmp_path, monkeypatch,
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert resolve_wandb_mode(None) == "online"
+
+
+def test_netrc_credentials_mean_online_and_brief_list(tmp_path, monkeypatch):
+    from samam.logging_utils import brief_list, resolve_wandb_mode
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert resolve_wandb_mode(None) == "online"
+    assert brief_list(["a", "b"], 2) == "a; b" and brief_list(["a", "b", "c"], 2) == "a; b (+1 more)"

@@ -1,0 +1,171 @@
+"""benchmark.py's arithmetic and bookkeeping, case by case: which rows a ratio pairs, the slope
+fits, the statistics of a row, extrapolation, --budget, --peer-style, the markdown columns, a
+failing series, the no-CUDA refusal; and StyTr²'s attention wiring."""
+
+from __future__ import annotations
+
+import csv
+import time
+import types
+
+import pytest
+import torch
+from test_benchmark import _load_benchmark
+from test_stytr2 import _stytr2
+from torch import nn
+
+
+@pytest.fixture()
+def bench():
+    return _load_benchmark()
+
+
+def _row(bench, impl, ms, batch=1, precision="fp32", task="latency", content=256, style=256):
+    r = dict.fromkeys(bench.FIELDS, "")
+    r.update(impl=impl, task=task, batch=batch, content=content, style=style, precision=precision)
+    return {**r, "median_ms": ms, "status": "ok"}
+
+
+def test_ratios_pair_only_equal_batch_and_precision(bench):
+    rows = [
+        _row(bench, "samam", 2.0, batch=1),
+        _row(bench, "samam", 4.0, batch=8),
+        _row(bench, "stytr2", 8.0, batch=8),
+        _row(bench, "samam", 2.0, precision="bf16", content=512),
+        _row(bench, "stytr2", 6.0, content=512),
+    ]
+    bench.add_speedups(rows)
+    assert [r["speedup_vs_stytr2"] for r in rows] == ["", 2.0, "", "", ""]
+
+
+def test_memory_slope_is_fit_on_peak_memory(bench):
+    rows = [
+        {
+            "impl": "samam",
+            "mixer": "ssm",
+            "backend": "torch",
+            "precision": "fp32",
+            "task": "latency",
+            "status": "ok",
+            "pixels": p,
+            "median_ms": p * p / 1e8,
+            "peak_mib": p / 10,
+        }
+        for p in (1e4, 4e4, 16e4)
+    ]
+    (fit,) = bench.scaling(rows).values()
+    assert fit["mem_slope"] == pytest.approx(1.0) and fit["time_slope"] == pytest.approx(2.0)
+
+
+def _ctx(bench, argv, memory=None, t_start=None):
+    args = bench.build_parser().parse_args(["--device", "cpu", *argv])
+    memory = memory or types.SimpleNamespace(kind="rss_hwm_delta", extra_call=True, measure=lambda call: 5.0)
+    return bench.Context(
+        args,
+        torch.device("cpu"),
+        memory,
+        None,
+        "-",
+        0.0,
+        t_start=time.monotonic() if t_start is None else t_start,
+    )
+
+
+def test_row_statistics_median_min_throughput_and_history(bench, monkeypatch):
+    monkeypatch.setattr(bench, "time_calls", lambda *a, **k: [1.0, 3.0, 0.5])
+    ctx = _ctx(bench, ["--repeats", "3"])
+    s = bench.Series("samam", "ssm", "torch", build=None)
+    h = bench.History()
+    row = bench.run_case(ctx, s, nn.Identity(), "fp32", "throughput", 4, 64, h)
+    assert row["status"] == "ok"
+    assert (row["median_ms"], row["min_ms"], row["repeats"]) == (1000.0, 500.0, 3)
+    assert row["img_per_s"] == 4.0 and row["peak_mib"] == 5.0
+    assert h.points == [(64 * 64, 1.0)] and h.mem_points == [(64 * 64, 5.0)]
+
+
+def test_extrapolation_uses_the_measured_slope_and_memory_stays_conservative(bench):
+    h = bench.History(points=[(10_000, 1.0), (40_000, 8.0)], mem_points=[(10_000, 100.0), (40_000, 100.0)])
+    assert h.predict(160_000, 1.0) == pytest.approx(64.0)  # measured slope 1.5
+    assert h.predict_mib(160_000, 2.0) == pytest.approx(1600.0)  # flat small sizes: still quadratic
+
+
+def test_budget_skips_cases_once_spent(bench):
+    ctx = _ctx(bench, ["--budget", "1"], t_start=time.monotonic() - 10)
+    s = bench.Series("samam", "ssm", "torch", build=None)
+    row = bench.run_case(ctx, s, None, "fp32", "latency", 1, 64, bench.History())
+    assert row["status"] == "skipped: --budget 1 s spent"
+
+
+def test_peer_style_content_changes_only_the_peers_style(bench):
+    ctx = _ctx(bench, ["--peers", "stytr2", "--peer-style", "content", "--style-size", "64"])
+    ours = bench.Series("samam", "ssm", "torch", build=None)
+    peer = bench.Series("stytr2", "attention", "mha", build=None, peer=True)
+    assert bench.new_row(ctx, ours, "fp32", "latency", 1, 128)["style"] == 64
+    assert bench.new_row(ctx, peer, "fp32", "latency", 1, 128)["style"] == 128
+
+
+def test_markdown_ratio_cells_sit_under_their_headers(bench, tmp_path):
+    rows = [_row(bench, "samam", 2.0), _row(bench, "release", 4.0), _row(bench, "stytr2", 10.0)]
+    for r in rows:
+        r.update(mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=256 * 256)
+    meta = dict(
+        date="2024-01-01T00:00:00",
+        cpu="cpu",
+        device="cpu",
+        torch="x",
+        threads=1,
+        commit="c",
+        loadavg_start=[0, 0, 0],
+        model="m",
+        style=256,
+        warmup=0,
+        repeats=1,
+        mem_kind="rss_hwm_delta",
+        loss="-",
+        command="c",
+    )
+    bench.add_speedups(rows)
+    bench.write_markdown(rows, meta, tmp_path / "r.md")
+    lines = (tmp_path / "r.md").read_text().splitlines()
+    head = next(line for line in lines if line.startswith("| series"))
+    ours = next(line for line in lines if line.startswith("| samam"))
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in ours.split("|")]))
+    assert cells["vs release"] == "2.00×" and cells["vs StyTr²"] == "5.00×"
+
+
+def test_other_series_still_run_after_one_fails(bench, monkeypatch, tmp_path):
+    class Echo(nn.Module):
+        def forward(self, content, style):
+            return content
+
+    def broken():
+        raise ModuleNotFoundError("No module named 'mamba_ssm'")
+
+    monkeypatch.setattr(
+        bench,
+        "samam_series",
+        lambda *a: [bench.Series("samam", "ssm", "x", broken), bench.Series("samam", "ssm", "y", Echo)],
+    )
+    argv = ["--device", "cpu", "--tasks", "latency", "--sizes", "64", "--repeats", "1", "--warmup", "0"]
+    assert bench.main([*argv, "--out", str(tmp_path)]) == 0
+    with (tmp_path / "results.csv").open() as f:
+        status = [r["status"] for r in csv.DictReader(f)]
+    assert status[0].startswith("error:") and status[1] == "ok"
+
+
+def test_stytr2_decoder_attends_to_style_and_content_encoder_gets_cape():
+    st = _stytr2()
+    net = st.StyTr2(dim=32, heads=4, ffn=64, encoder_layers=1, decoder_layers=1, decoder_width=16).eval()
+    seen = {}
+    net.decoder[0].attn2.register_forward_pre_hook(lambda m, a: seen.__setitem__("kv", a[1].shape[0]))
+    net.encoder_c[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("pos", a[1]))
+    with torch.no_grad():
+        net(torch.rand(1, 3, 48, 80), torch.rand(1, 3, 64, 40))
+    assert seen["kv"] == (64 // 8) * (40 // 8)  # style tokens, not content tokens (6·10)
+    assert seen["pos"] is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_cuda_without_a_gpu_is_refused_up_front(bench, tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device visible"):
+        bench.main(["--device", "cuda", "--sizes", "64", "--out", str(tmp_path)])

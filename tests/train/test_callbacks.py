@@ -1,0 +1,92 @@
+"""The training callbacks on their own, with a stand-in trainer: what a stop saves, the SIGUSR2
+handler's lifetime and the deferred requeue, LossSummary's windows, the checkpoint file mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from types import SimpleNamespace
+
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from samam import callbacks
+from samam.callbacks import CheckpointOnStop, LossSummary
+
+
+def _trainer(step, saved):
+    return SimpleNamespace(
+        global_step=step,
+        is_global_zero=True,
+        _checkpoint_connector=SimpleNamespace(dump_checkpoint=lambda weights_only: {"step": step}),
+        strategy=SimpleNamespace(save_checkpoint=lambda ckpt, path: saved.append((ckpt["step"], str(path)))),
+    )
+
+
+def test_only_sigterm_after_a_step_saves(tmp_path):
+    saved = []
+    stop = CheckpointOnStop(str(tmp_path))
+    stop.on_exception(_trainer(5, saved), None, RuntimeError("crash mid-step"))
+    stop.on_exception(_trainer(0, saved), None, SIGTERMException())
+    assert saved == []
+    stop.on_exception(_trainer(5, saved), None, SIGTERMException())
+    assert saved == [(5, str(tmp_path / "last.ckpt"))]
+
+
+def test_previous_sigusr2_handler_is_restored():
+    def requeue(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        for end in ("teardown", "on_exception"):
+            stop = CheckpointOnStop("unused")
+            stop.on_fit_start(None, None)
+            assert signal.getsignal(signal.SIGUSR2) == stop._defer_requeue
+            if end == "teardown":
+                stop.teardown(None, None, "fit")
+            else:
+                stop.on_exception(_trainer(0, []), None, SIGTERMException())
+            assert signal.getsignal(signal.SIGUSR2) is requeue, end
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+
+
+def test_step_boundary_cancels_the_timer_and_a_second_sigusr2_is_ignored(monkeypatch):
+    calls = []
+    monkeypatch.setattr(callbacks.os, "kill", lambda pid, sig: calls.append(("kill", sig)))
+    stop = CheckpointOnStop("unused", max_defer_s=0.2)
+    stop._requeue = lambda signum, frame: calls.append(("requeue", signum))
+    stop._defer_requeue(signal.SIGUSR2, None)
+    stop._defer_requeue(signal.SIGUSR2, None)  # a second signal while the first stop is under way
+    assert calls == [("kill", signal.SIGTERM)]
+    stop.on_exception(_trainer(0, []), None, SIGTERMException())  # the boundary comes in time
+    time.sleep(0.5)
+    assert ("requeue", signal.SIGUSR2) not in calls  # waits for after_stop (after the save)
+    stop.after_stop()
+    assert calls == [("kill", signal.SIGTERM), ("requeue", signal.SIGUSR2)]
+
+
+def test_loss_summary_short_run_windows_do_not_overlap_and_skip_sanity_check():
+    cb = LossSummary(window=10)
+    for v in (4.0, 3.0, 2.0, 1.0):
+        cb.on_train_batch_end(
+            None, SimpleNamespace(last_losses={"loss_style": torch.tensor(v)}), None, None, 0
+        )
+    assert cb.summary() == {"train_start": 3.5, "train_end": 1.5}
+    for step, sanity, v in ((0, True, 9.0), (0, False, 5.0), (4, False, 2.0)):
+        tr = SimpleNamespace(
+            callback_metrics={"val/loss_style": torch.tensor(v)}, sanity_checking=sanity, global_step=step
+        )
+        cb.on_validation_end(tr, None)
+    assert cb.val == [(0, 5.0), (4, 2.0)]
+
+
+def test_atomic_checkpoint_has_the_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        callbacks.AtomicCheckpointIO().save_checkpoint({"a": 1}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
