@@ -296,3 +296,9 @@ def test_checkpoint_write_that_fails_midway_leaves_the_old_file(tmp_path, monkey
     kept = torch.load(path, weights_only=True)
     assert kept["step"] == 1 and torch.equal(kept["w"], torch.arange(1000.0))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    # a temp file left by a SIGKILLed write goes with the next save of the same file only
+    monkeypatch.undo()
+    (tmp_path / ".last.ckpt.k1ll3d.tmp").write_bytes(b"half")
+    (tmp_path / ".step0000002.ckpt.x.tmp").write_bytes(b"half")
+    io.save_checkpoint({"step": 3}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".step0000002.ckpt.x.tmp", "last.ckpt"]

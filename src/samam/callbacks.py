@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import signal
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into a temp file in the target folder, fsync, then os.replace: a reader (or a run
-    killed mid-write) sees the old checkpoint or the new one, never half of one."""
+    killed mid-write) sees the old checkpoint or the new one, never half of one. A temp file that
+    a SIGKILL left behind is removed by the next save of the same file."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
@@ -44,6 +46,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # from a killed run
+            stale.unlink(missing_ok=True)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
