@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from types import SimpleNamespace
 
 import torch
@@ -53,16 +52,46 @@ def test_previous_sigusr2_handler_is_restored():
         signal.signal(signal.SIGUSR2, old)
 
 
+class _Timer:
+    """threading.Timer under the test's control: it fires only when told, so the test does not
+    depend on how fast a loaded machine runs it."""
+
+    made: list[_Timer] = []
+
+    def __init__(self, interval, function):
+        self.function, self.alive, self.cancelled, self.daemon = function, False, False, False
+        _Timer.made.append(self)
+
+    def start(self):
+        self.alive = True
+
+    def is_alive(self):
+        return self.alive
+
+    def cancel(self):
+        self.cancelled, self.alive = True, False
+
+    def join(self):
+        pass
+
+    def fire(self):
+        if not self.cancelled:
+            self.alive = False
+            self.function()
+
+
 def test_step_boundary_cancels_the_timer_and_a_second_sigusr2_is_ignored(monkeypatch):
     calls = []
     monkeypatch.setattr(callbacks.os, "kill", lambda pid, sig: calls.append(("kill", sig)))
-    stop = CheckpointOnStop("unused", max_defer_s=0.2)
+    monkeypatch.setattr(callbacks.threading, "Timer", _Timer)
+    _Timer.made.clear()
+    stop = CheckpointOnStop("unused", max_defer_s=60)
     stop._requeue = lambda signum, frame: calls.append(("requeue", signum))
     stop._defer_requeue(signal.SIGUSR2, None)
     stop._defer_requeue(signal.SIGUSR2, None)  # a second signal while the first stop is under way
-    assert calls == [("kill", signal.SIGTERM)]
+    assert calls == [("kill", signal.SIGTERM)] and len(_Timer.made) == 1
     stop.on_exception(_trainer(0, []), None, SIGTERMException())  # the boundary comes in time
-    time.sleep(0.5)
+    _Timer.made[0].fire()  # too late: cancelled
     assert ("requeue", signal.SIGUSR2) not in calls  # waits for after_stop (after the save)
     stop.after_stop()
     assert calls == [("kill", signal.SIGTERM), ("requeue", signal.SIGUSR2)]

@@ -334,12 +334,14 @@ def test_a_deferred_requeue_still_runs_when_no_step_boundary_comes(monkeypatch):
 
     calls = []
     monkeypatch.setattr(callbacks.os, "kill", lambda pid, sig: calls.append(("kill", sig)))
-    stop = callbacks.CheckpointOnStop("unused", max_defer_s=0.2)
+    stop = callbacks.CheckpointOnStop("unused", max_defer_s=0.5)
     stop._requeue = lambda signum, frame: calls.append(("requeue", signum))
     stop._defer_requeue(signal.SIGUSR2, None)
-    assert calls == [("kill", signal.SIGTERM)]
-    time.sleep(0.6)
-    assert calls[-1] == ("requeue", signal.SIGUSR2)
+    assert calls[0] == ("kill", signal.SIGTERM)
+    deadline = time.monotonic() + 20  # the timer thread may start late on a loaded machine
+    while ("requeue", signal.SIGUSR2) not in calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls == [("kill", signal.SIGTERM), ("requeue", signal.SIGUSR2)]
     stop.after_stop()  # the stop comes later after all: no second requeue
     assert calls.count(("requeue", signal.SIGUSR2)) == 1
 
