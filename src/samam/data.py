@@ -117,9 +117,8 @@ TRAIN_RESAMPLE = Image.BILINEAR
 def resize_for_crop(im: Image.Image, resize: int | None, crop: int) -> Image.Image:
     """Resize to resize×resize (aspect not kept, bilinear, as the release); with resize=None only
     scale up images whose short side is below the crop."""
+    check_crop(crop, resize)
     if resize is not None:
-        if resize < crop:
-            raise ValueError(f"resize={resize} is smaller than crop={crop}")
         return im.resize((resize, resize), TRAIN_RESAMPLE)
     w, h = im.size
     if min(w, h) < crop:
