@@ -71,6 +71,13 @@ def _load_benchmark():
     return module
 
 
+def timed_row(bench, impl, ms, batch=1, precision="fp32", task="latency", content=256, style=256):
+    """A results row of ``impl`` that took ``ms`` (every other field empty)."""
+    r = dict.fromkeys(bench.FIELDS, "")
+    r.update(impl=impl, task=task, batch=batch, content=content, style=style, precision=precision)
+    return {**r, "median_ms": ms, "status": "ok"}
+
+
 def test_presets_overrides_and_slope():
     bench = _load_benchmark()
     kwargs = bench.model_kwargs("tiny", ["d_state=8", "scm=false"])
@@ -230,14 +237,12 @@ def test_a_failing_network_gives_rows_and_the_next_series_still_runs(tmp_path, m
 def test_peer_ratios_compare_equal_inputs_only():
     """--peer-style content gives the peer style = content: no ratio where our style differs."""
     bench = _load_benchmark()
-
-    def row(impl, content, style, ms):
-        r = dict.fromkeys(bench.FIELDS, "")
-        r.update(impl=impl, task="latency", batch=1, content=content, style=style, precision="fp32")
-        return {**r, "median_ms": ms, "status": "ok"}
-
-    rows = [row("samam", 256, 256, 2.0), row("stytr2", 256, 256, 6.0), row("samam", 512, 256, 4.0)]
-    rows.append(row("stytr2", 512, 512, 30.0))
+    rows = [
+        timed_row(bench, "samam", 2.0, content=256, style=256),
+        timed_row(bench, "stytr2", 6.0, content=256, style=256),
+        timed_row(bench, "samam", 4.0, content=512, style=256),
+        timed_row(bench, "stytr2", 30.0, content=512, style=512),
+    ]
     bench.add_speedups(rows)
     assert [r["speedup_vs_stytr2"] for r in rows] == [3.0, "", "", ""]
 

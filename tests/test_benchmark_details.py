@@ -10,7 +10,7 @@ import types
 
 import pytest
 import torch
-from test_benchmark import _load_benchmark
+from test_benchmark import _load_benchmark, timed_row
 from test_stytr2 import _stytr2
 from torch import nn
 
@@ -20,19 +20,13 @@ def bench():
     return _load_benchmark()
 
 
-def _row(bench, impl, ms, batch=1, precision="fp32", task="latency", content=256, style=256):
-    r = dict.fromkeys(bench.FIELDS, "")
-    r.update(impl=impl, task=task, batch=batch, content=content, style=style, precision=precision)
-    return {**r, "median_ms": ms, "status": "ok"}
-
-
 def test_ratios_pair_only_equal_batch_and_precision(bench):
     rows = [
-        _row(bench, "samam", 2.0, batch=1),
-        _row(bench, "samam", 4.0, batch=8),
-        _row(bench, "stytr2", 8.0, batch=8),
-        _row(bench, "samam", 2.0, precision="bf16", content=512),
-        _row(bench, "stytr2", 6.0, content=512),
+        timed_row(bench, "samam", 2.0, batch=1),
+        timed_row(bench, "samam", 4.0, batch=8),
+        timed_row(bench, "stytr2", 8.0, batch=8),
+        timed_row(bench, "samam", 2.0, precision="bf16", content=512),
+        timed_row(bench, "stytr2", 6.0, content=512),
     ]
     bench.add_speedups(rows)
     assert [r["speedup_vs_stytr2"] for r in rows] == ["", 2.0, "", "", ""]
@@ -105,7 +99,11 @@ def test_peer_style_content_changes_only_the_peers_style(bench):
 
 
 def test_markdown_ratio_cells_sit_under_their_headers(bench, tmp_path):
-    rows = [_row(bench, "samam", 2.0), _row(bench, "release", 4.0), _row(bench, "stytr2", 10.0)]
+    rows = [
+        timed_row(bench, "samam", 2.0),
+        timed_row(bench, "release", 4.0),
+        timed_row(bench, "stytr2", 10.0),
+    ]
     for r in rows:
         r.update(mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=256 * 256)
     meta = dict(

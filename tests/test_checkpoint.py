@@ -193,9 +193,7 @@ def test_missing_and_garbage_files(tmp_path):
 def test_our_checkpoint_round_trips_and_load_model_dispatches(tmp_path):
     torch.manual_seed(1)
     net = SaMam(**TINY, scan="hilbert", scm=False, backend="torch").eval()
-    ckpt = {"state_dict": {"net." + k: v for k, v in net.state_dict().items()},
-            "samam": {"model": net.config, "config": None, "version": 1}}  # fmt: skip
-    torch.save(ckpt, tmp_path / "ours.ckpt")
+    _our_checkpoint(tmp_path, net)
     c, s = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         ref = net(c, s)
@@ -256,7 +254,7 @@ def test_a_transposed_weight_of_the_same_size_is_refused(tmp_path):
 def _our_checkpoint(tmp_path, net, prefix="net."):
     ckpt = {
         "state_dict": {prefix + k: v for k, v in net.state_dict().items()},
-        "samam": {"model": net.config},
+        "samam": {"model": net.config, "config": None, "version": 1},
     }
     torch.save(ckpt, tmp_path / "ours.ckpt")
     return tmp_path / "ours.ckpt", ckpt

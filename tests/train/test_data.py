@@ -284,23 +284,18 @@ def test_validation_pairs_are_torchvisions_resize(tmp_path):
         assert torch.equal(pair[key], expected), key
 
 
-def _png(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8)).save(path)
-
-
 def test_listing_walks_a_folder_reached_twice_once_and_sorts(tmp_path):
     from samam.data import list_images
 
     root = tmp_path / "root"
     for name in ("z.png", "a.png", "m.png", "A/x.png"):
-        _png(root / name)
+        _save(root / name, _rgb(8, 8))
     (root / "B").mkdir()
     (root / "B" / "toA").symlink_to(root / "A", target_is_directory=True)  # reached after A itself
     files = list_images(root, "style")
     assert [p.relative_to(root).as_posix() for p in files] == ["A/x.png", "a.png", "m.png", "z.png"]
     # two links side by side to one folder outside: walked once (it was listed twice)
-    _png(tmp_path / "outside" / "o.png")
+    _save(tmp_path / "outside" / "o.png", _rgb(8, 8))
     for link in ("l1", "l2"):
         (root / link).symlink_to(tmp_path / "outside", target_is_directory=True)
     files = list_images(root, "style")
@@ -317,7 +312,7 @@ def test_a_bad_file_shared_by_content_and_style_is_counted_once(tmp_path):
     from samam.data import StyleTransferDataModule
 
     for i in range(2):
-        _png(tmp_path / f"{i}.png")
+        _save(tmp_path / f"{i}.png", _rgb(8, 8))
     (tmp_path / "bad.png").write_text("not an image")
     dm = StyleTransferDataModule(
         str(tmp_path), str(tmp_path), batch_size=2, crop=8, resize=16, num_workers=0, verify="header"
