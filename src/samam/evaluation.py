@@ -517,7 +517,7 @@ def evaluate(
     else:
         eff = {k: None for k in ("ms_per_image", "gmacs", "params", "peak_mem_mib")}
         eff["peak_mem_note"] = "bench disabled in config (bench.enabled=false)"
-    null_reasons = {k: suite.reasons[k] for k in METRIC_NAMES if values[k] is None}
+    null_reasons = {k: suite.null_reasons[k] for k in METRIC_NAMES if values[k] is None}
     for key in ("ms_per_image", "gmacs", "params", "peak_mem_mib"):
         res[key] = eff.get(key)
         if res[key] is None:

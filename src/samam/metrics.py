@@ -407,7 +407,8 @@ class FrechetDistance(FrechetInceptionDistance):
 
     ``update(images, real=...)`` passes the images to ``extractor`` unchanged (uint8 for
     TF-Inception, float [0, 1] for the art Inception); sums in float64; ``compute()``
-    returns a float64 scalar (torchmetrics casts back to the feature dtype)."""
+    returns a float64 scalar (torchmetrics casts back to the feature dtype), NaN while either
+    set has fewer than 2 samples (counted over every rank), with the reason in ``shortfall``."""
 
     def __init__(
         self,
@@ -425,6 +426,7 @@ class FrechetDistance(FrechetInceptionDistance):
             normalize=False,
             **kwargs,
         )
+        self.shortfall: str | None = None  # why the last compute() gave NaN
 
     def update(self, imgs: Tensor, real: bool, weight: int = 1) -> None:
         """Add the images' features to the real or fake statistics, each counted ``weight``
@@ -450,9 +452,14 @@ class FrechetDistance(FrechetInceptionDistance):
             self.fake_features_num_samples += n
 
     def compute(self) -> Tensor:
+        # The states are synced here, so every rank takes the same branch.
         n_r, n_f = self.real_features_num_samples, self.fake_features_num_samples
+        self.shortfall = None
         if n_r < 2 or n_f < 2:
-            raise RuntimeError(f"FID needs at least 2 real and 2 fake samples, got {int(n_r)} and {int(n_f)}")
+            self.shortfall = (
+                f"FID needs at least 2 reference and 2 stylised images, got {int(n_r)} and {int(n_f)}"
+            )
+            return torch.tensor(float("nan"), dtype=torch.float64, device=self.real_features_sum.device)
         mu_r = self.real_features_sum / n_r
         mu_f = self.fake_features_sum / n_f
         cov_r = (self.real_features_cov_sum - n_r * torch.outer(mu_r, mu_r)) / (n_r - 1)
@@ -572,7 +579,8 @@ class StyleTransferMetrics(nn.Module):
     ):
         super().__init__()
         self.fid_art, self.fid_tf, self.lpips, self.cfsd = fid_art, fid_tf, lpips, cfsd
-        self.reasons = dict(reasons or {})  # metric → why it is None
+        self.reasons = dict(reasons or {})  # metric → why it is None (disabled)
+        self.null_reasons = dict(self.reasons)  # after compute(): also FIDs short of images
         self.networks = dict(networks or {})  # metric → which feature network computed it
         for name in ("fid_art", "fid_tf", "lpips", "cfsd"):
             if getattr(self, name) is None:
@@ -612,14 +620,23 @@ class StyleTransferMetrics(nn.Module):
             self.cfsd.update(output, content)
 
     def compute(self) -> dict[str, float | None]:
-        """Every name of :data:`METRIC_NAMES` → value (float) or None (see ``reasons``)."""
+        """Every name of :data:`METRIC_NAMES` → value (float) or None; ``null_reasons`` then
+        says why each None is None (disabled, or too few images for a FID)."""
         res: dict[str, float | None] = {n: None for n in METRIC_NAMES}
+        why = {n: self.reasons[n] for n in METRIC_NAMES if n in self.reasons}
         for name in ("fid_art", "fid_tf", "lpips", "cfsd"):
             metric = getattr(self, name)
             if metric is not None:
-                res[name] = float(metric.compute())
+                value = float(metric.compute())
+                if getattr(metric, "shortfall", None):
+                    why[name] = metric.shortfall
+                else:
+                    res[name] = value
         if res["fid_art"] is not None and res["lpips"] is not None:
             res["artfid"] = float(artfid(res["lpips"], res["fid_art"]))
+        elif "artfid" not in why:
+            why["artfid"] = f"needs fid_art: {why['fid_art']}"
+        self.null_reasons = why
         return res
 
     def reset(self) -> None:

@@ -77,6 +77,32 @@ def test_artfid_formula_and_suite():
     assert "disabled" in suite.reasons["fid_tf"] and "artfid" not in suite.reasons
 
 
+def test_fid_short_of_images_is_null_with_reason_and_the_rest_still_computes():
+    """One stylised image (a 1 × 1 eval, or a callback with max_pairs=1) has no covariance: the
+    FIDs and ArtFID are null with the reason, LPIPS still computes, nothing raises, and the
+    next compute with enough images gives values again."""
+
+    class Const(nn.Module):
+        def forward(self, x, y):
+            return torch.full((x.shape[0], 1, 1, 1), 0.25)
+
+    fid = M.FrechetDistance(nn.Flatten(), num_features=4, reset_real_features=False)
+    suite = M.StyleTransferMetrics(fid_art=fid, lpips=M.LPIPSDistance(Const()))
+    suite.update_style(torch.rand(1, 4, 1, 1))
+    suite.update(torch.rand(1, 4, 1, 1), torch.zeros(1, 4, 1, 1))
+    res = suite.compute()
+    assert res["lpips"] == pytest.approx(0.25) and res["fid_art"] is None and res["artfid"] is None
+    assert (
+        suite.null_reasons["fid_art"] == "FID needs at least 2 reference and 2 stylised images, got 1 and 1"
+    )
+    assert "fid_art" in suite.null_reasons["artfid"] and "disabled" in suite.null_reasons["fid_tf"]
+    suite.update_style(torch.rand(5, 4, 1, 1), weight=2)
+    suite.update(torch.rand(2, 4, 1, 1), torch.zeros(2, 4, 1, 1))  # 3 stylised now
+    res = suite.compute()
+    assert res["fid_art"] is not None and res["artfid"] is not None
+    assert "fid_art" not in suite.null_reasons and "artfid" not in suite.null_reasons
+
+
 def test_artfid_is_null_with_reason_when_lpips_disabled():
     suite = M.build_metrics(lpips={"enabled": False}, test_extractors=True)
     assert suite.lpips is None
