@@ -373,6 +373,8 @@ def results_markdown(res: Mapping[str, Any]) -> str:
         f"precision {res.get('precision')}. FID reference set: "
         f"{p.get('style_reference', 'the style images')}.",
     ]
+    if p.get("decoding"):
+        lines.append(f"Decoding: {p['decoding']}.")
     b = res.get("bench") or {}
     if b:
         lines.append(
@@ -412,6 +414,7 @@ def evaluate(
     bench: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
     progress: bool = True,
+    match_release: bool = False,
 ) -> dict[str, Any]:
     """Stylise every content × style pair, save ``{content}_stylized_{style}.png``, compute
     the protocol's metrics and efficiency figures, write ``results.json`` and ``results.md``
@@ -421,6 +424,12 @@ def evaluate(
     style as the release's test script prepares it: shorter side ``style_short_side``, aspect
     kept, bilinear (``style_size``, when set, wins and squashes it to size×size). FID's reference set is
     the style files themselves, each counted once per content image.
+
+    ``match_release``: every input (content, the style the network sees, FID's reference set)
+    is decoded with PIL's ``convert('RGB')`` only, as the release's test script and art-fid read
+    images (no EXIF rotation, alpha dropped), and the content's partial edge patches are dropped
+    as the release's patch embedding drops them; otherwise EXIF rotation is applied, alpha is
+    composited on white and every pixel is kept. The two differ only for such files.
 
     ``metrics``: keyword arguments of :func:`samam.metrics.build_metrics`; ``bench``:
     ``{enabled, content_size, style_size, warmup, repeats}`` (sizes default to the eval sizes).
@@ -440,6 +449,11 @@ def evaluate(
     check_unique_stems(contents, "content")
     check_unique_stems(styles, "style")
     out.mkdir(parents=True, exist_ok=True)
+
+    def read_content(path: Path) -> Tensor:  # (3, H, W); decoded twice (check, then use) to hold none
+        c = read_image(path, size=content_size, plain=match_release)
+        return drop_partial_patches(c, net.cfg.patch_size) if match_release else c
+
     log.info(
         "eval: %d content × %d style images on %s (%s) → %s", len(contents), len(styles), dev, precision, out
     )
@@ -451,7 +465,7 @@ def evaluate(
     with torch.no_grad():
         for p in styles:
             try:
-                im = load_rgb(p)  # kept for the FID reference set below
+                im = load_rgb(p, plain=match_release)  # kept for the FID reference set below
                 net_in = resize_image(
                     im, size=style_size, short_side=style_short_side, resample=Image.BILINEAR
                 )
@@ -464,7 +478,7 @@ def evaluate(
         usable = []
         for cpath in contents:
             try:
-                c = read_image(cpath, size=content_size)[None]
+                c = read_content(cpath)[None]
                 net.check_inputs(c, style_embedding=e_list[0][None].to(c.device))  # c stays on the CPU
                 if min(c.shape[-2:]) < suite.min_side:
                     raise ValueError(
@@ -490,7 +504,7 @@ def evaluate(
     bar = tqdm(total=len(contents) * len(styles), desc="stylising", unit="img", disable=not progress)
     with torch.no_grad():
         for cpath in contents:
-            c = read_image(cpath, size=content_size).to(dev)
+            c = read_content(cpath).to(dev)
             for s in range(0, len(styles), batch_size):
                 e = e_styles[s : s + batch_size]
                 with autocast(dev, precision):
@@ -536,6 +550,11 @@ def evaluate(
             style_size=style_size,
             style_short_side=style_short_side,
             style_reference="style files as decoded, each weighted by n_content",
+            decoding=(
+                "as the release and art-fid: PIL convert('RGB'), partial edge patches dropped"
+                if match_release
+                else "EXIF rotation applied, alpha on white, every pixel kept"
+            ),
         ),
         ckpt_path=str(ckpt_path),
         model=net.config,

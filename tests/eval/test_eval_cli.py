@@ -205,3 +205,69 @@ def test_eval_scores_exactly_the_saved_pixels(tiny_ckpt, image_dirs, tmp_path, m
     for img, name in zip(images, names):
         png = torch.from_numpy(np.array(Image.open(out / name))).permute(2, 0, 1).float() / 255
         assert torch.equal(img, png), name
+
+
+def test_eval_match_release_decodes_as_art_fid_and_drops_partial_patches(
+    tiny_ckpt, tiny_net, tmp_path, monkeypatch
+):
+    """match_release=true: content, network style and FID reference all decoded with
+    convert('RGB') (art-fid's and the release's reading: no EXIF rotation, alpha dropped), and
+    the content's partial edge patches dropped; by default the same files are turned and
+    composited on white and every pixel is kept."""
+    import numpy as np
+    import torch
+
+    from samam.metrics import StyleTransferMetrics
+
+    rng = np.random.default_rng(4)
+    content, style = tmp_path / "content", tmp_path / "style"
+    content.mkdir()
+    style.mkdir()
+    rgba = rng.integers(0, 256, (45, 70, 4), dtype=np.uint8)
+    rgba[:20, :, 3] = 0  # transparent top: white by default, raw colour under convert('RGB')
+    Image.fromarray(rgba, "RGBA").save(content / "glass.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° to display
+    Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8)).save(style / "turned.jpg", exif=exif)
+
+    refs, pairs = [], []
+    update_style, update = StyleTransferMetrics.update_style, StyleTransferMetrics.update
+    monkeypatch.setattr(
+        StyleTransferMetrics,
+        "update_style",
+        lambda self, s, weight=1: refs.append(s.clone()) or update_style(self, s, weight),
+    )
+    monkeypatch.setattr(
+        StyleTransferMetrics,
+        "update",
+        lambda self, out, c: pairs.append((out.clone(), c.clone())) or update(self, out, c),
+    )
+    overrides = [
+        o
+        for o in base_overrides(tiny_ckpt, (content, style), tmp_path / "x")
+        if not o.startswith(("content_size", "output_dir"))
+    ] + ["content_size=null", "metrics.test_extractors=true", "bench.enabled=false"]
+    res = {}
+    for flag in ("false", "true"):
+        res[flag] = entry_point("eval")(
+            compose_eval([*overrides, f"output_dir={tmp_path / flag}", f"match_release={flag}"])
+        )
+
+    p = tiny_net.cfg.patch_size
+    h, w = 45 // p * p, 70 // p * p
+    (ours_ref, rel_ref), (ours_pair, rel_pair) = refs, pairs
+    assert ours_ref.shape[-2:] == (96, 72) and rel_ref.shape[-2:] == (72, 96)  # turned only by default
+    assert torch.equal(
+        rel_ref[0],
+        torch.from_numpy(np.array(Image.open(style / "turned.jpg").convert("RGB"))).permute(2, 0, 1) / 255,
+    )
+    assert ours_pair[1].shape[-2:] == (45, 70) and torch.all(ours_pair[1][..., :20, :] == 1)  # white
+    plain = torch.from_numpy(rgba[:h, :w, :3].copy()).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(rel_pair[1], plain)
+    assert rel_pair[0].shape[-2:] == (h, w)
+    assert Image.open(tmp_path / "true" / "glass_stylized_turned.png").size == (w, h)
+    assert "convert('RGB')" in res["true"]["protocol"]["decoding"]
+    assert "Decoding: as the release and art-fid" in (tmp_path / "true" / "results.md").read_text()
+    # One stylised image: the FIDs have no covariance and are null with the reason; LPIPS is scored.
+    assert res["true"]["fid_art"] is None and res["true"]["lpips"] is not None
+    assert "at least 2 reference and 2 stylised" in res["true"]["null_reasons"]["fid_art"]
