@@ -79,6 +79,33 @@ def test_callback_logs_metrics_every_n_rounds_and_feeds_checkpointing(tiny_net, 
     assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
 
 
+def test_callback_with_one_pair_logs_lpips_and_skips_the_fids(tiny_net, image_dirs, tmp_path):
+    """max_pairs=1: one stylised image has no FID; validation must go on with LPIPS/CFSD logged."""
+    import copy
+
+    content, style = image_dirs
+    cb = EvalMetricsCallback(
+        content, style, content_size=32, style_size=64, style_short_side=None, max_pairs=1, metrics=METRICS
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+    m = trainer.callback_metrics
+    assert "val/lpips" in m and "val/cfsd" in m
+    assert "val/fid_art" not in m and "val/artfid" not in m
+    assert "at least 2" in cb.suite.null_reasons["fid_art"]
+
+
 def test_callback_config_composes_and_instantiates():
     from pathlib import Path
 
