@@ -301,8 +301,10 @@ def lpips_alexnet(
     """
     import lpips
 
-    with warnings.catch_warnings():  # torchvision's deprecation notice for lpips' `pretrained=False`
-        warnings.simplefilter("ignore", UserWarning)
+    # A fixed seed (the caller's RNG untouched): the random test backbone is the same every run.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's notice for lpips' `pretrained=False`
+        torch.manual_seed(0)
         net = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
     if not pnet_rand:
         path = resolve_weights(ALEXNET, weights, download)
@@ -649,7 +651,14 @@ class StyleTransferMetrics(nn.Module):
 
 
 def _opt(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+    """``cfg[key]``; ``default`` when the key is absent or null."""
     return default if cfg is None or cfg.get(key) is None else cfg[key]
+
+
+def _opt_null(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+    """``cfg[key]``, null included (where null means something: keep the size, all rows);
+    ``default`` only when the key is absent."""
+    return default if cfg is None or key not in cfg else cfg[key]
 
 
 def build_metrics(
@@ -686,7 +695,7 @@ def build_metrics(
                 if test_extractors:
                     net, networks[name] = RandomFeatures(32, seed=1), test_note
                 else:
-                    net = art_inception(weights, download, short_side=_opt(cfg, "short_side", 512))
+                    net = art_inception(weights, download, short_side=_opt_null(cfg, "short_side", 512))
                     networks[name] = f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d"
                 built[name] = FrechetDistance(net, reset_real_features=reset_style)
             elif name == "fid_tf":
@@ -707,7 +716,7 @@ def build_metrics(
                 else:
                     net = vgg19_relu31(weights, download)
                     networks[name] = f"VGG-19 ImageNet relu3_1 ({VGG19.name})"
-                built[name] = CFSD(net, block_rows=_opt(cfg, "block_rows", 1024))
+                built[name] = CFSD(net, block_rows=_opt_null(cfg, "block_rows", 1024))
         except MissingWeightsError as err:  # collect them all: one error names every missing file
             missing.append(err)
     if missing:

@@ -142,7 +142,12 @@ def test_cfsd_metric_on_images():
 
 
 def test_lpips_plumbing_random_backbone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
     net = M.lpips_alexnet(pnet_rand=True)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
+    again = M.lpips_alexnet(pnet_rand=True)  # the random test backbone is the same every time
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
     metric = M.LPIPSDistance(net)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
@@ -320,6 +325,15 @@ def test_fid_art_short_side_reaches_the_art_inception_and_both_configs_say_512(m
     off = {"enabled": False}
     suite = M.build_metrics(fid_art={"enabled": True, "short_side": 300}, fid_tf=off, lpips=off, cfsd=off)
     assert seen == [300] and suite.fid_art is not None
+    # null means "keep the size" (ArtInceptionFeatures' documented None), not the default 512;
+    # an absent key is the default.
+    M.build_metrics(fid_art={"enabled": True, "short_side": None}, fid_tf=off, lpips=off, cfsd=off)
+    M.build_metrics(fid_art={"enabled": True}, fid_tf=off, lpips=off, cfsd=off)
+    assert seen == [300, None, 512]
+    rows = M.build_metrics(
+        fid_art=off, fid_tf=off, lpips=off, cfsd={"block_rows": None}, test_extractors=True
+    )
+    assert rows.cfsd.block_rows is None  # all rows at once, as cfsd_per_image documents
     assert M.ArtInceptionFeatures().short_side == 512
     conf = Path(__file__).resolve().parents[2] / "conf"
     assert yaml.safe_load((conf / "eval.yaml").read_text())["metrics"]["fid_art"]["short_side"] == 512
