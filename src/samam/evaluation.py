@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import statistics
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,18 +40,45 @@ PathLike = str | os.PathLike
 # ---------------------------------------------------------------------------------------
 
 
-def collect_images(source: PathLike | Sequence[PathLike], what: str) -> list[Path]:
-    """An image file, a folder (recursive, sorted) or a list of either → image paths."""
+def collect_images(
+    source: PathLike | Sequence[PathLike], what: str, output_dir: PathLike | None = None
+) -> list[Path]:
+    """An image file, a folder (recursive, sorted) or a list of either → image paths.
+
+    ``output_dir``: where the run writes. Inside a given folder it is left out of the walk (a
+    rerun must not stylise the last run's outputs); a folder that is the output folder itself
+    is refused."""
     if isinstance(source, (str, os.PathLike)):
         p = Path(source).expanduser()
         if p.is_dir():
-            return list_images(p, what)
+            files = list_images(p, what)
+            if output_dir is None:
+                return files
+            out = Path(output_dir).expanduser().resolve()
+            if out == p.resolve():
+                raise ValueError(
+                    f"output_dir {str(output_dir)!r} is the {what} folder: outputs would be read as "
+                    f"{what} images on the next run. Write them to another folder."
+                )
+            if out.is_relative_to(p.resolve()):
+                kept = [f for f in files if not f.resolve().is_relative_to(out)]
+                if len(kept) < len(files):
+                    log.warning(
+                        "%s: leaving out %d image(s) under the output folder %s",
+                        what,
+                        len(files) - len(kept),
+                        out,
+                    )
+                if not kept:
+                    raise FileNotFoundError(f"no {what} images in {p} outside the output folder {out}")
+                files = kept
+            return files
         if p.is_file():
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise ValueError(f"{what} {str(p)!r} is not an image file ({'/'.join(IMAGE_EXTENSIONS)})")
             return [p]
         raise FileNotFoundError(f"{what} {str(p)!r} does not exist (absolute: {p.resolve()})")
-    files = [f for s in source for f in collect_images(s, what)]
+    files = [f for s in source for f in collect_images(s, what, output_dir)]
     if not files:
         raise FileNotFoundError(f"no {what} images given")
     return files
@@ -120,15 +148,37 @@ def save_png(image: Tensor, path: PathLike) -> None:
     img = image if image.dtype == torch.uint8 else to_uint8(image)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    # A short temp name: a legal output name of 251-255 bytes has no room for a longer one.
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".png.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(f, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of the group
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_output_names(names: Sequence[str], output_dir: Path) -> None:
+    """Refuse, before any work, output file names longer than the file system allows."""
+    try:
+        limit = os.pathconf(output_dir, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    long = sorted({n for n in names if len(n.encode()) > limit})
+    if long:
+        raise ValueError(
+            f"{len(long)} output file name(s) exceed this file system's {limit}-byte limit, e.g. "
+            f"{long[0]!r} ({len(long[0].encode())} bytes); shorten the content or style file names"
+        )
 
 
 def output_name(content: Path, style: str, alpha: float = 1.0) -> str:
     """StyleID naming: ``{content_stem}_stylized_{style_stem}.png`` (α ≠ 1 adds ``_alpha0.5``,
-    six significant digits, so two different α never share a file)."""
-    suffix = "" if alpha == 1 else f"_alpha{alpha:.6g}"
+    the shortest text that reads back as the same float, so two different α never share a file)."""
+    text = repr(float(alpha)).removesuffix(".0")  # 0.5 → "0.5", 0 → "0", 0.1234561 kept whole
+    suffix = "" if alpha == 1 else f"_alpha{text}"
     return f"{content.stem}_stylized_{style}{suffix}.png"
 
 
@@ -211,8 +261,8 @@ def mix_embeddings(e: Tensor, weights: Sequence[float]) -> Tensor:
     w = torch.as_tensor(list(weights), dtype=e.dtype, device=e.device)
     if w.shape != (e.shape[0],):
         raise ValueError(f"style_weights has {w.numel()} entries for {e.shape[0]} styles")
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"style_weights must be ≥ 0 with a positive sum, got {list(weights)}")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"style_weights must be finite and ≥ 0 with a positive sum, got {list(weights)}")
     return torch.einsum("n,n...->...", w / w.sum(), e)
 
 
@@ -366,10 +416,12 @@ def results_markdown(res: Mapping[str, Any]) -> str:
         style = f"style shorter side {p['style_short_side']} (bilinear, aspect kept)"
     else:
         style = "style as decoded"
+    px = p.get("content_px", [p.get("content_size")] * 2 if p.get("content_size") else None)
+    content = f"content {px[0]}×{px[1]}" if px else "each content at its own size"
     lines += [
         "",
         f"{p.get('n_content')} content × {p.get('n_style')} style = {p.get('n_images')} images; "
-        f"content {p.get('content_size')}², {style}; device {res.get('device')}, "
+        f"{content}, {style}; device {res.get('device')}, "
         f"precision {res.get('precision')}. FID reference set: "
         f"{p.get('style_reference', 'the style images')}.",
     ]
@@ -389,6 +441,28 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     for key, net in (res.get("metric_networks") or {}).items():
         lines.append(f"- `{key}`: {net}")
     return "\n".join(lines) + "\n"
+
+
+def _bench_settings(
+    bench: Mapping[str, Any] | None, net: nn.Module, content_size: int, style_size: int
+) -> dict[str, Any]:
+    """eval's ``bench`` config → :func:`measure_efficiency` keywords ({} when disabled), checked
+    before any work: a bad value must not surface after the whole evaluation. Null = default."""
+    cfg = dict(bench or {})
+    if not cfg.get("enabled", True):
+        return {}
+    get = lambda key, default: default if cfg.get(key) is None else cfg[key]  # noqa: E731
+    kw = dict(
+        content_size=get("content_size", content_size),
+        style_size=get("style_size", style_size),
+        warmup=get("warmup", 2),
+        repeats=get("repeats", 10),
+    )
+    least = dict(content_size=2 * net.cfg.patch_size, style_size=net.min_style_side, warmup=0, repeats=1)
+    for key, value in kw.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < least[key]:
+            raise ValueError(f"bench.{key} must be an integer ≥ {least[key]} for this network, got {value!r}")
+    return kw
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -439,16 +513,20 @@ def evaluate(
     t_start = time.perf_counter()
     if style_size is not None:
         style_short_side = None  # style_size (N×N) wins; results.json records what was used
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     out = Path(output_dir).expanduser()
     dev = resolve_device(device)
     autocast(dev, precision)  # validates the name before any work
     net = load_network(ckpt_path, dev, backend, trust_pickle)
+    bench = _bench_settings(bench, net, content_size or 512, style_size or style_short_side or 256)
     suite: StyleTransferMetrics = build_metrics(**dict(metrics or {})).to(dev)
-    contents = collect_images(content_dir, "content")
-    styles = collect_images(style_dir, "style")
+    contents = collect_images(content_dir, "content", output_dir=out)
+    styles = collect_images(style_dir, "style", output_dir=out)
     check_unique_stems(contents, "content")
     check_unique_stems(styles, "style")
     out.mkdir(parents=True, exist_ok=True)
+    check_output_names([output_name(c, s.stem) for c in contents for s in styles], out)
 
     def read_content(path: Path) -> Tensor:  # (3, H, W); decoded twice (check, then use) to hold none
         c = read_image(path, size=content_size, plain=match_release)
@@ -517,36 +595,19 @@ def evaluate(
     bar.close()
     values = suite.compute()
 
+    p = net.cfg.patch_size
+    side = None if content_size is None else content_size // p * p if match_release else content_size
     res: dict[str, Any] = dict(values)
-    bench = dict(bench or {})
-    if bench.get("enabled", True):
-        eff = measure_efficiency(
-            net,
-            content_size=bench.get("content_size") or content_size or 512,
-            style_size=bench.get("style_size") or style_size or style_short_side or 256,
-            warmup=bench.get("warmup", 2),
-            repeats=bench.get("repeats", 10),
-            precision=precision,
-        )
-    else:
-        eff = {k: None for k in ("ms_per_image", "gmacs", "params", "peak_mem_mib")}
-        eff["peak_mem_note"] = "bench disabled in config (bench.enabled=false)"
-    null_reasons = {k: suite.null_reasons[k] for k in METRIC_NAMES if values[k] is None}
-    for key in ("ms_per_image", "gmacs", "params", "peak_mem_mib"):
-        res[key] = eff.get(key)
-        if res[key] is None:
-            null_reasons[key] = eff.get("peak_mem_note", "not measured")
     res.update(
-        null_reasons=null_reasons,
+        null_reasons={k: suite.null_reasons[k] for k in METRIC_NAMES if values[k] is None},
         metric_networks=suite.networks,
-        gmacs_breakdown={k: eff.get(k) for k in ("gmacs_dense", "gmacs_scan")},
-        bench=eff.get("bench"),
         protocol=dict(
             n_content=len(contents),
             n_style=len(styles),
             n_images=len(contents) * len(styles),
             skipped_inputs=skipped,
             content_size=content_size,
+            content_px=None if side is None else [side, side],  # what the network saw; None: each file's size
             style_size=style_size,
             style_short_side=style_short_side,
             style_reference="style files as decoded, each weighted by n_content",
@@ -561,12 +622,36 @@ def evaluate(
         scan_backend=net.scan_backend.describe(),
         device=str(dev),
         precision=precision,
-        elapsed_s=time.perf_counter() - t_start,
     )
     if any("TEST ONLY" in v for v in suite.networks.values()):
         res["warning"] = "test_extractors=true: metric values come from random networks and mean nothing"
-    _write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
-    _write_text(out / "results.md", results_markdown(res))
+
+    def write(eff: Mapping[str, Any]) -> None:
+        for key in ("ms_per_image", "gmacs", "params", "peak_mem_mib"):
+            res[key] = eff.get(key)
+            if res[key] is None:
+                res["null_reasons"][key] = eff.get("peak_mem_note", "not measured")
+            else:
+                res["null_reasons"].pop(key, None)
+        res.update(
+            gmacs_breakdown={k: eff.get(k) for k in ("gmacs_dense", "gmacs_scan")}, bench=eff.get("bench")
+        )
+        res["elapsed_s"] = time.perf_counter() - t_start
+        _write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
+        _write_text(out / "results.md", results_markdown(res))
+
+    # The metrics are on disk before the benchmark starts: a benchmark that fails (out of
+    # memory, say) or is killed loses none of them.
+    if not bench:
+        write({"peak_mem_note": "bench disabled in config (bench.enabled=false)"})
+    else:
+        write({"peak_mem_note": "benchmark did not finish (killed while timing?)"})
+        try:
+            eff = measure_efficiency(net, precision=precision, **bench)
+        except Exception as err:
+            log.exception("eval: the efficiency benchmark failed; the metrics are saved")
+            eff = {"peak_mem_note": f"benchmark failed: {type(err).__name__}: {err}"}
+        write(eff)
     log.info(
         "eval: %s", {k: res[k] for k in (*METRIC_NAMES, "ms_per_image", "gmacs", "params", "peak_mem_mib")}
     )
@@ -677,9 +762,9 @@ def stylize(
         stylise = GraphedSaMam(net, precision)
     out = Path(output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    content_paths = collect_images(content, "content")
+    content_paths = collect_images(content, "content", output_dir=out)
     check_unique_stems(content_paths, "content")
-    all_styles = collect_images(style, "style")
+    all_styles = collect_images(style, "style", output_dir=out)
     check_unique_stems(all_styles, "style")
     style_paths, style_imgs, bad_styles = _read_all(
         all_styles, "style", short_side=style_side, resample=Image.BILINEAR, plain=match_release
@@ -719,6 +804,7 @@ def stylize(
     else:
         targets = [(p.stem, e) for p, e in zip(style_paths, e_styles)]
         grid_styles = style_imgs
+    check_output_names([output_name(c, name, alpha) for c in content_paths for name, _ in targets], out)
 
     summary: dict[str, Any] = {
         "written": [],

@@ -271,3 +271,56 @@ def test_eval_match_release_decodes_as_art_fid_and_drops_partial_patches(
     # One stylised image: the FIDs have no covariance and are null with the reason; LPIPS is scored.
     assert res["true"]["fid_art"] is None and res["true"]["lpips"] is not None
     assert "at least 2 reference and 2 stylised" in res["true"]["null_reasons"]["fid_art"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("bench.repeats=0", "bench.repeats must be an integer ≥ 1"),
+        ("bench.warmup=-1", "bench.warmup must be an integer ≥ 0"),
+        ("bench.content_size=8", "bench.content_size must be an integer ≥ 16"),
+        ("bench.style_size=32", "bench.style_size must be an integer ≥ 64"),
+        ("batch_size=0", "batch_size must be ≥ 1"),
+    ],
+)
+def test_eval_refuses_bad_settings_before_stylising(tiny_ckpt, image_dirs, tmp_path, override, message):
+    out = tmp_path / "eval"
+    overrides = base_overrides(tiny_ckpt, image_dirs, out) + ["metrics.test_extractors=true", override]
+    with pytest.raises(ValueError, match=message):
+        entry_point("eval")(compose_eval(overrides))
+    assert not out.exists() or not list(out.glob("*.png"))
+
+
+def test_eval_keeps_the_metrics_when_the_benchmark_fails(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
+    """The benchmark runs last (at 512², the likeliest to run out of memory): its failure must
+    not cost the evaluation. results.json holds the metrics, the bench fields null with why."""
+    import samam.evaluation as E
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(E, "measure_efficiency", oom)
+    out = tmp_path / "eval"
+    res = entry_point("eval")(
+        compose_eval(base_overrides(tiny_ckpt, image_dirs, out) + ["metrics.test_extractors=true"])
+    )
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["lpips"] is not None and saved["fid_art"] is not None and saved["ms_per_image"] is None
+    assert (
+        saved["null_reasons"]["ms_per_image"]
+        == "benchmark failed: RuntimeError: CUDA out of memory (simulated)"
+    )
+    assert res["lpips"] == saved["lpips"]
+
+
+def test_eval_results_md_states_the_content_size_the_network_saw(tiny_ckpt, image_dirs, tmp_path):
+    out = tmp_path / "own"
+    overrides = [o for o in base_overrides(tiny_ckpt, image_dirs, out) if not o.startswith("content_size")]
+    extra = ["metrics.test_extractors=true", "bench.enabled=false"]
+    entry_point("eval")(compose_eval([*overrides, "content_size=null", *extra]))
+    assert "each content at its own size" in (out / "results.md").read_text()
+    overrides = [o.replace(str(out), str(tmp_path / "rel")) for o in overrides]
+    res = entry_point("eval")(compose_eval([*overrides, "content_size=45", "match_release=true", *extra]))
+    assert res["protocol"]["content_px"] == [40, 40]  # 45 → whole 8-px patches
+    assert "content 40×40" in (tmp_path / "rel" / "results.md").read_text()
+    assert Image.open(tmp_path / "rel" / "c0_stylized_s0.png").size == (40, 40)

@@ -158,8 +158,14 @@ def test_output_names_never_collide():
     from samam.evaluation import mix_name, output_name
 
     c = Path("c.png")
-    names = {output_name(c, "s", a) for a in (0.0, 0.001, 0.5, 0.999, 0.9999, 1.0)}
-    assert len(names) == 6
+    alphas = (0.0, 0.001, 0.5, 0.999, 0.9999, 0.9999999, 0.1234561, 0.1234564, 1.0)
+    names = {output_name(c, "s", a) for a in alphas}
+    assert len(names) == len(alphas)  # six significant digits merged the last three pairs
+    assert [output_name(c, "s", a) for a in (0.0, 0.5, 1)] == [
+        "c_stylized_s_alpha0.png",
+        "c_stylized_s_alpha0.5.png",
+        "c_stylized_s.png",
+    ]
     stems = [f"vincent_van_gogh_the_starry_night_{i:02d}" for i in range(10)]
     long_a, long_b = mix_name(stems, [1.0] * 10), mix_name(stems, [2.0] + [1.0] * 9)
     assert long_a.startswith("mix10-") and len(long_a) == 16 and long_a != long_b
@@ -300,3 +306,49 @@ def test_cli_refuses_missing_checkpoint(pair, tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "checkpoint not found" in proc.stderr and "nope.ckpt" in proc.stderr
+
+
+def test_rerun_into_a_folder_inside_the_content_folder_stylises_only_the_contents(
+    tiny_ckpt, image_dirs, tmp_path
+):
+    """output_dir inside the content folder: a rerun must not take the last run's outputs as
+    content (c0_stylized_s0_stylized_s0.png); output_dir = the content folder is refused."""
+    import shutil
+
+    content, style = image_dirs
+    photos = tmp_path / "photos"
+    shutil.copytree(content, photos)
+    out = photos / "stylized"
+    first = run(tiny_ckpt, photos, style / "s0.png", out)
+    second = run(tiny_ckpt, photos, style / "s0.png", out)
+    assert len(first["written"]) == 2 and second["written"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["c0_stylized_s0.png", "c1_stylized_s0.png"]
+    with pytest.raises(ValueError, match="is the content folder"):
+        run(tiny_ckpt, photos, style / "s0.png", photos)
+
+
+def test_long_names_a_short_temp_file_and_a_refusal_before_any_work(
+    tiny_ckpt, tiny_net, tmp_path, make_image
+):
+    """A legal 252-byte output name is written (its temp file must not be longer); names past
+    the file system's limit are refused before any output is written."""
+    from samam.evaluation import save_png
+
+    name = "x" * 248 + ".png"
+    save_png(torch.zeros(3, 4, 4), tmp_path / name)
+    assert (tmp_path / name).is_file() and [p.name for p in tmp_path.iterdir()] == [name]
+    content = make_image(tmp_path / ("c" * 119 + ".png"), 40, 40, seed=1)
+    ok_style = make_image(tmp_path / "s.png", 64, 64, seed=2)
+    long_style = make_image(tmp_path / ("s" * 130 + ".png"), 64, 64, seed=3)
+    with pytest.raises(ValueError, match="exceed this file system's 255-byte limit"):
+        run(tiny_ckpt, content, [ok_style, long_style], tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_style_weights_must_be_finite():
+    from samam.evaluation import mix_embeddings
+
+    with pytest.raises(ValueError, match="finite"):
+        mix_embeddings(torch.ones(2, 4, 3, 3), [float("inf"), 1.0])
+    with pytest.raises(ValueError, match="finite"):
+        mix_embeddings(torch.ones(2, 4, 3, 3), [float("nan"), 1.0])
