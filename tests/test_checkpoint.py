@@ -190,6 +190,31 @@ def test_missing_and_garbage_files(tmp_path):
         load_model(tmp_path / "junk.ckpt")
 
 
+def test_pre_zip_format_loads_and_damaged_pickles_give_the_checkpoint_error(tmp_path):
+    """torch.save's older pickle-stream format (PyTorch < 1.6) loads; a checkpoint whose pickle
+    is damaged raises CheckpointError, whatever the unpickler tripped on."""
+    import zipfile
+
+    sd = release_state_dict(**SMALL)
+    torch.save({"state_dict": sd}, tmp_path / "old.ckpt", _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(tmp_path / "old.ckpt")
+    assert load_official_checkpoint(tmp_path / "old.ckpt", backend="torch").config["embed_dim"] == 32
+
+    good = save(tmp_path, sd)
+    with zipfile.ZipFile(good) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    pkl = next(n for n in members if n.endswith("data.pkl"))
+    raw = bytearray(members[pkl])
+    at = raw.find(b"state_dict") + 2  # one byte of a key name: not UTF-8 any more
+    raw[at] = 0xAB
+    members[pkl] = bytes(raw)
+    with zipfile.ZipFile(tmp_path / "damaged.ckpt", "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint: UnicodeDecodeError"):
+        load_model(tmp_path / "damaged.ckpt")
+
+
 def test_our_checkpoint_round_trips_and_load_model_dispatches(tmp_path):
     torch.manual_seed(1)
     net = SaMam(**TINY, scan="hilbert", scm=False, backend="torch").eval()

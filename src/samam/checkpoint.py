@@ -168,13 +168,21 @@ def load_state_dict_strict(
     net.load_state_dict(fitted, strict=True)
 
 
+# What torch.save wrote before the zip format (PyTorch < 1.6, or _use_new_zipfile_serialization=False):
+# a pickle (protocol 2) of the magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+
+
 def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        legacy = f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+    if not (legacy or zipfile.is_zipfile(path)):
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (torch.save writes a zip archive)"
+            f"{path} is not a readable PyTorch checkpoint (torch.save writes a zip archive, or "
+            "before PyTorch 1.6 a pickle stream)"
         )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=not trust_pickle)
@@ -185,8 +193,12 @@ def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> di
             "Unpickling can run arbitrary code. Only if you trust where the file came from, pass "
             "trust_pickle=True (CLI: trust_pickle=true)."
         ) from None
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from None
+    except (
+        Exception
+    ) as e:  # a damaged file fails in many ways (RuntimeError, EOFError, UnicodeDecodeError...)
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}"
+        ) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
