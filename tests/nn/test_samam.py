@@ -236,6 +236,19 @@ class TestBadInput:
         with pytest.raises(ValueError, match=rf"style_embedding must be \(B, {s}, 3, 3\) from embed_style"):
             self.net(torch.rand(1, 3, 32, 32), style_embedding=torch.rand(1, 3, 3))
 
+    def test_style_embedding_values_are_checked_as_images_are(self):
+        c, e = torch.rand(1, 3, 32, 32), self.net.embed_style(torch.rand(1, 3, 64, 64))
+        with pytest.raises(
+            TypeError, match="style_embedding is torch.float64 but the weights are torch.float32"
+        ):
+            self.net(c, style_embedding=e.double())
+        with pytest.raises(ValueError, match="style_embedding contains NaN or Inf"):
+            self.net(c, style_embedding=e.clone().fill_(float("nan")))
+
+    def test_empty_batch_gives_an_empty_output(self):
+        out = self.net(torch.rand(0, 3, 40, 36), torch.rand(0, 3, 64, 64))
+        assert out.shape == (0, 3, 40, 36)
+
     def test_attention_heads_divide_any_width(self):
         from samam.nn.blocks import AttentionMixer
 
@@ -260,6 +273,7 @@ class TestBadInput:
             (dict(mixer="conv"), "mixer='conv'"),
             (dict(backend="cuda_magic"), "cuda_magic"),
             (dict(embed_dim=36), "multiple of 8"),
+            (dict(scm_reduction=32), "scm_reduction=32 leaves no channel of style_dim=16"),
         ],
     )
     def test_unknown_names(self, kw, msg):
@@ -335,3 +349,24 @@ def test_bf16_autocast_keeps_the_output_close_and_trains(backend):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(c, s).float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_network_pickles_whole_and_the_copy_runs(backend, tmp_path):
+    """torch.save(net) / pickle (DataLoader workers, multiprocessing): the scan backend is
+    pickled by name (its compiler-disabled numba kernel cannot be pickled by reference)."""
+    import copy
+    import pickle
+
+    net = tiny(backend=backend)
+    c, s = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(c, s)
+        back = pickle.loads(pickle.dumps(net))
+        torch.save(net, tmp_path / "whole.pt")
+        loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+        for other in (back, loaded):
+            assert other.scan_backend.name == backend
+            assert all(m.backend is other.scan_backend for m in other.modules() if hasattr(m, "backend"))
+            torch.testing.assert_close(other(c, s), ref, rtol=0, atol=0)
+    assert copy.deepcopy(net).scan_backend is net.scan_backend  # stateless: shared

@@ -136,17 +136,21 @@ class SaMam(nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{name} must be (B, 3, H, W) RGB in [0, 1], got shape {tuple(x.shape)}")
+        if min(x.shape[-2:]) < min_side:
+            raise ValueError(
+                f"{name} is {x.shape[-2]}x{x.shape[-1]} px; SaMam (patch size {self.cfg.patch_size}) needs at least "
+                f"{min_side} px per side"
+            )
+        self._check_values(x, name)
+
+    def _check_values(self, x: torch.Tensor, name: str) -> None:
+        """Floats of the weights' dtype (or under autocast), all finite."""
         if not x.is_floating_point():
             raise TypeError(f"{name} is {x.dtype}: pass floats in [0, 1] (for uint8 images: x.float() / 255)")
         weights = next(self.content_encoder.parameters()).dtype
         if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(
                 f"{name} is {x.dtype} but the weights are {weights}: convert it, or run under torch.autocast"
-            )
-        if min(x.shape[-2:]) < min_side:
-            raise ValueError(
-                f"{name} is {x.shape[-2]}x{x.shape[-1]} px; SaMam (patch size {self.cfg.patch_size}) needs at least "
-                f"{min_side} px per side"
             )
         # Reading values syncs with the device: not possible while compiling or capturing a CUDA
         # graph (samam.cuda_graph checks the real inputs before each replay instead).
@@ -196,6 +200,7 @@ class SaMam(nn.Module):
                 raise ValueError(
                     f"style_embedding is on {style_embedding.device}, content on {content.device}"
                 )
+            self._check_values(style_embedding, "style_embedding")
         batch = (style if style is not None else style_embedding).shape[0]
         if batch != content.shape[0]:
             raise ValueError(f"batch sizes differ: content {content.shape[0]}, style {batch}")
@@ -210,6 +215,8 @@ class SaMam(nn.Module):
         style_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_inputs(content, style, style_embedding)
+        if content.shape[0] == 0:  # an empty batch (a filtered-out chunk, say) gives an empty output
+            return content.new_empty((0, 3, *content.shape[-2:]))
         e_s = self._embed(style) if style is not None else style_embedding  # style checked above
         p = self.cfg.patch_size
         h, w = content.shape[-2:]

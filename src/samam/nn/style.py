@@ -88,6 +88,8 @@ class SCM(nn.Module):
     def __init__(self, style_dim: int, channels: int, reduction: int = 4):
         super().__init__()
         hidden = style_dim // reduction
+        if hidden < 1:
+            raise ValueError(f"scm_reduction={reduction} leaves no channel of style_dim={style_dim}")
         self.down = nn.Conv2d(style_dim, hidden, 3, stride=3, bias=False)
         self.act = nn.PReLU()
         self.up = nn.Conv2d(hidden, channels, 1, bias=False)

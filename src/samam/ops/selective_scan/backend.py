@@ -43,6 +43,15 @@ class ScanBackend:
     def __repr__(self) -> str:
         return f"ScanBackend({self.describe()})"
 
+    # Pickled by name and resolved again where it is unpickled (torch.save(net), DataLoader
+    # workers, multiprocessing): the compiler-disabled kernels cannot be pickled by reference.
+    # It holds no state, so a deep copy shares it.
+    def __reduce__(self):
+        return resolve_scan_backend, (self.name,)
+
+    def __deepcopy__(self, memo: dict) -> ScanBackend:
+        return self
+
     def __call__(
         self,
         u: torch.Tensor,
