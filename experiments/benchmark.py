@@ -429,14 +429,20 @@ def time_calls(
     slow gets fewer of both (at least one timed call), about `case_seconds` of each. The first
     warm-up call pays one-off costs (compilation, CUDA-graph capture, autotuning): it neither
     counts towards `case_seconds` nor sets how many calls are timed."""
-    spent, last = 0.0, None
+    spent = 0.0
     for i in range(warmup):
-        last = time_once(fn, device)
-        spent += last if i else 0.0
+        t = time_once(fn, device)
+        spent += t if i else 0.0
         if spent > case_seconds:
             break
-    n = repeats if last is None else max(1, min(repeats, int(case_seconds // max(last, 1e-9))))
-    return [time_once(fn, device) for _ in range(n)]
+    # The timed calls size themselves (with warmup ≤ 1 no steady-state call has been seen):
+    # stop before the next call, at their mean, would pass case_seconds.
+    times: list[float] = []
+    while len(times) < repeats:
+        times.append(time_once(fn, device))
+        if sum(times) * (len(times) + 1) / len(times) > case_seconds:
+            break
+    return times
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

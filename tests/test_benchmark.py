@@ -198,6 +198,19 @@ def test_first_warmup_call_does_not_set_the_number_of_timed_calls(monkeypatch):
     assert benchmark.time_calls(lambda: None, torch.device("cpu"), warmup=3, repeats=10, case_seconds=4) == [
         60.0
     ]
+    # warmup=1 (the CPU default): the one-off first call must not cut the timed calls either
+    once = iter([30.0] + [0.01] * 5)
+    monkeypatch.setattr(benchmark, "time_once", lambda fn, device: next(once))
+    assert (
+        benchmark.time_calls(lambda: None, torch.device("cpu"), warmup=1, repeats=3, case_seconds=1)
+        == [0.01] * 3
+    )
+    zero = iter([0.4] * 5)  # no warm-up: the timed calls alone keep to case_seconds
+    monkeypatch.setattr(benchmark, "time_once", lambda fn, device: next(zero))
+    assert (
+        benchmark.time_calls(lambda: None, torch.device("cpu"), warmup=0, repeats=10, case_seconds=1)
+        == [0.4] * 2
+    )
 
 
 def test_a_failing_network_gives_rows_and_the_next_series_still_runs(tmp_path, monkeypatch):
