@@ -43,6 +43,13 @@ def test_experiment_composes_and_instantiates(experiment, compose, tiny):
     assert module.net is net
     instantiate(cfg.data)
     instantiate(cfg.trainer, logger=False)
+    # debug=cpu_tiny, as its file promises, shrinks any experiment and keeps its switch
+    small = compose([f"experiment={experiment}", "debug=cpu_tiny"])
+    assert small.model.embed_dim == 32 and small.trainer.accelerator == "cpu"
+    assert small.trainer.max_steps == 4 and small.data.crop == 64
+    if experiment in ABLATED:
+        key, value = ABLATED[experiment]
+        assert small.model[key] == value
 
 
 def test_model_presets_compose(compose):
