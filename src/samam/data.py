@@ -6,11 +6,12 @@ Shapes: B batch, H, W crop size. Images are float (3,H,W) in [0, 1].
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -237,6 +238,8 @@ class StyleTransferDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.content_dir, self.style_dir = content_dir, style_dir
+        if verify not in get_args(Verify):
+            raise ValueError(f"verify={verify!r}: choose one of {', '.join(get_args(Verify))}")
         check_crop(crop, resize)
         self.batch_size, self.crop, self.resize = batch_size, crop, resize
         self.num_workers, self.val_pairs, self.val_size = num_workers, val_pairs, val_size
@@ -310,10 +313,14 @@ class StyleTransferDataModule(L.LightningDataModule):
             for i in s_order[: 4 * self.val_pairs]
             if check_image(self.style_files[i], "full") is None
         ]
-        for i in range(self.val_pairs):
-            if len(c_ok) == 0 or len(s_ok) == 0:
-                break
-            pairs.append((c_ok[i % len(c_ok)], s_ok[i % len(s_ok)]))
+        nc, ns = len(c_ok), len(s_ok)
+        if self.val_pairs > nc * ns:
+            log.info("data: %d validation pairs asked, %d distinct ones exist", self.val_pairs, nc * ns)
+        # k ↦ (k mod nc, k mod ns) is one-to-one below lcm(nc, ns); each later round shifts the
+        # style, so the first nc·ns pairs are all distinct.
+        period = math.lcm(nc, ns) if nc and ns else 1
+        for k in range(min(self.val_pairs, nc * ns)):
+            pairs.append((c_ok[k % nc], s_ok[(k % ns + k // period) % ns]))
         return pairs
 
     @property

@@ -228,6 +228,21 @@ def test_listing_follows_symlinked_folders_once_and_skips_hidden_files(tmp_path)
 def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
     with pytest.raises(ValueError, match="data.resize=32 must be ≥ data.crop=64"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), crop=64, resize=32)
+    with pytest.raises(ValueError, match="verify='fulll': choose one of full, header, none"):
+        StyleTransferDataModule(str(tmp_path), str(tmp_path), verify="fulll")
+
+
+def test_validation_pairs_are_distinct_while_distinct_ones_exist(tmp_path):
+    for folder, n in (("content", 2), ("style", 3)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(tmp_path / folder / f"{i}.png")
+    for asked, got in ((4, 4), (6, 6), (9, 6)):
+        dm = StyleTransferDataModule(
+            str(tmp_path / "content"), str(tmp_path / "style"), crop=16, resize=None, val_pairs=asked
+        )
+        dm.setup("fit")
+        assert len(dm.fixed_pairs) == got and len(set(dm.fixed_pairs)) == got, asked
 
 
 def test_demo_data_never_deletes_a_folder_that_is_not_a_demo_set(tmp_path, monkeypatch):
