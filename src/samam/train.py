@@ -129,6 +129,16 @@ def resolve_ckpt_path(
     stored is compared on its resolved config (``resolved_config``). Any other value is
     returned as it is."""
     if ckpt_path != "auto":
+        meta = checkpoint_meta(ckpt_path)
+        differ = identity_differences(meta["identity"], identity) if meta.get("identity") is not None else []
+        if differ:
+            log.warning(
+                "ckpt_path=%s is another run's checkpoint (%s). Training continues from its state: "
+                "step, optimizer and learning-rate schedule included, so a changed optimiser "
+                "setting such as the lr is not applied.",
+                ckpt_path,
+                brief_list(differ, 8),
+            )
         return ckpt_path
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
@@ -149,6 +159,20 @@ def resolve_ckpt_path(
         )
     log.info("ckpt_path=auto: resuming from %s", last)
     return str(last)
+
+
+def check_sizes(datamodule: Any, net: Any) -> None:
+    """Training crops and validation images must reach the network's smallest style side (the
+    style embedder pools the tokens 2^stages times): checked before training, not at the first
+    validation after up to val_check_interval steps."""
+    least = net.min_style_side
+    for key in ("crop", "val_size"):
+        value = getattr(datamodule, key, None)
+        if value is not None and value < least:
+            raise ValueError(
+                f"data.{key}={value} px is below this network's {least}-px minimum for style images "
+                f"(patch size {net.cfg.patch_size}); use data.{key}={least} or more"
+            )
 
 
 def checkpoint_meta(path: str | Path | None) -> dict[str, Any]:
@@ -206,6 +230,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
+    check_sizes(datamodule, net)
     loss = instantiate(cfg.loss)
     module = instantiate(cfg.module, net=net, loss=loss)
     module.run_config = run_config  # not via instantiate: it would build every _target_ inside it
