@@ -60,11 +60,16 @@ class CheckpointOnStop(Callback):
     SLURM time limit) after its first step, so a requeued or resumed run (``ckpt_path=auto``)
     loses no step.
 
-    Lightning turns SIGTERM into ``SIGTERMException`` at the next step boundary; this saves
-    there, before Lightning tears the strategy down. Rank 0 writes and no rank waits for the
-    others: under DDP the ranks may stop at different boundaries, and a barrier would hang.
-    Other exceptions save nothing: the state may be mid-step. ``samam.train`` then exits with
-    status 143 (128 + SIGTERM).
+    The ranks stop together. From the start of training, SIGTERM only records the signal
+    (Lightning's own handler runs a collective inside the handler, and each rank then stops at
+    its own boundary: under DDP a rank left behind in the next step's all-reduce hung with no
+    checkpoint). At the end of each training (and validation) batch the ranks all-reduce the
+    flag, so all of them mark the stop at the same batch, and Lightning raises
+    ``SIGTERMException`` at that step boundary on every rank. This saves there, before Lightning
+    tears the strategy down; rank 0 writes. Other exceptions save nothing: the state may be
+    mid-step. ``samam.train`` then exits with status 143 (128 + SIGTERM). A signal that
+    reaches only rank 0 of processes Lightning launched is forwarded to the others, as
+    Lightning does.
 
     submitit (``hydra/launcher=slurm``) requeues on SIGUSR2 and exits at once, mid-step. When a
     Python handler for SIGUSR2 is installed at fit start, it is deferred: the signal becomes a
@@ -79,12 +84,61 @@ class CheckpointOnStop(Callback):
         self._requeue_pending = False
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._signalled = False  # SIGTERM reached this process
+        self._lightning_sigterm: Any = None  # Lightning's handler, while ours is installed
+        self._trainer: L.Trainer | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         handler = signal.getsignal(signal.SIGUSR2)
         if callable(handler) and handler != self._defer_requeue:
             self._requeue = handler
             signal.signal(signal.SIGUSR2, self._defer_requeue)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning registers its SIGTERM handler after on_fit_start: replace it from here on.
+        if threading.current_thread() is threading.main_thread():
+            self._trainer = trainer
+            self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        """Record the stop; no collective here (a handler runs between any two instructions)."""
+        if not self._signalled:
+            log.warning("SIGTERM: stopping at the next step boundary, all ranks together, to checkpoint")
+            launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+            if launcher is not None:
+                launcher.kill(signum)  # processes Lightning launched (a no-op elsewhere)
+        self._signalled = True
+
+    def _agree_on_stop(self, trainer: L.Trainer) -> None:
+        """Every rank calls this at the same batch: stop everywhere if any rank was signalled."""
+        if self._lightning_sigterm is None or trainer.received_sigterm:
+            return
+        stop = self._signalled
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([int(stop)], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            # Lightning raises SIGTERMException at the end of this step (or validation batch).
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._agree_on_stop(trainer)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._agree_on_stop(trainer)
 
     def _defer_requeue(self, signum: int, frame: FrameType | None) -> None:
         if self._timer is not None and self._timer.is_alive():
@@ -120,6 +174,9 @@ class CheckpointOnStop(Callback):
     def _restore_handler(self) -> None:
         if self._requeue is not None and signal.getsignal(signal.SIGUSR2) == self._defer_requeue:
             signal.signal(signal.SIGUSR2, self._requeue)
+        if self._lightning_sigterm is not None and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self._lightning_sigterm)  # Lightning then restores the original
+        self._lightning_sigterm, self._trainer = None, None
 
     def after_stop(self) -> None:
         """Run the SIGUSR2 handler deferred by a stop, once (submitit: requeue this job, then exit).

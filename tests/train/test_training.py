@@ -254,6 +254,17 @@ def test_wandb_run_continues_only_from_the_runs_own_checkpoint(tmp_path):
     assert wandb_resume_id(None, run) is None
 
 
+@pytest.mark.parametrize("override", ["data.val_size=32", "data.crop=48"])
+def test_sizes_below_the_networks_style_minimum_fail_before_training(compose, tiny, tmp_path, override):
+    """A val_size the network cannot take used to fail at the first validation, after
+    val_check_interval steps and before any checkpoint: now before the first step."""
+    cfg = compose([*tiny(tmp_path / "run"), "data.resize=null", override])
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=rf"{key}={value} px is below this network's 64-px minimum"):
+        main(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_run_identity_covers_the_loss_and_names_a_changed_weight(compose):
     from samam.train import RUN_IDENTITY, identity_differences, run_identity
 
@@ -263,7 +274,7 @@ def test_run_identity_covers_the_loss_and_names_a_changed_weight(compose):
     assert identity_differences(run_identity(base), changed) == ["loss.style_weight: 7.0 → 3.0"]
 
 
-def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path):
+def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path, caplog):
     from samam.callbacks import LossSummary
     from samam.train import checkpoint_meta, resolve_ckpt_path
 
@@ -294,6 +305,16 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
         resolve_ckpt_path("auto", tmp_path, {**mine, "model": {"embed_dim": 64, "backend": "mamba"}})
     with pytest.raises(RuntimeError, match="module.optimizer.lr: 0.0001 → 0.0005; seed: 0 → 1"):
         resolve_ckpt_path("auto", tmp_path, {**mine, "seed": 1, "module": {"optimizer": {"lr": 5e-4}}})
+    # an explicit path starts from any checkpoint, but says that its optimiser state wins
+    other = {**mine, "module": {"optimizer": {"lr": 5e-4}}}
+    with caplog.at_level(logging.WARNING, logger="samam"):
+        assert resolve_ckpt_path(str(last), tmp_path, other) == str(last)
+    assert "another run's checkpoint (module.optimizer.lr: 0.0001 → 0.0005)" in caplog.text
+    assert "the lr is not applied" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="samam"):
+        resolve_ckpt_path(str(last), tmp_path, mine)  # its own checkpoint: nothing to say
+    assert "another run" not in caplog.text
 
     def steps(cb: LossSummary, values: list[float]) -> None:
         for v in values:
@@ -308,8 +329,16 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     assert resumed.summary() == {"train_start": 3.5, "train_end": 1.5}  # whole run, not since resume
 
 
-def test_sigterm_under_ddp_saves_once_without_a_barrier(tiny, tmp_path):
-    """Two ranks may stop at different step boundaries: rank 0 writes, nobody waits (no hang)."""
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+@pytest.mark.parametrize("signalled", ["rank 0", "rank 1"])
+def test_sigterm_under_ddp_stops_every_rank_at_one_boundary_and_saves(tiny, tmp_path, signalled):
+    """SIGTERM reaching one rank only (rank 1: the case Lightning's own handling hangs on, the
+    others still in the next step's all-reduce) stops both ranks at the same step boundary:
+    rank 0 saves last.ckpt, the run exits 143 in seconds. Rank 0 alone: forwarded to rank 1."""
     run = tmp_path / "ddp"
     args = [
         *tiny(run),
@@ -319,9 +348,20 @@ def test_sigterm_under_ddp_saves_once_without_a_barrier(tiny, tmp_path):
     ]
     proc = _start([*args, f"hydra.run.dir={run}"], tmp_path)
     _wait_for(run / "samples" / "step0000002.png", proc)
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
+    if signalled == "rank 0":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        (rank1,) = [c for c in _children(proc.pid) if "train.py" in Path(f"/proc/{c}/cmdline").read_text()]
+        os.kill(rank1, signal.SIGTERM)
+    try:
+        out = proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        for c in _children(proc.pid):
+            os.kill(c, signal.SIGKILL)
+        proc.kill()
+        pytest.fail("the ranks did not stop together (hang): " + (proc.communicate()[0] or "")[-3000:])
     assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM at step" in out
     assert (
         torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
         >= 2
