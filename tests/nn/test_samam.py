@@ -336,6 +336,19 @@ def test_torch_compile_runs_around_the_numba_scan():
     assert net.content_encoder.patch_embed.weight.grad is not None
 
 
+def test_inductor_compile_follows_a_new_content_size_with_the_torch_scan():
+    """torch.compile(net) at its defaults recompiles for a second size with dynamic shapes; the
+    edge padding's symbolic modulo made inductor fail there (the pure-torch scan is what CUDA
+    runs without mamba-ssm)."""
+    net = tiny(backend="torch")
+    compiled = torch.compile(net)
+    s = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for hw in ((33, 41), (49, 57)):
+            c = torch.rand(1, 3, *hw)
+            torch.testing.assert_close(compiled(c, s), net(c, s), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_bf16_autocast_keeps_the_output_close_and_trains(backend):
     net = tiny(backend=backend)

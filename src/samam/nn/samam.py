@@ -234,7 +234,9 @@ class SaMam(nn.Module):
     def _stylise(self, content: torch.Tensor, e_s: torch.Tensor) -> torch.Tensor:
         p = self.cfg.patch_size
         h, w = content.shape[-2:]
-        pad_h, pad_w = -h % p, -w % p
+        # Floor division, not -h % p: with dynamic shapes torch.compile (2.14) cannot turn a
+        # symbolic modulo into the float arithmetic of the norms' decompositions.
+        pad_h, pad_w = -(-h // p) * p - h, -(-w // p) * p - w
         if pad_h or pad_w:
             content = F.pad(content, (0, pad_w, 0, pad_h), mode="reflect")
         style_vec = e_s.mean((2, 3))  # (B, S): GAP(e_s), read by SAIN and S7
