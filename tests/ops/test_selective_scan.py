@@ -169,6 +169,22 @@ def test_per_sample_batch_equals_per_sample_calls(fn):
             assert_rel_close(g[i], g_batch[i][b : b + 1], 1e-5, f"d{NAMES[i]}")
 
 
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+def test_empty_batch_gives_empty_output_and_gradients(fn):
+    xs = make_inputs(0, 2, 3, 4, 5, per_sample_A=False, per_sample_D=False)
+    y, grads, _ = run(fn, xs)
+    assert y.shape == (0, 6, 5)
+    assert all(g is None or g.shape == t.shape for g, t in zip(grads, xs))
+
+
+def test_ss2d_empty_batch_gives_an_empty_map():
+    from samam.nn.ss2d import SS2D
+
+    for name in ("torch", "numba") if numba_available() else ("torch",):
+        ss2d = SS2D(4, 3, 2, "zigzag", resolve_scan_backend(name), static_params=True)
+        assert ss2d(torch.randn(0, 4, 3, 5)).shape == (0, 4, 3, 5)
+
+
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
 def test_numba_matches_torch_at_model_width():
     # one SaMam-like scan (K = 4 groups, N = 16), too large for the Python-loop reference

@@ -343,7 +343,7 @@ def _n_blocks(bt: int, g: int, dg: int) -> int:
     """Channel blocks per (sample, group): enough work items to keep every thread busy,
     one block per group when possible."""
     threads = min(torch.get_num_threads(), _kernels().numba.config.NUMBA_NUM_THREADS)
-    return min(dg, math.ceil(_ITEMS_PER_THREAD * threads / (bt * g)))
+    return min(dg, math.ceil(_ITEMS_PER_THREAD * threads / max(1, bt * g)))  # bt = 0: an empty batch
 
 
 def _np(t: torch.Tensor):
