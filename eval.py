@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 def main(cfg: DictConfig) -> dict[str, Any]:
     from samam.evaluation import evaluate
 
-    return evaluate(**OmegaConf.to_container(cfg, resolve=True))
+    return evaluate(**OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 def main(cfg: DictConfig) -> dict[str, Any]:
     from samam.evaluation import stylize
 
-    summary = stylize(**OmegaConf.to_container(cfg, resolve=True))
+    summary = stylize(**OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     if not summary["written"] and not summary["skipped_existing"]:  # a script must see the failure
         raise SystemExit("stylize: nothing written: every content image was skipped (see the warnings above)")
     return summary

@@ -237,6 +237,9 @@ class StyleTransferDataModule(L.LightningDataModule):
         pin_memory: bool = True,
     ) -> None:
         super().__init__()
+        for key, value in (("content_dir", content_dir), ("style_dir", style_dir)):
+            if not value:
+                raise ValueError(f"data.{key} is not set: pass data.{key}=<folder of images>")
         self.content_dir, self.style_dir = content_dir, style_dir
         if verify not in get_args(Verify):
             raise ValueError(f"verify={verify!r}: choose one of {', '.join(get_args(Verify))}")

@@ -40,9 +40,16 @@ def check_launch(cfg: DictConfig) -> None:
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return
     launcher = hc.runtime.choices.get("hydra/launcher", "basic")
+    if hc.mode != RunMode.MULTIRUN:
+        if launcher != "basic":
+            log.warning(
+                "hydra/launcher=%s applies to multirun only: without -m this run trains here, in this "
+                "process (python train.py -m ... hydra/launcher=%s submits it)",
+                launcher,
+                launcher,
+            )
+        return
     if "submitit" in str(launcher) or launcher == "slurm":
         return
     strategy = cfg.trainer.get("strategy", "auto")
@@ -273,7 +280,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
 def _final_checkpoint(trainer: L.Trainer) -> Path | None:
     """Save last.ckpt for the final step if the periodic callback has not (max_steps off the interval)."""
     ckpt = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    if ckpt is None or ckpt.dirpath is None:
+    if ckpt is None or ckpt.dirpath is None or trainer.fast_dev_run:  # debug=fdr writes nothing
         return None
     last = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
     # Rank 0 decides and every rank follows: save_checkpoint is collective, and ranks on a

@@ -100,6 +100,13 @@ def test_eval_missing_checkpoint(image_dirs, tmp_path):
     cfg = compose_eval(base_overrides(tmp_path / "absent.ckpt", image_dirs, tmp_path / "o"))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         entry_point("eval")(cfg)
+    from omegaconf.errors import MissingMandatoryValue
+
+    unset = [
+        o for o in base_overrides(tmp_path / "x", image_dirs, tmp_path / "o") if not o.startswith("ckpt_path")
+    ]
+    with pytest.raises(MissingMandatoryValue, match="ckpt_path"):  # not "checkpoint not found: '???'"
+        entry_point("eval")(compose_eval(unset))
 
 
 def test_eval_fid_reference_is_the_style_files_as_they_are(tiny_ckpt, image_dirs, tmp_path, monkeypatch):

@@ -141,6 +141,16 @@ def test_train_dataloader_starts_the_stream_at_the_restored_step(tmp_path):
     assert (dm._train.rank, dm._train.start_step) == (1, 1234)
 
 
+def test_data_folders_must_be_given(compose):
+    """data=folders inherits coco_wikiart: a ??? there could not override its folders."""
+    from hydra.utils import instantiate
+
+    cfg = compose(["data=folders"])
+    assert cfg.data.content_dir is None and cfg.data.style_dir is None
+    with pytest.raises(Exception, match="data.content_dir is not set"):  # hydra wraps the ValueError
+        instantiate(cfg.data)
+
+
 def test_missing_and_empty_folders_fail_with_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list_images(tmp_path / "missing", "content")

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_fast_dev_run(compose, tiny, tmp_path):
     cfg = compose([*tiny(), "debug=fdr"])
     metrics = main(cfg)
+    assert not (tmp_path / "checkpoints").exists()  # debug=fdr: "nothing written by checkpoints"
     assert {
         "train/loss",
         "train/loss_content",
