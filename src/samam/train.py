@@ -135,6 +135,20 @@ def resolve_ckpt_path(
     run: two runs in one SLURM job share its folder. A checkpoint from before identities were
     stored is compared on its resolved config (``resolved_config``). Any other value is
     returned as it is."""
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if ckpt_path not in ("auto", None) and last.is_file() and Path(ckpt_path).resolve() != last.resolve():
+        # A run started from a file (fine-tuning) and then requeued or rerun with the same
+        # command: its own progress wins over the file it started from.
+        own = checkpoint_meta(last).get("identity")
+        if own is not None and not identity_differences(own, identity):
+            log.warning(
+                "ckpt_path=%s: this run folder holds this run's own %s (requeued or rerun): resuming "
+                "from it so no step is lost. To start again from %s, give the run a new folder.",
+                ckpt_path,
+                last,
+                ckpt_path,
+            )
+            return str(last)
     if ckpt_path != "auto":
         meta = checkpoint_meta(ckpt_path)
         differ = identity_differences(meta["identity"], identity) if meta.get("identity") is not None else []
@@ -147,7 +161,6 @@ def resolve_ckpt_path(
                 brief_list(differ, 8),
             )
         return ckpt_path
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
     meta = checkpoint_meta(last)

@@ -316,6 +316,13 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     with caplog.at_level(logging.WARNING, logger="samam"):
         resolve_ckpt_path(str(last), tmp_path, mine)  # its own checkpoint: nothing to say
     assert "another run" not in caplog.text
+    # a fine-tune started from another run's file, requeued with the same command: its own
+    # last.ckpt in this folder wins, so the steps since the start are not lost
+    elsewhere = tmp_path / "pretrained.ckpt"
+    torch.save({"samam": {"identity": {**mine, "seed": 7}}}, elsewhere)
+    assert resolve_ckpt_path(str(elsewhere), tmp_path, mine) == str(last)
+    assert resolve_ckpt_path(str(elsewhere), tmp_path, {**mine, "seed": 5}) == str(elsewhere)  # not its run
+    assert resolve_ckpt_path(None, tmp_path, mine) is None  # ckpt_path=null: start over
 
     def steps(cb: LossSummary, values: list[float]) -> None:
         for v in values:
