@@ -889,9 +889,12 @@ class EvalMetricsCallback(L.Callback):
     logged), ``val/eval_seconds`` and, with a WandbLogger, a table of samples.
 
     DDP: each rank stylises a shard of the pairs; the metrics' float64 sums are all-reduced.
-    Style statistics of the FIDs are computed once and kept. ``ModelCheckpoint(monitor=
-    "val/artfid", mode="min")`` works: between evaluations the last value stays in
-    ``trainer.callback_metrics`` and an unchanged value never displaces a saved checkpoint.
+    Style statistics of the FIDs are computed once and kept. A ``ModelCheckpoint`` monitoring
+    one of these metrics must save right after each evaluation, so each checkpoint is ranked by
+    its own weights' score: ``every_n_val_rounds=1`` and a checkpoint saved at validation (no
+    ``every_n_train_steps`` or ``train_time_interval``; conf/callbacks/best_artfid.yaml).
+    Anything else is refused at setup: the last value stays in ``trainer.callback_metrics``,
+    and later weights would be kept under an earlier score.
     """
 
     def __init__(
@@ -926,6 +929,7 @@ class EvalMetricsCallback(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.suite is not None or stage != "fit":
             return
+        self._check_checkpoint_monitors(trainer)
         # Built here, not at the first evaluation: a missing weight file fails before training.
         self.suite = build_metrics(**self.metrics_cfg, reset_style=False)
         self.content_paths = collect_images(self.content, "eval content")
@@ -949,6 +953,23 @@ class EvalMetricsCallback(L.Callback):
             self.every_n_val_rounds,
             self.suite.enabled,
         )
+
+    def _check_checkpoint_monitors(self, trainer: L.Trainer) -> None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in trainer.callbacks:
+            monitor = getattr(cb, "monitor", None) if isinstance(cb, ModelCheckpoint) else None
+            if not monitor or monitor.removeprefix("val/") not in METRIC_NAMES:
+                continue
+            scheduled = cb._every_n_train_steps > 0 or cb._train_time_interval is not None
+            if self.every_n_val_rounds != 1 or scheduled:
+                raise ValueError(
+                    f"ModelCheckpoint(monitor={monitor!r}) would keep checkpoints ranked by a {monitor} "
+                    "measured on earlier weights (every_n_val_rounds="
+                    f"{self.every_n_val_rounds}, every_n_train_steps={cb._every_n_train_steps}). "
+                    "Evaluate at every validation and save there: callbacks.eval_metrics.every_n_val_rounds=1 "
+                    "+callbacks@callbacks.best_artfid=best_artfid"
+                )
 
     def state_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
@@ -35,36 +37,43 @@ def loader():
     return DataLoader(TensorDataset(torch.rand(2, 3, 64, 64)), batch_size=2)
 
 
-def test_callback_logs_metrics_every_n_rounds_and_feeds_checkpointing(tiny_net, image_dirs, tmp_path):
-    import copy
+def _trainer(tmp_path, callbacks, max_epochs=3):
+    return L.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
 
+
+def _callback(image_dirs, every_n_val_rounds):
     content, style = image_dirs
-    cb = EvalMetricsCallback(
+    return EvalMetricsCallback(
         content,
         style,
-        every_n_val_rounds=2,
+        every_n_val_rounds=every_n_val_rounds,
         content_size=32,
         style_size=64,
         style_short_side=None,
         batch_size=4,
         metrics=METRICS,
     )
+
+
+def test_callback_logs_metrics_every_n_rounds(tiny_net, image_dirs, tmp_path):
+    import copy
+
+    cb = _callback(image_dirs, every_n_val_rounds=2)
     calls = []
     original = cb.evaluate
     cb.evaluate = lambda trainer, module: calls.append(trainer.current_epoch) or original(trainer, module)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/artfid", mode="min", save_top_k=1)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=3,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=1,
-        callbacks=[cb, ckpt],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(tmp_path, [cb])
     trainer.fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
     assert calls == [0, 2]  # rounds 0 and 2 of 3; the sanity check is not a round
     assert cb.rounds == 3
@@ -73,10 +82,45 @@ def test_callback_logs_metrics_every_n_rounds_and_feeds_checkpointing(tiny_net, 
         assert key in m and torch.isfinite(m[key]), key
     assert "val/fid_tf" not in m  # disabled metrics are not logged
     assert torch.allclose(m["val/artfid"], (1 + m["val/lpips"]) * (1 + m["val/fid_art"]), rtol=1e-5)
-    assert ckpt.best_model_path and ckpt.best_model_score is not None
     assert cb.state_dict() == {"rounds": 3}
     # FID's reference set counts each style once per pair that used it (as eval.py does)
     assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
+
+
+def test_best_artfid_checkpoint_is_ranked_by_its_own_weights(tiny_net, image_dirs, tmp_path):
+    """conf/callbacks/best_artfid.yaml with an evaluation at every validation: the kept file is
+    the step whose own ArtFID was lowest, and its recorded score is that step's."""
+    import copy
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "callbacks" / "best_artfid.yaml")
+    conf.dirpath = str(tmp_path / "ckpt")
+    best = instantiate(conf)
+    cb = _callback(image_dirs, every_n_val_rounds=1)
+    scores = {}
+    original = cb.evaluate
+    cb.evaluate = lambda trainer, module: scores.setdefault(
+        trainer.global_step, original(trainer, module)["artfid"]
+    )
+    module = TinyModule(copy.deepcopy(tiny_net))
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.5)  # scores must move
+    _trainer(tmp_path, [cb, best], max_epochs=4).fit(module, loader(), loader())
+    assert len(scores) == 4 and len(set(scores.values())) > 1
+    step = min(scores, key=scores.get)
+    assert Path(best.best_model_path).name == f"best-artfid-step{step:07d}.ckpt"
+    assert float(best.best_model_score) == pytest.approx(scores[step], rel=1e-6)
+
+
+@pytest.mark.parametrize("rounds, extra", [(2, {}), (1, {"every_n_train_steps": 5})])
+def test_a_checkpoint_ranked_by_a_stale_score_is_refused(tiny_net, image_dirs, tmp_path, rounds, extra):
+    import copy
+
+    cb = _callback(image_dirs, every_n_val_rounds=rounds)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/artfid", mode="min", **extra)
+    with pytest.raises(ValueError, match="measured on earlier weights"):
+        _trainer(tmp_path, [cb, ckpt]).fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
 
 
 def test_callback_with_one_pair_logs_lpips_and_skips_the_fids(tiny_net, image_dirs, tmp_path):
@@ -107,8 +151,6 @@ def test_callback_with_one_pair_logs_lpips_and_skips_the_fids(tiny_net, image_di
 
 
 def test_callback_config_composes_and_instantiates():
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -118,6 +160,15 @@ def test_callback_config_composes_and_instantiates():
     cb = instantiate(cfg.callbacks.eval_metrics)
     assert isinstance(cb, EvalMetricsCallback) and cb.every_n_val_rounds >= 1
     assert str(cb.content).endswith("eval/content")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        over = [
+            "+callbacks@callbacks.eval_metrics=eval_metrics",
+            "callbacks.eval_metrics.every_n_val_rounds=1",
+        ]
+        cfg = compose("train", overrides=[*over, "+callbacks@callbacks.best_artfid=best_artfid"])
+    cfg.callbacks.best_artfid.dirpath = "checkpoints"  # ${paths.output_dir} needs a Hydra run
+    best = instantiate(cfg.callbacks.best_artfid)
+    assert isinstance(best, ModelCheckpoint) and best.monitor == "val/artfid" and best.mode == "min"
 
 
 class RecordingWandb(WandbLogger):
