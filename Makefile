@@ -39,7 +39,7 @@ format: $(STAMP) ## ruff autoformat
 bench: $(STAMP) ## full-network benchmark (see experiments/benchmark.py --help)
 	$(THREADS) $(BIN)/python experiments/benchmark.py
 
-bench-scan: $(STAMP) ## selective-scan kernel benchmark (CPU backends vs reference)
+bench-scan: $(STAMP) ## selective-scan kernel benchmark (numba vs pure-torch scan, CPU)
 	$(THREADS) $(BIN)/python experiments/bench_scan.py
 
 clean: ## delete caches, outputs/ and multirun/ (every trained checkpoint!) and data/demo; keeps .venv
