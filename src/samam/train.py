@@ -69,6 +69,34 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
+VGG_SOURCES = ("imagenet", "imagenet_if_cached", "random")
+
+
+def check_inputs_exist(cfg: DictConfig) -> None:
+    """Every missing input in one error before anything is built: data folders, a loss-network
+    file, a GPU trainer without a GPU (else each run reveals only the next one)."""
+    from samam.losses import VGG_NORMALISED_URL
+
+    problems = []
+    for key in ("content_dir", "style_dir"):
+        folder = cfg.data.get(key)
+        if folder and not Path(folder).expanduser().is_dir():
+            problems.append(
+                f"data.{key}: no folder {folder} (absolute: {Path(folder).expanduser().absolute()})"
+            )
+    vgg = cfg.get("loss", {}).get("vgg")
+    if isinstance(vgg, str) and vgg not in VGG_SOURCES and not Path(vgg).expanduser().is_file():
+        problems.append(
+            f"loss.vgg: no file {vgg} (AdaIN's vgg_normalised.pth: {VGG_NORMALISED_URL}; or loss.vgg=imagenet)"
+        )
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(
+            "trainer.accelerator=gpu, but no CUDA device is visible (trainer=cpu runs on the CPU)"
+        )
+    if problems:
+        raise FileNotFoundError("this run cannot start:\n  " + "\n  ".join(problems))
+
+
 def default_run_name(cfg: DictConfig) -> str:
     """experiment name plus this job's command-line overrides (distinct per sweep arm)."""
     overrides: list[str] = []
@@ -233,6 +261,7 @@ def set_matmul_precision(precision: str) -> None:
 def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     check_launch(cfg)
+    check_inputs_exist(cfg)
     set_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     if cfg.run_name is None:
         with open_dict(cfg):

@@ -123,7 +123,7 @@ def test_sigkill_then_resume_continues_step_and_lr(tiny, train_subprocess, tmp_p
     first_lr = next(
         float(r["train/lr"]) for r in _csv_rows(second) if r.get("train/lr") and int(r["step"]) == steps[0]
     )
-    assert abs(first_lr - lr0 / (1 + decay * k)) < 1e-12
+    assert first_lr == pytest.approx(lr0 / (1 + decay * k), rel=1e-6)  # logged as float32
 
 
 def test_ddp_sim_two_processes(tiny, train_subprocess, tmp_path):
@@ -253,6 +253,21 @@ def test_wandb_run_continues_only_from_the_runs_own_checkpoint(tmp_path):
     assert wandb_resume_id(run / "checkpoints" / "last.ckpt", run) == "id-run"
     assert wandb_resume_id(other / "checkpoints" / "last.ckpt", run) is None  # fine-tuning from another run
     assert wandb_resume_id(None, run) is None
+
+
+def test_every_missing_input_is_named_in_one_error_before_anything_is_built(compose, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose(["experiment=paper", f"paths.data_dir={tmp_path / 'data'}", f"paths.root={tmp_path}"])
+    with pytest.raises(FileNotFoundError) as err:
+        main(cfg)
+    text = str(err.value)
+    for missing in (
+        "data.content_dir: no folder",
+        "data.style_dir: no folder",
+        "loss.vgg: no file",
+        "no CUDA device",
+    ):
+        assert missing in text, text
 
 
 @pytest.mark.parametrize("override", ["data.val_size=32", "data.crop=48"])
