@@ -428,7 +428,8 @@ def time_calls(
     """Times of up to `repeats` calls after up to `warmup` untimed ones; a case whose calls are
     slow gets fewer of both (at least one timed call), about `case_seconds` of each. The first
     warm-up call pays one-off costs (compilation, CUDA-graph capture, autotuning): it neither
-    counts towards `case_seconds` nor sets how many calls are timed."""
+    counts towards `case_seconds` nor sets how many calls are timed (with `warmup=0` the first
+    timed call pays them, and counts)."""
     spent = 0.0
     for i in range(warmup):
         t = time_once(fn, device)

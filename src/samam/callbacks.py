@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from samam.fileio import default_file_mode
+
 log = logging.getLogger(__name__)
 
 
@@ -39,9 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+            os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -60,11 +60,12 @@ class CheckpointOnStop(Callback):
     SLURM time limit) after its first step, so a requeued or resumed run (``ckpt_path=auto``)
     loses no step.
 
-    The ranks stop together. From the start of training, SIGTERM only records the signal
+    The ranks stop together. From the sanity check on, SIGTERM only records the signal
     (Lightning's own handler runs a collective inside the handler, and each rank then stops at
     its own boundary: under DDP a rank left behind in the next step's all-reduce hung with no
     checkpoint). At the end of each training (and validation) batch the ranks all-reduce the
-    flag, so all of them mark the stop at the same batch, and Lightning raises
+    flag (with any SIGTERM Lightning's handler saw before ours was installed), so all of them
+    mark the stop at the same batch, and Lightning raises
     ``SIGTERMException`` at that step boundary on every rank. This saves there, before Lightning
     tears the strategy down; rank 0 writes. Other exceptions save nothing: the state may be
     mid-step. ``samam.train`` then exits with status 143 (128 + SIGTERM). A signal that
@@ -85,21 +86,30 @@ class CheckpointOnStop(Callback):
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._signalled = False  # SIGTERM reached this process
-        self._lightning_sigterm: Any = None  # Lightning's handler, while ours is installed
+        self._agreed = False  # the ranks have agreed to stop
+        self._installed = False  # our SIGTERM handler replaced Lightning's
         self._trainer: L.Trainer | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._signalled = self._agreed = self._installed = False
         handler = signal.getsignal(signal.SIGUSR2)
         if callable(handler) and handler != self._defer_requeue:
             self._requeue = handler
             signal.signal(signal.SIGUSR2, self._defer_requeue)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning registers its SIGTERM handler after on_fit_start: replace it from here on.
-        if threading.current_thread() is threading.main_thread():
+    def _install(self, trainer: L.Trainer) -> None:
+        # Lightning registers its SIGTERM handler after on_fit_start and restores the original
+        # one at teardown (also after a stop): replace it from the sanity check on.
+        if not self._installed and threading.current_thread() is threading.main_thread():
             self._trainer = trainer
-            self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
             signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """Record the stop; no collective here (a handler runs between any two instructions)."""
@@ -112,16 +122,16 @@ class CheckpointOnStop(Callback):
 
     def _agree_on_stop(self, trainer: L.Trainer) -> None:
         """Every rank calls this at the same batch: stop everywhere if any rank was signalled."""
-        if self._lightning_sigterm is None or trainer.received_sigterm:
+        if not self._installed or self._agreed:
             return
-        stop = self._signalled
+        stop = self._signalled or trainer.received_sigterm  # before ours: Lightning's handler
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             flag = torch.tensor([int(stop)], device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
         if stop:
             # Lightning raises SIGTERMException at the end of this step (or validation batch).
-            trainer._signal_connector.received_sigterm = True
+            trainer._signal_connector.received_sigterm = self._agreed = True
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -174,9 +184,9 @@ class CheckpointOnStop(Callback):
     def _restore_handler(self) -> None:
         if self._requeue is not None and signal.getsignal(signal.SIGUSR2) == self._defer_requeue:
             signal.signal(signal.SIGUSR2, self._requeue)
-        if self._lightning_sigterm is not None and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-            signal.signal(signal.SIGTERM, self._lightning_sigterm)  # Lightning then restores the original
-        self._lightning_sigterm, self._trainer = None, None
+        # SIGTERM stays ours (a second one after the save is only recorded); Lightning's
+        # teardown restores the handler from before the fit.
+        self._trainer = None
 
     def after_stop(self) -> None:
         """Run the SIGUSR2 handler deferred by a stop, once (submitit: requeue this job, then exit).

@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
+from samam.fileio import default_file_mode
 from samam.logging_utils import brief_list
 from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, short_side_size, to_uint8
 
@@ -153,7 +154,7 @@ def save_png(image: Tensor, path: PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(f, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of the group
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -945,6 +946,15 @@ class EvalMetricsCallback(L.Callback):
             pairs = [pairs[int(k * step)] for k in range(self.max_pairs)]
         self.pairs = pairs
         self.style_uses = Counter(j for _, j in pairs)  # FID counts each style once per use
+        for monitor in self._monitors(trainer):
+            name = monitor.removeprefix("val/")
+            why = self.suite.reasons.get(name)
+            if why is None and name in ("artfid", "fid_art", "fid_tf") and len(pairs) < 2:
+                why = f"a FID needs at least 2 stylised images, and the eval set gives {len(pairs)}"
+            if why is not None:
+                raise ValueError(
+                    f"ModelCheckpoint(monitor={monitor!r}): {monitor} will never be logged ({why})"
+                )
         log.info(
             "eval metrics: %d pairs (%d content × %d style) every %d validation round(s); metrics %s",
             len(pairs),
@@ -954,12 +964,25 @@ class EvalMetricsCallback(L.Callback):
             self.suite.enabled,
         )
 
+    @staticmethod
+    def _monitors(trainer: L.Trainer) -> list[str]:
+        """The eval metrics some ModelCheckpoint ranks by."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        return [
+            cb.monitor
+            for cb in trainer.callbacks
+            if isinstance(cb, ModelCheckpoint)
+            and cb.monitor
+            and cb.monitor.removeprefix("val/") in METRIC_NAMES
+        ]
+
     def _check_checkpoint_monitors(self, trainer: L.Trainer) -> None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         for cb in trainer.callbacks:
             monitor = getattr(cb, "monitor", None) if isinstance(cb, ModelCheckpoint) else None
-            if not monitor or monitor.removeprefix("val/") not in METRIC_NAMES:
+            if monitor not in self._monitors(trainer):
                 continue
             scheduled = cb._every_n_train_steps > 0 or cb._train_time_interval is not None
             if self.every_n_val_rounds != 1 or scheduled:

@@ -89,7 +89,7 @@ def check_inputs_exist(cfg: DictConfig) -> None:
         problems.append(
             f"loss.vgg: no file {vgg} (AdaIN's vgg_normalised.pth: {VGG_NORMALISED_URL}; or loss.vgg=imagenet)"
         )
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.device_count() == 0:  # fork-safe
         problems.append(
             "trainer.accelerator=gpu, but no CUDA device is visible (trainer=cpu runs on the CPU)"
         )
@@ -161,14 +161,24 @@ def resolve_ckpt_path(
     the same run (``identity``, see :func:`run_identity`: experiment, seed, network, loss,
     optimiser, data, as written), else the run stops rather than resume or overwrite another
     run: two runs in one SLURM job share its folder. A checkpoint from before identities were
-    stored is compared on its resolved config (``resolved_config``). Any other value is
-    returned as it is."""
+    stored is compared on its resolved config (``resolved_config``).
+
+    A file is returned as it is, except when this run folder's ``last.ckpt`` comes from this
+    same run started with this same ``ckpt_path`` (a fine-tune requeued or rerun with its
+    command): then that ``last.ckpt``, so the steps since the start are kept. Any other file,
+    such as one of the run's own step checkpoints (a rollback), is used as given."""
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
     if ckpt_path not in ("auto", None) and last.is_file() and Path(ckpt_path).resolve() != last.resolve():
-        # A run started from a file (fine-tuning) and then requeued or rerun with the same
-        # command: its own progress wins over the file it started from.
-        own = checkpoint_meta(last).get("identity")
-        if own is not None and not identity_differences(own, identity):
+        own = checkpoint_meta(last)
+        started_from = (own.get("config") or {}).get("ckpt_path")
+        same_start = (
+            started_from is not None and Path(str(started_from)).resolve() == Path(ckpt_path).resolve()
+        )
+        if (
+            same_start
+            and own.get("identity") is not None
+            and not identity_differences(own["identity"], identity)
+        ):
             log.warning(
                 "ckpt_path=%s: this run folder holds this run's own %s (requeued or rerun): resuming "
                 "from it so no step is lost. To start again from %s, give the run a new folder.",
@@ -228,7 +238,10 @@ def checkpoint_meta(path: str | Path | None) -> dict[str, Any]:
     the weights are not read."""
     if path is None or not Path(path).is_file():
         return {}
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("samam") or {}
+    try:  # plain containers only: the safe unpickler reads them
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("samam") or {}
+    except Exception:  # not ours, an old format, or damaged: Lightning's own load will say so
+        return {}
 
 
 def wandb_resume_id(ckpt_path: str | Path | None, output_dir: str | Path) -> str | None:

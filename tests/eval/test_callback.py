@@ -113,6 +113,22 @@ def test_best_artfid_checkpoint_is_ranked_by_its_own_weights(tiny_net, image_dir
     assert float(best.best_model_score) == pytest.approx(scores[step], rel=1e-6)
 
 
+def test_a_checkpoint_ranked_by_a_metric_that_is_never_logged_is_refused(tiny_net, image_dirs, tmp_path):
+    import copy
+
+    content, style = image_dirs
+    one = EvalMetricsCallback(
+        content, style, content_size=32, style_size=64, style_short_side=None, max_pairs=1, metrics=METRICS
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/artfid", mode="min")
+    with pytest.raises(ValueError, match="will never be logged .a FID needs at least 2 stylised images"):
+        _trainer(tmp_path, [one, ckpt]).fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+    off = _callback(image_dirs, every_n_val_rounds=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt2", monitor="val/fid_tf", mode="min")
+    with pytest.raises(ValueError, match="val/fid_tf will never be logged .disabled"):
+        _trainer(tmp_path, [off, ckpt]).fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+
+
 @pytest.mark.parametrize("rounds, extra", [(2, {}), (1, {"every_n_train_steps": 5})])
 def test_a_checkpoint_ranked_by_a_stale_score_is_refused(tiny_net, image_dirs, tmp_path, rounds, extra):
     import copy

@@ -335,9 +335,14 @@ def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_sum
     # last.ckpt in this folder wins, so the steps since the start are not lost
     elsewhere = tmp_path / "pretrained.ckpt"
     torch.save({"samam": {"identity": {**mine, "seed": 7}}}, elsewhere)
+    torch.save({"samam": {"config": {"ckpt_path": str(elsewhere)}, "identity": mine}}, last)
     assert resolve_ckpt_path(str(elsewhere), tmp_path, mine) == str(last)
     assert resolve_ckpt_path(str(elsewhere), tmp_path, {**mine, "seed": 5}) == str(elsewhere)  # not its run
     assert resolve_ckpt_path(None, tmp_path, mine) is None  # ckpt_path=null: start over
+    # a rollback to one of the run's own step checkpoints is used as given
+    step = tmp_path / "checkpoints" / "step0000002.ckpt"
+    torch.save({"samam": {"config": {"ckpt_path": str(elsewhere)}, "identity": mine}}, step)
+    assert resolve_ckpt_path(str(step), tmp_path, mine) == str(step)
 
     def steps(cb: LossSummary, values: list[float]) -> None:
         for v in values:
