@@ -26,6 +26,7 @@ import ctypes
 import dataclasses
 import datetime
 import gc
+import importlib.metadata
 import inspect
 import io
 import json
@@ -316,9 +317,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def loaded_versions() -> dict[str, str]:
     """Versions of the optional kernels the run actually imported."""
-    return {
-        m: getattr(sys.modules[m], "__version__", "?") for m in ("numba", "mamba_ssm") if m in sys.modules
-    }
+    out = {m: getattr(sys.modules[m], "__version__", "?") for m in ("numba", "mamba_ssm") if m in sys.modules}
+    if "mamba_ssm" not in out:  # samam imports only its kernel module, without the package entry
+        from samam.ops.selective_scan import mamba_available
+
+        if mamba_available():
+            try:
+                out["mamba_ssm"] = importlib.metadata.version("mamba_ssm")
+            except importlib.metadata.PackageNotFoundError:
+                out["mamba_ssm"] = "?"
+    return out
 
 
 def slug(text: str) -> str:
@@ -673,7 +681,12 @@ def failure_status(err: BaseException) -> str:
 
 
 def release_memory(device: torch.device) -> None:
-    """Free what the last case held; after a sticky CUDA error this can raise too, and is logged."""
+    """Free what the last case held; after a sticky CUDA error this can raise too, and is logged.
+    The scan-index cache goes too: the next case's peak must not include the last case's indices
+    (its first, untimed warm-up call rebuilds its own; captured graphs hold theirs)."""
+    from samam.ops.scan_orders import clear_scan_cache
+
+    clear_scan_cache()
     gc.collect()
     if device.type == "cuda":
         try:

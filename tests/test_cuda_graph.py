@@ -56,8 +56,9 @@ def test_gpu_replays_equal_the_eager_forward(backend):
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_replay_equals_eager_bf16():
-    net = _gpu_net("torch")
+@pytest.mark.parametrize("backend", ["torch", "mamba"])  # mamba + graph + bf16: what the benchmark times
+def test_gpu_bf16_replay_equals_eager_bf16(backend):
+    net = _gpu_net(backend)
     c, s = torch.rand(1, 3, 64, 64, device="cuda"), torch.rand(1, 3, 64, 64, device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         ref = net(c, s)

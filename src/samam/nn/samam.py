@@ -154,8 +154,10 @@ class SaMam(nn.Module):
             )
         # Reading values syncs with the device: not possible while compiling or capturing a CUDA
         # graph (samam.cuda_graph checks the real inputs before each replay instead).
-        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-        if not (torch.compiler.is_compiling() or capturing) and not torch.isfinite(x).all():
+        # is_compiling first: dynamo would trace the CUDA query (a graph break per check).
+        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return
+        if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or Inf values")
 
     @property
