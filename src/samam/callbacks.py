@@ -6,7 +6,6 @@ import glob
 import logging
 import os
 import signal
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from samam.fileio import default_file_mode
+from samam.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +34,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, prefix=f".{path.name}.", fsync=True) as f:
+            torch.save(checkpoint, f)
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # from a killed run
             stale.unlink(missing_ok=True)
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,7 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
-from samam.fileio import default_file_mode
+from samam.fileio import atomic_write
 from samam.logging_utils import brief_list
 from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, short_side_size, to_uint8
 
@@ -150,15 +149,8 @@ def save_png(image: Tensor, path: PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A short temp name: a legal output name of 251-255 bytes has no room for a longer one.
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(f, format="PNG")
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, suffix=".png.tmp") as f:
+        Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(f, format="PNG")
 
 
 def check_output_names(names: Sequence[str], output_dir: Path) -> None:
@@ -468,9 +460,8 @@ def _bench_settings(
 
 def _write_text(path: Path, text: str) -> None:
     """Atomically: a reader sees the old file or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text.encode())
 
 
 def evaluate(

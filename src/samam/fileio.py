@@ -1,8 +1,13 @@
-"""Small file-system helpers shared by the checkpoint writer and the image writer."""
+"""Small file-system helpers shared by the checkpoint writer and the image and results writers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 
 def default_file_mode() -> int:
@@ -11,3 +16,25 @@ def default_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: Path, prefix: str = ".", suffix: str = ".tmp", fsync: bool = False
+) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temp file in its folder renamed over it at the end: a reader (or
+    a process killed mid-write) sees the old file or the new one, never half of one. The file
+    gets :func:`default_file_mode`; ``fsync`` flushes the data to disk before the rename. On any
+    error the temp file is removed and ``path`` is untouched."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
