@@ -193,9 +193,8 @@ def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> di
             "Unpickling can run arbitrary code. Only if you trust where the file came from, pass "
             "trust_pickle=True (CLI: trust_pickle=true)."
         ) from None
-    except (
-        Exception
-    ) as e:  # a damaged file fails in many ways (RuntimeError, EOFError, UnicodeDecodeError...)
+    # A damaged file fails in many ways (RuntimeError, EOFError, UnicodeDecodeError, ...).
+    except Exception as e:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {e}"
         ) from None

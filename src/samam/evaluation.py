@@ -937,7 +937,8 @@ class EvalMetricsCallback(L.Callback):
             pairs = [pairs[int(k * step)] for k in range(self.max_pairs)]
         self.pairs = pairs
         self.style_uses = Counter(j for _, j in pairs)  # FID counts each style once per use
-        for monitor in self._monitors(trainer):
+        for cb in self._ranking_checkpoints(trainer):
+            monitor = cb.monitor
             name = monitor.removeprefix("val/")
             why = self.suite.reasons.get(name)
             if why is None and name in ("artfid", "fid_art", "fid_tf") and len(pairs) < 2:
@@ -956,12 +957,12 @@ class EvalMetricsCallback(L.Callback):
         )
 
     @staticmethod
-    def _monitors(trainer: L.Trainer) -> list[str]:
-        """The eval metrics some ModelCheckpoint ranks by."""
+    def _ranking_checkpoints(trainer: L.Trainer) -> list[Any]:
+        """The ModelCheckpoints that rank checkpoints by one of these metrics."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         return [
-            cb.monitor
+            cb
             for cb in trainer.callbacks
             if isinstance(cb, ModelCheckpoint)
             and cb.monitor
@@ -969,12 +970,8 @@ class EvalMetricsCallback(L.Callback):
         ]
 
     def _check_checkpoint_monitors(self, trainer: L.Trainer) -> None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        for cb in trainer.callbacks:
-            monitor = getattr(cb, "monitor", None) if isinstance(cb, ModelCheckpoint) else None
-            if monitor not in self._monitors(trainer):
-                continue
+        for cb in self._ranking_checkpoints(trainer):
+            monitor = cb.monitor
             scheduled = cb._every_n_train_steps > 0 or cb._train_time_interval is not None
             if self.every_n_val_rounds != 1 or scheduled:
                 raise ValueError(

@@ -146,6 +146,9 @@ def _random_encoder(seed: int = 0) -> VGGEncoder:
     return enc
 
 
+VGG_SOURCES = ("imagenet", "imagenet_if_cached", "random")  # else loss.vgg is a file
+
+
 def build_vgg(source: str) -> VGGEncoder:
     """VGG-19 encoder from a weight source (see module docstring). Fails loudly offline."""
     cached = torch_hub_checkpoint_dir() / VGG19_FILE

@@ -69,13 +69,10 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
-VGG_SOURCES = ("imagenet", "imagenet_if_cached", "random")
-
-
 def check_inputs_exist(cfg: DictConfig) -> None:
     """Every missing input in one error before anything is built: data folders, a loss-network
     file, a GPU trainer without a GPU (else each run reveals only the next one)."""
-    from samam.losses import VGG_NORMALISED_URL
+    from samam.losses import VGG_NORMALISED_URL, VGG_SOURCES
 
     problems = []
     for key in ("content_dir", "style_dir"):

@@ -77,11 +77,11 @@ class SS2D(nn.Module):
     ) -> torch.Tensor:
         """x (B, D, H, W) → (B, D, H, W) float32. A (B, K·D, N), D (B, K·D) when not static."""
         b, d, h, w = x.shape
+        if b == 0:
+            return x.new_zeros((0, d, h, w), dtype=torch.float32)
         if self.A_log is not None:
             A = -torch.exp(self.A_log.float())  # (K·D, N), shared by every sample
             D = self.D.float()
-        if b == 0:
-            return x.new_zeros((0, d, h, w), dtype=torch.float32)
         order, inverse = scan_indices(self.scan_order, h, w, x.device)
         per_direction = d * h * w
         dirs = max(1, min(self.k, self.max_elements // per_direction))
