@@ -52,7 +52,7 @@ def _trainer(tmp_path, callbacks, max_epochs=3):
     )
 
 
-def _callback(image_dirs, every_n_val_rounds):
+def _callback(image_dirs, every_n_val_rounds=1, **kw):
     content, style = image_dirs
     return EvalMetricsCallback(
         content,
@@ -63,6 +63,7 @@ def _callback(image_dirs, every_n_val_rounds):
         style_short_side=None,
         batch_size=4,
         metrics=METRICS,
+        **kw,
     )
 
 
@@ -116,10 +117,7 @@ def test_best_artfid_checkpoint_is_ranked_by_its_own_weights(tiny_net, image_dir
 def test_a_checkpoint_ranked_by_a_metric_that_is_never_logged_is_refused(tiny_net, image_dirs, tmp_path):
     import copy
 
-    content, style = image_dirs
-    one = EvalMetricsCallback(
-        content, style, content_size=32, style_size=64, style_short_side=None, max_pairs=1, metrics=METRICS
-    )
+    one = _callback(image_dirs, max_pairs=1)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/artfid", mode="min")
     with pytest.raises(ValueError, match="will never be logged .a FID needs at least 2 stylised images"):
         _trainer(tmp_path, [one, ckpt]).fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
@@ -143,22 +141,8 @@ def test_callback_with_one_pair_logs_lpips_and_skips_the_fids(tiny_net, image_di
     """max_pairs=1: one stylised image has no FID; validation must go on with LPIPS/CFSD logged."""
     import copy
 
-    content, style = image_dirs
-    cb = EvalMetricsCallback(
-        content, style, content_size=32, style_size=64, style_short_side=None, max_pairs=1, metrics=METRICS
-    )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        callbacks=[cb],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    cb = _callback(image_dirs, max_pairs=1)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
     trainer.fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
     m = trainer.callback_metrics
     assert "val/lpips" in m and "val/cfsd" in m
