@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -178,6 +179,21 @@ def short_side_size(h: int, w: int, n: int) -> tuple[int, int]:
     return (n, max(1, int(n * w / h))) if h <= w else (max(1, int(n * h / w)), n)
 
 
+def resize_as_pil(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, 3, H, W) in [0, 1] → (B, 3, *size) as torchvision's ``Resize`` makes it from an image
+    file (the reference's ``Resize(512)`` on a PIL image): PIL's bilinear filter on 8-bit pixels,
+    which rounds to uint8 after each of its two passes. A float resize (even antialiased) differs
+    from it by up to one grey level in most pixels. ``x`` is quantised first (exact for pixels
+    read from a file or a saved PNG)."""
+    from PIL import Image
+
+    out = []
+    for img in to_uint8(x).permute(0, 2, 3, 1).cpu().numpy():  # (H, W, 3) uint8 each
+        resized = Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR)
+        out.append(torch.from_numpy(np.asarray(resized).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).contiguous().to(x.device).float().div_(255)
+
+
 class ArtInceptionFeatures(nn.Module):
     """ArtFID's art-trained Inception-v3 as a feature extractor: (B, 3, H, W) in [0, 1] → (B, 2048).
 
@@ -185,9 +201,10 @@ class ArtInceptionFeatures(nn.Module):
     without the aux heads and the classifiers. Preprocessing as the reference (ArtFID's
     ``get_activations``: ``ToTensor()`` only, ``transform_input=False``; StyleID's
     ``eval_artfid.py``: ``Resize(512)`` first): the image is resized so its shorter side is
-    ``short_side`` (SPEC §6; bilinear, antialiased, longer side truncated as torchvision's
-    ``Resize`` does; ``None`` keeps the size) and goes into the network as it is: pixels in
-    [0, 1], no resize to 299, no rescaling to [−1, 1]. Global pooling makes any size ≥ 75 px work.
+    ``short_side`` (SPEC §6; exactly as torchvision's ``Resize`` on the decoded file: PIL
+    bilinear on 8-bit pixels, longer side truncated, see :func:`resize_as_pil`; ``None`` keeps
+    the size) and goes into the network as it is: pixels in [0, 1], no resize to 299, no
+    rescaling to [−1, 1]. Global pooling makes any size ≥ 75 px work.
 
     Key layout of ``art_inception.pth``: torchvision's, e.g. ``Conv2d_1a_3x3.conv.weight``,
     ``Conv2d_1a_3x3.bn.{weight,bias,running_mean,running_var}``, ``Mixed_5b.branch1x1.conv.weight``
@@ -217,7 +234,7 @@ class ArtInceptionFeatures(nn.Module):
         if self.short_side is not None:
             size = short_side_size(*x.shape[-2:], self.short_side)
             if size != tuple(x.shape[-2:]):
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+                x = resize_as_pil(x, size)
         if min(x.shape[-2:]) < self.min_side:
             raise ValueError(
                 f"art Inception: input {tuple(x.shape[-2:])} is below its {self.min_side}-px minimum; "

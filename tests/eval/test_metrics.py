@@ -231,22 +231,43 @@ def test_art_inception_ignores_the_reference_files_two_classifiers_and_aux_heads
 def test_art_inception_sees_pixels_in_0_1_at_their_size():
     """As ArtFID (ToTensor only, transform_input=False) after StyleID's Resize(512): no resize
     to 299 and no rescaling to [-1, 1]; only the shorter side is set (torchvision truncation)."""
+    from PIL import Image
     from torchvision.models import inception_v3
+    from torchvision.transforms import Resize, ToTensor
 
     torch.manual_seed(0)
     ref = inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False).eval()
     ref.fc, ref.dropout = nn.Identity(), nn.Identity()  # ref(x) = pooled 2048-d features
     ours = M.ArtInceptionFeatures(short_side=None)
     ours.net.load_state_dict(ref.state_dict(), strict=False)
-    x = torch.rand(2, 3, 100, 134)
+    g = torch.Generator().manual_seed(0)
+    x8 = torch.randint(0, 256, (2, 3, 100, 134), dtype=torch.uint8, generator=g)
+    x = x8.float() / 255  # pixels as read from a file
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x))
         ours.short_side = 90
-        resized = F.interpolate(x, size=(90, 120), mode="bilinear", align_corners=False, antialias=True)
-        torch.testing.assert_close(ours(x), ref(resized))  # 134·0.9 = 120.6 → 120
+        # StyleID's Compose([Resize(512), ToTensor()]) on the decoded file (here Resize(90)).
+        files = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in x8]
+        resized = torch.stack([ToTensor()(Resize(90)(im)) for im in files])
+        assert resized.shape[-2:] == (90, 120)  # 134·0.9 = 120.6 → 120
+        torch.testing.assert_close(ours(x), ref(resized))
         ours.short_side = None
         with pytest.raises(ValueError, match="below its 75-px minimum"):
             ours(torch.rand(1, 3, 60, 90))
+
+
+@pytest.mark.parametrize("h, w, n", [(300, 451, 128), (97, 64, 128), (200, 200, 128), (64, 300, 75)])
+def test_fid_resize_is_torchvision_resize_of_the_file(h, w, n):
+    """The reference resizes the decoded 8-bit file (PIL bilinear, rounded after each pass); a
+    float resize, antialiased or not, is off by a grey level in most pixels."""
+    from PIL import Image
+    from torchvision.transforms import Resize, ToTensor
+
+    g = torch.Generator().manual_seed(h + w)
+    x8 = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g)
+    ref = torch.stack([ToTensor()(Resize(n)(Image.fromarray(im.permute(1, 2, 0).numpy()))) for im in x8])
+    ours = M.resize_as_pil(x8.float() / 255, M.short_side_size(h, w, n))
+    assert torch.equal(ours, ref)
 
 
 def test_weighted_reference_set_equals_repeated_images():
