@@ -4,7 +4,8 @@
   (``art_inception.pth``), the FID the paper reports;
 - ``fid_tf``: FID on torch-fidelity's TF-Inception, fed uint8 with the reference
   (TF1-style, non-antialiased) resize, so it matches torch-fidelity's own number;
-- ``lpips``: AlexNet LPIPS v0.1 between each output and its content, inputs in [-1, 1];
+- ``lpips``: AlexNet LPIPS v0.1 between each output and its content, both resized to a 512
+  shorter side as the reference does, inputs in [-1, 1];
 - ``artfid`` = (1 + lpips)·(1 + fid_art);
 - ``cfsd``: Σ over rows of KL(softmax(S_content) ‖ softmax(S_output)), S the self-similarity
   of VGG-19 relu3_1 features, computed in row blocks.
@@ -487,21 +488,34 @@ class FrechetDistance(FrechetInceptionDistance):
 
 
 class LPIPSDistance(Metric):
-    """Mean LPIPS between outputs and their content images; inputs (B, 3, H, W) in [0, 1]."""
+    """Mean LPIPS between outputs and their content images; inputs (B, 3, H, W) in [0, 1].
+
+    As StyleID's ``eval_artfid.py`` (``Compose([Resize(512), ToTensor()])`` on both files), each
+    image is first resized so its shorter side is ``short_side`` (:func:`resize_as_pil`; 512 in
+    the protocol and in :func:`build_metrics`, a no-op for 512² images; ``None`` keeps the size):
+    LPIPS depends on the resolution."""
 
     higher_is_better = False
     full_state_update = False
     total: Tensor
     count: Tensor
 
-    def __init__(self, net: nn.Module, **kwargs: Any):
+    def __init__(self, net: nn.Module, short_side: int | None = None, **kwargs: Any):
         """``net(x, y)`` with x, y in [-1, 1] → per-image distances (B,) or (B, 1, 1, 1)."""
         super().__init__(**kwargs)
         self.net = net.eval().requires_grad_(False)
+        self.short_side = short_side
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
+    def _resize(self, x: Tensor) -> Tensor:
+        if self.short_side is None:
+            return x
+        size = short_side_size(*x.shape[-2:], self.short_side)
+        return x if size == tuple(x.shape[-2:]) else resize_as_pil(x, size)
+
     def update(self, output: Tensor, content: Tensor) -> None:
+        output, content = self._resize(output), self._resize(content)
         d = self.net(2 * output.float() - 1, 2 * content.float() - 1)  # (B,) or (B, 1, 1, 1)
         d = d.reshape(output.shape[0], -1).mean(1)
         self.total += d.double().sum()
@@ -725,7 +739,8 @@ def build_metrics(
                     built[name] = FrechetDistance(net, num_features=2048, reset_real_features=reset_style)
             elif name == "lpips":
                 rand = test_extractors or bool(_opt(cfg, "pnet_rand", False))
-                built[name] = LPIPSDistance(lpips_alexnet(weights, download, pnet_rand=rand))
+                net = lpips_alexnet(weights, download, pnet_rand=rand)
+                built[name] = LPIPSDistance(net, short_side=_opt_null(cfg, "short_side", 512))
                 networks[name] = test_note if rand else f"LPIPS v0.1 AlexNet ({ALEXNET.name})"
             else:
                 if test_extractors:

@@ -163,6 +163,33 @@ def test_lpips_plumbing_random_backbone():
     assert metric.total.dtype == torch.float64
 
 
+def test_lpips_sees_both_images_at_the_512_shorter_side_as_the_reference():
+    """StyleID's eval_artfid.py: Compose([Resize(512), ToTensor()]) on the stylised and on the
+    content file, then lpips.LPIPS(net="alex")(2x - 1, 2y - 1). LPIPS depends on the resolution,
+    so outputs made at another size (content_size=null, the callback's 256²) are resized alike."""
+    from PIL import Image
+    from torchvision.transforms import Resize, ToTensor
+
+    off = {"enabled": False}
+    suite = M.build_metrics(fid_art=off, fid_tf=off, cfsd=off, test_extractors=True)
+    assert suite.lpips.short_side == 512
+    g = torch.Generator().manual_seed(0)
+    out8, content8 = (torch.randint(0, 256, (2, 3, 96, 72), dtype=torch.uint8, generator=g) for _ in range(2))
+    suite.update(out8.float() / 255, content8.float() / 255)
+
+    def reference(x8):  # (B, 3, H, W) uint8, as the files hold them
+        return torch.stack(
+            [ToTensor()(Resize(512)(Image.fromarray(im.permute(1, 2, 0).numpy()))) for im in x8]
+        )
+
+    net = suite.lpips.net
+    with torch.no_grad():
+        ref = net(2 * reference(out8) - 1, 2 * reference(content8) - 1).flatten().double().mean()
+        native = net(2 * out8.float() / 255 - 1, 2 * content8.float() / 255 - 1).flatten().double().mean()
+    assert suite.compute()["lpips"] == pytest.approx(float(ref), rel=1e-6)
+    assert abs(float(native) - float(ref)) > 1e-3  # the resize matters at this size
+
+
 def test_metric_states_are_float64_sums():
     metric = M.CFSD(M.RandomFeatures(4, spatial=True))
     assert metric.total.dtype == torch.float64
@@ -360,3 +387,5 @@ def test_fid_art_short_side_reaches_the_art_inception_and_both_configs_say_512(m
     assert yaml.safe_load((conf / "eval.yaml").read_text())["metrics"]["fid_art"]["short_side"] == 512
     callback = yaml.safe_load((conf / "callbacks" / "eval_metrics.yaml").read_text())
     assert callback["metrics"]["fid_art"]["short_side"] == 512
+    eval_cfg = yaml.safe_load((conf / "eval.yaml").read_text())
+    assert eval_cfg["metrics"]["lpips"]["short_side"] == callback["metrics"]["lpips"]["short_side"] == 512
