@@ -1017,9 +1017,14 @@ class EvalMetricsCallback(L.Callback):
             self._style_fed = True
         e_styles = embed_styles(net, self.styles, self.batch_size, self.precision).to(dev)
         shard = self.pairs[rank::world]
+        by_size: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for i, j in shard:  # a batch holds one content size (content_size=null keeps each file's)
+            by_size.setdefault(tuple(self.contents[i].shape), []).append((i, j))
+        chunks = [
+            g[s : s + self.batch_size] for g in by_size.values() for s in range(0, len(g), self.batch_size)
+        ]
         samples: list[tuple[str, Tensor, Tensor, Tensor]] = []
-        for s in range(0, len(shard), self.batch_size):
-            chunk = shard[s : s + self.batch_size]
+        for chunk in chunks:
             c = torch.stack([self.contents[i] for i, _ in chunk]).to(dev)
             with autocast(dev, self.precision):
                 y = net(c, style_embedding=e_styles[[j for _, j in chunk]])

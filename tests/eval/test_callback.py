@@ -150,6 +150,23 @@ def test_callback_with_one_pair_logs_lpips_and_skips_the_fids(tiny_net, image_di
     assert "at least 2" in cb.suite.null_reasons["fid_art"]
 
 
+def test_callback_with_contents_at_their_own_sizes(tiny_net, image_dirs, tmp_path):
+    """content_size=null keeps each file's size (40×52 and 64×48 here): a batch holds one size."""
+    import copy
+
+    content, style = image_dirs
+    cb = EvalMetricsCallback(
+        content, style, content_size=None, style_size=64, style_short_side=None, batch_size=4, metrics=METRICS
+    )
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+    assert len({tuple(c.shape) for c in cb.contents}) == 2
+    m = trainer.callback_metrics
+    for key in ("val/artfid", "val/lpips", "val/cfsd"):
+        assert key in m and torch.isfinite(m[key]), key
+    assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
+
+
 def test_callback_config_composes_and_instantiates():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
