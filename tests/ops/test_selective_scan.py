@@ -494,6 +494,21 @@ print(err < 1e-5, threads_after_start)
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_numba_without_a_writable_cache_folder_compiles_in_memory():
+    """A read-only install with no writable home (a container as nobody) leaves numba no
+    folder for cache=True, which it refuses with "cannot cache function". Simulated here by
+    naming a locator that never applies to a plain .py file."""
+    code = (
+        "from samam.ops.selective_scan import numba_scan; print(numba_scan._kernels().fwd.py_func.__name__)"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["_scan_fwd"]
+    assert "set NUMBA_CACHE_DIR" in out.stderr
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
 @pytest.mark.parametrize("tile", [7, 64])
 @pytest.mark.parametrize("case", ["per_sample_AD", "sharedA_perD_noBias", "noD"])
 def test_numba_time_tiles(case, tile, monkeypatch):

@@ -22,6 +22,7 @@ keeps both libraries on one thread.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 from types import FunctionType, SimpleNamespace
@@ -37,6 +38,8 @@ _ITEMS_PER_THREAD = 2
 # forward time tile: T tokens such that the tile's B and C (T × N fp32 each) take this many
 # bytes, so that they stay in cache while every channel of a block scans the tile
 _FWD_TILE_BYTES = 256 * 1024
+
+log = logging.getLogger("samam")
 
 INSTALL_HINT = "pip install 'numba>=0.60'  (or: pip install -e '.[cpu]')"
 
@@ -80,11 +83,29 @@ def _kernels() -> SimpleNamespace:
     with _COMPILE_LOCK:  # functools.cache alone lets two first calls race
         module = globals()
         module["prange"] = numba.prange
+        warned = False
         for name, options in _COMPILE_OPTIONS.items():
             fn = module[name]
             if not isinstance(fn, FunctionType):
                 continue  # already compiled by a concurrent first call
-            module[name] = intrinsic(fn) if options is None else numba.njit(**options)(fn)
+            if options is None:
+                module[name] = intrinsic(fn)
+                continue
+            try:
+                module[name] = numba.njit(**options)(fn)
+            except RuntimeError as e:
+                # cache=True needs a writable folder: beside this file, NUMBA_CACHE_DIR or the
+                # user's cache. With none (read-only install and home), compile in memory instead.
+                if "cannot cache" not in str(e):
+                    raise
+                if not warned:
+                    log.warning(
+                        "numba scan kernels are compiled in every process (%s); set NUMBA_CACHE_DIR "
+                        "to a writable folder to cache them",
+                        e,
+                    )
+                warned = True
+                module[name] = numba.njit(**{**options, "cache": False})(fn)
     return SimpleNamespace(numba=numba, fwd=module["_scan_fwd"], bwd=module["_scan_bwd"])
 
 
