@@ -230,6 +230,11 @@ class TestBadInput:
             self.net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64, dtype=torch.float64))
         with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: allowed
             self.net(torch.rand(1, 3, 32, 32).bfloat16(), torch.rand(1, 3, 64, 64))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # but leaves float64 as it is
+            with pytest.raises(
+                TypeError, match="content is torch.float64 but the weights are torch.float32: convert it$"
+            ):
+                self.net(torch.rand(1, 3, 32, 32, dtype=torch.float64), torch.rand(1, 3, 64, 64))
 
     def test_style_embedding_of_the_wrong_shape(self):
         s = self.net.cfg.style_dim

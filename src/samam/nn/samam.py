@@ -144,14 +144,19 @@ class SaMam(nn.Module):
         self._check_values(x, name)
 
     def _check_values(self, x: torch.Tensor, name: str) -> None:
-        """Floats of the weights' dtype (or under autocast), all finite."""
+        """Floats of the weights' dtype (or, neither being float64, under autocast), all finite."""
         if not x.is_floating_point():
             raise TypeError(f"{name} is {x.dtype}: pass floats in [0, 1] (for uint8 images: x.float() / 255)")
         weights = next(self.content_encoder.parameters()).dtype
-        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
-                f"{name} is {x.dtype} but the weights are {weights}: convert it, or run under torch.autocast"
+        # autocast leaves float64 tensors as they are, so it cannot pair them with other dtypes
+        cast = torch.is_autocast_enabled(x.device.type) and torch.float64 not in (x.dtype, weights)
+        if x.dtype != weights and not cast:
+            fix = (
+                "convert it"
+                if torch.float64 in (x.dtype, weights)
+                else "convert it, or run under torch.autocast"
             )
+            raise TypeError(f"{name} is {x.dtype} but the weights are {weights}: {fix}")
         # Reading values syncs with the device: not possible while compiling or capturing a CUDA
         # graph (samam.cuda_graph checks the real inputs before each replay instead).
         # is_compiling first: dynamo would trace the CUDA query (a graph break per check).
