@@ -135,6 +135,15 @@ def test_infers_every_size_of_a_small_family_member(tmp_path):
         assert net(torch.rand(1, 3, 40, 48), torch.rand(1, 3, 64, 64)).shape == (1, 3, 40, 48)
 
 
+def test_infers_an_inner_width_whose_ratio_to_the_embed_dim_rounds_down(tmp_path):
+    """A family member trained with expand 1.1 at C = 56 has d_inner = int(61.6) = 61; 61 / 56 in
+    floating point, times 56, is 60.99…, so the inferred expand must be the next float up."""
+    sd = release_state_dict(C=56, p=8, enc=1, groups=1, depth=1, N=4, expand=1.1, S=16, lc=4, ls=4, red=4)
+    assert sd["model.content_encoder.1.SSM.in_proj.weight"].shape == (61, 56)
+    net = load_official_checkpoint(save(tmp_path, sd), backend="torch")
+    assert net.d_inner == 61
+
+
 def test_damaged_checkpoint_lists_every_mismatch(tmp_path):
     sd = release_state_dict(C=32, enc=1, groups=1, depth=1, N=4, S=16, lc=4, ls=4)
     del sd["model.SAVSSGs.0.SAVSSMs.0.SSM.Ds_generate.1.bias"]

@@ -6,6 +6,7 @@ unpickling is refused unless the caller passes ``trust_pickle=True``.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -103,6 +104,11 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
         raise CheckpointError(f"not a SaMam state dict: missing {e.args[0]!r}") from None
     if k != 4:
         raise CheckpointError(f"checkpoint has {k} scan directions; SaMam uses 4")
+    # SaMam builds int(expand · C) inner channels; d_inner / C can round below the true ratio
+    # (61 / 56 · 56 = 60.99…), so step it up until it gives d_inner back
+    expand = d_inner / c
+    while int(expand * c) < d_inner:
+        expand = math.nextafter(expand, math.inf)
     blk = "decoder.0.blocks.0."
     cfg = dict(
         embed_dim=c,
@@ -111,7 +117,7 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
         decoder_groups=_count(keys, r"decoder\.(\d+)\."),
         decoder_depth=_count(keys, r"decoder\.0\.blocks\.(\d+)\."),
         d_state=(rn - dt_rank) // 2,
-        expand=d_inner / c,
+        expand=expand,
         dt_rank=dt_rank,
         style_dim=style_dim,
         style_ssm=blk + "style_params.A_gen.weight" in sd,
