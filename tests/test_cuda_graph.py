@@ -80,6 +80,19 @@ def test_gpu_fp32_graph_ignores_a_callers_autocast():
 
 
 @pytest.mark.gpu
+def test_gpu_inputs_that_require_grad_leave_no_history_on_the_static_inputs():
+    """Inputs are copied into the graph's static tensors; with autograd on, an upstream output
+    would keep its whole graph alive there, one more per call."""
+    graphed = GraphedSaMam(_gpu_net("torch"))
+    upstream = torch.rand(1, 3, 48, 72, device="cuda", requires_grad=True)
+    s = torch.rand(1, 3, 64, 64, device="cuda")
+    for _ in range(2):  # capture, then replay
+        graphed(upstream * 1.0, s)
+    (entry,) = graphed._graphs.values()
+    assert not any(t.requires_grad for t in entry.inputs)
+
+
+@pytest.mark.gpu
 def test_gpu_training_mode_is_refused():
     with pytest.raises(ValueError, match="eval"):
         GraphedSaMam(_gpu_net("torch").train())

@@ -88,13 +88,16 @@ class GraphedSaMam:
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
-        entry.inputs[0].copy_(content)
-        entry.inputs[1].copy_(other)
+        # Copied with autograd on, an input that requires grad (an upstream network's output)
+        # would hang its graph on the static tensors, and every call would add one more.
+        with torch.no_grad():
+            entry.inputs[0].copy_(content)
+            entry.inputs[1].copy_(other)
         entry.graph.replay()
         return entry.output.clone()  # the static output is overwritten by the next replay
 
     def _capture(self, kind: str, content: torch.Tensor, other: torch.Tensor) -> _Graph:
-        static = (content.clone(), other.clone())
+        static = (content.detach().clone(), other.detach().clone())
 
         def run() -> torch.Tensor:
             return self.net(static[0], **{kind: static[1]})
