@@ -509,6 +509,29 @@ def test_numba_without_a_writable_cache_folder_compiles_in_memory():
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_numba_kernels_run_as_python_under_numba_disable_jit():
+    """NUMBA_DISABLE_JIT=1, numba's switch for debugging kernels as Python: same results."""
+    code = """
+import torch
+from samam.ops.selective_scan import selective_scan_numba, selective_scan_torch
+torch.manual_seed(0)
+xs = [torch.randn(2, 4, 9), torch.randn(2, 4, 9), -torch.rand(2, 4, 3), torch.randn(2, 2, 3, 9),
+      torch.randn(2, 2, 3, 9), torch.randn(2, 4), torch.randn(4)]
+outs = []
+for fn in (selective_scan_numba, selective_scan_torch):
+    leaves = [t.clone().requires_grad_() for t in xs]
+    y = fn(*leaves[:6], delta_bias=leaves[6])
+    y.square().sum().backward()
+    outs.append([y] + [t.grad for t in leaves])
+print(max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(*outs)) < 1e-5)
+"""
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
 @pytest.mark.parametrize("tile", [7, 64])
 @pytest.mark.parametrize("case", ["per_sample_AD", "sharedA_perD_noBias", "noD"])
 def test_numba_time_tiles(case, tile, monkeypatch):

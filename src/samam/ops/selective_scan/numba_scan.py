@@ -89,7 +89,9 @@ def _kernels() -> SimpleNamespace:
             if not isinstance(fn, FunctionType):
                 continue  # already compiled by a concurrent first call
             if options is None:
-                module[name] = intrinsic(fn)
+                # NUMBA_DISABLE_JIT=1 (debugging) runs the kernels as Python, where an intrinsic
+                # cannot be called: reinterpret the bits with numpy instead
+                module[name] = _i32_as_f32_py if numba.config.DISABLE_JIT else intrinsic(fn)
                 continue
             try:
                 module[name] = numba.njit(**options)(fn)
@@ -120,6 +122,10 @@ def _i32_as_f32(typingctx, x):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
+
+
+def _i32_as_f32_py(x):
+    return np.int32(x).view(np.float32)
 
 
 def _exp(x):
