@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One scarce GPU slot, every figure: install mamba-ssm, check the kernels, run the GPU tests
-# (correctness first, so a cut-short slot still has it), then benchmark on CUDA and 8192². About
-# 8 minutes on one H100: each phase's timeout is
+# (correctness first, so a cut-short slot still has it), then benchmark on CUDA and 8192². Not run
+# on a GPU yet (no timing); it is sized to end by a deadline: each phase's timeout is
 # its cap or what is left before a deadline ($GPU_CHECK_SECONDS, default 560 s, under the
 # device call's 600), whichever is smaller, keeping room for the phases after it.
 #
