@@ -285,6 +285,12 @@ class TestBadInput:
         with pytest.raises(ValueError, match=msg):
             SaMam(**{**TINY, **kw})
 
+    @pytest.mark.parametrize("kw", [dict(sconv="off"), dict(loe="no"), dict(style_ssm="flase"), dict(scm=0)])
+    def test_switches_that_are_not_booleans(self, kw):
+        """`model.sconv=off` reaches SaMam as the string 'off', which is truthy: the other arm."""
+        with pytest.raises(TypeError, match=f"{next(iter(kw))}=.* must be true or false"):
+            SaMam(**{**TINY, **kw})
+
 
 @pytest.mark.parametrize("patch_size", [4, 8])
 def test_strip_decoding_equals_the_unsplit_decoder(patch_size):

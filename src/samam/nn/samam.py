@@ -50,6 +50,12 @@ class SaMamConfig:
     backend: Backend = "auto"
 
     def __post_init__(self):
+        # A switch given as a string (`model.sconv=off`, `model.loe=no`, a typo of false) would be
+        # truthy and silently train the other arm.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "bool" and not isinstance(value, bool):
+                raise TypeError(f"{field.name}={value!r} must be true or false")
         choices = {"scan": SCAN_NAMES, "out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
