@@ -122,3 +122,22 @@ def test_paper_experiment_holds_the_release_recipe(compose):
         "32-true",
     )
     assert (cfg.model.patch_size, cfg.model.embed_dim, cfg.model.scan) == (8, 256, "zigzag")
+
+
+def test_runs_launched_together_get_their_own_folders(monkeypatch):
+    """`for s in 0 1; do python train.py seed=$s & done` (or two sweeps started together): run and
+    sweep folders named by the second were shared, and one run's checkpoints replaced the other's."""
+    import re
+    from datetime import datetime, timedelta
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+    started = datetime(2026, 11, 27, 20, 25, 17, 1000)
+    for folder in (hydra["run"]["dir"], hydra["sweep"]["dir"]):
+        pattern = re.search(r"\$\{now:([^}]*)\}", folder).group(1)
+        assert started.strftime(pattern) != (started + timedelta(milliseconds=1)).strftime(pattern), folder
