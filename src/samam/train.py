@@ -50,7 +50,9 @@ def check_launch(cfg: DictConfig) -> None:
                 launcher,
             )
         return
-    if "submitit" in str(launcher) or launcher == "slurm":
+    # By the class, not the name: a launcher file of yours built on submitit_slurm is one too.
+    target = OmegaConf.select(hc, "launcher._target_", default=None) or ""
+    if "submitit" in f"{launcher} {target}" or launcher == "slurm":
         return
     strategy = cfg.trainer.get("strategy", "auto")
     strategy_name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))

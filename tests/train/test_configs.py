@@ -141,3 +141,25 @@ def test_runs_launched_together_get_their_own_folders(monkeypatch):
     for folder in (hydra["run"]["dir"], hydra["sweep"]["dir"]):
         pattern = re.search(r"\$\{now:([^}]*)\}", folder).group(1)
         assert started.strftime(pattern) != (started + timedelta(milliseconds=1)).strftime(pattern), folder
+
+
+def test_multirun_ddp_on_a_launcher_file_of_your_own_built_on_submitit(monkeypatch):
+    """conf/hydra/launcher/<yours>.yaml with `defaults: [submitit_slurm]` (another partition or
+    account) is a cluster launcher like ours: it was refused, as the check went by the file's name."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", ["trainer=ddp_sim", "hydra/launcher=slurm"], return_hydra_config=True)
+    hc = cfg.hydra
+    with open_dict(hc):
+        hc.mode = RunMode.MULTIRUN
+        hc.runtime.choices["hydra/launcher"] = "cluster_a100"
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
+    check_launch(cfg)
+    hc.launcher._target_ = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # in-process: refused
+    with pytest.raises(RuntimeError, match="one run must be one process group"):
+        check_launch(cfg)
