@@ -33,10 +33,11 @@ def world_size(devices: Any, num_nodes: int) -> int | None:
 
 
 def check_launch(cfg: DictConfig) -> None:
-    """Refuse Hydra multirun on the in-process (basic) launcher when a run would have more than one
-    process, whatever the strategy says (with strategy=auto Lightning picks DDP by itself):
-    Lightning would re-run this script per rank inside a sweep job, and the ranks of one job would
-    join the sweep. Sweep multi-process jobs on a cluster launcher (hydra/launcher=slurm) instead."""
+    """Refuse Hydra multirun on any launcher but SLURM's (the in-process basic one, submitit_local)
+    when a run would have more than one process, whatever the strategy says (with strategy=auto
+    Lightning picks DDP by itself): Lightning would re-run this script per rank inside a sweep job,
+    and the ranks of one job would join the sweep. Sweep multi-process jobs on a cluster launcher
+    (hydra/launcher=slurm) instead."""
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
@@ -51,8 +52,10 @@ def check_launch(cfg: DictConfig) -> None:
             )
         return
     # By the class, not the name: a launcher file of yours built on submitit_slurm is one too.
+    # submitit_local is not: its jobs are local processes, and Lightning's per-rank relaunch of
+    # one re-runs submitit's entry point with Hydra arguments, which it rejects.
     target = OmegaConf.select(hc, "launcher._target_", default=None) or ""
-    if "submitit" in f"{launcher} {target}" or launcher == "slurm":
+    if target.endswith(".SlurmLauncher") or launcher in ("slurm", "submitit_slurm"):
         return
     strategy = cfg.trainer.get("strategy", "auto")
     strategy_name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))

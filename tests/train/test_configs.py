@@ -163,3 +163,24 @@ def test_multirun_ddp_on_a_launcher_file_of_your_own_built_on_submitit(monkeypat
     hc.launcher._target_ = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # in-process: refused
     with pytest.raises(RuntimeError, match="one run must be one process group"):
         check_launch(cfg)
+
+
+def test_multirun_ddp_on_submitit_local_is_refused(monkeypatch):
+    """submitit_local runs a job as a local process: Lightning's relaunch of rank 1 re-ran
+    submitit's _submit.py with Hydra arguments ("unrecognized arguments"), after everything was built."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", ["trainer=ddp_sim", "hydra/launcher=submitit_local"], return_hydra_config=True)
+    hc = cfg.hydra
+    with open_dict(hc):
+        hc.mode = RunMode.MULTIRUN
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
+    with pytest.raises(
+        RuntimeError, match="on the 'submitit_local' launcher: one run must be one process group"
+    ):
+        check_launch(cfg)
