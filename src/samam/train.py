@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -273,10 +278,41 @@ def set_matmul_precision(precision: str) -> None:
     torch.set_float32_matmul_precision(precision)
 
 
+@contextlib.contextmanager
+def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
+    """Hold ``output_dir/.train.lock`` while the run trains (on its first process only; the kernel
+    drops the lock when the process ends, SIGKILL included). Two runs started at once in one folder
+    (``python train.py ... &`` twice in one SLURM job, whose folder is the job id) would overwrite
+    each other's checkpoints before either had one for ``ckpt_path=auto`` to check: the second
+    stops here. Where the file system has no flock, nothing is checked."""
+    if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
+        yield
+        return
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".train.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another run is training in {folder} now, and two runs in one folder overwrite each "
+                "other's checkpoints: give this one its own folder, e.g. hydra.run.dir=<that folder>_<arm> "
+                "(under SLURM the default folder is the job id, shared by every run of the job)"
+            ) from None
+        except OSError as err:  # e.g. a Lustre mount without flock
+            log.debug("no lock on %s (%s): concurrent runs there are not detected", folder, err)
+        yield
+
+
 def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     check_launch(cfg)
     check_inputs_exist(cfg)
+    with exclusive_run_folder(cfg.paths.output_dir):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     set_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     if cfg.run_name is None:
         with open_dict(cfg):

@@ -157,6 +157,19 @@ def test_multirun_ablation_one_run_per_arm(tiny, train_subprocess, tmp_path):
     assert arms == {True, False}
 
 
+def test_a_second_run_in_a_folder_where_one_is_training_stops_before_writing(compose, tiny, tmp_path):
+    """Two `python train.py ... &` in one SLURM job share its folder (the job id): with no
+    checkpoint yet for ckpt_path=auto to check, both trained and overwrote each other's."""
+    import fcntl
+
+    with open(tmp_path / ".train.lock", "a") as other:  # a run training there now
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another run is training in .* now"):
+            main(compose([*tiny(), "debug=fdr", "seed=1"]))
+    assert not (tmp_path / "csv").exists() and not (tmp_path / "samples").exists()
+    main(compose([*tiny(), "debug=fdr", "seed=1"]))  # the other one is done: the folder is free
+
+
 def test_matmul_precision_is_applied_and_checked(compose, tiny, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)  # keep the suite's global
