@@ -53,7 +53,7 @@ def wandb_logger(
     save_dir: str,
     entity: str | None = None,
     group: str | None = None,
-    tags: list[str] | None = None,
+    tags: str | list[str] | None = None,
     name: str | None = None,
     mode: WandbMode | None = None,
     log_model: bool = False,
@@ -68,7 +68,8 @@ def wandb_logger(
         project=project,
         entity=entity,
         group=group,
-        tags=None if tags is None else list(tags),
+        # `tags=baseline` on the command line is a string: one tag, not one per letter
+        tags=None if tags is None else [tags] if isinstance(tags, str) else list(tags),
         name=name,
         save_dir=save_dir,
         mode=resolved,

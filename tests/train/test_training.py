@@ -460,3 +460,17 @@ def test_netrc_credentials_mean_online_and_brief_list(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(netrc))
     assert resolve_wandb_mode(None) == "online"
     assert brief_list(["a", "b"], 2) == "a; b" and brief_list(["a", "b", "c"], 2) == "a; b (+1 more)"
+
+
+def test_a_tag_given_without_brackets_is_one_tag(compose, tmp_path):
+    """`python train.py tags=baseline` reached W&B as eight one-letter tags."""
+    import wandb
+    from hydra.utils import instantiate
+
+    cfg = compose(
+        ["tags=baseline", "logger.wandb.mode=disabled", f"paths.output_dir={tmp_path}", "run_name=x"]
+    )
+    try:
+        assert tuple(instantiate(cfg.logger.wandb).experiment.tags) == ("baseline",)
+    finally:
+        wandb.finish()
