@@ -137,8 +137,11 @@ def test_runs_launched_together_get_their_own_folders(monkeypatch):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True)
     hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+    folders = [hydra["run"]["dir"], hydra["sweep"]["dir"]]
+    for name in ("eval", "stylize"):  # their default output_dir, e.g. two eval.py runs in a loop with &
+        folders.append(OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))["output_dir"])
     started = datetime(2026, 11, 27, 20, 25, 17, 1000)
-    for folder in (hydra["run"]["dir"], hydra["sweep"]["dir"]):
+    for folder in folders:
         pattern = re.search(r"\$\{now:([^}]*)\}", folder).group(1)
         assert started.strftime(pattern) != (started + timedelta(milliseconds=1)).strftime(pattern), folder
 
