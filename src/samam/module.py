@@ -71,6 +71,8 @@ class StyleTransferModule(L.LightningModule):
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(compile, bool):  # `module.compile=off` is a string, and truthy
+            raise TypeError(f"module.compile={compile!r} must be true or false")
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer

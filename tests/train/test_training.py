@@ -170,6 +170,14 @@ def test_a_second_run_in_a_folder_where_one_is_training_stops_before_writing(com
     main(compose([*tiny(), "debug=fdr", "seed=1"]))  # the other one is done: the folder is free
 
 
+def test_compile_switch_given_as_a_string_is_refused(compose, tiny):
+    """`module.compile=off` reached the module as the string 'off', which is truthy: it compiled."""
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="module.compile='off' must be true or false"):
+        main(compose([*tiny(), "debug=fdr", "module.compile=off"]))
+
+
 def test_matmul_precision_is_applied_and_checked(compose, tiny, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)  # keep the suite's global
