@@ -74,10 +74,14 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("batch, side", [(1, 8192), (2, 8192), (4, 8192), (8, 4096)])
-def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side):
+@pytest.mark.parametrize(
+    "batch, side, style_side",
+    [(1, 8192, 256), (2, 8192, 256), (4, 8192, 256), (8, 4096, 256), (4, 8192, 8192), (16, 256, 4096)],
+)
+def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side, style_side):
     """Shapes only, on the meta device: the released network at 8192² (where the release
-    fails in its image decoder) and a batch of 8 at 4096²."""
+    fails in its image decoder), a batch of 8 at 4096², and large style batches (4 styles at
+    8192² or 16 at 4096² fill a (B, 512, 1024², or 512²) tensor of 2^31 in one pass)."""
     net = SaMam(backend="torch")
     scans = []
 
@@ -91,14 +95,15 @@ def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side):
     net._check_image = lambda *args, **kwargs: None  # its NaN check reads values
     net = net.to("meta")
     mode = _LargestTensor()
+    style = torch.empty(batch, 3, style_side, style_side, device="meta")
     with torch.no_grad(), mode:
-        y = net(
-            torch.empty(batch, 3, side, side, device="meta"), torch.empty(batch, 3, 256, 256, device="meta")
-        )
-    assert y.shape == (batch, 3, side, side)
+        y = net(torch.empty(batch, 3, side, side, device="meta"), style)
+        e_s = net.embed_style(style)
+    assert y.shape == (batch, 3, side, side) and e_s.shape == (batch, 64, 3, 3)
     numel, shape, op = max((n, s, op) for op, (n, s) in mode.largest.items())
     assert numel < 2**31, f"{op} made a {shape} tensor"
-    assert len(scans) > 8 and max(scans) <= SS2D.max_elements  # the scan ran in passes
+    if side == 8192:
+        assert len(scans) > 8 and max(scans) <= SS2D.max_elements  # the scan ran in passes
 
 
 def test_large_batches_run_in_chunks_of_samples_equal_to_one_pass(monkeypatch):
@@ -122,3 +127,27 @@ def test_large_batches_run_in_chunks_of_samples_equal_to_one_pass(monkeypatch):
     assert calls1 == [5] and calls2 == [2, 2, 1]
     torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g2, g1, rtol=1e-5, atol=1e-6)
+
+
+def test_large_style_batches_are_embedded_in_chunks_equal_to_one_pass(monkeypatch):
+    """Styles are split by the same rule as contents, sized by the style images: the chunked
+    embeddings, and the outputs through them, equal the single pass. Up to round-off only: CPU
+    convs and matmuls pick their kernels by batch size, so a sample alone (the last chunk)
+    can differ from the same sample in a batch in the last bit."""
+    torch.manual_seed(0)
+    net = SaMam(embed_dim=16, patch_size=8, backend="torch", style_dim=16)
+    c, s = torch.rand(5, 3, 40, 48), torch.rand(5, 3, 64, 64)  # content 5×6 tokens, style 8×8
+    style_calls: list[int] = []
+    whole = net._embed_chunk
+    monkeypatch.setattr(net, "_embed_chunk", lambda x: style_calls.append(len(x)) or whole(x))
+    runs = []
+    # one pass; then chunks of 2 styles (2 · 10 · 10 per sample) and 3 contents (7 · 8 each)
+    for cap in (SaMam.max_batch_elements, 2 * net.d_inner * 10 * 10):
+        monkeypatch.setattr(SaMam, "max_batch_elements", cap)
+        style_calls.clear()
+        with torch.no_grad():
+            runs.append((net.embed_style(s), net(c, s), list(style_calls)))
+    (e1, y1, calls1), (e2, y2, calls2) = runs
+    assert calls1 == [5, 5] and calls2 == [2, 2, 1, 2, 2, 1]  # embed_style, then forward
+    torch.testing.assert_close(e2, e1, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(y2, y1, rtol=1e-6, atol=1e-7)

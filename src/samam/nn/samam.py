@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -75,7 +76,8 @@ class SaMam(nn.Module):
     may have its own style; the whole batch runs in one pass, unless its blocks' activations
     (d_inner channels per token, plus SConv's padding) would reach ``max_batch_elements``: then
     the batch runs in chunks of samples (8192² at batch ≥ 4 with p=8), so that no tensor needs
-    64-bit index math, which CUDA kernels such as reflection padding refuse.
+    64-bit index math, which CUDA kernels such as reflection padding refuse. Styles are
+    embedded in chunks by the same rule, sized by the style images.
     """
 
     max_batch_elements = 2**31 - 1
@@ -182,7 +184,25 @@ class SaMam(nn.Module):
         return self._embed(style)
 
     def _embed(self, style: torch.Tensor) -> torch.Tensor:
+        return self._in_chunks(self._embed_chunk, style)
+
+    def _embed_chunk(self, style: torch.Tensor) -> torch.Tensor:
         return self.style_embedder(self.style_encoder(style))
+
+    def _in_chunks(
+        self, fn: Callable[..., torch.Tensor], images: torch.Tensor, *rest: torch.Tensor
+    ) -> torch.Tensor:
+        """fn(images, *rest) over the batch, in chunks of samples when one pass's block
+        activations for these images (B, 3, H, W) would reach ``max_batch_elements``."""
+        p = self.cfg.patch_size
+        h, w = images.shape[-2:]
+        per_sample = self.d_inner * (-(-h // p) + 2) * (-(-w // p) + 2)
+        chunk = max(1, self.max_batch_elements // per_sample)
+        if images.shape[0] <= chunk:
+            return fn(images, *rest)
+        return torch.cat(
+            [fn(*(t[i : i + chunk] for t in (images, *rest))) for i in range(0, images.shape[0], chunk)]
+        )
 
     def check_inputs(
         self,
@@ -231,18 +251,7 @@ class SaMam(nn.Module):
         if content.shape[0] == 0:  # an empty batch (a filtered-out chunk, say) gives an empty output
             return content.new_empty((0, 3, *content.shape[-2:]))
         e_s = self._embed(style) if style is not None else style_embedding  # style checked above
-        p = self.cfg.patch_size
-        h, w = content.shape[-2:]
-        per_sample = self.d_inner * (-(-h // p) + 2) * (-(-w // p) + 2)
-        chunk = max(1, self.max_batch_elements // per_sample)
-        if content.shape[0] > chunk:
-            return torch.cat(
-                [
-                    self._stylise(content[i : i + chunk], e_s[i : i + chunk])
-                    for i in range(0, len(content), chunk)
-                ]
-            )
-        return self._stylise(content, e_s)
+        return self._in_chunks(self._stylise, content, e_s)
 
     def _stylise(self, content: torch.Tensor, e_s: torch.Tensor) -> torch.Tensor:
         p = self.cfg.patch_size
