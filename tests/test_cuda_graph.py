@@ -1,6 +1,8 @@
 """GraphedSaMam: replayed CUDA graphs give the eager forward's outputs (GPU tests skip
 without CUDA); bad set-ups fail at construction with the reason."""
 
+import collections
+
 import pytest
 import torch
 from tiny import TINY
@@ -77,6 +79,46 @@ def test_gpu_fp32_graph_ignores_a_callers_autocast():
         out = GraphedSaMam(net, precision="fp32")(c, s)  # captured inside the caller's autocast
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["style", "style_embedding"])
+def test_fp32_graph_refuses_other_input_dtypes_up_front_even_under_a_callers_autocast(kind):
+    """precision='fp32' captures with autocast off. The input check used to run under the
+    caller's autocast, so it let bf16 inputs through, and the capture's forward (autocast off)
+    then refused them, telling the caller to run under autocast. Stand-ins, no CUDA here: the
+    CPU autocast plays the caller's (the check reads the inputs' device type), and capture
+    must not be reached."""
+    net = SaMam(**TINY, backend="torch").eval()
+    graphed = GraphedSaMam.__new__(GraphedSaMam)  # __init__ refuses a CPU network
+    vars(graphed).update(net=net, device=torch.device("cpu"), precision="fp32", warmup=1)
+    vars(graphed).update(max_graphs=4, _graphs=collections.OrderedDict())
+
+    def capture(*args):
+        raise AssertionError("bf16 inputs reached the fp32 capture")
+
+    graphed._capture = capture
+    c = torch.rand(1, 3, 64, 64)
+    other = (
+        torch.rand(1, 3, 64, 64) if kind == "style" else net.embed_style(torch.rand(1, 3, 64, 64)).detach()
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for content, o, name in ((c.bfloat16(), other, "content"), (c, other.bfloat16(), kind)):
+            with pytest.raises(
+                TypeError, match=rf"{name} is torch.bfloat16 but GraphedSaMam\(precision='fp32'\)"
+            ):
+                graphed(content, **{kind: o})
+
+
+@pytest.mark.gpu
+def test_gpu_the_graphs_precision_decides_the_input_dtypes_not_the_callers_autocast():
+    net = _gpu_net("torch")
+    c, s = (torch.rand(1, 3, 64, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    with torch.autocast("cuda", dtype=torch.bfloat16), pytest.raises(TypeError, match="precision='fp32'"):
+        GraphedSaMam(net, precision="fp32")(c, s)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = net(c, s)
+    out = GraphedSaMam(net, precision="bf16")(c, s)  # bf16 inputs, no autocast of the caller's
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.gpu

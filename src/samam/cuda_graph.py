@@ -42,7 +42,8 @@ class GraphedSaMam:
     validated exactly as the eager forward does, before they are copied into the graph's
     static tensors. Each graph keeps its activation memory, so at most ``max_graphs`` are
     kept (least recently used dropped). ``bf16`` captures under autocast; the selective scan
-    keeps its fp32 state as in the eager path.
+    keeps its fp32 state as in the eager path. ``fp32`` captures with autocast off, even
+    inside a caller's autocast, so it takes inputs of the weights' dtype only.
     """
 
     def __init__(self, net: nn.Module, precision: Precision = "fp32", max_graphs: int = 4, warmup: int = 2):
@@ -76,8 +77,18 @@ class GraphedSaMam:
         *,
         style_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self.net.check_inputs(content, style, style_embedding)
         kind, other = ("style", style) if style is not None else ("style_embedding", style_embedding)
+        if self.precision == "fp32":
+            weights = next(self.net.parameters()).dtype
+            for name, x in (("content", content), (kind, other)):
+                if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != weights:
+                    raise TypeError(
+                        f"{name} is {x.dtype} but GraphedSaMam(precision='fp32') runs the network in "
+                        f"{weights} whatever autocast the caller runs: convert it, or use precision='bf16'"
+                    )
+        # Checked as the graph will run them: the caller's autocast plays no part in the graph.
+        with self._autocast():
+            self.net.check_inputs(content, style, style_embedding)
         if content.device != self.device or other.device != self.device:
             raise ValueError(f"inputs must be on the network's device {self.device}")
         key = (kind, tuple(content.shape), tuple(other.shape), content.dtype, other.dtype)
