@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from samam.train import main
 
@@ -231,6 +232,36 @@ def test_sigterm_checkpoints_at_the_step_boundary_exits_143_and_auto_resumes(
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == k + 1
     assert len(list((run / "csv").glob("version_*/metrics.csv"))) == 2  # the first run's log is kept
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM as the validation after training step ``step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny, tmp_path):
+    """SIGTERM during the validation of step 4, then ckpt_path=auto: the two CSV logs together
+    hold each step once, at the steps of an uninterrupted run (it was one step ahead)."""
+    run = [*tiny(), "trainer.max_steps=6"]
+    stop = [f"+callbacks.sigterm._target_={SigtermAt.__module__}.SigtermAt", "+callbacks.sigterm.step=4"]
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(compose([*run, *stop]))
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # the stopped run's handler stays installed
+    assert exited.value.code == 143
+    main(compose(run))
+    logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
+    assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
+    final = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 6
 
 
 def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tiny, tmp_path):
