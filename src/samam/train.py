@@ -208,7 +208,17 @@ def resolve_ckpt_path(
         return ckpt_path
     if not last.is_file():
         return None
-    meta = checkpoint_meta(last)
+    try:
+        meta = _read_meta(last)
+    except Exception as err:  # damaged (a full disk, a copy cut short): not "another run's"
+        others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime)
+        instead = (
+            f"ckpt_path={others[-1]} (the newest other checkpoint there)" if others else "ckpt_path=null"
+        )
+        raise RuntimeError(
+            f"ckpt_path=auto: {last} cannot be read ({type(err).__name__}: {err}). Resume with {instead}; "
+            "the damaged file is replaced at the run's next save."
+        ) from None
     if meta.get("identity") is not None:
         differ = identity_differences(meta["identity"], identity)
     else:
@@ -245,10 +255,15 @@ def checkpoint_meta(path: str | Path | None) -> dict[str, Any]:
     the weights are not read."""
     if path is None or not Path(path).is_file():
         return {}
-    try:  # plain containers only: the safe unpickler reads them
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("samam") or {}
+    try:
+        return _read_meta(path)
     except Exception:  # not ours, an old format, or damaged: Lightning's own load will say so
         return {}
+
+
+def _read_meta(path: str | Path) -> dict[str, Any]:
+    # plain containers only: the safe unpickler reads them
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("samam") or {}
 
 
 def wandb_resume_id(ckpt_path: str | Path | None, output_dir: str | Path) -> str | None:

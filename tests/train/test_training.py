@@ -342,6 +342,24 @@ def test_run_identity_covers_the_loss_and_names_a_changed_weight(compose):
     assert identity_differences(run_identity(base), changed) == ["loss.style_weight: 7.0 → 3.0"]
 
 
+def test_auto_resume_from_a_damaged_last_ckpt_says_so_and_names_a_checkpoint_to_use(tmp_path):
+    """Not "belongs to another run" with every setting listed as differing."""
+    from samam.train import resolve_ckpt_path
+
+    (tmp_path / "checkpoints").mkdir()
+    last, step = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "checkpoints" / "step0000004.ckpt"
+    mine = {"experiment_name": "demo", "seed": 0}
+    torch.save({"samam": {"config": mine, "identity": mine}}, step)
+    last.write_bytes(step.read_bytes()[:100])  # cut short
+    with pytest.raises(RuntimeError, match=f"{re.escape(str(last))} cannot be read \\(RuntimeError: ") as err:
+        resolve_ckpt_path("auto", tmp_path, mine, resolved_config=mine)
+    assert f"Resume with ckpt_path={step} " in str(err.value) and "another run" not in str(err.value)
+    assert resolve_ckpt_path(str(step), tmp_path, mine) == str(step)  # and that resumes
+    step.unlink()
+    with pytest.raises(RuntimeError, match="Resume with ckpt_path=null"):
+        resolve_ckpt_path("auto", tmp_path, mine, resolved_config=mine)
+
+
 def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path, caplog):
     from samam.callbacks import LossSummary
     from samam.train import checkpoint_meta, resolve_ckpt_path
