@@ -5,6 +5,7 @@ Shapes: B batch, H, W crop size. Images are float (3,H,W) in [0, 1].
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -144,8 +145,10 @@ class SkipLog:
 
 
 class RandomPairs(IterableDataset):
-    """Endless uniformly random (content, style) crops. Each (seed, rank, worker, start step) gets its own
-    stream, so ranks and workers never repeat each other and a resumed run does not replay the start."""
+    """Endless uniformly random (content, style) crops, ``batch_size`` in a row per training step.
+    Each step's batch is drawn from its own generator, seeded by (seed, rank, step): ranks never
+    repeat each other, and a run resumed at ``start_step`` draws at each step what the
+    uninterrupted run drew there, whatever the number of workers."""
 
     def __init__(
         self,
@@ -156,12 +159,13 @@ class RandomPairs(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         start_step: int = 0,
+        batch_size: int = 1,
     ) -> None:
         super().__init__()
         self.content, self.style = list(content), list(style)
         check_crop(crop, resize)
         self.crop, self.resize = crop, resize
-        self.seed, self.rank, self.start_step = seed, rank, start_step
+        self.seed, self.rank, self.start_step, self.batch_size = seed, rank, start_step, batch_size
         self.skipped = SkipLog()
 
     def _crop(self, path: Path, rng: np.random.Generator) -> Tensor:
@@ -183,17 +187,19 @@ class RandomPairs(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         info = get_worker_info()
-        worker = 0 if info is None else info.id
-        rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
-        while True:
-            c = self._draw(self.content, rng)
-            s = self._draw(self.style, rng)
-            yield {
-                "content": c,
-                "style": s,
-                "skipped": torch.tensor(len(self.skipped)),
-                "worker": torch.tensor(worker),
-            }
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # The DataLoader takes batch i from worker i mod workers: this worker's steps.
+        for step in itertools.count(self.start_step + worker, workers):
+            rng = np.random.default_rng([self.seed, self.rank, step])
+            for _ in range(self.batch_size):
+                c = self._draw(self.content, rng)
+                s = self._draw(self.style, rng)
+                yield {
+                    "content": c,
+                    "style": s,
+                    "skipped": torch.tensor(len(self.skipped)),
+                    "worker": torch.tensor(worker),
+                }
 
 
 class FixedPairs(Dataset):
@@ -340,13 +346,15 @@ class StyleTransferDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = 0 if self.trainer is None else self.trainer.global_rank
-        start = 0 if self.trainer is None else self.trainer.global_step
+        # batches drawn before this (re)start: steps restored from a checkpoint
+        start = 0 if self.trainer is None else self.trainer.global_step * self.trainer.accumulate_grad_batches
+        batch = self.per_device_batch_size
         self._train = RandomPairs(
-            self.content_files, self.style_files, self.crop, self.resize, self.seed, rank, start
+            self.content_files, self.style_files, self.crop, self.resize, self.seed, rank, start, batch
         )
         return DataLoader(
             self._train,
-            batch_size=self.per_device_batch_size,
+            batch_size=batch,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

@@ -114,7 +114,7 @@ def test_streams_differ_per_rank_and_worker_and_repeat_per_seed(tmp_path, monkey
     files = [_save(tmp_path / f"{i}.png", _rgb(seed=i)) for i in range(8)]
 
     def first(rank: int = 0, start: int = 0, seed: int = 0, worker: int | None = None) -> torch.Tensor:
-        info = None if worker is None else types.SimpleNamespace(id=worker)
+        info = None if worker is None else types.SimpleNamespace(id=worker, num_workers=2)
         monkeypatch.setattr(samam.data, "get_worker_info", lambda: info)
         pairs = RandomPairs(files, files, crop=8, resize=16, seed=seed, rank=rank, start_step=start)
         return next(iter(pairs))["content"]
@@ -132,13 +132,44 @@ def test_train_dataloader_starts_the_stream_at_the_restored_step(tmp_path):
         _save(tmp_path / f"{i}.png", _rgb(seed=i))
 
     class RestoredTrainer:  # what Lightning has restored from a checkpoint before building loaders
-        world_size, global_rank, global_step = 2, 1, 1234
+        world_size, global_rank, global_step, accumulate_grad_batches = 2, 1, 1234, 1
 
     dm = StyleTransferDataModule(str(tmp_path), str(tmp_path), batch_size=2, crop=8, resize=16, num_workers=0)
     dm.trainer = RestoredTrainer()
     dm.setup("fit")
     dm.train_dataloader()
     assert (dm._train.rank, dm._train.start_step) == (1, 1234)
+
+
+def test_a_resumed_stream_draws_the_uninterrupted_runs_batches_whatever_the_workers(tmp_path):
+    for i in range(4):
+        _save(tmp_path / f"{i}.png", _rgb(seed=i))
+
+    class Restored:  # a trainer as Lightning has restored it from a checkpoint at `global_step`
+        world_size, global_rank, accumulate_grad_batches = 1, 0, 1
+
+        def __init__(self, global_step: int) -> None:
+            self.global_step = global_step
+
+    def batches(step: int, workers: int, n: int) -> list[torch.Tensor]:
+        dm = StyleTransferDataModule(
+            str(tmp_path),
+            str(tmp_path),
+            batch_size=2,
+            crop=8,
+            resize=16,
+            num_workers=workers,
+            pin_memory=False,
+        )
+        dm.trainer = Restored(step)
+        dm.setup("fit")
+        stream = iter(dm.train_dataloader())
+        return [torch.cat([b["content"], b["style"]]) for b in (next(stream) for _ in range(n))]
+
+    whole = batches(0, 0, 5)
+    assert all(torch.equal(a, b) for a, b in zip(whole[3:], batches(3, 0, 2), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(whole, batches(0, 2, 5), strict=True))
+    assert not torch.equal(whole[0], whole[1])
 
 
 def test_data_folders_must_be_given(compose):

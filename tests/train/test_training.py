@@ -247,7 +247,9 @@ class SigtermAt(Callback):
 
 def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny, tmp_path):
     """SIGTERM during the validation of step 4, then ckpt_path=auto: the two CSV logs together
-    hold each step once, at the steps of an uninterrupted run (it was one step ahead)."""
+    hold each step once, at the steps of an uninterrupted run (it was one step ahead), and the
+    weights end as the uninterrupted run's, bit for bit (the same batch at every step)."""
+    main(compose([*tiny(tmp_path / "whole"), "trainer.max_steps=6"]))
     run = [*tiny(), "trainer.max_steps=6"]
     stop = [f"+callbacks.sigterm._target_={SigtermAt.__module__}.SigtermAt", "+callbacks.sigterm.step=4"]
     handler = signal.getsignal(signal.SIGTERM)
@@ -261,7 +263,11 @@ def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny
     logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
     assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
     final = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert final["global_step"] == 6
+    whole = torch.load(
+        tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert final["global_step"] == whole["global_step"] == 6
+    assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
 
 
 def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tiny, tmp_path):
