@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -43,6 +43,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``every_n_train_steps`` save, at a step that validates, is written
+    after that validation instead of before it. Lightning resumes a checkpoint of that step as
+    one whose validation has run and skips it: written before, a run killed before its
+    validation ended resumed without it (no val/ metrics, sample grid or LossSummary point for
+    that step), and with the eval_metrics callback every later evaluation came one validation
+    round late. A kill during that validation now resumes from the previous checkpoint."""
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        loop = trainer.fit_loop
+        if (
+            due
+            and not self._should_skip_saving_checkpoint(trainer)
+            and not self._should_save_on_train_epoch_end(trainer)  # else on_validation_end saves nothing
+            and loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
+            and self._validation_has_batches(trainer)
+        ):
+            self._defer_save_until_validation = True  # ModelCheckpoint saves it at validation end
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    @staticmethod
+    def _validation_has_batches(trainer: L.Trainer) -> bool:
+        # A validation without batches (data.val_pairs=0) calls no hooks, so no save at its end.
+        val_loop = trainer.fit_loop.epoch_loop.val_loop
+        val_loop.setup_data()  # as the validation about to run does first (once)
+        return not val_loop.skip
 
 
 class CheckpointOnStop(Callback):

@@ -270,6 +270,42 @@ def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny
     assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
 
 
+class CrashAt(Callback):
+    """Dies (as a SIGKILL or an OOM would, saving nothing) as the validation after ``step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            raise RuntimeError("killed")
+
+
+def test_a_run_killed_before_a_checkpoint_steps_validation_still_validates_that_step(compose, tiny, tmp_path):
+    """The periodic checkpoint of a step that validates is written after the validation: a
+    resume from a checkpoint written before it skipped that step's validation for good."""
+    run = [*tiny(), "trainer.max_steps=4"]
+    with pytest.raises(RuntimeError, match="killed"):
+        main(
+            compose(
+                [*run, f"+callbacks.crash._target_={CrashAt.__module__}.CrashAt", "+callbacks.crash.step=4"]
+            )
+        )
+    main(compose(run))  # ckpt_path=auto
+    logged = {(int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path)}
+    assert {(1, "val"), (3, "val")} <= logged
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == [
+        "step0000002.png",
+        "step0000004.png",
+    ]
+    final = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 4
+    assert [s for s, _ in final["callbacks"]["LossSummary"]["val"]] == [2, 4]
+    # no validation pairs: no validation hooks, the checkpoints are saved at the step
+    main(compose([*tiny(tmp_path / "no_val"), "trainer.max_steps=2", "data.val_pairs=0"]))
+    assert (tmp_path / "no_val" / "checkpoints" / "step0000002.ckpt").is_file()
+
+
 def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tiny, tmp_path):
     """submitit requeues on SIGUSR2 and exits at once; the run first stops at a step boundary
     and saves, then the requeue handler runs."""
