@@ -364,6 +364,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     try:
         if cfg.validate_before_training and ckpt_path is None:
             trainer.validate(module, datamodule=datamodule, verbose=False)
+            # fit starts with the flag cleared: a SIGTERM during this validation would be forgotten
+            if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):
+                raise SIGTERMException
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         last = _final_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

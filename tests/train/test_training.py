@@ -270,6 +270,20 @@ def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny
     assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
 
 
+def test_a_stop_during_the_validation_before_training_exits_143(compose, tiny, tmp_path):
+    """Not forgotten (Lightning clears its SIGTERM flag when fit starts) and trained through."""
+    run = [*tiny(), "trainer.max_steps=2", "validate_before_training=true"]
+    stop = [f"+callbacks.sigterm._target_={SigtermAt.__module__}.SigtermAt", "+callbacks.sigterm.step=0"]
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(compose([*run, *stop]))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert exited.value.code == 143
+    assert not (tmp_path / "checkpoints").exists()  # no step trained: nothing to save
+
+
 class CrashAt(Callback):
     """Dies (as a SIGKILL or an OOM would, saving nothing) as the validation after ``step`` starts."""
 
