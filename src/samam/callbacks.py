@@ -111,11 +111,9 @@ class CheckpointOnStop(Callback):
         self._agreed = False  # the ranks have agreed to stop
         self._installed = False  # our SIGTERM handler replaced Lightning's
         self._trainer: L.Trainer | None = None
-        self._log_step: int | None = None  # the logger step of this batch, once it has validated
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._signalled = self._agreed = self._installed = False
-        self._log_step = None
         handler = signal.getsignal(signal.SIGUSR2)
         if callable(handler) and handler != self._defer_requeue:
             self._requeue = handler
@@ -160,12 +158,7 @@ class CheckpointOnStop(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._log_step = None
         self._agree_on_stop(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._log_step = trainer.fit_loop.epoch_loop._batches_that_stepped  # before the batch's +1
 
     def on_validation_batch_end(
         self,
@@ -201,13 +194,6 @@ class CheckpointOnStop(Callback):
             path = Path(self.dirpath) / self.filename
             # Trainer.save_checkpoint minus its closing barrier (see the class docstring).
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            if self._log_step is not None:
-                # Stopped after this batch's validation, when Lightning has already counted the
-                # batch for the loggers; resuming, it skips the validation done and counts it
-                # again. Store the count as a checkpoint saved at validation end holds it, else
-                # every logged step of the resumed run is one too high.
-                loop = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
-                loop["_batches_that_stepped"] = self._log_step
             trainer.strategy.save_checkpoint(checkpoint, path)
             if trainer.is_global_zero:
                 log.warning("stopped by SIGTERM at step %d; saved %s", trainer.global_step, path)

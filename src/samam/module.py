@@ -83,6 +83,7 @@ class StyleTransferModule(L.LightningModule):
         self.run_identity: dict[str, Any] | None = None  # set by samam.train; see train.run_identity
         self.last_grid_path: Path | None = None
         self.last_losses: dict[str, Tensor] = {}
+        self._validated: tuple[int, int] | None = None  # (global step, logger step) of the last validation
 
     def setup(self, stage: str) -> None:
         if self.compile_net:
@@ -144,6 +145,13 @@ class StyleTransferModule(L.LightningModule):
                     key="val/samples", images=[grid], step=step, caption=["content | style | output"]
                 )
 
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._validated = (
+                self.trainer.global_step,
+                self.trainer.fit_loop.epoch_loop._batches_that_stepped,
+            )
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
@@ -165,6 +173,13 @@ class StyleTransferModule(L.LightningModule):
             "identity": self.run_identity,
             "version": CHECKPOINT_VERSION,
         }
+        loop = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"] if self._validated else {}
+        if self._validated == (self.trainer.global_step, loop.get("_batches_that_stepped", 0) - 1):
+            # Saved after this step's validation and after Lightning counted the step for the
+            # loggers (a SIGTERM stop, the final save). Resuming, Lightning skips the validation
+            # done and counts the step again: store the count from before, as a checkpoint saved
+            # at validation end holds it, else every logged step after the resume is one too high.
+            loop["_batches_that_stepped"] -= 1
         wandb_ids = [lg.version for lg in self.loggers if isinstance(lg, WandbLogger)]
         if wandb_ids and wandb_ids[0]:
             checkpoint["samam"]["wandb_id"] = wandb_ids[0]  # a resumed run continues this W&B run

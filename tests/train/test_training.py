@@ -270,6 +270,14 @@ def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny
     assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
 
 
+def test_a_finished_run_extended_logs_on_at_the_next_step(compose, tiny, tmp_path):
+    """The final save at a step that validated (off the checkpoint interval), then more steps."""
+    main(compose([*tiny(), "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=3"]))
+    main(compose([*tiny(), "trainer.max_steps=6", "callbacks.checkpoint.every_n_train_steps=3"]))
+    logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
+    assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
+
+
 def test_a_stop_during_the_validation_before_training_exits_143(compose, tiny, tmp_path):
     """Not forgotten (Lightning clears its SIGTERM flag when fit starts) and trained through."""
     run = [*tiny(), "trainer.max_steps=2", "validate_before_training=true"]
