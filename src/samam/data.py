@@ -9,6 +9,7 @@ import itertools
 import logging
 import math
 import os
+import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -219,6 +220,16 @@ class FixedPairs(Dataset):
         return {"content": self._load(c), "style": self._load(s)}
 
 
+def ignore_job_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SLURM signals every process of a job (SIGTERM on preemption,
+    time limit or scancel; SIGUSR2 from submitit before the time limit). A worker killed by one
+    made the main process fail mid-step ("DataLoader worker ... is killed by signal") instead of
+    stopping at the step boundary with a checkpoint. The main process acts on them and ends its
+    workers itself; a worker also exits once the main process is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class StyleTransferDataModule(L.LightningDataModule):
     """Content and style folders -> endless random training pairs + fixed validation pairs.
 
@@ -358,6 +369,7 @@ class StyleTransferDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=ignore_job_signals,
         )
 
     def val_dataset(self) -> FixedPairs:

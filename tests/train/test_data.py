@@ -1,5 +1,7 @@
 import io
 import logging
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,29 @@ def test_a_resumed_stream_draws_the_uninterrupted_runs_batches_whatever_the_work
     assert all(torch.equal(a, b) for a, b in zip(whole[3:], batches(3, 0, 2), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(whole, batches(0, 2, 5), strict=True))
     assert not torch.equal(whole[0], whole[1])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_training_workers_leave_job_signals_to_the_main_process(tmp_path, signum):
+    """SLURM signals every process of a job: a worker killed by it made the main process fail
+    mid-step instead of stopping at the step boundary with a checkpoint."""
+    for i in range(4):
+        _save(tmp_path / f"{i}.png", _rgb(seed=i))
+    dm = StyleTransferDataModule(
+        str(tmp_path), str(tmp_path), batch_size=2, crop=8, resize=16, num_workers=1, pin_memory=False
+    )
+    dm.setup("fit")
+    stream = iter(dm.train_dataloader())
+    next(stream)
+    (worker,) = stream._workers
+    try:
+        os.kill(worker.pid, signum)
+        worker.join(timeout=1.0)  # returns at once if the signal ended it
+        assert worker.is_alive()
+        assert next(stream)["content"].shape == (2, 3, 8, 8)
+    finally:
+        stream._shutdown_workers()
+    assert not worker.is_alive()  # the main process still ends it
 
 
 def test_data_folders_must_be_given(compose):
