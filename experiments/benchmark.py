@@ -1175,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmark: writing to {out}")
 
     # `timeout` sends SIGTERM: finish like Ctrl-C, so the plot and tables are still written.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     rows: list[dict[str, Any]] = []
     t_start = time.monotonic()
     ctx = Context(args, device, memory, loss_fn, loss_desc, time_limit, t_start)
@@ -1193,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
         meta.update(loaded_versions())
         write_outputs(rows, meta, out, plot=True)
+        signal.signal(signal.SIGTERM, previous)  # main() is also called in-process (tests, notebooks)
     print(f"benchmark: load average at end {meta['loadavg_end']}; {meta['elapsed_s']} s")
     print((out / "results.md").read_text())
     return 130 if interrupted else 0  # interrupted: the files hold what was measured, not every case

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -243,8 +244,12 @@ def test_a_failing_network_gives_rows_and_the_next_series_still_runs(tmp_path, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bench, "run_series", interrupt)
+    before = signal.getsignal(signal.SIGTERM)
     assert bench.main([*argv, "--model", *TINY, "--out", str(tmp_path)]) == 130
     assert (tmp_path / "results.md").is_file()
+    # its SIGTERM-as-Ctrl-C handler is gone again: it made a later SIGTERM in the same process
+    # (a training run's stop) a KeyboardInterrupt
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_peer_ratios_compare_equal_inputs_only():
