@@ -33,12 +33,16 @@ def _has_wandb_credentials() -> bool:
 def resolve_wandb_mode(mode: WandbMode | None) -> WandbMode:
     """Config value first, then $WANDB_MODE; with neither and no API key: offline (never a login prompt)."""
     if mode is not None:
+        if mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"logger.wandb.mode={mode!r}: choose online, offline or disabled")
         return mode
     env = os.environ.get("WANDB_MODE", "")
     if env in ("online", "offline", "disabled"):
         return env  # type: ignore[return-value]
     if env == "dryrun":
         return "offline"
+    if env not in ("", "run", "shared"):  # wandb's own other modes; a typo must not mean online
+        raise ValueError(f"WANDB_MODE={env!r}: choose online, offline or disabled")
     if _has_wandb_credentials():
         return "online"
     log.warning(

@@ -567,6 +567,12 @@ def test_wandb_mode_never_goes_online_without_credentials(tmp_path, monkeypatch,
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert resolve_wandb_mode(None) == "online"
+    # a misspelt mode was ignored, and with an API key the run went online
+    monkeypatch.setenv("WANDB_MODE", "offine")
+    with pytest.raises(ValueError, match="WANDB_MODE='offine': choose online, offline or disabled"):
+        resolve_wandb_mode(None)
+    with pytest.raises(ValueError, match="logger.wandb.mode='ofline'"):
+        resolve_wandb_mode("ofline")
 
 
 def test_netrc_credentials_mean_online_and_brief_list(tmp_path, monkeypatch):
