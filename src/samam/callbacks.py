@@ -51,7 +51,13 @@ class PeriodicCheckpoint(ModelCheckpoint):
     one whose validation has run and skips it: written before, a run killed before its
     validation ended resumed without it (no val/ metrics, sample grid or LossSummary point for
     that step), and with the eval_metrics callback every later evaluation came one validation
-    round late. A kill during that validation now resumes from the previous checkpoint."""
+    round late. A kill during that validation now resumes from the previous checkpoint.
+    (Lightning ≥ 2.5.5 defers some saves the same way; this deferral is our own, so older
+    versions, which lack it, do not drop the save.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._save_after_validation = False
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -65,9 +71,19 @@ class PeriodicCheckpoint(ModelCheckpoint):
             and loop.epoch_loop._should_check_val_fx(loop._data_fetcher)
             and self._validation_has_batches(trainer)
         ):
-            self._defer_save_until_validation = True  # ModelCheckpoint saves it at validation end
+            self._save_after_validation = True
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._save_after_validation and not trainer.sanity_checking:
+            self._save_after_validation = False
+            if not self._should_skip_saving_checkpoint(trainer):
+                candidates = self._monitor_candidates(trainer)  # now with this validation's metrics
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+            return
+        super().on_validation_end(trainer, pl_module)
 
     @staticmethod
     def _validation_has_batches(trainer: L.Trainer) -> bool:
