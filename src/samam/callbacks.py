@@ -59,6 +59,11 @@ class PeriodicCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._save_after_validation = False
 
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's key: runs checkpointed by it (before this class) resume its state
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -119,3 +119,15 @@ def test_atomic_checkpoint_has_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+def test_periodic_checkpoint_keeps_model_checkpoints_state_key(tmp_path):
+    """Runs checkpointed by Lightning's ModelCheckpoint (the default before PeriodicCheckpoint)
+    resume its state: the checkpoint's callbacks entry is looked up by this key."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from samam.callbacks import PeriodicCheckpoint
+
+    kw = dict(dirpath=str(tmp_path), filename="step{step:07d}", every_n_train_steps=5, save_top_k=-1)
+    assert PeriodicCheckpoint(**kw).state_key == ModelCheckpoint(**kw).state_key
+    assert PeriodicCheckpoint(**kw).state_key != ModelCheckpoint(**{**kw, "every_n_train_steps": 6}).state_key
