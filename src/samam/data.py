@@ -147,9 +147,11 @@ class SkipLog:
 
 class RandomPairs(IterableDataset):
     """Endless uniformly random (content, style) crops, ``batch_size`` in a row per training step.
-    Each step's batch is drawn from its own generator, seeded by (seed, rank, step): ranks never
-    repeat each other, and a run resumed at ``start_step`` draws at each step what the
-    uninterrupted run drew there, whatever the number of workers."""
+    Each pair is drawn from its own generator, seeded by (seed, step, its index in the global
+    batch); this rank's pairs are indices rank·batch_size … (rank+1)·batch_size − 1. So ranks
+    never repeat each other, a step's global batch is the same pairs whatever the number of
+    devices, and a run resumed at ``start_step`` (on any number of devices and workers) draws at
+    each step what the uninterrupted run drew there."""
 
     def __init__(
         self,
@@ -191,8 +193,8 @@ class RandomPairs(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         # The DataLoader takes batch i from worker i mod workers: this worker's steps.
         for step in itertools.count(self.start_step + worker, workers):
-            rng = np.random.default_rng([self.seed, self.rank, step])
-            for _ in range(self.batch_size):
+            for k in range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size):
+                rng = np.random.default_rng([self.seed, step, k])
                 c = self._draw(self.content, rng)
                 s = self._draw(self.style, rng)
                 yield {

@@ -174,6 +174,34 @@ def test_a_resumed_stream_draws_the_uninterrupted_runs_batches_whatever_the_work
     assert not torch.equal(whole[0], whole[1])
 
 
+def test_a_steps_global_batch_is_the_same_pairs_on_any_number_of_devices(tmp_path):
+    """data.batch_size is global: 2 devices × 2 train on the 1 device × 4 run's pairs (ranks
+    split them), so a run resumed on another number of devices draws what it would have."""
+    for i in range(6):
+        _save(tmp_path / f"{i}.png", _rgb(seed=i))
+
+    def global_batch(step: int, world: int) -> torch.Tensor:  # (batch_size·2, 3, H, W): contents, styles
+        parts = []
+        for rank in range(world):
+
+            class Resumed:  # a trainer restored at `step` on rank `rank` of `world`
+                world_size, global_rank, global_step, accumulate_grad_batches = world, rank, step, 1
+
+            dm = StyleTransferDataModule(
+                str(tmp_path), str(tmp_path), batch_size=4, crop=8, resize=16, num_workers=0, pin_memory=False
+            )
+            dm.trainer = Resumed()
+            dm.setup("fit")
+            parts.append(next(iter(dm.train_dataloader())))
+        return torch.cat([torch.cat([b["content"] for b in parts]), torch.cat([b["style"] for b in parts])])
+
+    for step in (0, 7):
+        one = global_batch(step, 1)
+        assert torch.equal(one, global_batch(step, 2))
+        assert torch.equal(one, global_batch(step, 4))
+    assert not torch.equal(global_batch(0, 1), global_batch(7, 1))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
 def test_training_workers_leave_job_signals_to_the_main_process(tmp_path, signum):
     """SLURM signals every process of a job: a worker killed by it made the main process fail
