@@ -382,10 +382,22 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             if isinstance(cb, CheckpointOnStop):
                 cb.after_stop()  # a deferred submitit requeue (also one asked for before a crash)
         if stopped:
+            close_process_group()  # the ranks stopped together: nothing is in flight
             raise SystemExit(143) from None  # not 0: SLURM and shells must see the run did not finish
         raise
     finish_wandb()
+    close_process_group()
     return metrics
+
+
+def close_process_group() -> None:
+    """Destroy the default process group of a run whose ranks ended together. Lightning leaves a
+    gloo group (trainer=ddp_sim; NCCL it destroys at exit) to the interpreter's shutdown, where
+    its worker threads could be torn down unjoined: now and then a finished run aborted at exit
+    ("terminate called without an active exception", status 134; pytorch#65231). Not after a
+    failure: a rank still inside a collective would keep the destruction waiting."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _final_checkpoint(trainer: L.Trainer) -> Path | None:

@@ -139,6 +139,21 @@ def test_ddp_sim_two_processes(tiny, train_subprocess, tmp_path):
     assert ckpt["global_step"] == 2
 
 
+def test_a_finished_ddp_run_destroys_its_process_group(compose, tiny, monkeypatch):
+    """Left to the interpreter's shutdown, a gloo group's threads now and then aborted a run that
+    had finished ("terminate called without an active exception", exit 134). One process of DDP,
+    in this one; the variables Lightning's launcher sets go with the test."""
+    for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.setenv(key, "")  # records the value before the test (for most: none)
+        monkeypatch.delenv(key)
+    try:
+        main(compose([*tiny(), "trainer=ddp_sim", "trainer.devices=1", "trainer.max_steps=1"]))
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():  # the old code: do not leak the group into other tests
+            torch.distributed.destroy_process_group()
+
+
 def test_multirun_ablation_one_run_per_arm(tiny, train_subprocess, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in tiny(Path("IGNORED")) if not o.startswith("paths.output_dir")]
