@@ -996,6 +996,10 @@ class EvalMetricsCallback(L.Callback):
         if due:
             self.evaluate(trainer, pl_module)
 
+    # Lightning's validate (validate_before_training) runs in inference mode, fit's validation does
+    # not: metric states made in the one must take in-place updates in the other, so neither makes
+    # inference tensors. no_grad inside: inference_mode(False) alone turns gradients back on.
+    @torch.inference_mode(False)
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float | None]:
         """Stylise this rank's shard, compute the synced metrics, log them; returns the values."""

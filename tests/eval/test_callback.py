@@ -88,6 +88,22 @@ def test_callback_logs_metrics_every_n_rounds(tiny_net, image_dirs, tmp_path):
     assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
 
 
+def test_an_evaluation_before_training_and_one_in_training(tiny_net, image_dirs, tmp_path):
+    """validate_before_training=true: Lightning's validate runs in inference mode and fit's
+    validation does not, so metric states made in the first (inference tensors) failed the
+    next in-place update ("Inplace update to inference tensor outside InferenceMode")."""
+    import copy
+
+    cb = _callback(image_dirs, every_n_val_rounds=1)
+    module = TinyModule(copy.deepcopy(tiny_net))
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.validate(module, loader(), verbose=False)
+    before = float(trainer.callback_metrics["val/artfid"])
+    trainer.fit(module, loader(), loader())
+    assert cb.rounds == 2 and torch.isfinite(trainer.callback_metrics["val/artfid"])
+    assert before != float(trainer.callback_metrics["val/artfid"])  # trained weights, a new score
+
+
 def test_best_artfid_checkpoint_is_ranked_by_its_own_weights(tiny_net, image_dirs, tmp_path):
     """conf/callbacks/best_artfid.yaml with an evaluation at every validation: the kept file is
     the step whose own ArtFID was lowest, and its recorded score is that step's."""
