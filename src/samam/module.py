@@ -105,10 +105,17 @@ class StyleTransferModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self._step(batch)
-        self.last_losses = {k: v.detach() for k, v in losses.items()}  # for callbacks, no host sync
+        logged = {k: v.detach() for k, v in losses.items()}
+        if self.trainer.world_size > 1:
+            # The global batch's mean, as one process logs it (not rank 0's share): one all-reduce
+            # of the terms together (equal shares per rank), without strategy.reduce's barrier.
+            total = torch.stack(list(logged.values()))
+            torch.distributed.all_reduce(total)
+            logged = dict(zip(logged, total / self.trainer.world_size))
+        self.last_losses = logged  # for callbacks, no host sync
         b = batch["content"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=b)
-        self.log("train/loss", losses["loss"].detach(), prog_bar=True, batch_size=b)
+        self.log_dict({f"train/{k}": v for k, v in logged.items() if k != "loss"}, batch_size=b)
+        self.log("train/loss", logged["loss"], prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         dm = getattr(self.trainer, "datamodule", None)
         if getattr(dm, "worker_skips", None):  # filled by the datamodule's on_before_batch_transfer

@@ -127,16 +127,40 @@ def test_sigkill_then_resume_continues_step_and_lr(tiny, train_subprocess, tmp_p
     assert first_lr == pytest.approx(lr0 / (1 + decay * k), rel=1e-6)  # logged as float32
 
 
-def test_ddp_sim_two_processes(tiny, train_subprocess, tmp_path):
-    out = tmp_path / "ddp"
-    res = train_subprocess(
-        [*tiny(out), "trainer=ddp_sim", "trainer.max_steps=2", f"hydra.run.dir={out}"], cwd=tmp_path
-    )
+def test_ddp_sim_two_processes(compose, tiny, train_subprocess, tmp_path):
+    """2 processes × 1 pair train and log as 1 process × 2 pairs (data.batch_size is global):
+    the same pairs, gradients averaged (SGD: a sum would double the step), the losses of the
+    whole batch logged (not rank 0's pair)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    sgd = ["trainer.max_steps=2", "module.optimizer._target_=torch.optim.SGD"]
+    out, one = tmp_path / "ddp", tmp_path / "one"
+    res = train_subprocess([*tiny(out), *sgd, "trainer=ddp_sim", f"hydra.run.dir={out}"], cwd=tmp_path)
     text = res.stdout + res.stderr
     assert res.returncode == 0, text[-3000:]
     assert "MEMBER: 2/2" in text
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
+    cfg = compose([*tiny(one), *sgd])
+    main(cfg)
+    ref = torch.load(one / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    L.seed_everything(cfg.seed)
+    start = instantiate(cfg.model).state_dict()
+
+    def norm(tensors) -> float:
+        return torch.cat([t.double().flatten() for t in tensors]).norm().item()
+
+    w, w_ref = ckpt["state_dict"], ref["state_dict"]
+    assert norm(w[f"net.{k}"] - w_ref[f"net.{k}"] for k in start) < 1e-3 * norm(
+        w_ref[f"net.{k}"] - v for k, v in start.items()
+    )
+    logged = [
+        {int(r["step"]): float(r["train/loss_style"]) for r in _csv_rows(d) if r.get("train/loss_style")}
+        for d in (out, one)
+    ]
+    assert logged[0].keys() == logged[1].keys() == {0, 1}
+    assert logged[0] == pytest.approx(logged[1], rel=1e-4)
 
 
 def test_a_finished_ddp_run_destroys_its_process_group(compose, tiny, monkeypatch):
