@@ -34,6 +34,16 @@ def skipped_total(setup: int, worker_skips: dict[int, int], reduce: Callable, de
     return runtime + setup
 
 
+def _sum_over_ranks(t: Tensor, reduce_op: str = "sum") -> Tensor:
+    """All-reduce (sum) in place across DDP ranks; a no-op in one process. Not strategy.reduce,
+    which puts a barrier before every reduce: with NCCL, a host wait at every training step."""
+    if reduce_op != "sum":
+        raise ValueError(f"reduce_op={reduce_op!r}: only sum")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
 class InverseDecay:
     """lr(it) / lr0 = 1 / (1 + decay · it); a class (not a lambda) so LambdaLR state pickles."""
 
@@ -108,10 +118,10 @@ class StyleTransferModule(L.LightningModule):
         logged = {k: v.detach() for k, v in losses.items()}
         if self.trainer.world_size > 1:
             # The global batch's mean, as one process logs it (not rank 0's share): one all-reduce
-            # of the terms together (equal shares per rank), without strategy.reduce's barrier.
-            total = torch.stack(list(logged.values()))
-            torch.distributed.all_reduce(total)
-            logged = dict(zip(logged, total / self.trainer.world_size))
+            # of the terms together (equal shares per rank).
+            logged = dict(
+                zip(logged, _sum_over_ranks(torch.stack(list(logged.values()))) / self.trainer.world_size)
+            )
         self.last_losses = logged  # for callbacks, no host sync
         b = batch["content"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in logged.items() if k != "loss"}, batch_size=b)
@@ -119,7 +129,7 @@ class StyleTransferModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         dm = getattr(self.trainer, "datamodule", None)
         if getattr(dm, "worker_skips", None):  # filled by the datamodule's on_before_batch_transfer
-            total = skipped_total(dm.skipped, dm.worker_skips, self.trainer.strategy.reduce, self.device)
+            total = skipped_total(dm.skipped, dm.worker_skips, _sum_over_ranks, self.device)
             self.log("data/skipped", total, batch_size=b)
         return losses["loss"]
 
