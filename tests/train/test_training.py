@@ -284,20 +284,28 @@ class SigtermAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny, tmp_path):
-    """SIGTERM during the validation of step 4, then ckpt_path=auto: the two CSV logs together
-    hold each step once, at the steps of an uninterrupted run (it was one step ahead), and the
-    weights end as the uninterrupted run's, bit for bit (the same batch at every step)."""
-    main(compose([*tiny(tmp_path / "whole"), "trainer.max_steps=6"]))
-    run = [*tiny(), "trainer.max_steps=6"]
-    stop = [f"+callbacks.sigterm._target_={SigtermAt.__module__}.SigtermAt", "+callbacks.sigterm.step=4"]
+def _exit_status_when_stopped(compose, run: list[str], step: int) -> int | str | None:
+    """Runs ``run`` in this process with SIGTERM sent as the validation after ``step`` starts."""
+    stop = [
+        f"+callbacks.sigterm._target_={SigtermAt.__module__}.SigtermAt",
+        f"+callbacks.sigterm.step={step}",
+    ]
     handler = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as exited:
             main(compose([*run, *stop]))
     finally:
         signal.signal(signal.SIGTERM, handler)  # the stopped run's handler stays installed
-    assert exited.value.code == 143
+    return exited.value.code
+
+
+def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny, tmp_path):
+    """SIGTERM during the validation of step 4, then ckpt_path=auto: the two CSV logs together
+    hold each step once, at the steps of an uninterrupted run (it was one step ahead), and the
+    weights end as the uninterrupted run's, bit for bit (the same batch at every step)."""
+    main(compose([*tiny(tmp_path / "whole"), "trainer.max_steps=6"]))
+    run = [*tiny(), "trainer.max_steps=6"]
+    assert _exit_status_when_stopped(compose, run, step=4) == 143
     main(compose(run))
     logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
     assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
@@ -320,14 +328,7 @@ def test_a_finished_run_extended_logs_on_at_the_next_step(compose, tiny, tmp_pat
 def test_a_stop_during_the_validation_before_training_exits_143(compose, tiny, tmp_path):
     """Not forgotten (Lightning clears its SIGTERM flag when fit starts) and trained through."""
     run = [*tiny(), "trainer.max_steps=2", "validate_before_training=true"]
-    stop = [f"+callbacks.sigterm._target_={SigtermAt.__module__}.SigtermAt", "+callbacks.sigterm.step=0"]
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as exited:
-            main(compose([*run, *stop]))
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    assert exited.value.code == 143
+    assert _exit_status_when_stopped(compose, run, step=0) == 143
     assert not (tmp_path / "checkpoints").exists()  # no step trained: nothing to save
 
 
