@@ -109,7 +109,8 @@ class CheckpointOnStop(Callback):
     checkpoint). At the end of each training (and validation) batch the ranks all-reduce the
     flag (with any SIGTERM Lightning's handler saw before ours was installed), so all of them
     mark the stop at the same batch, and Lightning raises
-    ``SIGTERMException`` at that step boundary on every rank. This saves there, before Lightning
+    ``SIGTERMException`` at that step boundary on every rank (with gradient accumulation, at
+    the batch that completes the optimizer step). This saves there, before Lightning
     tears the strategy down; rank 0 writes. Other exceptions save nothing: the state may be
     mid-step. ``samam.train`` then exits with status 143 (128 + SIGTERM). A signal that
     reaches only rank 0 of processes Lightning launched is forwarded to the others, as
@@ -172,6 +173,11 @@ class CheckpointOnStop(Callback):
             flag = torch.tensor([int(stop)], device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
+        if stop and trainer.fit_loop.epoch_loop._should_accumulate():
+            # Midway through an accumulated step (trainer.accumulate_grad_batches): no checkpoint
+            # holds its gradients, and the resumed data stream starts at a step. Stop at the batch
+            # that completes it (the flag that set `stop` stays set; every rank defers alike).
+            return
         if stop:
             # Lightning raises SIGTERMException at the end of this step (or validation batch).
             trainer._signal_connector.received_sigterm = self._agreed = True

@@ -317,6 +317,51 @@ def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny
     assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
 
 
+class SigtermAtBatch(Callback):
+    """Sends this process SIGTERM as training batch ``batch`` (counted from 0) starts."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_midway_through_an_accumulated_step_resumes_bit_for_bit(compose, tiny, tmp_path):
+    """trainer.accumulate_grad_batches=2, SIGTERM in the first batch of step 2: the run stops at
+    the batch that completes the step. Stopped after that first batch, the checkpoint lost its
+    gradients and the resumed stream (which starts at a step) fed it again as the step's second
+    batch: every later step trained on other pairs than the uninterrupted run."""
+    run = [
+        *tiny(),
+        "trainer.max_steps=3",
+        "+trainer.accumulate_grad_batches=2",
+        "trainer.val_check_interval=4",
+    ]
+    main(compose([*run, f"paths.output_dir={tmp_path / 'whole'}"]))
+    stop = [
+        f"+callbacks.sigterm._target_={SigtermAtBatch.__module__}.SigtermAtBatch",
+        "+callbacks.sigterm.batch=2",
+    ]
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(compose([*run, *stop]))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert exited.value.code == 143
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+    main(compose(run))
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    whole = torch.load(
+        tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert final["global_step"] == whole["global_step"] == 3
+    assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
+
+
 def test_a_finished_run_extended_logs_on_at_the_next_step(compose, tiny, tmp_path):
     """The final save at a step that validated (off the checkpoint interval), then more steps."""
     main(compose([*tiny(), "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=3"]))
