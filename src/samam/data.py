@@ -179,14 +179,19 @@ class RandomPairs(IterableDataset):
         return to_tensor(im.crop((x, y, x + self.crop, y + self.crop)))  # (3,crop,crop)
 
     def _draw(self, files: list[Path], rng: np.random.Generator) -> Tensor:
-        while files:
+        bad = self.skipped.paths  # this process's bad files, content and style alike
+        while True:
             path = files[int(rng.integers(len(files)))]
+            if path in bad:
+                # Passed over, not dropped from the list: the draws stay the same whichever bad
+                # files this process (worker, rank, resumed run) has met so far.
+                if bad.issuperset(files):
+                    raise RuntimeError("every image in the folder failed to decode; see the warnings above")
+                continue
             try:
-                return self._crop(path, rng)
-            except Exception as err:  # corrupt/truncated: skip, never draw it again, draw again
+                return self._crop(path, rng)  # draws from rng only once the image has decoded
+            except Exception as err:  # corrupt/truncated: skip, never decode it again, draw again
                 self.skipped.add(path, f"{type(err).__name__}: {err}")
-                files.remove(path)  # this process's copy of the list; once per bad file
-        raise RuntimeError("every image in the folder failed to decode; see the warnings above")
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         info = get_worker_info()

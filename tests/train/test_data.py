@@ -2,6 +2,7 @@ import io
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,11 +102,29 @@ def test_header_check_then_runtime_skip(messy, caplog):
     with caplog.at_level(logging.WARNING, logger="samam.data"):
         samples = [next(stream) for _ in range(60)]
     assert int(samples[-1]["skipped"]) == 1
-    # dropped from the dataset's own lists (never drawn again), not from the datamodule's
-    assert not any(p.name == "truncated.jpg" for p in pairs.content + pairs.style)
-    assert any(p.name == "truncated.jpg" for p in dm.content_files + dm.style_files)
+    assert any(p.name == "truncated.jpg" for p in pairs.skipped.paths)
     assert sum("truncated.jpg" in r.message for r in caplog.records) == 1
     assert samples[0]["content"].shape == (3, 16, 16)  # 6×5 webp was scaled up to the crop
+
+
+def test_a_bad_file_met_earlier_does_not_change_later_draws(tmp_path):
+    """A run resumed after the stream met a bad file (or another worker or rank, which has not
+    met it) draws what the uninterrupted run draws: the file was dropped from the list, and
+    every later draw picked from the shorter list."""
+    files = [_save(tmp_path / f"{i}.png", _rgb(seed=i)) for i in range(3)]
+    (tmp_path / "bad.png").write_text("not an image")
+    files.append(tmp_path / "bad.png")
+
+    def stream(start: int) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(RandomPairs(files, files, crop=8, resize=16, seed=0, start_step=start))
+
+    whole = stream(0)
+    head = [next(whole) for _ in range(6)]
+    assert int(head[-1]["skipped"]) == 1  # met before step 6
+    resumed = stream(6)
+    for _ in range(6):
+        a, b = next(whole), next(resumed)
+        assert torch.equal(a["content"], b["content"]) and torch.equal(a["style"], b["style"])
 
 
 def test_streams_differ_per_rank_and_worker_and_repeat_per_seed(tmp_path, monkeypatch):
