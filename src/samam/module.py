@@ -28,7 +28,7 @@ CHECKPOINT_VERSION = 1
 def skipped_total(setup: int, worker_skips: dict[int, int], reduce: Callable, device: torch.device) -> Tensor:
     """Bad images of the whole run: those found at setup (every rank checks the same folders,
     so counted once) plus those skipped while training, summed over this rank's workers and
-    then over ranks (``reduce``: the strategy's all-reduce; a file bad for two workers counts
+    then over ranks (``reduce``: a sum over ranks, ``_sum_over_ranks``; a file bad for two workers counts
     twice, as each of them skipped it). A 0-d tensor on ``device``: nothing here waits for it."""
     runtime = reduce(torch.tensor(float(sum(worker_skips.values())), device=device), reduce_op="sum")
     return runtime + setup
