@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,9 @@ def set_matmul_precision(precision: str) -> None:
     torch.set_float32_matmul_precision(precision)
 
 
+RUN_LOCK_WAIT_S = 120.0  # how long a run waits for its folder's lock before refusing to start
+
+
 @contextlib.contextmanager
 def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
     """Hold ``output_dir/.train.lock`` while the run trains (on its first process only; the kernel
@@ -305,17 +309,33 @@ def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
         return
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + RUN_LOCK_WAIT_S
     with open(folder / ".train.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"another run is training in {folder} now, and two runs in one folder overwrite each "
-                "other's checkpoints: give this one its own folder, e.g. hydra.run.dir=<that folder>_<arm> "
-                "(under SLURM the default folder is the job id, shared by every run of the job)"
-            ) from None
-        except OSError as err:  # e.g. a Lustre mount without flock
-            log.debug("no lock on %s (%s): concurrent runs there are not detected", folder, err)
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # A job requeued after its node failed can find that node's lock still held on
+                # NFS until the server's lease runs out (~90 s): wait before refusing.
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"another run is training in {folder} now, and two runs in one folder overwrite "
+                        "each other's checkpoints: give this one its own folder, e.g. "
+                        "hydra.run.dir=<that folder>_<arm> (under SLURM the default folder is the job id, "
+                        "shared by every run of the job)"
+                    ) from None
+                if deadline - time.monotonic() >= RUN_LOCK_WAIT_S - 1:
+                    log.warning(
+                        "%s is locked by another process (a run training there, or a failed node's "
+                        "lock the file server has not released yet): waiting up to %.0f s",
+                        folder / ".train.lock",
+                        RUN_LOCK_WAIT_S,
+                    )
+                time.sleep(1)
+            except OSError as err:  # e.g. a Lustre mount without flock
+                log.debug("no lock on %s (%s): concurrent runs there are not detected", folder, err)
+                break
         yield
 
 

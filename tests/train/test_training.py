@@ -197,17 +197,31 @@ def test_multirun_ablation_one_run_per_arm(tiny, train_subprocess, tmp_path):
     assert arms == {True, False}
 
 
-def test_a_second_run_in_a_folder_where_one_is_training_stops_before_writing(compose, tiny, tmp_path):
+def test_a_second_run_in_a_folder_where_one_is_training_stops_before_writing(
+    compose, tiny, tmp_path, monkeypatch
+):
     """Two `python train.py ... &` in one SLURM job share its folder (the job id): with no
     checkpoint yet for ckpt_path=auto to check, both trained and overwrote each other's."""
     import fcntl
+    import threading
 
+    from samam import train
+
+    monkeypatch.setattr(train, "RUN_LOCK_WAIT_S", 1.5)
     with open(tmp_path / ".train.lock", "a") as other:  # a run training there now
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError, match="another run is training in .* now"):
             main(compose([*tiny(), "debug=fdr", "seed=1"]))
     assert not (tmp_path / "csv").exists() and not (tmp_path / "samples").exists()
     main(compose([*tiny(), "debug=fdr", "seed=1"]))  # the other one is done: the folder is free
+    # A job requeued after its node failed, whose lock the NFS server releases only after its
+    # lease (~90 s): the run waits for it rather than refusing at once.
+    other = open(tmp_path / ".train.lock", "a")  # noqa: SIM115 (closed by the timer)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    release = threading.Timer(0.5, other.close)
+    release.start()
+    main(compose([*tiny(), "debug=fdr", "seed=1"]))
+    release.join()
 
 
 def test_compile_switch_given_as_a_string_is_refused(compose, tiny):
