@@ -1192,8 +1192,10 @@ def main(argv: list[str] | None = None) -> int:
         meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
         meta.update(loaded_versions())
-        write_outputs(rows, meta, out, plot=True)
-        signal.signal(signal.SIGTERM, previous)  # main() is also called in-process (tests, notebooks)
+        try:
+            write_outputs(rows, meta, out, plot=True)
+        finally:
+            signal.signal(signal.SIGTERM, previous)  # main() is also called in-process (tests, notebooks)
     print(f"benchmark: load average at end {meta['loadavg_end']}; {meta['elapsed_s']} s")
     print((out / "results.md").read_text())
     return 130 if interrupted else 0  # interrupted: the files hold what was measured, not every case
