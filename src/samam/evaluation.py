@@ -464,6 +464,13 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text.encode())
 
 
+def _check_switches(**switches: object) -> None:
+    """``match_release=yes`` on the command line arrives as the string 'yes', which is truthy."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} must be true or false")
+
+
 def evaluate(
     ckpt_path: PathLike,
     content_dir: PathLike,
@@ -502,6 +509,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
+    _check_switches(trust_pickle=trust_pickle, progress=progress, match_release=match_release)
     t_start = time.perf_counter()
     if style_size is not None:
         style_short_side = None  # style_size (N×N) wins; results.json records what was used
@@ -730,6 +738,14 @@ def stylize(
     """
     from tqdm.auto import tqdm
 
+    _check_switches(
+        overwrite=overwrite,
+        grid=grid,
+        trust_pickle=trust_pickle,
+        progress=progress,
+        cuda_graph=cuda_graph,
+        match_release=match_release,
+    )
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     for name, value in (("batch_size", batch_size), ("grid_cell", grid_cell)):

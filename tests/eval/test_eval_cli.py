@@ -298,6 +298,17 @@ def test_eval_refuses_bad_settings_before_stylising(tiny_ckpt, image_dirs, tmp_p
     assert not out.exists() or not list(out.glob("*.png"))
 
 
+def test_eval_refuses_a_switch_given_as_a_string(tiny_ckpt, image_dirs, tmp_path):
+    out = tmp_path / "eval"
+    overrides = base_overrides(tiny_ckpt, image_dirs, out) + [
+        "metrics.test_extractors=true",
+        "match_release=no",
+    ]
+    with pytest.raises(TypeError, match="match_release='no' must be true or false"):
+        entry_point("eval")(compose_eval(overrides))
+    assert not out.exists()
+
+
 def test_eval_keeps_the_metrics_when_the_benchmark_fails(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
     """The benchmark runs last (at 512², the likeliest to run out of memory): its failure must
     not cost the evaluation. results.json holds the metrics, the bench fields null with why."""

@@ -249,6 +249,14 @@ def test_missing_checkpoint_clear_message(pair, tmp_path):
         run(tmp_path / "nope.ckpt", content, style, tmp_path / "out")
 
 
+def test_a_switch_given_as_a_string_is_refused_before_any_work(pair, tmp_path):
+    """`match_release=yes` arrives as the string 'yes': truthy, it read images as the release does."""
+    content, style = pair
+    with pytest.raises(TypeError, match="match_release='yes' must be true or false"):
+        run(tmp_path / "never-read.ckpt", content, style, tmp_path / "out", match_release="yes")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [({"batch_size": 0}, "batch_size must be ≥ 1"), ({"grid_cell": 0}, "grid_cell must be ≥ 1"),
