@@ -195,6 +195,15 @@ def resize_as_pil(x: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.stack(out).permute(0, 3, 1, 2).contiguous().to(x.device).float().div_(255)
 
 
+def resize_short_side(x: Tensor, n: int | None) -> Tensor:
+    """(B, 3, H, W) resized by :func:`resize_as_pil` so its shorter side is ``n``; as it is for
+    ``None`` or when it already has that size."""
+    if n is None:
+        return x
+    size = short_side_size(*x.shape[-2:], n)
+    return x if size == tuple(x.shape[-2:]) else resize_as_pil(x, size)
+
+
 class ArtInceptionFeatures(nn.Module):
     """ArtFID's art-trained Inception-v3 as a feature extractor: (B, 3, H, W) in [0, 1] → (B, 2048).
 
@@ -232,10 +241,7 @@ class ArtInceptionFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()  # (B, 3, H, W) in [0, 1]
-        if self.short_side is not None:
-            size = short_side_size(*x.shape[-2:], self.short_side)
-            if size != tuple(x.shape[-2:]):
-                x = resize_as_pil(x, size)
+        x = resize_short_side(x, self.short_side)
         if min(x.shape[-2:]) < self.min_side:
             raise ValueError(
                 f"art Inception: input {tuple(x.shape[-2:])} is below its {self.min_side}-px minimum; "
@@ -508,14 +514,11 @@ class LPIPSDistance(Metric):
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _resize(self, x: Tensor) -> Tensor:
-        if self.short_side is None:
-            return x
-        size = short_side_size(*x.shape[-2:], self.short_side)
-        return x if size == tuple(x.shape[-2:]) else resize_as_pil(x, size)
-
     def update(self, output: Tensor, content: Tensor) -> None:
-        output, content = self._resize(output), self._resize(content)
+        output, content = (
+            resize_short_side(output, self.short_side),
+            resize_short_side(content, self.short_side),
+        )
         d = self.net(2 * output.float() - 1, 2 * content.float() - 1)  # (B,) or (B, 1, 1, 1)
         d = d.reshape(output.shape[0], -1).mean(1)
         self.total += d.double().sum()
