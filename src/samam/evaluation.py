@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list
-from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, short_side_size, to_uint8
+from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, opt, short_side_size, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -444,12 +444,11 @@ def _bench_settings(
     cfg = dict(bench or {})
     if not cfg.get("enabled", True):
         return {}
-    get = lambda key, default: default if cfg.get(key) is None else cfg[key]  # noqa: E731
     kw = dict(
-        content_size=get("content_size", content_size),
-        style_size=get("style_size", style_size),
-        warmup=get("warmup", 2),
-        repeats=get("repeats", 10),
+        content_size=opt(cfg, "content_size", content_size),
+        style_size=opt(cfg, "style_size", style_size),
+        warmup=opt(cfg, "warmup", 2),
+        repeats=opt(cfg, "repeats", 10),
     )
     least = dict(content_size=2 * net.cfg.patch_size, style_size=net.min_style_side, warmup=0, repeats=1)
     for key, value in kw.items():

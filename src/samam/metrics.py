@@ -684,12 +684,12 @@ class StyleTransferMetrics(nn.Module):
                 metric.reset()
 
 
-def _opt(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+def opt(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
     """``cfg[key]``; ``default`` when the key is absent or null."""
     return default if cfg is None or cfg.get(key) is None else cfg[key]
 
 
-def _opt_null(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+def opt_null(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
     """``cfg[key]``, null included (where null means something: keep the size, all rows);
     ``default`` only when the key is absent."""
     return default if cfg is None or key not in cfg else cfg[key]
@@ -719,17 +719,17 @@ def build_metrics(
     test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
     missing: list[MissingWeightsError] = []
     for name, cfg in cfgs.items():
-        if not _opt(cfg, "enabled", True):
+        if not opt(cfg, "enabled", True):
             reasons[name] = f"disabled in config (metrics.{name}.enabled=false)"
             built[name] = None
             continue
         try:
-            weights = _opt(cfg, "weights", None)
+            weights = opt(cfg, "weights", None)
             if name == "fid_art":
                 if test_extractors:
                     net, networks[name] = RandomFeatures(32, seed=1), test_note
                 else:
-                    net = art_inception(weights, download, short_side=_opt_null(cfg, "short_side", 512))
+                    net = art_inception(weights, download, short_side=opt_null(cfg, "short_side", 512))
                     networks[name] = f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d"
                 built[name] = FrechetDistance(net, reset_real_features=reset_style)
             elif name == "fid_tf":
@@ -741,9 +741,9 @@ def build_metrics(
                     networks[name] = f"torch-fidelity TF-Inception ({TF_INCEPTION.name}), uint8, TF1 resize"
                     built[name] = FrechetDistance(net, num_features=2048, reset_real_features=reset_style)
             elif name == "lpips":
-                rand = test_extractors or bool(_opt(cfg, "pnet_rand", False))
+                rand = test_extractors or bool(opt(cfg, "pnet_rand", False))
                 net = lpips_alexnet(weights, download, pnet_rand=rand)
-                built[name] = LPIPSDistance(net, short_side=_opt_null(cfg, "short_side", 512))
+                built[name] = LPIPSDistance(net, short_side=opt_null(cfg, "short_side", 512))
                 networks[name] = test_note if rand else f"LPIPS v0.1 AlexNet ({ALEXNET.name})"
             else:
                 if test_extractors:
@@ -751,7 +751,7 @@ def build_metrics(
                 else:
                     net = vgg19_relu31(weights, download)
                     networks[name] = f"VGG-19 ImageNet relu3_1 ({VGG19.name})"
-                built[name] = CFSD(net, block_rows=_opt_null(cfg, "block_rows", 1024))
+                built[name] = CFSD(net, block_rows=opt_null(cfg, "block_rows", 1024))
         except MissingWeightsError as err:  # collect them all: one error names every missing file
             missing.append(err)
     if missing:
