@@ -29,6 +29,7 @@ from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list
 from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, opt, short_side_size, to_uint8
+from samam.nn.samam import check_switches
 
 log = logging.getLogger(__name__)
 
@@ -463,13 +464,6 @@ def _write_text(path: Path, text: str) -> None:
         f.write(text.encode())
 
 
-def _check_switches(**switches: object) -> None:
-    """``match_release=yes`` on the command line arrives as the string 'yes', which is truthy."""
-    for name, value in switches.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"{name}={value!r} must be true or false")
-
-
 def evaluate(
     ckpt_path: PathLike,
     content_dir: PathLike,
@@ -508,7 +502,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    _check_switches(trust_pickle=trust_pickle, progress=progress, match_release=match_release)
+    check_switches(dict(trust_pickle=trust_pickle, progress=progress, match_release=match_release))
     t_start = time.perf_counter()
     if style_size is not None:
         style_short_side = None  # style_size (N×N) wins; results.json records what was used
@@ -737,13 +731,15 @@ def stylize(
     """
     from tqdm.auto import tqdm
 
-    _check_switches(
-        overwrite=overwrite,
-        grid=grid,
-        trust_pickle=trust_pickle,
-        progress=progress,
-        cuda_graph=cuda_graph,
-        match_release=match_release,
+    check_switches(
+        dict(
+            overwrite=overwrite,
+            grid=grid,
+            trust_pickle=trust_pickle,
+            progress=progress,
+            cuda_graph=cuda_graph,
+            match_release=match_release,
+        )
     )
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from samam.losses import StyleTransferLoss
+from samam.nn.samam import check_switches
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -81,8 +82,7 @@ class StyleTransferModule(L.LightningModule):
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(compile, bool):  # `module.compile=off` is a string, and truthy
-            raise TypeError(f"module.compile={compile!r} must be true or false")
+        check_switches({"module.compile": compile})
         self.net = net
         self.loss = loss
         self.optimizer_factory = optimizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
@@ -22,6 +22,14 @@ from samam.ops.selective_scan import resolve_scan_backend
 log = logging.getLogger("samam")
 
 Backend = Literal["auto", "torch", "numba", "mamba"]
+
+
+def check_switches(switches: Mapping[str, object]) -> None:
+    """Refuse a non-bool on/off setting: given as a string on the command line (`model.sconv=off`,
+    `match_release=yes`, a typo of false) it is truthy and silently does the other thing."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} must be true or false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +59,7 @@ class SaMamConfig:
     backend: Backend = "auto"
 
     def __post_init__(self):
-        # A switch given as a string (`model.sconv=off`, `model.loe=no`, a typo of false) would be
-        # truthy and silently train the other arm.
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type == "bool" and not isinstance(value, bool):
-                raise TypeError(f"{field.name}={value!r} must be true or false")
+        check_switches({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type == "bool"})
         choices = {"scan": SCAN_NAMES, "out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
