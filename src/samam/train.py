@@ -309,7 +309,7 @@ def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
         return
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + RUN_LOCK_WAIT_S
+    deadline = None  # set when the lock is first found held
     with open(folder / ".train.lock", "a") as lock:
         while True:
             try:
@@ -318,20 +318,21 @@ def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
             except BlockingIOError:
                 # A job requeued after its node failed can find that node's lock still held on
                 # NFS until the server's lease runs out (~90 s): wait before refusing.
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"another run is training in {folder} now, and two runs in one folder overwrite "
-                        "each other's checkpoints: give this one its own folder, e.g. "
-                        "hydra.run.dir=<that folder>_<arm> (under SLURM the default folder is the job id, "
-                        "shared by every run of the job)"
-                    ) from None
-                if deadline - time.monotonic() >= RUN_LOCK_WAIT_S - 1:
+                if deadline is None:
+                    deadline = time.monotonic() + RUN_LOCK_WAIT_S
                     log.warning(
                         "%s is locked by another process (a run training there, or a failed node's "
                         "lock the file server has not released yet): waiting up to %.0f s",
                         folder / ".train.lock",
                         RUN_LOCK_WAIT_S,
                     )
+                elif time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"another run is training in {folder} now, and two runs in one folder overwrite "
+                        "each other's checkpoints: give this one its own folder, e.g. "
+                        "hydra.run.dir=<that folder>_<arm> (under SLURM the default folder is the job id, "
+                        "shared by every run of the job)"
+                    ) from None
                 time.sleep(1)
             except OSError as err:  # e.g. a Lustre mount without flock
                 log.debug("no lock on %s (%s): concurrent runs there are not detected", folder, err)
