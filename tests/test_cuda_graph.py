@@ -2,6 +2,7 @@
 without CUDA); bad set-ups fail at construction with the reason."""
 
 import collections
+import contextlib
 
 import pytest
 import torch
@@ -107,6 +108,59 @@ def test_fp32_graph_refuses_other_input_dtypes_up_front_even_under_a_callers_aut
                 TypeError, match=rf"{name} is torch.bfloat16 but GraphedSaMam\(precision='fp32'\)"
             ):
                 graphed(content, **{kind: o})
+
+
+def test_capture_runs_on_the_networks_device_when_another_is_current(monkeypatch):
+    """A network on cuda:1 while cuda:0 is current (stylize.py device=cuda:1): the warm-up and
+    the capture must run on cuda:1's streams. Before, the side stream was made on the current
+    device and torch.cuda.graph captured on its per-process stream (made on cuda:0), so the
+    network's kernels ran outside the capture. Simulated on CPU: stand-ins for torch.cuda's
+    stream and graph calls track the current device as torch does."""
+    current = [0]  # the current CUDA device's index
+    streams, captures = [], []
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = torch.device("cuda", current[0] if device is None else torch.device(device).index)
+            streams.append(self)
+
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def make_current(index):
+        previous, current[0] = current[0], index
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    per_process_stream = Stream()  # torch.cuda.graph's default, made while cuda:0 was current
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, pool=None, stream=None, **kwargs):
+        stream = stream or per_process_stream
+        with make_current(stream.device.index):  # torch.cuda.stream(s) makes s's device current
+            captures.append((stream.device, current[0]))
+            yield
+
+    streams.clear()
+    monkeypatch.setattr(torch.cuda, "device", lambda d: make_current(torch.device(d).index))
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device))
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: make_current(s.device.index))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    net = SaMam(**TINY, backend="torch").eval()
+    graphed = GraphedSaMam.__new__(GraphedSaMam)  # __init__ refuses a CPU network
+    vars(graphed).update(net=net, device=torch.device("cuda", 1), precision="fp32", warmup=1)
+    c, s = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64)
+    entry = graphed._capture("style", c, s)
+    assert {st.device for st in streams} == {torch.device("cuda", 1)}
+    assert captures == [(torch.device("cuda", 1), 1)]
+    assert current == [0]  # the caller's current device is restored
+    with torch.no_grad():
+        torch.testing.assert_close(entry.output, net(c, s))
 
 
 @pytest.mark.gpu

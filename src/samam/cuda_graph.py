@@ -113,15 +113,21 @@ class GraphedSaMam:
         def run() -> torch.Tensor:
             return self.net(static[0], **{kind: static[1]})
 
-        # Warm-up on a side stream, as torch.cuda.graphs asks: lazy inits, cuDNN/cuBLAS
-        # algorithm choice and the scan-order cache all happen before capture.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad(), self._autocast():
-            for _ in range(self.warmup):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph), self._autocast(), record_indices() as kept:
-            output = run()
+        # New streams, torch.cuda.graph's synchronize and the streams made current all follow the
+        # current device, which need not be the network's (device=cuda:1): its kernels would run
+        # outside the capture. torch.cuda.graph's own capture stream is made once per process,
+        # on whichever device was current then, so the capture gets this device's side stream.
+        with torch.cuda.device(self.device):
+            # Warm-up on a side stream, as torch.cuda.graphs asks: lazy inits, cuDNN/cuBLAS
+            # algorithm choice and the scan-order cache all happen before capture.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad(), self._autocast():
+                for _ in range(self.warmup):
+                    run()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            capture = torch.cuda.graph(graph, stream=side)
+            with torch.no_grad(), capture, self._autocast(), record_indices() as kept:
+                output = run()
         return _Graph(graph, static, output, kept)
