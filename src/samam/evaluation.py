@@ -344,7 +344,9 @@ def measure_efficiency(
     s = torch.rand(1, 3, style_size, style_size, generator=g).to(device)
     res: dict[str, Any] = {"params": sum(p.numel() for p in net.parameters())}
     res.update(count_macs(net, c, s))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # The network's device, not the current one (device=cuda:1): else the clock stops before
+    # its kernels have run.
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + repeats):
         sync()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -329,6 +330,33 @@ def test_eval_keeps_the_metrics_when_the_benchmark_fails(tiny_ckpt, image_dirs, 
         == "benchmark failed: RuntimeError: CUDA out of memory (simulated)"
     )
     assert res["lpips"] == saved["lpips"]
+
+
+def test_eval_benchmark_waits_for_the_networks_device(monkeypatch):
+    """On cuda:1 while cuda:0 is current (eval.py device=cuda:1), each timed call must wait for
+    cuda:1: a bare torch.cuda.synchronize() waits for the current device, so the clock stopped
+    at the launches. Simulated with fake tensors on cuda:1 and torch.cuda's calls stubbed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import samam.evaluation as E
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    for name in ("empty_cache", "reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: 0)
+    monkeypatch.setattr(E, "count_macs", lambda *args: {})
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1, device="cuda:1"))
+
+        def forward(self, content, style):
+            return content * self.w
+
+    with FakeTensorMode():
+        E.measure_efficiency(Net(), content_size=16, style_size=16, warmup=1, repeats=2)
+    assert len(synced) == 7 and set(synced) == {torch.device("cuda", 1)}
 
 
 def test_eval_results_md_states_the_content_size_the_network_saw(tiny_ckpt, image_dirs, tmp_path):
