@@ -29,6 +29,7 @@ from samam.ops.selective_scan import (
 )
 
 FUNCTIONS = {"torch": selective_scan_torch, "numba": selective_scan_numba}
+RUNS_ON = {"numba": "cpu", "mamba": "cuda"}  # device type of each kernel; torch runs anywhere
 
 
 def make_inputs(channels: int, groups: int, state: int, tokens: int, device: str) -> list[torch.Tensor]:
@@ -92,7 +93,8 @@ def main() -> None:
         from samam.ops.selective_scan.mamba_scan import selective_scan_mamba
 
         functions["mamba"] = selective_scan_mamba
-    cuda = args.device.startswith("cuda")
+    device_type = torch.device(args.device).type
+    cuda = device_type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     load = os.getloadavg()[0]
     print(
@@ -111,6 +113,9 @@ def main() -> None:
             fn = functions.get(name)
             if fn is None or (name == "numba" and not numba_available()):
                 print(f"| {name} | {tokens} | – | unavailable | | | | | | | |")
+                continue
+            if RUNS_ON.get(name, device_type) != device_type:  # e.g. numba with --device cuda
+                print(f"| {name} | {tokens} | – | runs on {RUNS_ON[name]} only | | | | | | | |")
                 continue
             for threads in args.threads:
                 torch.set_num_threads(threads)
