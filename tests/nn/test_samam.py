@@ -261,6 +261,28 @@ class TestBadInput:
         assert 208 % mixer.heads == 0
         assert mixer(torch.rand(1, 208, 4, 4)).shape == (1, 208, 4, 4)
 
+    def test_attention_gives_sdpa_unit_stride_rows_and_the_plain_attention(self, monkeypatch):
+        import torch.nn.functional as F
+
+        from samam.nn.blocks import AttentionMixer
+
+        torch.manual_seed(0)
+        mixer = AttentionMixer(128)  # 2 heads of 64
+        x = torch.randn(2, 128, 3, 5)
+        sdpa, strides = F.scaled_dot_product_attention, []
+        monkeypatch.setattr(
+            F,
+            "scaled_dot_product_attention",
+            lambda *t: strides.append([u.stride(-1) for u in t]) or sdpa(*t),
+        )
+        out = mixer(x)
+        assert strides == [[1, 1, 1]]  # flash / memory-efficient kernels need it (else the L×L math kernel)
+        q, k, v = mixer.qkv(x).view(2, 3, 2, 64, 15).transpose(-1, -2).unbind(1)  # the 1×1 conv, head by head
+        a = torch.softmax(q @ k.transpose(-1, -2) / 8, dim=-1) @ v  # (B, heads, L, 64)
+        torch.testing.assert_close(out, a.transpose(-1, -2).reshape(2, 128, 3, 5), rtol=1e-5, atol=1e-5)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(mixer(xc), out, rtol=1e-5, atol=1e-5)
+
     def test_batch_mismatch(self):
         with pytest.raises(ValueError, match="batch sizes differ"):
             self.net(torch.rand(2, 3, 32, 32), torch.rand(1, 3, 64, 64))

@@ -32,9 +32,14 @@ class AttentionMixer(nn.Module):
         self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None
     ) -> torch.Tensor:
         b, d, h, w = x.shape
-        q, k, v = self.qkv(x).view(b, 3, self.heads, d // self.heads, h * w).transpose(-1, -2).unbind(1)
+        # Tokens last-but-one, so each head's q/k/v rows are contiguous: SDPA's flash and
+        # memory-efficient kernels need a unit stride in the last dimension and fall back to
+        # the math kernel (the full L×L matrix in memory) without it.
+        tokens = x.flatten(2).transpose(1, 2)  # (B, L, d)
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1))  # the 1×1 convolution, tokens-first
+        q, k, v = qkv.view(b, h * w, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d/heads)
-        return y.transpose(-1, -2).reshape(b, d, h, w)
+        return y.transpose(1, 2).reshape(b, h * w, d).transpose(1, 2).reshape(b, d, h, w)
 
 
 def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
