@@ -12,6 +12,7 @@ exec > >(tee "$OUT/${1//-/_}.log") 2>&1
 tee_pid=$!
 export PYTHONPATH=$PWD/.site:$PWD/src
 export PYTHONDONTWRITEBYTECODE=1
+export PYTHONUNBUFFERED=1  # the log keeps the order of what was printed, and what a killed phase printed
 PY=${PY:-python3}
 
 finish() {
