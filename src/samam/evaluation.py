@@ -46,9 +46,9 @@ def collect_images(
 ) -> list[Path]:
     """An image file, a folder (recursive, sorted) or a list of either → image paths.
 
-    ``output_dir``: where the run writes. Inside a given folder it is left out of the walk (a
-    rerun must not stylise the last run's outputs); a folder that is the output folder itself
-    is refused."""
+    ``output_dir``: where the run writes. Files found in it through a given folder (it lies
+    inside, or a symlink in the folder leads to it) are left out (a rerun must not stylise the
+    last run's outputs); a folder that is the output folder itself is refused."""
     if isinstance(source, (str, os.PathLike)):
         p = Path(source).expanduser()
         if p.is_dir():
@@ -61,19 +61,20 @@ def collect_images(
                     f"output_dir {str(output_dir)!r} is the {what} folder: outputs would be read as "
                     f"{what} images on the next run. Write them to another folder."
                 )
-            if out.is_relative_to(p.resolve()):
-                kept = [f for f in files if not f.resolve().is_relative_to(out)]
-                if len(kept) < len(files):
-                    log.warning(
-                        "%s: leaving out %d image(s) under the output folder %s",
-                        what,
-                        len(files) - len(kept),
-                        out,
-                    )
-                if not kept:
-                    raise FileNotFoundError(f"no {what} images in {p} outside the output folder {out}")
-                files = kept
-            return files
+            if p.resolve().is_relative_to(out):  # a folder inside the output folder: all is input
+                return files
+            # Resolved paths: the output folder may be reached through a symlink (photos/out → …).
+            kept = [f for f in files if not f.resolve().is_relative_to(out)]
+            if len(kept) < len(files):
+                log.warning(
+                    "%s: leaving out %d image(s) under the output folder %s",
+                    what,
+                    len(files) - len(kept),
+                    out,
+                )
+            if not kept:
+                raise FileNotFoundError(f"no {what} images in {p} outside the output folder {out}")
+            return kept
         if p.is_file():
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise ValueError(f"{what} {str(p)!r} is not an image file ({'/'.join(IMAGE_EXTENSIONS)})")

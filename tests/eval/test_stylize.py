@@ -335,6 +335,27 @@ def test_rerun_into_a_folder_inside_the_content_folder_stylises_only_the_content
         run(tiny_ckpt, photos, style / "s0.png", photos)
 
 
+def test_rerun_into_an_output_folder_reached_through_a_symlink_in_the_content_folder(
+    tiny_ckpt, image_dirs, tmp_path
+):
+    """photos/out is a symlink to a folder elsewhere: its files are the outputs all the same."""
+    import shutil
+
+    content, style = image_dirs
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    shutil.copytree(content, photos)
+    elsewhere.mkdir()
+    (photos / "out").symlink_to(elsewhere, target_is_directory=True)
+    first = run(tiny_ckpt, photos, style / "s0.png", photos / "out")
+    second = run(tiny_ckpt, photos, style / "s0.png", photos / "out")
+    assert len(first["written"]) == 2 and second["written"] == []
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["c0_stylized_s0.png", "c1_stylized_s0.png"]
+    # the other way round, a content folder inside the output folder (output_dir=.): all of it is content
+    inside = tmp_path / "work" / "photos"
+    shutil.copytree(content, inside)
+    assert len(run(tiny_ckpt, inside, style / "s0.png", tmp_path / "work")["written"]) == 2
+
+
 def test_long_names_a_short_temp_file_and_a_refusal_before_any_work(
     tiny_ckpt, tiny_net, tmp_path, make_image
 ):
