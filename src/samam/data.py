@@ -61,9 +61,10 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
 
 
 def load_rgb(path: str | Path, plain: bool = False) -> Image.Image:
-    """Decode any still image to 8-bit RGB: EXIF orientation applied; grayscale, RGBA/LA and
-    palette (on white), 16-bit, float, CMYK. ``plain``: PIL's ``convert('RGB')`` only, as the
-    release reads images (no EXIF rotation, alpha dropped, 16-bit saturated)."""
+    """Decode any still image to 8-bit RGB: EXIF orientation applied; grayscale, RGBA/LA,
+    palette and a transparent colour (PNG tRNS) on white, 16-bit, float, CMYK. ``plain``: PIL's
+    ``convert('RGB')`` only, as the release reads images (no EXIF rotation, alpha dropped,
+    16-bit saturated)."""
     if plain:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -76,8 +77,8 @@ def load_rgb(path: str | Path, plain: bool = False) -> Image.Image:
             if im.mode == "F" and arr.max() <= 1.0:
                 hi = 1.0
             im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-        if im.mode == "P":
-            im = im.convert("RGBA")
+        if im.mode == "P" or (im.mode in ("1", "L", "RGB") and "transparency" in im.info):
+            im = im.convert("RGBA")  # a transparent colour (PNG tRNS) becomes alpha; convert('RGB') drops it
         if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
             rgba = im.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

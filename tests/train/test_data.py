@@ -64,6 +64,19 @@ def test_every_mode_converts_to_rgb(messy):
     assert deep.max() > 200 and deep.min() < 10  # scaled from 16 bit, not clipped
 
 
+def test_a_transparent_colour_is_on_white_as_alpha_is(tmp_path):
+    """PNG's tRNS (one colour marked transparent, in grayscale and RGB files) is alpha too."""
+    gray = np.zeros((4, 6), np.uint8)
+    gray[0, 0] = 200
+    Image.fromarray(gray).save(tmp_path / "gray.png", transparency=0)
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    for name in ("gray.png", "rgb.png"):
+        assert "transparency" in Image.open(tmp_path / name).info, name
+        rgb = np.asarray(load_rgb(tmp_path / name))
+        assert (rgb[0, 0] == 200).all(), name  # the opaque pixel is kept
+        assert (rgb.reshape(-1, 3)[1:] == 255).all(), name  # the transparent ones are white
+
+
 def test_broken_files_skipped_and_counted(messy, caplog):
     content, style, n_broken = messy
     dm = StyleTransferDataModule(
