@@ -35,27 +35,43 @@ Verify = Literal["full", "header", "none"]
 
 def list_images(folder: str | Path, what: str) -> list[Path]:
     """All image files under ``folder`` (recursive, sorted; symlinked folders followed; hidden
-    files and folders such as ``._x.jpg`` or ``.ipynb_checkpoints/`` skipped). Missing or empty
-    folders fail with what was found."""
+    files and folders such as ``._x.jpg`` or ``.ipynb_checkpoints/`` skipped). Run folders below
+    ``folder`` (holding Hydra's ``.hydra/``: earlier train/eval/stylize runs' outputs, such as
+    ``outputs/stylize/<time>/`` when the command runs inside the folder) are skipped with a
+    warning; ``folder`` itself may be one. Missing or empty folders fail with what was found."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{what} folder {str(root)!r} does not exist (absolute: {root.resolve()})")
-    every, seen = [], {os.path.realpath(root)}
+    every, seen, runs = [], {os.path.realpath(root)}, []
     for here, dirs, names in os.walk(root, followlinks=True):
         keep = []
         for d in dirs:  # each real folder is walked once: symlink loops, two links to one folder
             r = os.path.realpath(os.path.join(here, d))
             if not d.startswith(".") and r not in seen:
                 seen.add(r)
-                keep.append(d)
+                if os.path.isdir(os.path.join(r, ".hydra")):
+                    runs.append(os.path.join(here, d))
+                else:
+                    keep.append(d)
         dirs[:] = keep
         every += [Path(here) / n for n in names if not n.startswith(".")]
+    if runs:
+        log.warning(
+            "%s: leaving out %d run folder(s) under %s (they hold .hydra/: outputs of train, eval or "
+            "stylize runs), e.g. %s",
+            what,
+            len(runs),
+            root,
+            runs[0],
+        )
     files = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if len(files) == 0:
         found = Counter(p.suffix.lower() or "<no suffix>" for p in every if p.is_file())
         summary = ", ".join(f"{n} × {ext}" for ext, n in found.most_common(8)) or "nothing"
+        left_out = f"; {len(runs)} run folder(s) left out, e.g. {runs[0]}" if runs else ""
         raise FileNotFoundError(
-            f"{what} folder {str(root)!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}, recursive); found: {summary}"
+            f"{what} folder {str(root)!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}, recursive); "
+            f"found: {summary}{left_out}"
         )
     return files
 

@@ -48,7 +48,8 @@ def collect_images(
 
     ``output_dir``: where the run writes. Files found in it through a given folder (it lies
     inside, or a symlink in the folder leads to it) are left out (a rerun must not stylise the
-    last run's outputs); a folder that is the output folder itself is refused."""
+    last run's outputs), as are earlier runs' folders (:func:`samam.data.list_images`); a folder
+    that is the output folder itself is refused."""
     if isinstance(source, (str, os.PathLike)):
         p = Path(source).expanduser()
         if p.is_dir():

@@ -335,6 +335,27 @@ def test_rerun_into_a_folder_inside_the_content_folder_stylises_only_the_content
         run(tiny_ckpt, photos, style / "s0.png", photos)
 
 
+def test_earlier_runs_folders_inside_the_content_folder_are_not_content(tiny_ckpt, image_dirs, tmp_path):
+    """Run inside the photo folder with content=. and the default output_dir
+    (outputs/stylize/<time>): each run writes a new folder, and Hydra puts .hydra/ in it."""
+    import shutil
+
+    from samam.data import list_images
+
+    content, style = image_dirs
+    photos = tmp_path / "photos"
+    shutil.copytree(content, photos)
+    runs = [photos / "outputs" / "stylize" / t for t in ("t1", "t2")]
+    for out in runs:
+        (out / ".hydra").mkdir(parents=True)
+        summary = run(tiny_ckpt, photos, style / "s0.png", out)
+        assert sorted(Path(p).name for p in summary["written"]) == [
+            "c0_stylized_s0.png",
+            "c1_stylized_s0.png",
+        ]
+    assert len(list_images(runs[0], "content")) == 2  # a run folder given itself is read
+
+
 def test_rerun_into_an_output_folder_reached_through_a_symlink_in_the_content_folder(
     tiny_ckpt, image_dirs, tmp_path
 ):
