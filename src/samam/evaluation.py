@@ -941,11 +941,17 @@ class EvalMetricsCallback(L.Callback):
         self.suite = build_metrics(**self.metrics_cfg, reset_style=False)
         self.content_paths = collect_images(self.content, "eval content")
         self.style_paths = collect_images(self.style, "eval style")
-        self.contents = [read_image(p, size=self.content_size) for p in self.content_paths]
-        self.styles = [
-            read_image(p, size=self.style_size, short_side=self.style_short_side, resample=Image.BILINEAR)
-            for p in self.style_paths
-        ]
+        net = pl_module.net
+        least = max(2 * net.cfg.patch_size, self.suite.min_side)  # the network's and the metrics'
+        self.contents = self._read(self.content_paths, "content", least, size=self.content_size)
+        self.styles = self._read(
+            self.style_paths,
+            "style",
+            net.min_style_side,
+            size=self.style_size,
+            short_side=self.style_short_side,
+            resample=Image.BILINEAR,
+        )
         pairs = [(i, j) for i in range(len(self.contents)) for j in range(len(self.styles))]
         if self.max_pairs is not None and self.max_pairs < len(pairs):
             step = len(pairs) / self.max_pairs  # spread over all contents and styles
@@ -970,6 +976,26 @@ class EvalMetricsCallback(L.Callback):
             self.every_n_val_rounds,
             self.suite.enabled,
         )
+
+    @staticmethod
+    def _read(paths: Sequence[Path], what: str, least: int, **resize: Any) -> list[Tensor]:
+        """Decode each image at setup, naming the file that is unreadable or smaller than
+        ``least`` px as resized: not found at the first evaluation, steps into training."""
+        images = []
+        for p in paths:
+            try:
+                im = read_image(p, **resize)
+            except Exception as err:  # PIL raises many types for bad files
+                raise ValueError(
+                    f"eval metrics: {what} image {p} is unreadable ({type(err).__name__}: {err})"
+                ) from None
+            if min(im.shape[-2:]) < least:
+                raise ValueError(
+                    f"eval metrics: {what} image {p} is {im.shape[-1]}×{im.shape[-2]} px (W×H) as resized, "
+                    f"below the {least}-px minimum of the network and the metrics"
+                )
+            images.append(im)
+        return images
 
     @staticmethod
     def _ranking_checkpoints(trainer: L.Trainer) -> list[Any]:

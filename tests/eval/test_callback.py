@@ -183,6 +183,35 @@ def test_callback_with_contents_at_their_own_sizes(tiny_net, image_dirs, tmp_pat
     assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
 
 
+@pytest.mark.parametrize("bad", ["truncated.jpg", "small.png"])
+def test_an_unusable_eval_image_fails_at_setup_naming_the_file(
+    tiny_net, image_dirs, folder_copy, make_image, tmp_path, bad
+):
+    """A truncated file, or one below the network's 16-px minimum as kept (content_size=null):
+    refused before the first training step, with its name (PIL's truncation error has none)."""
+    import copy
+    import io
+
+    from PIL import Image
+
+    content, style = image_dirs
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, "JPEG")
+    extra = {"truncated.jpg": buf.getvalue()[:200]} if bad == "truncated.jpg" else {}
+    folder = folder_copy(content, tmp_path / "content", extra)
+    if bad == "small.png":
+        make_image(folder / bad, 40, 12, seed=9)
+    cb = EvalMetricsCallback(
+        folder, style, content_size=None, style_size=64, style_short_side=None, metrics=METRICS
+    )
+    module = TinyModule(copy.deepcopy(tiny_net))
+    steps = []
+    module.on_train_batch_start = lambda *args: steps.append(1)
+    with pytest.raises(ValueError, match=bad):
+        _trainer(tmp_path, [cb], max_epochs=1).fit(module, loader(), loader())
+    assert steps == []
+
+
 def test_callback_config_composes_and_instantiates():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
