@@ -40,6 +40,10 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
     ``outputs/stylize/<time>/`` when the command runs inside the folder) are skipped with a
     warning; ``folder`` itself may be one. Missing or empty folders fail with what was found."""
     root = Path(folder).expanduser()
+    if root.is_file():
+        raise NotADirectoryError(
+            f"{what} folder {str(root)!r} is a file; give the folder that holds the images"
+        )
     if not root.is_dir():
         raise FileNotFoundError(f"{what} folder {str(root)!r} does not exist (absolute: {root.resolve()})")
     every, seen, runs = [], {os.path.realpath(root)}, []

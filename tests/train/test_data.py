@@ -276,6 +276,13 @@ def test_missing_and_empty_folders_fail_with_path(tmp_path):
         list_images(tmp_path / "empty", "style")
 
 
+def test_a_file_given_as_the_folder_is_named_a_file_not_missing(tmp_path):
+    """data.style_dir=starry_night.jpg: the file exists, so "does not exist" would mislead."""
+    _save(tmp_path / "starry_night.jpg", _rgb())
+    with pytest.raises(NotADirectoryError, match="starry_night.jpg' is a file"):
+        list_images(tmp_path / "starry_night.jpg", "style")
+
+
 def test_global_batch_must_divide_over_devices(tmp_path):
     class FakeTrainer:
         world_size, global_rank, global_step = 4, 0, 0
