@@ -222,6 +222,11 @@ def load_network(
 ) -> nn.Module:
     """Our checkpoint or the authors' released one → eval-mode SaMam on ``device``."""
     path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"ckpt_path {str(path)!r} is a folder; give a checkpoint file in it (a training run's "
+            "checkpoints/last.ckpt, say)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {str(path)!r} (ckpt_path=...; absolute: {path.resolve()})"

@@ -247,6 +247,9 @@ def test_missing_checkpoint_clear_message(pair, tmp_path):
     content, style = pair
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         run(tmp_path / "nope.ckpt", content, style, tmp_path / "out")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # a run folder exists: "not found" misleads
+    with pytest.raises(IsADirectoryError, match="'.*run' is a folder; give a checkpoint file"):
+        run(tmp_path / "run", content, style, tmp_path / "out")
 
 
 def test_a_switch_given_as_a_string_is_refused_before_any_work(pair, tmp_path):
