@@ -208,6 +208,20 @@ def test_pre_zip_format_loads_and_damaged_pickles_give_the_checkpoint_error(tmp_
     torch.save({"state_dict": sd}, tmp_path / "old.ckpt", _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(tmp_path / "old.ckpt")
     assert load_official_checkpoint(tmp_path / "old.ckpt", backend="torch").config["embed_dim"] == 32
+    # torch.save(..., pickle_protocol=3 or 4) in that format: torch.load reads both (4 only unpickling)
+    torch.save(
+        {"state_dict": sd}, tmp_path / "p3.ckpt", _use_new_zipfile_serialization=False, pickle_protocol=3
+    )
+    assert load_official_checkpoint(tmp_path / "p3.ckpt", backend="torch").config["embed_dim"] == 32
+    torch.save(
+        {"state_dict": sd}, tmp_path / "p4.ckpt", _use_new_zipfile_serialization=False, pickle_protocol=4
+    )
+    with pytest.raises(CheckpointError, match="trust_pickle=True"):
+        load_official_checkpoint(tmp_path / "p4.ckpt", backend="torch")
+    assert (
+        load_official_checkpoint(tmp_path / "p4.ckpt", backend="torch", trust_pickle=True).config["embed_dim"]
+        == 32
+    )
 
     good = save(tmp_path, sd)
     with zipfile.ZipFile(good) as z:

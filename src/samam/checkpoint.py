@@ -175,8 +175,15 @@ def load_state_dict_strict(
 
 
 # What torch.save wrote before the zip format (PyTorch < 1.6, or _use_new_zipfile_serialization=False):
-# a pickle (protocol 2) of the magic number 0x1950a86a20f9469cfc6c.
-_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+# a pickle of the magic number 0x1950a86a20f9469cfc6c: the PROTO opcode, for protocol ≥ 4 a FRAME
+# (9 bytes), then the number as LONG1. Protocol 2 is the default; pickle_protocol= picks another.
+_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _is_legacy(head: bytes) -> bool:
+    """``head``: a file's first 11 + len(_LEGACY_MAGIC) bytes."""
+    body = head[11:] if head[2:3] == b"\x95" else head[2:]  # after PROTO n, and FRAME if any
+    return head[:1] == b"\x80" and body.startswith(_LEGACY_MAGIC)
 
 
 def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> dict:
@@ -184,7 +191,8 @@ def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> di
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
-        legacy = f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+        head = f.read(11 + len(_LEGACY_MAGIC))
+    legacy = _is_legacy(head)
     if not (legacy or zipfile.is_zipfile(path)):
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (torch.save writes a zip archive, or "
