@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
@@ -88,7 +88,13 @@ def load_rgb(path: str | Path, plain: bool = False) -> Image.Image:
     if plain:
         with Image.open(path) as im:
             return im.convert("RGB")
-    with Image.open(path) as im:
+    # Opened from a file object, not the path: Pillow (13) memory-maps an uncompressed L, I;16 or
+    # RGBA TIFF opened by path, and then drops its orientation tag without turning the pixels.
+    with open(path, "rb") as f:
+        try:
+            im = Image.open(f)
+        except UnidentifiedImageError:  # its message would name the file object
+            raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
         im.load()
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

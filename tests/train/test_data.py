@@ -64,6 +64,30 @@ def test_every_mode_converts_to_rgb(messy):
     assert deep.max() > 200 and deep.min() < 10  # scaled from 16 bit, not clipped
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "RGB"])
+def test_an_uncompressed_tiffs_orientation_is_applied(tmp_path, mode):
+    """Orientation 6 (turn 90° clockwise to view): a 4×3 (W×H) scan is read 3×4, its top-left
+    pixel at the top right."""
+    from PIL import TiffImagePlugin
+
+    planes = {"L": (), "I;16": (), "RGB": (3,), "RGBA": (4,)}[mode]
+    arr = np.zeros((3, 4, *planes), np.uint16 if mode == "I;16" else np.uint8)
+    arr[0, 0] = 65535 if mode == "I;16" else 255
+    if mode == "RGBA":
+        arr[..., 3] = 255  # opaque
+    im = Image.fromarray(arr)
+    assert im.mode == mode
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[274] = 6
+    im.save(tmp_path / "scan.tif", tiffinfo=tags)
+    rgb = np.asarray(load_rgb(tmp_path / "scan.tif"))
+    assert rgb.shape == (4, 3, 3)
+    assert (rgb[0, -1] == 255).all() and rgb.sum() == 3 * 255
+    (tmp_path / "notes.tif").write_text("not an image")  # read from a file object, named by its path
+    with pytest.raises(OSError, match=r"cannot identify image file '.*notes\.tif'"):
+        load_rgb(tmp_path / "notes.tif")
+
+
 def test_a_transparent_colour_is_on_white_as_alpha_is(tmp_path):
     """PNG's tRNS (one colour marked transparent, in grayscale and RGB files) is alpha too."""
     gray = np.zeros((4, 6), np.uint8)
