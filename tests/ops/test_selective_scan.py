@@ -177,6 +177,25 @@ def test_empty_batch_gives_empty_output_and_gradients(fn):
     assert all(g is None or g.shape == t.shape for g, t in zip(grads, xs))
 
 
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+@pytest.mark.parametrize("gy_requires_grad", [False, True], ids=["plain_gy", "gy_with_graph"])
+def test_double_backward_is_refused_not_silently_first_order(fn, gy_requires_grad):
+    """create_graph=True through a fast scan raises; with once_differentiable a gradient of
+    y.sum() came back as a constant, so ∂(‖∂y/∂u‖²)/∂Δ was silently missing (None)."""
+    xs = make_inputs(1, 2, 2, 3, 5)
+    y = fn(*xs[:6], delta_bias=xs[6])
+    gy = torch.ones_like(y).requires_grad_(gy_requires_grad)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        (du,) = torch.autograd.grad(y, xs[0], gy, create_graph=True)
+        torch.autograd.grad(du.pow(2).sum(), xs[1], allow_unused=True)
+    # first order is unaffected, and the reference has the second-order term
+    y = fn(*xs[:6], delta_bias=xs[6])
+    assert torch.autograd.grad(y.sum(), xs[0])[0].shape == xs[0].shape
+    y = selective_scan_ref(*xs[:6], delta_bias=xs[6])
+    (du,) = torch.autograd.grad(y.sum(), xs[0], create_graph=True)
+    assert torch.autograd.grad(du.pow(2).sum(), xs[1])[0].abs().sum() > 0
+
+
 def test_ss2d_empty_batch_gives_an_empty_map():
     from samam.nn.ss2d import SS2D
 

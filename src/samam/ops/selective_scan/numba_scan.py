@@ -29,9 +29,8 @@ from types import FunctionType, SimpleNamespace
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
-from samam.ops.selective_scan.reference import check_scan_shapes
+from samam.ops.selective_scan.reference import check_scan_shapes, first_order_only
 
 # backward work items per thread: more balance the threads, fewer save dB/dC partial buffers
 _ITEMS_PER_THREAD = 2
@@ -409,7 +408,7 @@ class _NumbaScanFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, gy):
         u, delta, A, Bt, Ct, Dn, bn, h_tiles = ctx.saved_tensors
         bt, kd, length = u.shape

@@ -7,11 +7,14 @@ has K·D entries; channel c belongs to group c // D. Every backend follows exact
     h_t = exp(Δ_t·A) ⊙ h_{t-1} + Δ_t·B_t·u_t,     h_0 = 0
     y_t = Σ_n C_t[n]·h_t[n] + D·u_t
 
-State and output are float32 whatever the input dtype.
+State and output are float32 whatever the input dtype. The fast backends are first-order
+only: differentiating their gradients again (create_graph=True) raises, see `first_order_only`.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -61,6 +64,28 @@ def check_scan_shapes(
     if delta_bias is not None and tuple(delta_bias.shape) != (kd,):
         raise _shape_error("delta_bias", f"(K·D,) = ({kd},)", delta_bias)
     return ScanDims(bt, groups, kd // groups, n, length)
+
+
+def first_order_only(backward: Callable) -> Callable:
+    """Decorate a scan's autograd.Function.backward that has no double backward.
+
+    torch's once_differentiable is not enough: when the incoming gradient does not require
+    grad (``grad(y.sum(), u, create_graph=True)``, a gradient penalty), it returns gradients
+    that count as constants, so a second backward silently drops every second-order term
+    of the scan. Grad mode inside backward is create_graph, so refuse it here instead.
+    """
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "selective_scan: the torch and numba backends have no double backward "
+                "(create_graph=True through them would drop the scan's second-order terms); "
+                "for higher-order gradients at tiny sizes use selective_scan_ref"
+            )
+        return backward(ctx, *grads)
+
+    return wrapper
 
 
 def scan_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:

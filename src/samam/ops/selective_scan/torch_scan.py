@@ -12,9 +12,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from samam.ops.selective_scan.reference import check_scan_shapes, scan_delta
+from samam.ops.selective_scan.reference import check_scan_shapes, first_order_only, scan_delta
 
 # A chunk buffer holds T·B·K·D·N floats; about 4M keeps each buffer near 16 MB.
 _CHUNK_ELEMS = 1 << 22
@@ -88,7 +87,7 @@ class _TorchScanFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, gy):
         u, dt, A, B, C, starts = ctx.saved_tensors
         with _no_autocast(u.device):  # backward may run inside the caller's autocast on CPU
