@@ -304,6 +304,9 @@ class StyleTransferDataModule(L.LightningDataModule):
         self.style_files: list[Path] = []
         self.fixed_pairs: list[tuple[Path, Path]] = []
         self._train: RandomPairs | None = None
+        # (optimizer step, training batches drawn before it) where this fit's stream starts
+        self._stream_start: tuple[int, int] | None = None
+        self._resumed_batches: int | None = None  # from a checkpoint's state_dict
 
     @property
     def per_device_batch_size(self) -> int:
@@ -391,8 +394,14 @@ class StyleTransferDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = 0 if self.trainer is None else self.trainer.global_rank
-        # batches drawn before this (re)start: steps restored from a checkpoint
-        start = 0 if self.trainer is None else self.trainer.global_step * self.trainer.accumulate_grad_batches
+        step = 0 if self.trainer is None else self.trainer.global_step
+        # Batches drawn before this (re)start, as the checkpoint counted them: a run resumed with
+        # another trainer.accumulate_grad_batches goes on where the stream stopped (steps × the
+        # new value would redraw or skip batches). Checkpoints without the count: steps × it.
+        start = self._resumed_batches
+        if start is None:
+            start = 0 if self.trainer is None else step * self.trainer.accumulate_grad_batches
+        self._stream_start = (step, start)
         batch = self.per_device_batch_size
         self._train = RandomPairs(
             self.content_files, self.style_files, self.crop, self.resize, self.seed, rank, start, batch
@@ -405,6 +414,18 @@ class StyleTransferDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             worker_init_fn=ignore_job_signals,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training batches (micro-batches) drawn by the optimizer steps done, for a resume."""
+        if self.trainer is None or self._stream_start is None:
+            return {}
+        step, start = self._stream_start
+        return {
+            "train_batches": start + (self.trainer.global_step - step) * self.trainer.accumulate_grad_batches
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed_batches = state_dict.get("train_batches")
 
     def val_dataset(self) -> FixedPairs:
         return FixedPairs(self.fixed_pairs, self.val_size)

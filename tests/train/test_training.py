@@ -376,6 +376,31 @@ def test_a_stop_midway_through_an_accumulated_step_resumes_bit_for_bit(compose, 
     assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
 
 
+def test_a_resume_with_another_accumulate_grad_batches_goes_on_where_the_stream_stopped(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """2 steps × 2 batches, then resumed with 1 batch per step, then with 2 again: each run's
+    stream starts at the batches drawn so far (4, then 6), so no pair is drawn twice or skipped.
+    It started at steps × the new value: batches 2 and 3 were fed again, then 6 and 7 skipped."""
+    from samam import data
+
+    starts = []
+
+    class Spy(data.RandomPairs):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            starts.append(self.start_step)
+
+    monkeypatch.setattr(data, "RandomPairs", Spy)
+    run = [*tiny(), "trainer.val_check_interval=1000"]
+    main(compose([*run, "trainer.max_steps=2", "+trainer.accumulate_grad_batches=2"]))
+    main(compose([*run, "trainer.max_steps=4", "+trainer.accumulate_grad_batches=1"]))
+    main(compose([*run, "trainer.max_steps=5", "+trainer.accumulate_grad_batches=2"]))
+    assert starts == [0, 4, 6]
+    final = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 5 and final["DemoDataModule"] == {"train_batches": 8}  # data=demo
+
+
 def test_a_finished_run_extended_logs_on_at_the_next_step(compose, tiny, tmp_path):
     """The final save at a step that validated (off the checkpoint interval), then more steps."""
     main(compose([*tiny(), "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=3"]))
