@@ -94,6 +94,7 @@ class StyleTransferModule(L.LightningModule):
         self.last_grid_path: Path | None = None
         self.last_losses: dict[str, Tensor] = {}
         self._validated: tuple[int, int] | None = None  # (global step, logger step) of the last validation
+        self._resumed: tuple[int, int] | None = None  # (global step, logger step) of the checkpoint loaded
 
     def setup(self, stage: str) -> None:
         if self.compile_net:
@@ -190,17 +191,33 @@ class StyleTransferModule(L.LightningModule):
             "identity": self.run_identity,
             "version": CHECKPOINT_VERSION,
         }
-        loop = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"] if self._validated else {}
+        loop = (
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
+            if self._validated or self._resumed
+            else {}
+        )
         if self._validated == (self.trainer.global_step, loop.get("_batches_that_stepped", 0) - 1):
             # Saved after this step's validation and after Lightning counted the step for the
             # loggers (a SIGTERM stop, the final save). Resuming, Lightning skips the validation
             # done and counts the step again: store the count from before, as a checkpoint saved
             # at validation end holds it, else every logged step after the resume is one too high.
             loop["_batches_that_stepped"] -= 1
+        elif (
+            self._validated is None
+            and self._resumed is not None
+            and self._resumed[0] == self.trainer.global_step
+        ):
+            # Resumed and stopped before training or validating anything (a SIGTERM while loading):
+            # Lightning's restart counted the step again all the same. Nothing has happened since
+            # the checkpoint loaded: store its count.
+            loop["_batches_that_stepped"] = self._resumed[1]
         wandb_ids = [lg.version for lg in self.loggers if isinstance(lg, WandbLogger)]
         if wandb_ids and wandb_ids[0]:
             checkpoint["samam"]["wandb_id"] = wandb_ids[0]  # a resumed run continues this W&B run
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+        if "_batches_that_stepped" in loop:
+            self._resumed = (checkpoint["global_step"], loop["_batches_that_stepped"])
         # Runs before load_state_dict: put the current loss network back so strict loading passes.
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})

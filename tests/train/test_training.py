@@ -331,6 +331,34 @@ def test_a_stop_during_validation_resumes_on_the_same_logged_steps(compose, tiny
     assert all(torch.equal(final["state_dict"][k], v) for k, v in whole["state_dict"].items())
 
 
+def test_a_stop_while_a_resumed_run_loads_keeps_the_logged_steps(compose, tiny, tmp_path, monkeypatch):
+    """SIGTERM while a run resumed after a stop during validation still builds its data (Lightning's
+    handler is in place, ours not yet): it stops again at step 4, and the third run still logs each
+    step once, at the uninterrupted run's steps."""
+    from samam import data
+
+    run = [*tiny(), "trainer.max_steps=6"]
+    assert _exit_status_when_stopped(compose, run, step=4) == 143
+    build = data.StyleTransferDataModule.train_dataloader
+
+    def stopped_while_loading(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return build(self)
+
+    monkeypatch.setattr(data.StyleTransferDataModule, "train_dataloader", stopped_while_loading)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(compose(run))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert exited.value.code == 143
+    monkeypatch.setattr(data.StyleTransferDataModule, "train_dataloader", build)
+    main(compose(run))
+    logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
+    assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
+
+
 class SigtermAtBatch(Callback):
     """Sends this process SIGTERM as training batch ``batch`` (counted from 0) starts."""
 
