@@ -1,15 +1,20 @@
-"""Weights & Biases setup that never waits on a login prompt, and run teardown."""
+"""Weights & Biases setup that never waits on a login prompt, run teardown, and CSV logs on resume."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import netrc
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.loggers import WandbLogger
+
+from samam.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 WandbMode = Literal["online", "offline", "disabled"]
@@ -92,3 +97,26 @@ def finish_wandb(exit_code: int = 0) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def drop_redone_csv_rows(root: str | Path, step: int) -> int:
+    """Remove the rows logged at ``step`` or later from every ``root/version_*/metrics.csv``; returns
+    how many. A run resumed from its global step ``step`` trains those steps again and logs them
+    in a new version (a step's rows are logged at step − 1, its validation's too), so after a kill
+    past the checkpoint the versions together held the redone steps twice."""
+    dropped = 0
+    for path in sorted(Path(root).glob("version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        kept = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < step]
+        if fields is None or len(kept) == len(rows):
+            continue
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+        with atomic_write(path) as f:
+            f.write(text.getvalue().encode())
+        dropped += len(rows) - len(kept)
+    return dropped

@@ -17,12 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, LossSummary
-from samam.logging_utils import brief_list, finish_wandb
+from samam.logging_utils import brief_list, drop_redone_csv_rows, finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +272,20 @@ def wandb_resume_id(ckpt_path: str | Path | None, output_dir: str | Path) -> str
     """The W&B run id to continue: only a run resumed from its own folder's checkpoints
     continues its W&B run; from another run's checkpoint (fine-tuning, a sweep of arms from one
     checkpoint) a new W&B run starts."""
-    if ckpt_path is None or Path(ckpt_path).resolve().parent.parent != Path(output_dir).resolve():
+    if ckpt_path is None or not _in_run_folder(ckpt_path, output_dir):
         return None
     return checkpoint_meta(ckpt_path).get("wandb_id")
+
+
+def _in_run_folder(ckpt_path: str | Path, output_dir: str | Path) -> bool:
+    return Path(ckpt_path).resolve().parent.parent == Path(output_dir).resolve()
+
+
+def _read_step(path: str | Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # not ours, or damaged: Lightning's own load will say so
+        return None
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -373,6 +385,20 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     module.run_identity = identity
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
+    if ckpt_path is not None and _in_run_folder(ckpt_path, cfg.paths.output_dir) and rank_zero_only.rank == 0:
+        step = _read_step(ckpt_path)
+        for lg in loggers:
+            if (
+                step is not None
+                and isinstance(lg, CSVLogger)
+                and (n := drop_redone_csv_rows(lg.root_dir, step))
+            ):
+                log.info(
+                    "csv: dropped %d rows of steps after %d from %s: they are trained again",
+                    n,
+                    step,
+                    lg.root_dir,
+                )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,

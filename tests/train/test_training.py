@@ -480,6 +480,40 @@ def test_a_run_killed_before_a_checkpoint_steps_validation_still_validates_that_
     assert (tmp_path / "no_val" / "checkpoints" / "step0000002.ckpt").is_file()
 
 
+class CrashAtTrainStep(Callback):
+    """Dies (saving nothing) as training step ``step`` + 1 starts, after step ``step`` was logged."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def test_a_run_killed_past_its_checkpoint_logs_the_redone_steps_once(compose, tiny, tmp_path):
+    """Killed after step 3 (last.ckpt is step 2), resumed: the CSV versions together hold each
+    step once (steps 3's rows were in both), and the first version keeps the steps before."""
+    run = [*tiny(), "trainer.max_steps=6"]
+    with pytest.raises(RuntimeError, match="killed"):
+        main(
+            compose(
+                [
+                    *run,
+                    f"+callbacks.crash._target_={CrashAtTrainStep.__module__}.CrashAtTrainStep",
+                    "+callbacks.crash.step=3",
+                ]
+            )
+        )
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    main(compose(run))  # ckpt_path=auto
+    logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
+    assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        first = [(int(r["step"]), bool(r["val/loss"])) for r in csv.DictReader(f)]
+    assert first == [(0, False), (1, False), (1, True)]
+
+
 def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tiny, tmp_path):
     """submitit requeues on SIGUSR2 and exits at once; the run first stops at a step boundary
     and saves, then the requeue handler runs."""
