@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -20,6 +20,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from samam.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from samam.module import HostCopy
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,10 @@ class PeriodicCheckpoint(ModelCheckpoint):
         return not val_loop.skip
 
 
+def _no_broadcast() -> None:
+    """Stands in for Lightning's per-batch SIGTERM broadcast while CheckpointOnStop handles SIGTERM."""
+
+
 class CheckpointOnStop(Callback):
     """Writes ``dirpath/last.ckpt`` when a run is stopped by SIGTERM (scancel, preemption, a
     SLURM time limit) after its first step, so a requeued or resumed run (``ckpt_path=auto``)
@@ -106,9 +113,12 @@ class CheckpointOnStop(Callback):
     The ranks stop together. From the sanity check on, SIGTERM only records the signal
     (Lightning's own handler runs a collective inside the handler, and each rank then stops at
     its own boundary: under DDP a rank left behind in the next step's all-reduce hung with no
-    checkpoint). At the end of each training (and validation) batch the ranks all-reduce the
-    flag (with any SIGTERM Lightning's handler saw before ours was installed), so all of them
-    mark the stop at the same batch, and Lightning raises
+    checkpoint). The ranks all-reduce the flag (with any SIGTERM Lightning's handler saw before
+    ours was installed) at every training batch, inside StyleTransferModule's all-reduce of its
+    losses (one collective per step; another module: one of this callback's own at the batch's
+    end), and at the end of every validation batch. (Voted on at the batch's start, a signal
+    arriving during a DDP training batch stops the run one batch later than one voted on at its
+    end would.) At the end of the batch all of them mark the stop alike, and Lightning raises
     ``SIGTERMException`` at that step boundary on every rank (with gradient accumulation, at
     the batch that completes the optimizer step). This saves there, before Lightning
     tears the strategy down; rank 0 writes. Other exceptions save nothing: the state may be
@@ -147,6 +157,13 @@ class CheckpointOnStop(Callback):
         if not self._installed and threading.current_thread() is threading.main_thread():
             self._trainer = trainer
             signal.signal(signal.SIGTERM, self._on_sigterm)
+            # Lightning 2.6 also broadcasts rank 0's flag before every training batch under DDP: a
+            # collective and a host wait per step. Under this handler the flag is set only where
+            # the ranks agreed to stop (that batch ends the run) or by Lightning's handler before
+            # this one (voted on here at the next batch): the broadcast decides nothing.
+            loop = trainer.fit_loop.epoch_loop
+            if hasattr(loop, "_broadcast_sigterm_tensor"):
+                loop._broadcast_sigterm_tensor = _no_broadcast
             self._installed = True
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -158,18 +175,23 @@ class CheckpointOnStop(Callback):
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         """Record the stop; no collective here (a handler runs between any two instructions)."""
         if not self._signalled:
-            log.warning("SIGTERM: stopping at the next step boundary, all ranks together, to checkpoint")
+            log.warning("SIGTERM: stopping at a step boundary, all ranks together, to checkpoint")
             launcher = self._trainer.strategy.launcher if self._trainer is not None else None
             if launcher is not None:
                 launcher.kill(signum)  # processes Lightning launched (a no-op elsewhere)
         self._signalled = True
 
-    def _agree_on_stop(self, trainer: L.Trainer) -> None:
-        """Every rank calls this at the same batch: stop everywhere if any rank was signalled."""
+    def _agree_on_stop(self, trainer: L.Trainer, votes: HostCopy | None = None) -> None:
+        """Every rank calls this at the same batch: stop everywhere if any rank was signalled.
+        ``votes``: the ranks' votes, already summed by the training step's all-reduce."""
         if not self._installed or self._agreed:
             return
         stop = self._signalled or trainer.received_sigterm  # before ours: Lightning's handler
-        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if votes is not None:
+            stop = votes.item() > 0  # the votes taken at this step's all-reduce, the same on every rank
+        elif (
+            trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
             flag = torch.tensor([int(stop)], device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
@@ -182,10 +204,18 @@ class CheckpointOnStop(Callback):
             # Lightning raises SIGTERMException at the end of this step (or validation batch).
             trainer._signal_connector.received_sigterm = self._agreed = True
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # StyleTransferModule sums the votes with its losses: one all-reduce per step, not two.
+        pl_module.stop_vote = self._signalled or trainer.received_sigterm
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._agree_on_stop(trainer)
+        votes = getattr(pl_module, "stop_votes", None)  # None: another module, or one process
+        pl_module.stop_votes = None
+        self._agree_on_stop(trainer, votes)
 
     def on_validation_batch_end(
         self,
@@ -235,6 +265,8 @@ class CheckpointOnStop(Callback):
             signal.signal(signal.SIGUSR2, self._requeue)
         # SIGTERM stays ours (a second one after the save is only recorded); Lightning's
         # teardown restores the handler from before the fit.
+        if self._trainer is not None:
+            vars(self._trainer.fit_loop.epoch_loop).pop("_broadcast_sigterm_tensor", None)
         self._trainer = None
 
     def after_stop(self) -> None:

@@ -26,13 +26,50 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 
 
-def skipped_total(setup: int, worker_skips: dict[int, int], reduce: Callable, device: torch.device) -> Tensor:
-    """Bad images of the whole run: those found at setup (every rank checks the same folders,
-    so counted once) plus those skipped while training, summed over this rank's workers and
-    then over ranks (``reduce``: a sum over ranks, ``_sum_over_ranks``; a file bad for two workers counts
-    twice, as each of them skipped it). A 0-d tensor on ``device``: nothing here waits for it."""
-    runtime = reduce(torch.tensor(float(sum(worker_skips.values())), device=device), reduce_op="sum")
-    return runtime + setup
+def reduce_step(
+    losses: dict[str, Tensor],
+    setup_skipped: int,
+    worker_skips: dict[int, int],
+    stop: bool,
+    world_size: int,
+    reduce: Callable,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """What the ranks share after a training step, in one all-reduce (``reduce``: a sum over
+    ranks, ``_sum_over_ranks``; none in one process). Returns
+    - the loss terms averaged: the global batch's mean, as one process logs it, not rank 0's
+      share (equal shares per rank);
+    - the bad images of the whole run: those found at setup (every rank checks the same folders,
+      so counted once) plus those skipped while training, summed over this rank's workers and
+      then over ranks (a file bad for two workers counts twice, as each of them skipped it);
+    - the ranks' stop votes (``stop``, from CheckpointOnStop) summed.
+    The host values go to the device without waiting for it: nothing here waits for the device."""
+    host = torch.tensor([float(sum(worker_skips.values())), float(stop)])
+    if world_size == 1:
+        return losses, host[0] + setup_skipped, host[1]
+    device = next(iter(losses.values())).device
+    terms = torch.stack(list(losses.values()))
+    dtype = torch.promote_types(terms.dtype, torch.float32)  # counts stay exact past bf16's 256
+    summed = reduce(torch.cat([terms.to(dtype), host.to(device, dtype, non_blocking=True)]), reduce_op="sum")
+    n = len(losses)
+    return dict(zip(losses, summed[:n] / world_size)), summed[n] + setup_skipped, summed[n + 1]
+
+
+class HostCopy:
+    """A device scalar copied to the host as soon as it is computed, read later: the read waits
+    for the work queued before the copy (a CUDA event marks it), not for everything queued since
+    (a step's backward and optimizer step)."""
+
+    def __init__(self, t: Tensor) -> None:
+        self.value = t.to("cpu", non_blocking=t.is_cuda)  # pinned; read once the event has passed
+        self.ready = None
+        if t.is_cuda:
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+
+    def item(self) -> float:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.value.item()
 
 
 def _sum_over_ranks(t: Tensor, reduce_op: str = "sum") -> Tensor:
@@ -93,6 +130,8 @@ class StyleTransferModule(L.LightningModule):
         self.run_identity: dict[str, Any] | None = None  # set by samam.train; see train.run_identity
         self.last_grid_path: Path | None = None
         self.last_losses: dict[str, Tensor] = {}
+        self.stop_vote = False  # this rank's vote to stop (CheckpointOnStop), summed over ranks each step
+        self.stop_votes: HostCopy | None = None  # the sum of this step's votes (DDP), for CheckpointOnStop
         self._validated: tuple[int, int] | None = None  # (global step, logger step) of the last validation
         self._resumed: tuple[int, int] | None = None  # (global step, logger step) of the checkpoint loaded
 
@@ -116,22 +155,27 @@ class StyleTransferModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self._step(batch)
-        logged = {k: v.detach() for k, v in losses.items()}
-        if self.trainer.world_size > 1:
-            # The global batch's mean, as one process logs it (not rank 0's share): one all-reduce
-            # of the terms together (equal shares per rank).
-            logged = dict(
-                zip(logged, _sum_over_ranks(torch.stack(list(logged.values()))) / self.trainer.world_size)
-            )
+        dm = getattr(self.trainer, "datamodule", None)
+        # worker_skips: filled by the datamodule's on_before_batch_transfer
+        worker_skips = getattr(dm, "worker_skips", None)
+        world = self.trainer.world_size
+        logged, skipped, votes = reduce_step(
+            {k: v.detach() for k, v in losses.items()},
+            getattr(dm, "skipped", 0),
+            worker_skips or {},
+            self.stop_vote,
+            world,
+            _sum_over_ranks,
+        )
         self.last_losses = logged  # for callbacks, no host sync
+        self.stop_votes = HostCopy(votes) if world > 1 else None
         b = batch["content"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in logged.items() if k != "loss"}, batch_size=b)
         self.log("train/loss", logged["loss"], prog_bar=True, batch_size=b)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
-        dm = getattr(self.trainer, "datamodule", None)
-        if getattr(dm, "worker_skips", None):  # filled by the datamodule's on_before_batch_transfer
-            total = skipped_total(dm.skipped, dm.worker_skips, _sum_over_ranks, self.device)
-            self.log("data/skipped", total, batch_size=b)
+        # A host tensor: a float would be copied to the device, waiting for it, at every step.
+        self.log("train/lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), batch_size=b)
+        if worker_skips:
+            self.log("data/skipped", skipped, batch_size=b)
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -320,16 +320,21 @@ def test_global_batch_must_divide_over_devices(tmp_path):
 
 
 def test_skipped_total_counts_setup_once_and_sums_workers_then_ranks():
-    from samam.module import skipped_total
+    """And in the same all-reduce: the loss terms averaged, the stop votes summed."""
+    from samam.module import reduce_step
 
     calls = []
 
-    def two_ranks(t, reduce_op):  # stands in for the DDP all-reduce: the other rank skipped 3
+    def two_ranks(t, reduce_op):  # stands in for the DDP all-reduce: the other rank skipped 3, voted to stop
         calls.append(reduce_op)
-        return t + 3
+        return t + torch.tensor([3.0, 3.0, 1.0])  # its loss was 3
 
-    assert skipped_total(2, {0: 1, 1: 4}, two_ranks, torch.device("cpu")) == 2 + (1 + 4) + 3
+    losses, skipped, votes = reduce_step({"loss": torch.tensor(1.0)}, 2, {0: 1, 1: 4}, False, 2, two_ranks)
+    assert skipped == 2 + (1 + 4) + 3
     assert calls == ["sum"]
+    assert losses["loss"] == 2.0 and votes == 1
+    one = reduce_step({"loss": torch.tensor(1.0)}, 2, {0: 1, 1: 4}, True, 1, two_ranks)
+    assert one[1] == 2 + (1 + 4) and one[2] == 1 and calls == ["sum"]  # one process: no reduce
 
 
 def test_skip_counter_leaves_the_batch_on_the_host():

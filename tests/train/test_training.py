@@ -2,6 +2,7 @@
 DDP on CPU with 2 processes, and a multirun over an ablation's arms."""
 
 import csv
+import json
 import logging
 import os
 import re
@@ -176,6 +177,111 @@ def test_a_finished_ddp_run_destroys_its_process_group(compose, tiny, monkeypatc
     finally:
         if torch.distributed.is_initialized():  # the old code: do not leak the group into other tests
             torch.distributed.destroy_process_group()
+
+
+class StepSyncs(Callback):
+    """Counts, from the start of training batch 1 to the start of batch 2 (a step with no
+    validation, checkpoint or logging), what makes ranks meet or the host wait for a GPU:
+    collectives, host values made into device tensors (``torch.tensor(..., device=...)``: a
+    blocking copy) and tensor values read on the host (``item``, ``bool``, ...) by the training
+    module, the callbacks, the run or Lightning. Not counted: the optimizer's reads of its CPU step
+    counters, the data loader's host batch counters, and the network's input check (samam.nn)."""
+
+    COLLECTIVES = (
+        "all_reduce",
+        "broadcast",
+        "all_gather",
+        "all_gather_object",
+        "broadcast_object_list",
+        "barrier",
+    )
+    READS = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__")
+
+    def __init__(self, out: str) -> None:
+        import samam.callbacks
+        import samam.logging_utils
+        import samam.module
+        import samam.train
+
+        self.out = out
+        self.callers = tuple(
+            m.__file__ for m in (samam.module, samam.callbacks, samam.train, samam.logging_utils)
+        )
+        self.counts = {"collectives": 0, "to_device": 0, "reads": 0}
+        self._undo: list = []
+
+    def _count(self, owner, name: str, kind: str, when=lambda *args, **kwargs: True) -> None:
+        original, own = getattr(owner, name), name in vars(owner)
+
+        def counting(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            ours = caller in self.callers or f"{os.sep}lightning{os.sep}" in caller
+            if when(*args, **kwargs) and (kind == "collectives" or ours):
+                self.counts[kind] += 1
+            return original(*args, **kwargs)
+
+        setattr(owner, name, counting)
+        self._undo.append((owner, name, original if own else None))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 1:
+            for name in self.COLLECTIVES:
+                self._count(torch.distributed, name, "collectives")
+            for name in self.READS:
+                self._count(torch.Tensor, name, "reads")
+            self._count(
+                torch, "tensor", "to_device", when=lambda *args, **kwargs: kwargs.get("device") is not None
+            )
+        elif batch_idx == 2:
+            self._restore()
+            Path(f"{self.out}.{trainer.global_rank}.json").write_text(json.dumps(self.counts))
+
+    def _restore(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            if original is None:
+                delattr(owner, name)  # inherited: Tensor.__bool__ is TensorBase's again
+            else:
+                setattr(owner, name, original)
+        self._undo = []
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._restore()
+
+
+# ddp_sim: two processes, ~20-45 s on a 2-core box
+@pytest.mark.parametrize("trainer", ["cpu", pytest.param("ddp_sim", marks=pytest.mark.slow)])
+def test_a_training_step_meets_the_other_ranks_once_and_waits_for_the_device_at_most_once(
+    compose, tiny, train_subprocess, tmp_path, monkeypatch, trainer
+):
+    """In one process a step has no collective and nothing that waits for the device (the lr and
+    the skip count are logged from host tensors, not copied to the device at every step). Under
+    DDP: one all-reduce (loss terms, skip count and stop votes together) and one read (the stop
+    decision), not three all-reduces and Lightning's SIGTERM broadcast, with four blocking copies
+    to the device and two reads."""
+    args = [
+        *tiny(),
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=100",
+        "trainer.log_every_n_steps=100",
+        "callbacks.checkpoint.every_n_train_steps=100",
+        f"+callbacks.syncs._target_={StepSyncs.__module__}.StepSyncs",
+        f"+callbacks.syncs.out={tmp_path / 'syncs'}",
+    ]
+    if trainer == "cpu":
+        main(compose(args))
+        expected = [{"collectives": 0, "to_device": 0, "reads": 1}]
+    else:
+        path = os.environ.get("PYTHONPATH")
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), *([path] if path else [])])
+        )
+        res = train_subprocess([*args, "trainer=ddp_sim", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        expected = [{"collectives": 1, "to_device": 0, "reads": 2}] * 2
+    counted = [
+        json.loads(Path(f"{tmp_path / 'syncs'}.{rank}.json").read_text()) for rank in range(len(expected))
+    ]
+    assert counted == expected
 
 
 def test_multirun_ablation_one_run_per_arm(tiny, train_subprocess, tmp_path):
