@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -336,3 +336,17 @@ class LossSummary(Callback):
             out["val_start"], out["val_end"] = self.val[0][1], self.val[-1][1]
             out["val_start_step"], out["val_end_step"] = float(self.val[0][0]), float(self.val[-1][0])
         return out
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar showing ``train/loss``, read when the bar refreshes (every
+    ``refresh_rate`` batches). Logged with ``prog_bar=True`` instead, the loss is read on the host
+    at every batch end (Lightning collects the bar's values there): under CUDA, a wait for the
+    step to finish before the next one can be queued."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "last_losses", {}).get("loss")  # detached, on the device
+        if loss is not None:
+            metrics["train/loss"] = loss.item()
+        return metrics

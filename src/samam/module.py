@@ -170,8 +170,8 @@ class StyleTransferModule(L.LightningModule):
         self.last_losses = logged  # for callbacks, no host sync
         self.stop_votes = HostCopy(votes) if world > 1 else None
         b = batch["content"].shape[0]
-        self.log_dict({f"train/{k}": v for k, v in logged.items() if k != "loss"}, batch_size=b)
-        self.log("train/loss", logged["loss"], prog_bar=True, batch_size=b)
+        # Not prog_bar=True: Lightning would read it on the host at every step (LossProgressBar shows it).
+        self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=b)
         # A host tensor: a float would be copied to the device, waiting for it, at every step.
         self.log("train/lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), batch_size=b)
         if worker_skips:

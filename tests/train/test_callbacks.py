@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from samam import callbacks
-from samam.callbacks import CheckpointOnStop, LossSummary
+from samam.callbacks import CheckpointOnStop, LossProgressBar, LossSummary
 
 
 def _trainer(step, saved):
@@ -110,6 +110,14 @@ def test_loss_summary_short_run_windows_do_not_overlap_and_skip_sanity_check():
         )
         cb.on_validation_end(tr, None)
     assert cb.val == [(0, 5.0), (4, 2.0)]
+
+
+def test_progress_bar_shows_the_training_loss():
+    """Read from the module when the bar refreshes, not logged with prog_bar=True (read every step)."""
+    trainer = SimpleNamespace(loggers=[], progress_bar_metrics={})
+    module = SimpleNamespace(last_losses={"loss": torch.tensor(0.5), "loss_style": torch.tensor(0.25)})
+    assert LossProgressBar().get_metrics(trainer, module) == {"train/loss": 0.5}
+    assert LossProgressBar().get_metrics(trainer, SimpleNamespace(last_losses={})) == {}
 
 
 def test_atomic_checkpoint_has_the_usual_file_mode(tmp_path):
