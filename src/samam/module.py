@@ -121,6 +121,8 @@ class StyleTransferModule(L.LightningModule):
         super().__init__()
         check_switches({"module.compile": compile})
         self.net = net
+        if hasattr(net, "check_finite"):  # inputs from the data module: no wait for the device per step
+            net.check_finite = False
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

@@ -185,7 +185,7 @@ class StepSyncs(Callback):
     collectives, host values made into device tensors (``torch.tensor(..., device=...)``: a
     blocking copy) and tensor values read on the host (``item``, ``bool``, ...) by the training
     module, the callbacks, the run or Lightning. Not counted: the optimizer's reads of its CPU step
-    counters, the data loader's host batch counters, and the network's input check (samam.nn)."""
+    counters and the data loader's host batch counters."""
 
     COLLECTIVES = (
         "all_reduce",
@@ -201,11 +201,13 @@ class StepSyncs(Callback):
         import samam.callbacks
         import samam.logging_utils
         import samam.module
+        import samam.nn.samam
         import samam.train
 
         self.out = out
         self.callers = tuple(
-            m.__file__ for m in (samam.module, samam.callbacks, samam.train, samam.logging_utils)
+            m.__file__
+            for m in (samam.module, samam.callbacks, samam.train, samam.logging_utils, samam.nn.samam)
         )
         self.counts = {"collectives": 0, "to_device": 0, "reads": 0}
         self._undo: list = []

@@ -84,6 +84,10 @@ class SaMam(nn.Module):
     """
 
     max_batch_elements = 2**31 - 1
+    # Refuse NaN/Inf inputs. Reading the values waits for the device: StyleTransferModule turns
+    # it off for the images its data module decodes (finite by construction), so that a
+    # training step never waits for the GPU.
+    check_finite = True
 
     def __init__(self, **kwargs):
         super().__init__()
@@ -172,6 +176,8 @@ class SaMam(nn.Module):
         # graph (samam.cuda_graph checks the real inputs before each replay instead).
         # is_compiling first: dynamo would trace the CUDA query (a graph break per check).
         if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return
+        if not self.check_finite:
             return
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or Inf values")
