@@ -452,7 +452,8 @@ def _bench_settings(
     """eval's ``bench`` config → :func:`measure_efficiency` keywords ({} when disabled), checked
     before any work: a bad value must not surface after the whole evaluation. Null = default."""
     cfg = dict(bench or {})
-    if not cfg.get("enabled", True):
+    check_switches({"bench.enabled": opt(cfg, "enabled", True)})
+    if not opt(cfg, "enabled", True):
         return {}
     kw = dict(
         content_size=opt(cfg, "content_size", content_size),

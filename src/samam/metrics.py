@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from samam.nn.samam import check_switches
+
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("artfid", "fid_art", "lpips", "cfsd", "fid_tf")
@@ -718,6 +720,18 @@ def build_metrics(
     cfgs = {"fid_art": fid_art, "fid_tf": fid_tf, "lpips": lpips, "cfsd": cfsd}
     test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
     missing: list[MissingWeightsError] = []
+    check_switches(
+        {
+            "metrics.download": download,
+            "metrics.test_extractors": test_extractors,
+            **{
+                f"metrics.{name}.{key}": cfg[key]
+                for name, cfg in cfgs.items()
+                for key in ("enabled", "pnet_rand")
+                if opt(cfg, key, None) is not None
+            },
+        }
+    )
     for name, cfg in cfgs.items():
         if not opt(cfg, "enabled", True):
             reasons[name] = f"disabled in config (metrics.{name}.enabled=false)"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
 import logging
 import os
 import time
+import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -24,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, LossSummary
 from samam.logging_utils import brief_list, drop_redone_csv_rows, finish_wandb
+from samam.nn.samam import check_switches
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,57 @@ def check_inputs_exist(cfg: DictConfig) -> None:
         )
     if problems:
         raise FileNotFoundError("this run cannot start:\n  " + "\n  ".join(problems))
+
+
+def switch_arguments(target: str) -> dict[str, tuple[Any, ...]]:
+    """The on/off arguments of a ``_target_``: those annotated ``bool``, alone or with None or
+    literal strings (ModelCheckpoint's ``save_last: bool | Literal["link"] | None``), mapped to
+    the non-bool values they also accept. {} when the target cannot be inspected: instantiate
+    then says why."""
+    try:
+        obj = get_object(target)
+        inits = [vars(c).get("__init__") for c in reversed(obj.__mro__)] if isinstance(obj, type) else [obj]
+        hints: dict[str, Any] = {}
+        for f in inits:
+            if inspect.isfunction(f):
+                hints.update(typing.get_type_hints(f))
+    except Exception:
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        members = typing.get_args(hint) if union else (hint,)
+        others: list[Any] = []
+        for m in members:
+            if m is type(None):
+                others.append(None)
+            elif typing.get_origin(m) is typing.Literal:
+                others.extend(a for a in typing.get_args(m) if not isinstance(a, bool))
+            elif m is not bool:
+                break  # also an int, a logger, ...: not an on/off setting
+        else:
+            if bool in members:
+                out[name] = tuple(others)
+    return out
+
+
+def check_switch_settings(cfg: DictConfig) -> None:
+    """Refuse a non-bool on/off setting anywhere in a run config before anything is built:
+    ``validate_before_training`` and every bool argument of the data, loss, trainer, callback and
+    logger targets (``trainer.enable_progress_bar=off``, ``data.pin_memory=no``). The network and
+    the module check their own switches."""
+    switches = {"validate_before_training": cfg.get("validate_before_training", False)}
+    sections: dict[str, Any] = {key: cfg.get(key) for key in ("data", "loss", "trainer")}
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            sections[f"{group}.{name}"] = node
+    for prefix, node in sections.items():
+        if not OmegaConf.is_dict(node) or "_target_" not in node:  # switched off (null), or not built
+            continue
+        for name, others in switch_arguments(node._target_).items():
+            if name in node and node[name] not in others:
+                switches[f"{prefix}.{name}"] = node[name]
+    check_switches(switches)
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -355,6 +410,7 @@ def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
 def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     check_launch(cfg)
+    check_switch_settings(cfg)
     check_inputs_exist(cfg)
     with exclusive_run_folder(cfg.paths.output_dir):
         return _train(cfg)

@@ -310,6 +310,16 @@ def test_eval_refuses_a_switch_given_as_a_string(tiny_ckpt, image_dirs, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.parametrize("override", ["bench.enabled=no", "metrics.fid_tf.enabled=off"])
+def test_eval_refuses_a_metric_or_bench_switch_given_as_a_string(tiny_ckpt, image_dirs, tmp_path, override):
+    """`off`/`no` are strings to Hydra, and truthy: the metric or the benchmark ran anyway."""
+    out = tmp_path / "eval"
+    overrides = base_overrides(tiny_ckpt, image_dirs, out) + ["metrics.test_extractors=true", override]
+    with pytest.raises(TypeError, match=f"{override.split('=')[0]}='.*' must be true or false"):
+        entry_point("eval")(compose_eval(overrides))
+    assert not out.exists() or not list(out.glob("*.png"))
+
+
 def test_eval_keeps_the_metrics_when_the_benchmark_fails(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
     """The benchmark runs last (at 512², the likeliest to run out of memory): its failure must
     not cost the evaluation. results.json holds the metrics, the bench fields null with why."""

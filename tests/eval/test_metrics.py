@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -389,3 +391,21 @@ def test_fid_art_short_side_reaches_the_art_inception_and_both_configs_say_512(m
     assert callback["metrics"]["fid_art"]["short_side"] == 512
     eval_cfg = yaml.safe_load((conf / "eval.yaml").read_text())
     assert eval_cfg["metrics"]["lpips"]["short_side"] == callback["metrics"]["lpips"]["short_side"] == 512
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"fid_tf": {"enabled": "off"}}, "metrics.fid_tf.enabled"),
+        ({"lpips": {"enabled": "no", "weights": None}}, "metrics.lpips.enabled"),
+        ({"download": "yes"}, "metrics.download"),
+        ({"test_extractors": 1}, "metrics.test_extractors"),
+    ],
+)
+def test_a_metric_switch_given_as_a_string_is_refused(kwargs, name):
+    """`metrics.fid_tf.enabled=off` on the command line is the string 'off': truthy, so the metric
+    was built and computed anyway (and its weight file demanded)."""
+    kwargs = {"test_extractors": True, **kwargs}
+    with pytest.raises(TypeError, match=rf"{re.escape(name)}=.* must be true or false"):
+        M.build_metrics(**kwargs)
+    M.build_metrics(fid_tf={"enabled": None}, test_extractors=True)  # null: the default (on)

@@ -1,5 +1,6 @@
 """Every experiment composes and instantiates (shrunk to a tiny CPU network)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,35 @@ def test_multirun_ddp_on_submitit_local_is_refused(monkeypatch):
         RuntimeError, match="on the 'submitit_local' launcher: one run must be one process group"
     ):
         check_launch(cfg)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "validate_before_training=yes",
+        "trainer.enable_progress_bar=off",
+        "trainer.deterministic=1",
+        "data.pin_memory=no",
+        "callbacks.checkpoint.save_last=off",
+        "logger=wandb",
+    ],
+)
+def test_a_switch_given_as_a_string_is_refused_before_anything_is_built(compose, tiny, tmp_path, override):
+    """Hydra reads `yes`, `off` as strings (and `1` as an int): truthy, so the run silently did
+    the other thing (validated first, kept last.ckpt, pinned memory)."""
+    from samam.train import main
+
+    extra = ["logger.wandb.log_model=no"] if override == "logger=wandb" else []
+    name = (extra or [override])[0].split("=")[0]
+    with pytest.raises(TypeError, match=rf"{re.escape(name)}=.* must be true or false"):
+        main(compose([*tiny(), "debug=fdr", override, *extra]))
+    assert not any(tmp_path.iterdir())  # refused before the run folder was touched
+
+
+def test_switches_keep_the_non_bool_values_their_targets_accept(compose, tiny):
+    from samam.train import check_switch_settings
+
+    check_switch_settings(
+        compose([*tiny(), "callbacks.checkpoint.save_last=link", "trainer.deterministic=warn"])
+    )
+    check_switch_settings(compose(["callbacks=none", "logger=none"]))
