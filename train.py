@@ -3,6 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+import samam.resolvers  # noqa: F401 (registers the ${samam.*:...} resolvers the configs use)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, float]:

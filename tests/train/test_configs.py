@@ -220,3 +220,19 @@ def test_switches_keep_the_non_bool_values_their_targets_accept(compose, tiny):
         compose([*tiny(), "callbacks.checkpoint.save_last=link", "trainer.deterministic=warn"])
     )
     check_switch_settings(compose(["callbacks=none", "logger=none"]))
+
+
+@pytest.mark.parametrize(
+    "trainer, gpus", [("cpu", None), ("ddp_sim", None), ("gpu", 1), ("ddp", 4), ("default", 1)]
+)
+def test_slurm_asks_for_gpus_only_for_a_gpu_trainer(trainer, gpus):
+    """gpus_per_node was ${trainer.devices} whatever the accelerator: trainer=cpu asked SLURM for
+    a GPU (and ddp_sim for 2), waiting in a GPU queue for cards the run never touches."""
+    from hydra import compose, initialize_config_dir
+
+    import samam.resolvers  # noqa: F401 (train.py imports it: registers ${samam.slurm_gpus:...})
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", [f"trainer={trainer}", "hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher.gpus_per_node == gpus
+    assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices  # one process per device, CPU or GPU
