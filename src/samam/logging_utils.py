@@ -17,7 +17,17 @@ from lightning.pytorch.loggers import WandbLogger
 from samam.fileio import atomic_write
 
 log = logging.getLogger(__name__)
-WandbMode = Literal["online", "offline", "disabled"]
+WandbMode = Literal["online", "offline", "disabled", "shared"]
+# Every mode wandb accepts, from the config or $WANDB_MODE alike -> the mode passed on: dryrun
+# and run are its old names for offline and online.
+WANDB_MODES: dict[str, WandbMode] = {
+    "online": "online",
+    "offline": "offline",
+    "disabled": "disabled",
+    "shared": "shared",
+    "dryrun": "offline",
+    "run": "online",
+}
 
 
 def brief_list(items: Sequence[str], most: int, sep: str = "; ") -> str:
@@ -35,19 +45,19 @@ def _has_wandb_credentials() -> bool:
         return False
 
 
-def resolve_wandb_mode(mode: WandbMode | None) -> WandbMode:
-    """Config value first, then $WANDB_MODE; with neither and no API key: offline (never a login prompt)."""
-    if mode is not None:
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"logger.wandb.mode={mode!r}: choose online, offline or disabled")
-        return mode
+def resolve_wandb_mode(mode: str | None) -> WandbMode:
+    """Config value first, then $WANDB_MODE, each one of :data:`WANDB_MODES` (a typo must not mean
+    online); with neither and no API key: offline (never a login prompt)."""
     env = os.environ.get("WANDB_MODE", "")
-    if env in ("online", "offline", "disabled"):
-        return env  # type: ignore[return-value]
-    if env == "dryrun":
-        return "offline"
-    if env not in ("", "run", "shared"):  # wandb's own other modes; a typo must not mean online
-        raise ValueError(f"WANDB_MODE={env!r}: choose online, offline or disabled")
+    for name, value in (("logger.wandb.mode", mode), ("WANDB_MODE", env or None)):
+        if value is None:
+            continue
+        if value not in WANDB_MODES:
+            raise ValueError(
+                f"{name}={value!r}: choose online, offline or disabled (or wandb's shared; dryrun and run "
+                "are its old names for offline and online)"
+            )
+        return WANDB_MODES[value]
     if _has_wandb_credentials():
         return "online"
     log.warning(
@@ -64,7 +74,7 @@ def wandb_logger(
     group: str | None = None,
     tags: str | list[str] | None = None,
     name: str | None = None,
-    mode: WandbMode | None = None,
+    mode: str | None = None,
     log_model: bool = False,
     id: str | None = None,
     resume: str | None = None,

@@ -870,6 +870,27 @@ def test_wandb_mode_never_goes_online_without_credentials(tmp_path, monkeypatch,
         resolve_wandb_mode("ofline")
 
 
+@pytest.mark.parametrize(
+    "given, mode",
+    [("dryrun", "offline"), ("run", "online"), ("shared", "shared"), ("offline", "offline")],
+)
+def test_wandb_mode_from_config_or_environment_accepts_the_same_modes(tmp_path, monkeypatch, given, mode):
+    """logger.wandb.mode=dryrun was refused while WANDB_MODE=dryrun meant offline, and
+    WANDB_MODE=shared (or run) was dropped for a guess from the credentials (offline without a key)."""
+    from samam.logging_utils import resolve_wandb_mode
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))  # none there
+    assert resolve_wandb_mode(given) == mode
+    monkeypatch.setenv("WANDB_MODE", given)
+    assert resolve_wandb_mode(None) == mode
+    for name, value in (("WANDB_MODE", "dry-run"), ("logger.wandb.mode", "Offline")):
+        monkeypatch.setenv("WANDB_MODE", value if name == "WANDB_MODE" else given)
+        with pytest.raises(ValueError, match=f"{name}='{value}': choose online, offline or disabled"):
+            resolve_wandb_mode(None if name == "WANDB_MODE" else value)
+
+
 def test_netrc_credentials_mean_online_and_brief_list(tmp_path, monkeypatch):
     from samam.logging_utils import brief_list, resolve_wandb_mode
 
