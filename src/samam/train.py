@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import inspect
+import json
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, LossSummary
+from samam.fileio import atomic_write
 from samam.logging_utils import brief_list, drop_redone_csv_rows, finish_wandb
 from samam.nn.samam import check_switches
 
@@ -364,47 +366,79 @@ def set_matmul_precision(precision: str) -> None:
 RUN_LOCK_WAIT_S = 120.0  # how long a run waits for its folder's lock before refusing to start
 
 
+def _hydra_files(folder: Path) -> list[Path]:
+    """The config files Hydra wrote into this run folder (``.hydra/*.yaml``) before the run started."""
+    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else ".hydra"
+    return [] if subdir is None else sorted((folder / subdir).glob("*.yaml"))
+
+
 @contextlib.contextmanager
 def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
     """Hold ``output_dir/.train.lock`` while the run trains (on its first process only; the kernel
     drops the lock when the process ends, SIGKILL included). Two runs started at once in one folder
     (``python train.py ... &`` twice in one SLURM job, whose folder is the job id) would overwrite
     each other's checkpoints before either had one for ``ckpt_path=auto`` to check: the second
-    stops here. Where the file system has no flock, nothing is checked."""
+    stops here. Where the file system has no flock, nothing is checked.
+
+    Hydra writes ``.hydra/`` before any of this code runs, so the holder keeps a copy of its own
+    files in the lock file, and a run that stops here (refused, or interrupted while waiting)
+    puts them back."""
     if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
         yield
         return
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     deadline = None  # set when the lock is first found held
-    with open(folder / ".train.lock", "a") as lock:
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                # A job requeued after its node failed can find that node's lock still held on
-                # NFS until the server's lease runs out (~90 s): wait before refusing.
-                if deadline is None:
-                    deadline = time.monotonic() + RUN_LOCK_WAIT_S
-                    log.warning(
-                        "%s is locked by another process (a run training there, or a failed node's "
-                        "lock the file server has not released yet): waiting up to %.0f s",
-                        folder / ".train.lock",
-                        RUN_LOCK_WAIT_S,
-                    )
-                elif time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"another run is training in {folder} now, and two runs in one folder overwrite "
-                        "each other's checkpoints: give this one its own folder, e.g. "
-                        "hydra.run.dir=<that folder>_<arm> (under SLURM the default folder is the job id, "
-                        "shared by every run of the job)"
-                    ) from None
-                time.sleep(1)
-            except OSError as err:  # e.g. a Lustre mount without flock
-                log.debug("no lock on %s (%s): concurrent runs there are not detected", folder, err)
-                break
+    with open(folder / ".train.lock", "a+") as lock:
+        try:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    # A job requeued after its node failed can find that node's lock still held on
+                    # NFS until the server's lease runs out (~90 s): wait before refusing.
+                    if deadline is None:
+                        deadline = time.monotonic() + RUN_LOCK_WAIT_S
+                        log.warning(
+                            "%s is locked by another process (a run training there, or a failed node's "
+                            "lock the file server has not released yet): waiting up to %.0f s",
+                            folder / ".train.lock",
+                            RUN_LOCK_WAIT_S,
+                        )
+                    elif time.monotonic() >= deadline:
+                        raise RuntimeError(
+                            f"another run is training in {folder} now, and two runs in one folder overwrite "
+                            "each other's checkpoints: give this one its own folder, e.g. "
+                            "hydra.run.dir=<that folder>_<arm> (under SLURM the default folder is the job id, "
+                            "shared by every run of the job)"
+                        ) from None
+                    time.sleep(1)
+                except OSError as err:  # e.g. a Lustre mount without flock
+                    log.debug("no lock on %s (%s): concurrent runs there are not detected", folder, err)
+                    break
+        except BaseException:
+            _restore_holder_files(folder, lock)
+            raise
+        lock.seek(0)
+        lock.truncate()
+        json.dump({str(p.relative_to(folder)): p.read_text() for p in _hydra_files(folder)}, lock)
+        lock.flush()
         yield
+
+
+def _restore_holder_files(folder: Path, lock: Any) -> None:
+    """Put back the Hydra files of the run holding the lock, which this run's Hydra overwrote."""
+    lock.seek(0)
+    try:
+        saved = json.loads(lock.read() or "{}")
+    except ValueError:  # written by a version that kept nothing there
+        return
+    for name, text in saved.items():
+        with atomic_write(folder / name) as f:
+            f.write(text.encode())
+    if saved:
+        log.warning("%s: put back the files of the run training there (%s)", folder, ", ".join(saved))
 
 
 def main(cfg: DictConfig) -> dict[str, float]:

@@ -333,6 +333,28 @@ def test_a_second_run_in_a_folder_where_one_is_training_stops_before_writing(
     release.join()
 
 
+def test_a_run_refused_by_the_folder_lock_puts_back_the_config_files_its_hydra_overwrote(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """Hydra writes .hydra/config.yaml, hydra.yaml and overrides.yaml before the run reaches the
+    lock: a second run in the folder of one training there left its own config in them."""
+    from samam import train
+
+    monkeypatch.setattr(train, "RUN_LOCK_WAIT_S", 1.5)
+    hydra_dir = tmp_path / ".hydra"
+    hydra_dir.mkdir()
+    first = {"config.yaml": "seed: 0\n", "overrides.yaml": "- seed=0\n"}
+    for name, text in first.items():
+        (hydra_dir / name).write_text(text)
+    with train.exclusive_run_folder(tmp_path):  # the first run, training
+        for name in first:  # what the second run's Hydra writes before its main
+            (hydra_dir / name).write_text("seed: 1\n")
+        with pytest.raises(RuntimeError, match="another run is training in .* now"):
+            main(compose([*tiny(), "debug=fdr", "seed=1"]))
+        assert {name: (hydra_dir / name).read_text() for name in first} == first
+    assert sorted(p.name for p in hydra_dir.iterdir()) == sorted(first)  # no temp file left
+
+
 def test_compile_switch_given_as_a_string_is_refused(compose, tiny):
     """`module.compile=off` reached the module as the string 'off', which is truthy: it compiled."""
     from hydra.errors import InstantiationException
