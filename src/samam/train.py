@@ -87,12 +87,28 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # ckpt_path values Trainer.fit resolves itself
+
+
 def check_inputs_exist(cfg: DictConfig) -> None:
     """Every missing input in one error before anything is built: data folders, a loss-network
-    file, a GPU trainer without a GPU (else each run reveals only the next one)."""
+    file, the checkpoint to start from, a GPU trainer without a GPU (else each run reveals only
+    the next one)."""
     from samam.losses import VGG_NORMALISED_URL, VGG_SOURCES
 
     problems = []
+    ckpt = cfg.get("ckpt_path")
+    if (
+        isinstance(ckpt, str)
+        and ckpt not in ("auto", *LIGHTNING_CKPT_NAMES)
+        and not ckpt.startswith("registry")
+        and "://" not in ckpt  # a remote file (s3://...): Lightning opens it
+        and not Path(ckpt).expanduser().is_file()
+    ):
+        problems.append(
+            f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
+            "resumes this run folder's checkpoints/last.ckpt, ckpt_path=null starts fresh)"
+        )
     for key in ("content_dir", "style_dir"):
         folder = cfg.data.get(key)
         if folder and not Path(folder).expanduser().is_dir():

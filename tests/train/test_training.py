@@ -355,6 +355,19 @@ def test_a_run_refused_by_the_folder_lock_puts_back_the_config_files_its_hydra_o
     assert sorted(p.name for p in hydra_dir.iterdir()) == sorted(first)  # no temp file left
 
 
+def test_a_missing_ckpt_path_is_refused_before_anything_is_built(compose, tiny, tmp_path):
+    """A mistyped ckpt_path failed only at fit: after the data folders were listed and checked
+    (minutes on COCO + WikiArt), the loggers opened (a failed W&B run) and the network built."""
+    from samam.train import check_inputs_exist
+
+    missing = tmp_path / "elsewhere" / "last.ckt"
+    with pytest.raises(FileNotFoundError, match=f"ckpt_path: no file {re.escape(str(missing))}"):
+        main(compose([*tiny(), "debug=fdr", f"ckpt_path={missing}"]))
+    assert not (tmp_path / "csv").exists() and not (tmp_path / "samples").exists()
+    for given in ("auto", "null", "last", "s3://bucket/run/last.ckpt"):  # resolved later, or remote
+        check_inputs_exist(compose([*tiny(), f"ckpt_path={given}"]))
+
+
 def test_compile_switch_given_as_a_string_is_refused(compose, tiny):
     """`module.compile=off` reached the module as the string 'off', which is truthy: it compiled."""
     from hydra.errors import InstantiationException
