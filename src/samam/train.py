@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -85,6 +86,22 @@ def check_launch(cfg: DictConfig) -> None:
             "(add hydra/launcher=slurm, or submitit_slurm) so each arm gets its own srun job, or run the "
             "arms one by one without -m (python train.py experiment=... trainer=ddp)."
         )
+
+
+def check_appended_keys() -> None:
+    """Refuse a top-level ``+key=value`` that is not a config group: no code reads a new top-level
+    setting, and Hydra suggests the ``+`` for a mistyped name (``validate_before_trainig=true``:
+    "To append to your config use +validate_before_trainig=true"), which was then ignored."""
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    for o in OverridesParser.create().parse_overrides(list(hc.overrides.task)):
+        key = o.key_or_group
+        if o.is_add() and "." not in key and o.package is None and key not in hc.runtime.choices:
+            raise ValueError(
+                f"{o.input_line}: train.py has no setting {key!r}, and nothing reads a new top-level one. "
+                "A typo? (python train.py --cfg job lists the settings; tags=[...] labels a run)"
+            )
 
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # ckpt_path values Trainer.fit resolves itself
@@ -460,6 +477,7 @@ def _restore_holder_files(folder: Path, lock: Any) -> None:
 def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     check_launch(cfg)
+    check_appended_keys()
     check_switch_settings(cfg)
     check_inputs_exist(cfg)
     with exclusive_run_folder(cfg.paths.output_dir):

@@ -236,3 +236,36 @@ def test_slurm_asks_for_gpus_only_for_a_gpu_trainer(trainer, gpus):
         cfg = compose("train", [f"trainer={trainer}", "hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher.gpus_per_node == gpus
     assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices  # one process per device, CPU or GPU
+
+
+def test_a_new_top_level_key_is_refused(monkeypatch, compose, tiny, tmp_path):
+    """Hydra answers a mistyped `validate_before_trainig=true` with "To append to your config use
+    +validate_before_trainig=true"; that ran, ignoring it. Group appends stay allowed."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from samam.train import check_appended_keys, main
+
+    typo = "+validate_before_trainig=true"
+    fake = OmegaConf.create(
+        {
+            "mode": RunMode.RUN,
+            "runtime": {"choices": {"hydra/launcher": "basic", "debug": "fdr", "callbacks": "default"}},
+            "overrides": {"task": ["debug=fdr", typo]},
+        }
+    )
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: fake))
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(typo)}: train.py has no setting 'validate_before_trainig'"
+    ):
+        main(compose([*tiny(), "debug=fdr", typo]))
+    assert not any(tmp_path.iterdir())
+    fake.overrides.task = [
+        "+debug=fdr",
+        "+callbacks@callbacks.eval_metrics=eval_metrics",
+        "++seed=3",
+        "+paths.x=1",
+    ]
+    check_appended_keys()
