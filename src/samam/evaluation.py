@@ -452,6 +452,11 @@ def _bench_settings(
     """eval's ``bench`` config → :func:`measure_efficiency` keywords ({} when disabled), checked
     before any work: a bad value must not surface after the whole evaluation. Null = default."""
     cfg = dict(bench or {})
+    unknown = sorted(set(cfg) - {"enabled", "content_size", "style_size", "warmup", "repeats"})
+    if unknown:
+        raise ValueError(
+            f"bench: no setting {', '.join(unknown)} (it has: enabled, content_size, style_size, warmup, repeats)"
+        )
     check_switches({"bench.enabled": opt(cfg, "enabled", True)})
     if not opt(cfg, "enabled", True):
         return {}

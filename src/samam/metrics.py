@@ -697,6 +697,14 @@ def opt_null(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
     return default if cfg is None or key not in cfg else cfg[key]
 
 
+METRIC_OPTIONS = {  # each metric's settings besides enabled and weights
+    "fid_art": ("short_side",),
+    "fid_tf": (),
+    "lpips": ("short_side", "pnet_rand"),
+    "cfsd": ("block_rows",),
+}
+
+
 def build_metrics(
     fid_art: Mapping[str, Any] | None = None,
     fid_tf: Mapping[str, Any] | None = None,
@@ -720,6 +728,13 @@ def build_metrics(
     cfgs = {"fid_art": fid_art, "fid_tf": fid_tf, "lpips": lpips, "cfsd": cfsd}
     test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
     missing: list[MissingWeightsError] = []
+    for name, cfg in cfgs.items():
+        unknown = sorted(set(cfg or {}) - {"enabled", "weights", *METRIC_OPTIONS[name]})
+        if unknown:  # `+metrics.fid_tf.short_side=512`, `+metrics.lpips.enabeld=false`: silently ignored
+            raise ValueError(
+                f"metrics.{name}: no setting {', '.join(unknown)} "
+                f"(it has: {', '.join(['enabled', 'weights', *METRIC_OPTIONS[name]])})"
+            )
     check_switches(
         {
             "metrics.download": download,

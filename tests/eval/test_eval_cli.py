@@ -320,6 +320,18 @@ def test_eval_refuses_a_metric_or_bench_switch_given_as_a_string(tiny_ckpt, imag
     assert not out.exists() or not list(out.glob("*.png"))
 
 
+def test_eval_refuses_a_bench_setting_it_does_not_have(tiny_ckpt, image_dirs, tmp_path):
+    """`+bench.repeat=3` (for repeats) was ignored: the benchmark ran its default 10 repeats."""
+    out = tmp_path / "eval"
+    overrides = base_overrides(tiny_ckpt, image_dirs, out) + [
+        "metrics.test_extractors=true",
+        "+bench.repeat=3",
+    ]
+    with pytest.raises(ValueError, match=r"bench: no setting repeat \(it has: enabled, content_size"):
+        entry_point("eval")(compose_eval(overrides))
+    assert not out.exists() or not list(out.glob("*.png"))
+
+
 def test_eval_keeps_the_metrics_when_the_benchmark_fails(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
     """The benchmark runs last (at 512², the likeliest to run out of memory): its failure must
     not cost the evaluation. results.json holds the metrics, the bench fields null with why."""

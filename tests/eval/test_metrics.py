@@ -409,3 +409,14 @@ def test_a_metric_switch_given_as_a_string_is_refused(kwargs, name):
     with pytest.raises(TypeError, match=rf"{re.escape(name)}=.* must be true or false"):
         M.build_metrics(**kwargs)
     M.build_metrics(fid_tf={"enabled": None}, test_extractors=True)  # null: the default (on)
+
+
+def test_a_metric_setting_it_does_not_have_is_refused():
+    """`+metrics.fid_tf.short_side=256` (fid_tf has no such setting) or a mistyped
+    `+metrics.lpips.enabeld=false` was ignored: the metric ran as before."""
+    with pytest.raises(
+        ValueError, match=r"metrics.fid_tf: no setting short_side \(it has: enabled, weights\)"
+    ):
+        M.build_metrics(fid_tf={"short_side": 256}, test_extractors=True)
+    with pytest.raises(ValueError, match="metrics.lpips: no setting enabeld"):
+        M.build_metrics(lpips={"enabeld": False}, test_extractors=True)
