@@ -269,3 +269,21 @@ def test_a_new_top_level_key_is_refused(monkeypatch, compose, tiny, tmp_path):
         "+paths.x=1",
     ]
     check_appended_keys()
+
+
+def test_machine_paths_in_conf_local_apply(tmp_path):
+    """conf/local/default.yaml, which train.yaml offers for machine paths, was merged under a
+    `local:` key: `paths: {data_dir: /big/data}` written there changed nothing."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("local"))
+    (conf / "local").mkdir()
+    (conf / "local" / "default.yaml").write_text("paths:\n  data_dir: /big/data\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", ["experiment=paper"])
+        assert cfg.paths.data_dir == "/big/data" and "local" not in cfg
+        assert cfg.data.content_dir == "/big/data/coco/train2017"
+        assert "local" not in compose("train", [])  # no local file: nothing added
