@@ -75,7 +75,7 @@ def wandb_logger(
     tags: str | list[str] | None = None,
     name: str | None = None,
     mode: str | None = None,
-    log_model: bool = False,
+    log_model: bool | Literal["all"] = False,
     id: str | None = None,
     resume: str | None = None,
 ) -> WandbLogger:

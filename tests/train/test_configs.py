@@ -220,6 +220,7 @@ def test_switches_keep_the_non_bool_values_their_targets_accept(compose, tiny):
         compose([*tiny(), "callbacks.checkpoint.save_last=link", "trainer.deterministic=warn"])
     )
     check_switch_settings(compose(["callbacks=none", "logger=none"]))
+    check_switch_settings(compose(["logger=wandb", "logger.wandb.log_model=all"]))  # WandbLogger's "all"
 
 
 @pytest.mark.parametrize(
