@@ -179,20 +179,20 @@ def switch_arguments(target: str) -> dict[str, tuple[Any, ...]]:
 
 def check_switch_settings(cfg: DictConfig) -> None:
     """Refuse a non-bool on/off setting anywhere in a run config before anything is built:
-    ``validate_before_training`` and every bool argument of the data, loss, trainer, callback and
-    logger targets (``trainer.enable_progress_bar=off``, ``data.pin_memory=no``). The network and
-    the module check their own switches."""
+    ``validate_before_training`` and every bool argument of the targets under data, loss, trainer,
+    module (its optimizer), callbacks and logger (``trainer.enable_progress_bar=off``,
+    ``data.pin_memory=no``). The network and the module check their own switches."""
     switches = {"validate_before_training": cfg.get("validate_before_training", False)}
-    sections: dict[str, Any] = {key: cfg.get(key) for key in ("data", "loss", "trainer")}
-    for group in ("callbacks", "logger"):
-        for name, node in (cfg.get(group) or {}).items():
-            sections[f"{group}.{name}"] = node
-    for prefix, node in sections.items():
-        if not OmegaConf.is_dict(node) or "_target_" not in node:  # switched off (null), or not built
+    nodes = [(key, cfg.get(key)) for key in ("data", "loss", "trainer", "module", "callbacks", "logger")]
+    while nodes:
+        prefix, node = nodes.pop(0)
+        if not OmegaConf.is_dict(node):  # switched off (null)
             continue
-        for name, others in switch_arguments(node._target_).items():
-            if name in node and node[name] not in others:
-                switches[f"{prefix}.{name}"] = node[name]
+        if "_target_" in node and prefix != "module":
+            for name, others in switch_arguments(node._target_).items():
+                if name in node and node[name] not in others:
+                    switches[f"{prefix}.{name}"] = node[name]
+        nodes += [(f"{prefix}.{k}", v) for k, v in node.items_ex(resolve=False) if OmegaConf.is_dict(v)]
     check_switches(switches)
 
 

@@ -198,6 +198,7 @@ def test_multirun_ddp_on_submitit_local_is_refused(monkeypatch):
         "trainer.deterministic=1",
         "data.pin_memory=no",
         "callbacks.checkpoint.save_last=off",
+        "+module.optimizer.amsgrad=yes",
         "logger=wandb",
     ],
 )
@@ -207,7 +208,7 @@ def test_a_switch_given_as_a_string_is_refused_before_anything_is_built(compose,
     from samam.train import main
 
     extra = ["logger.wandb.log_model=no"] if override == "logger=wandb" else []
-    name = (extra or [override])[0].split("=")[0]
+    name = (extra or [override])[0].split("=")[0].lstrip("+")
     with pytest.raises(TypeError, match=rf"{re.escape(name)}=.* must be true or false"):
         main(compose([*tiny(), "debug=fdr", override, *extra]))
     assert not any(tmp_path.iterdir())  # refused before the run folder was touched
