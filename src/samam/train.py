@@ -177,6 +177,18 @@ def switch_arguments(target: str) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def check_named_entries(cfg: DictConfig) -> None:
+    """``callbacks`` and ``logger`` hold named configs, each switched off with null:
+    ``callbacks.progress=false`` failed only after the network was built ("argument of type
+    'bool' is not iterable")."""
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if node is not None and not OmegaConf.is_dict(node):
+                raise ValueError(
+                    f"{group}.{name}={node!r}: an entry is a config; switch it off with {group}.{name}=null"
+                )
+
+
 def check_switch_settings(cfg: DictConfig) -> None:
     """Refuse a non-bool on/off setting anywhere in a run config before anything is built:
     ``validate_before_training`` and every bool argument of the targets under data, loss, trainer,
@@ -478,6 +490,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     check_launch(cfg)
     check_appended_keys()
+    check_named_entries(cfg)
     check_switch_settings(cfg)
     check_inputs_exist(cfg)
     with exclusive_run_folder(cfg.paths.output_dir):

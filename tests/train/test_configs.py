@@ -289,3 +289,17 @@ def test_machine_paths_in_conf_local_apply(tmp_path):
         assert cfg.paths.data_dir == "/big/data" and "local" not in cfg
         assert cfg.data.content_dir == "/big/data/coco/train2017"
         assert "local" not in compose("train", [])  # no local file: nothing added
+
+
+@pytest.mark.parametrize("override", ["callbacks.progress=false", "logger.csv=false"])
+def test_an_entry_switched_off_with_false_is_refused_with_the_fix(compose, tiny, tmp_path, override):
+    """`callbacks.progress=false` failed after the network was built: "argument of type 'bool' is
+    not iterable". The way to switch an entry off is null."""
+    from samam.train import main
+
+    key = override.split("=")[0]
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(key)}=False: an entry is a config; switch it off with {key}=null"
+    ):
+        main(compose([*tiny(), override]))
+    assert not any(tmp_path.iterdir())
