@@ -303,3 +303,19 @@ def test_an_entry_switched_off_with_false_is_refused_with_the_fix(compose, tiny,
     ):
         main(compose([*tiny(), override]))
     assert not any(tmp_path.iterdir())
+
+
+def test_debug_cpu_tiny_needs_no_dataset_or_loss_network_file(compose, tmp_path):
+    """debug=cpu_tiny promised any experiment as a seconds-long CPU run, but kept the experiment's
+    data and loss network: the paper-based ones stopped at once without COCO, WikiArt and
+    vgg_normalised.pth (and with them spent minutes checking 200k files)."""
+    from samam.train import check_inputs_exist
+
+    for experiment in ("paper", "ablation_s7", "demo"):
+        cfg = compose([f"experiment={experiment}", "debug=cpu_tiny", f"paths.root={tmp_path}"])
+        assert cfg.data._target_ == "samam.demo_data.DemoDataModule" and cfg.data.crop == 64
+        check_inputs_exist(cfg)
+    own = compose(
+        ["experiment=paper", "debug=cpu_tiny", "data=folders", "data.content_dir=c", "data.style_dir=s"]
+    )
+    assert own.data.content_dir == "c" and own.data.crop == 64  # your own data, still shrunk
