@@ -384,6 +384,19 @@ def _stand_in_kernel(calls: list, dtypes: set | None = None):
     return kernel
 
 
+def test_mamba_double_backward_is_refused(monkeypatch):
+    """mamba-ssm's backward is its CUDA kernel (gradients that count as constants): create_graph
+    through it raises, as for the torch and numba backends, instead of dropping second-order terms."""
+    from samam.ops.selective_scan import mamba_scan
+
+    monkeypatch.setattr(mamba_scan, "_load", lambda: _stand_in_kernel([]))
+    xs = make_inputs(1, 2, 2, 3, 5)
+    y = mamba_scan.selective_scan_mamba(*xs[:6], delta_bias=xs[6])
+    assert torch.autograd.grad(y.sum(), xs[0], retain_graph=True)[0].shape == xs[0].shape
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(y.sum(), xs[0], create_graph=True)
+
+
 def test_mamba_fold_with_stand_in_kernel(monkeypatch):
     """The batch fold of SPEC §4, checked on CPU with the reference standing in for the kernel."""
     from samam.ops.selective_scan import mamba_scan

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from samam.ops.selective_scan.reference import check_scan_shapes
+from samam.ops.selective_scan.reference import check_scan_shapes, first_order_only
 
 INSTALL_HINT = "MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation mamba-ssm  (needs nvcc and CUDA_HOME)"
 
@@ -126,4 +126,21 @@ def selective_scan_mamba(
             )
         )
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
-    return y.float().reshape(bt, kd, length)
+    return _FirstOrderOnly.apply(y.float().reshape(bt, kd, length))
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity that refuses double backward: mamba-ssm's backward runs its CUDA kernel, whose
+    gradients count as constants, so create_graph=True through it would silently drop the
+    scan's second-order terms (as the torch and numba backends would, see first_order_only).
+    Its output is a view that autograd forbids modifying in place (clone it first); SS2D's
+    merge only reads it."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        return y.view_as(y)
+
+    @staticmethod
+    @first_order_only
+    def backward(ctx, gy: torch.Tensor) -> torch.Tensor:
+        return gy

@@ -79,7 +79,7 @@ def first_order_only(backward: Callable) -> Callable:
     def wrapper(ctx, *grads):
         if torch.is_grad_enabled():
             raise RuntimeError(
-                "selective_scan: the torch and numba backends have no double backward "
+                "selective_scan: the torch, numba and mamba backends have no double backward "
                 "(create_graph=True through them would drop the scan's second-order terms); "
                 "for higher-order gradients at tiny sizes use selective_scan_ref"
             )
