@@ -472,6 +472,21 @@ def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
         yield
 
 
+def put_back_if_training_there(output_dir: str | Path) -> None:
+    """For a run refused before the lock: if another run holds ``output_dir``'s lock, put back the
+    Hydra files this run's Hydra overwrote (as a run refused at the lock does). Writes nothing else."""
+    folder = Path(output_dir)
+    if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
+        return
+    with contextlib.suppress(FileNotFoundError), open(folder / ".train.lock") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free: no run is training there
+        except BlockingIOError:
+            _restore_holder_files(folder, lock)
+        except OSError:  # no flock here: exclusive_run_folder checks nothing either
+            pass
+
+
 def _restore_holder_files(folder: Path, lock: Any) -> None:
     """Put back the Hydra files of the run holding the lock, which this run's Hydra overwrote."""
     lock.seek(0)
@@ -488,11 +503,18 @@ def _restore_holder_files(folder: Path, lock: Any) -> None:
 
 def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
-    check_launch(cfg)
-    check_appended_keys()
-    check_named_entries(cfg)
-    check_switch_settings(cfg)
-    check_inputs_exist(cfg)
+    try:
+        check_launch(cfg)
+        check_appended_keys()
+        check_named_entries(cfg)
+        check_switch_settings(cfg)
+        check_inputs_exist(cfg)
+    except BaseException:
+        # Without Hydra, paths.output_dir may not resolve (and no Hydra wrote files to put back).
+        output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
+        if output_dir is not None:
+            put_back_if_training_there(output_dir)
+        raise
     with exclusive_run_folder(cfg.paths.output_dir):
         return _train(cfg)
 

@@ -355,6 +355,35 @@ def test_a_run_refused_by_the_folder_lock_puts_back_the_config_files_its_hydra_o
     assert sorted(p.name for p in hydra_dir.iterdir()) == sorted(first)  # no temp file left
 
 
+@pytest.mark.parametrize(
+    ("mistake", "error"),
+    [
+        ("data.pin_memory=no", "data.pin_memory='no'"),
+        ("ckpt_path=missing.ckpt", "ckpt_path: no file missing.ckpt"),
+        ("callbacks.progress=false", "callbacks.progress=False"),
+    ],
+)
+def test_a_run_refused_by_a_config_check_in_a_busy_folder_puts_back_the_holders_files(
+    compose, tiny, tmp_path, mistake, error
+):
+    """The config checks run before the lock: a second run with a mistake, started in the folder
+    of one training there, left its own config in the training run's .hydra files."""
+    from samam import train
+
+    hydra_dir = tmp_path / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "config.yaml").write_text("seed: 0\n")
+    with train.exclusive_run_folder(tmp_path):  # the first run, training
+        (hydra_dir / "config.yaml").write_text("seed: 1\n")  # the second run's Hydra
+        with pytest.raises(Exception, match=re.escape(error)):
+            main(compose([*tiny(), "debug=fdr", "seed=1", mistake]))
+        assert (hydra_dir / "config.yaml").read_text() == "seed: 0\n"
+    (hydra_dir / "config.yaml").write_text("seed: 1\n")  # no run training there: nothing put back
+    with pytest.raises(Exception, match=re.escape(error)):
+        main(compose([*tiny(), "debug=fdr", "seed=1", mistake]))
+    assert (hydra_dir / "config.yaml").read_text() == "seed: 1\n"
+
+
 def test_a_missing_ckpt_path_is_refused_before_anything_is_built(compose, tiny, tmp_path):
     """A mistyped ckpt_path failed only at fit: after the data folders were listed and checked
     (minutes on COCO + WikiArt), the loggers opened (a failed W&B run) and the network built."""
