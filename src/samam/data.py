@@ -102,7 +102,10 @@ def load_rgb(path: str | Path, plain: bool = False) -> Image.Image:
             hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
             if im.mode == "F" and arr.max() <= 1.0:
                 hi = 1.0
+            key = im.info.get("transparency")  # a 16-bit PNG's transparent grey (tRNS), in its units
             im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            if isinstance(key, int):
+                im.putalpha(Image.fromarray(np.where(arr == key, 0, 255).astype(np.uint8), "L"))  # LA
         if im.mode == "P" or (im.mode in ("1", "L", "RGB") and "transparency" in im.info):
             im = im.convert("RGBA")  # a transparent colour (PNG tRNS) becomes alpha; convert('RGB') drops it
         if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -101,6 +101,17 @@ def test_a_transparent_colour_is_on_white_as_alpha_is(tmp_path):
         assert (rgb.reshape(-1, 3)[1:] == 255).all(), name  # the transparent ones are white
 
 
+def test_a_transparent_grey_of_a_16_bit_png_is_on_white(tmp_path):
+    """A 16-bit grayscale PNG's tRNS grey came out black: the 16-bit decoding dropped it."""
+    gray = np.zeros((4, 6), np.int32)
+    gray[0, 0] = 51400  # 200 in 8 bits
+    Image.fromarray(gray).convert("I;16").save(tmp_path / "gray16.png", transparency=0)
+    assert Image.open(tmp_path / "gray16.png").info.get("transparency") == 0
+    rgb = np.asarray(load_rgb(tmp_path / "gray16.png"))
+    assert (rgb[0, 0] == 200).all()  # the opaque pixel is kept
+    assert (rgb.reshape(-1, 3)[1:] == 255).all()  # the transparent ones are white
+
+
 def test_broken_files_skipped_and_counted(messy, caplog):
     content, style, n_broken = messy
     dm = StyleTransferDataModule(
