@@ -123,12 +123,17 @@ def check_inputs_exist(cfg: DictConfig) -> None:
         and not Path(ckpt).expanduser().is_file()
     ):
         problems.append(
-            f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
+            f"ckpt_path: {ckpt} is a folder; give a checkpoint file in it (a training run's "
+            "checkpoints/last.ckpt, say)"
+            if Path(ckpt).expanduser().is_dir()
+            else f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
             "resumes this run folder's checkpoints/last.ckpt, ckpt_path=null starts fresh)"
         )
     for key in ("content_dir", "style_dir"):
         folder = cfg.data.get(key)
-        if folder and not Path(folder).expanduser().is_dir():
+        if folder and Path(folder).expanduser().is_file():
+            problems.append(f"data.{key}: {folder} is a file; give the folder that holds the images")
+        elif folder and not Path(folder).expanduser().is_dir():
             problems.append(
                 f"data.{key}: no folder {folder} (absolute: {Path(folder).expanduser().absolute()})"
             )

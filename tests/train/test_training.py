@@ -745,6 +745,21 @@ def test_every_missing_input_is_named_in_one_error_before_anything_is_built(comp
         assert missing in text, text
 
 
+def test_a_data_folder_given_as_a_file_and_a_ckpt_path_given_as_a_folder_are_named_so(
+    compose, tiny, tmp_path
+):
+    """check_inputs_exist said "no folder" for an existing image file (data.style_dir=starry_night.jpg)
+    and "no file" for a run folder given as ckpt_path, as if nothing were there."""
+    image = tmp_path / "starry_night.jpg"
+    image.write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as err:
+        folders = [o for o in tiny() if not o.startswith(("data=", "data.root="))] + ["data=folders"]
+        main(compose([*folders, f"data.content_dir={tmp_path}", f"data.style_dir={image}"]))
+    assert f"data.style_dir: {image} is a file; give the folder that holds the images" in str(err.value)
+    with pytest.raises(FileNotFoundError, match=f"ckpt_path: {re.escape(str(tmp_path))} is a folder; give"):
+        main(compose([*tiny(), f"ckpt_path={tmp_path}"]))
+
+
 @pytest.mark.parametrize("override", ["data.val_size=32", "data.crop=48"])
 def test_sizes_below_the_networks_style_minimum_fail_before_training(compose, tiny, tmp_path, override):
     """A val_size the network cannot take used to fail at the first validation, after
