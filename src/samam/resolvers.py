@@ -1,4 +1,4 @@
-"""OmegaConf resolvers of the configs, registered on import (train.py imports this module)."""
+"""OmegaConf resolvers of the configs, registered on import (train.py and samam.train import this module)."""
 
 from __future__ import annotations
 

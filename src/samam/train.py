@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may not run train.py's imports)
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, LossSummary
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list, drop_redone_csv_rows, finish_wandb

@@ -1,6 +1,8 @@
 """Every experiment composes and instantiates (shrunk to a tiny CPU network)."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,6 +240,14 @@ def test_slurm_asks_for_gpus_only_for_a_gpu_trainer(trainer, gpus):
         cfg = compose("train", [f"trainer={trainer}", "hydra/launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher.gpus_per_node == gpus
     assert cfg.hydra.launcher.tasks_per_node == cfg.trainer.devices  # one process per device, CPU or GPU
+
+
+def test_the_training_code_registers_the_config_resolvers():
+    """A SLURM job's process runs the task function pickled from train.py without train.py's
+    imports: samam.train itself must register ${samam.slurm_gpus:...} for the job's config."""
+    code = "import samam.train; from omegaconf import OmegaConf; print(OmegaConf.create({'g': '${samam.slurm_gpus:cpu,2}'}).g)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "None", res.stderr[-2000:]
 
 
 def test_a_new_top_level_key_is_refused(monkeypatch, compose, tiny, tmp_path):
