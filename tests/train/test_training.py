@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -285,6 +286,55 @@ def test_a_training_step_meets_the_other_ranks_once_and_waits_for_the_device_at_
         json.loads(Path(f"{tmp_path / 'syncs'}.{rank}.json").read_text()) for rank in range(len(expected))
     ]
     assert counted == expected
+
+
+class CudaSyncs(Callback):
+    """Records the calls that make the host wait for the GPU (torch.cuda's sync debug mode) from
+    the start of training batch 1 to the start of batch 2, as "file:line message" lines."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self._ctx, self.records = out, None, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 1:
+            self._ctx = warnings.catch_warnings(record=True)
+            self.records = self._ctx.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        elif batch_idx == 2:
+            self._stop()
+            lines = [f"{w.filename}:{w.lineno} {w.message}" for w in self.records]
+            Path(self.out).write_text(json.dumps(lines))
+
+    def _stop(self) -> None:
+        if self._ctx is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._stop()
+
+
+@pytest.mark.gpu
+def test_a_cuda_training_step_of_ours_never_waits_for_the_gpu(compose, tiny, tmp_path):
+    """The CUDA side of the step counts above: nothing in samam's code (module, callbacks, the
+    network's input check, the data module) synchronises with the GPU during a training step."""
+    out = tmp_path / "cuda_syncs.json"
+    args = [
+        *(o for o in tiny() if o != "trainer=cpu"),
+        "trainer=gpu",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=100",
+        "trainer.log_every_n_steps=100",
+        "callbacks.checkpoint.every_n_train_steps=100",
+        f"+callbacks.syncs._target_={CudaSyncs.__module__}.CudaSyncs",
+        f"+callbacks.syncs.out={out}",
+    ]
+    main(compose(args))
+    src = str(Path(__import__("samam").__file__).parent)
+    ours = [line for line in json.loads(out.read_text()) if line.startswith(src)]
+    assert ours == [], ours
 
 
 def test_multirun_ablation_one_run_per_arm(tiny, train_subprocess, tmp_path):
