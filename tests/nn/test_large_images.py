@@ -76,12 +76,22 @@ class _LargestTensor(TorchDispatchMode):
 
 @pytest.mark.parametrize(
     "batch, side, style_side",
-    [(1, 8192, 256), (2, 8192, 256), (4, 8192, 256), (8, 4096, 256), (4, 8192, 8192), (16, 256, 4096)],
+    [
+        (1, 8192, 256),
+        (2, 8192, 256),
+        (4, 8192, 256),
+        (8, 4096, 256),
+        (4, 8192, 8192),
+        (16, 256, 4096),
+        (4096, 256, 256),
+    ],
 )
 def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side, style_side):
     """Shapes only, on the meta device: the released network at 8192² (where the release
     fails in its image decoder), a batch of 8 at 4096², and large style batches (4 styles at
-    8192² or 16 at 4096² fill a (B, 512, 1024², or 512²) tensor of 2^31 in one pass)."""
+    8192² or 16 at 4096² fill a (B, 512, 1024², or 512²) tensor of 2^31 in one pass), and
+    4096 samples at 256² (the image decoder's thinnest strip of 3628 samples, the block
+    chunk, would hold 2.7 · 10^9 elements)."""
     net = SaMam(backend="torch")
     scans = []
 

@@ -330,6 +330,26 @@ def test_strip_decoding_equals_the_unsplit_decoder(patch_size):
     assert full.shape == (2, 3, 37 * patch_size, 11 * patch_size)
 
 
+@pytest.mark.parametrize("patch_size", [4, 8])
+def test_strip_decoding_splits_a_batch_too_large_for_one_strip(patch_size):
+    """When even the thinnest strip (1 + 2·halo rows) of the whole batch passes max_elements,
+    the batch is decoded in chunks of samples: same output, no activation past the cap."""
+    from samam.nn.decoder import ImageDecoder
+
+    torch.manual_seed(0)
+    dec = ImageDecoder(32, patch_size)
+    x = torch.randn(5, 32, 13, 11)
+    cap = 2 * 11 * dec.peak_per_token * (1 + 2 * dec.halo)  # the thinnest strip of 2 samples
+    largest = []
+    hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in dec.layers]
+    with torch.no_grad():
+        split = dec(x, max_elements=cap)
+        assert max(largest) <= cap * 1.2  # the count leaves out the reflection pads' 2 extra pixels
+        for h in hooks:
+            h.remove()
+        torch.testing.assert_close(split, dec(x, max_elements=None), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch", "mamba"])
 def test_gpu_batch_of_styles_equals_single_runs_and_cpu(backend):

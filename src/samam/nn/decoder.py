@@ -50,11 +50,17 @@ class ImageDecoder(nn.Module):
         self.peak_per_token = peak  # largest activation, elements per input token
 
     def forward(self, x: torch.Tensor, max_elements: int | None = 2**28) -> torch.Tensor:
-        """x (B, C, h, w) → (B, 3, h·p, w·p). Strips keep every activation ≤ max_elements."""
+        """x (B, C, h, w) → (B, 3, h·p, w·p). Strips (and chunks of samples) keep every
+        activation ≤ max_elements."""
         b, _, h, w = x.shape
         per_row = b * w * self.peak_per_token
         if max_elements is None or per_row * h <= max_elements:
             return self.layers(x)
+        # A strip holds at least 1 + 2·halo rows: past that (thousands of small images in one
+        # batch), decode in chunks of samples too.
+        samples = max(1, max_elements // (w * self.peak_per_token * (1 + 2 * self.halo)))
+        if b > samples:
+            return torch.cat([self(x[i : i + samples], max_elements) for i in range(0, b, samples)])
         rows = max(1, max_elements // per_row - 2 * self.halo)
         p, out = self.patch_size, []
         for top in range(0, h, rows):
