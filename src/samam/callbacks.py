@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from samam.fileio import atomic_write
+from samam.logging_utils import drop_redone_csv_rows
 
 if TYPE_CHECKING:
     from samam.module import HostCopy
@@ -281,6 +283,27 @@ class CheckpointOnStop(Callback):
             pending, self._requeue_pending = self._requeue_pending, False
         if pending and self._requeue is not None:
             self._requeue(signal.SIGUSR2, None)
+
+
+class DropRedoneCsvRows(Callback):
+    """Added by ``samam.train`` to a run resumed from its own folder: once the checkpoint is restored
+    (weights, optimizer, loops) and before the first new row is logged, removes the CSV rows of the
+    steps past it, which this run trains again (:func:`samam.logging_utils.drop_redone_csv_rows`).
+    Trimmed before the load, a resume that then failed (a mismatched or damaged checkpoint, an
+    out-of-memory) had lost those rows, and their steps were never trained again."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step  # the checkpoint's
+        for lg in trainer.loggers:
+            if isinstance(lg, CSVLogger) and (n := drop_redone_csv_rows(lg.root_dir, step)):
+                log.info(
+                    "csv: dropped %d rows of steps after %d from %s: they are trained again",
+                    n,
+                    step,
+                    lg.root_dir,
+                )
 
 
 class LossSummary(Callback):

@@ -22,15 +22,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may not run train.py's imports)
-from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, LossSummary
+from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, DropRedoneCsvRows, LossSummary
 from samam.fileio import atomic_write
-from samam.logging_utils import brief_list, drop_redone_csv_rows, finish_wandb
+from samam.logging_utils import brief_list, finish_wandb
 from samam.nn.samam import check_switches
 
 log = logging.getLogger(__name__)
@@ -389,13 +388,6 @@ def _in_run_folder(ckpt_path: str | Path, output_dir: str | Path) -> bool:
     return Path(ckpt_path).resolve().parent.parent == Path(output_dir).resolve()
 
 
-def _read_step(path: str | Path) -> int | None:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:  # not ours, or damaged: Lightning's own load will say so
-        return None
-
-
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     if group is None:
         return []
@@ -550,20 +542,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     module.run_identity = identity
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    if ckpt_path is not None and _in_run_folder(ckpt_path, cfg.paths.output_dir) and rank_zero_only.rank == 0:
-        step = _read_step(ckpt_path)
-        for lg in loggers:
-            if (
-                step is not None
-                and isinstance(lg, CSVLogger)
-                and (n := drop_redone_csv_rows(lg.root_dir, step))
-            ):
-                log.info(
-                    "csv: dropped %d rows of steps after %d from %s: they are trained again",
-                    n,
-                    step,
-                    lg.root_dir,
-                )
+    if ckpt_path is not None and _in_run_folder(ckpt_path, cfg.paths.output_dir):
+        callbacks.append(DropRedoneCsvRows())  # once the checkpoint is restored: a failed load drops nothing
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,

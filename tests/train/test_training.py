@@ -714,9 +714,17 @@ class CrashAtTrainStep(Callback):
             raise RuntimeError("killed")
 
 
+class CrashOnLoad(Callback):
+    """Fails while the checkpoint is restored (as a mismatched or damaged one, or an OOM, would)."""
+
+    def on_load_checkpoint(self, *args) -> None:
+        raise RuntimeError("out of memory while loading")
+
+
 def test_a_run_killed_past_its_checkpoint_logs_the_redone_steps_once(compose, tiny, tmp_path):
     """Killed after step 3 (last.ckpt is step 2), resumed: the CSV versions together hold each
-    step once (steps 3's rows were in both), and the first version keeps the steps before."""
+    step once (steps 3's rows were in both), and the first version keeps the steps before. A
+    resume that fails while loading the checkpoint drops nothing: it trains nothing again."""
     run = [*tiny(), "trainer.max_steps=6"]
     with pytest.raises(RuntimeError, match="killed"):
         main(
@@ -729,6 +737,10 @@ def test_a_run_killed_past_its_checkpoint_logs_the_redone_steps_once(compose, ti
             )
         )
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    before = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
+    with pytest.raises(RuntimeError, match="out of memory while loading"):
+        main(compose([*run, f"+callbacks.crash._target_={CrashOnLoad.__module__}.CrashOnLoad"]))
+    assert (tmp_path / "csv" / "version_0" / "metrics.csv").read_text() == before
     main(compose(run))  # ckpt_path=auto
     logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
     assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
