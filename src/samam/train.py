@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import time
 import types
 import typing
@@ -21,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -266,6 +267,47 @@ def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
     ]
 
 
+def lightning_ckpt_file(ckpt_path: str | None, callbacks: list[Any], root_dir: str | Path) -> str | None:
+    """The file Trainer.fit would load for Lightning's names, so that a run started with one is
+    started from that file (the identity check, the CSV rows, the W&B run): ``last``, the newest
+    ``last*.ckpt`` of the checkpoint callbacks (None, a fresh start, where there is none, as in
+    Lightning); ``hpc``, the highest ``hpc_ckpt_<n>.ckpt`` in the trainer's ``root_dir``
+    (Lightning's SLURM requeue writes them there). Any other value is returned as it is."""
+    if ckpt_path == "last":
+        found = []
+        for cb in callbacks:
+            if isinstance(cb, OnExceptionCheckpoint):
+                found += [Path(cb.ckpt_path)] if Path(cb.ckpt_path).is_file() else []
+            elif isinstance(cb, ModelCheckpoint):
+                # None: Lightning would look in a folder named after the logger; a remote one: not here
+                if cb.dirpath is None or "://" in str(cb.dirpath):
+                    raise ValueError(
+                        f"ckpt_path=last: the checkpoint callback {type(cb).__name__} saves in "
+                        f"{cb.dirpath or 'the logger folder'}; give the checkpoint file, or ckpt_path=auto "
+                        "(this run folder's checkpoints/last.ckpt)"
+                    )
+                found += Path(cb.dirpath).glob(f"{cb.CHECKPOINT_NAME_LAST}*{cb.FILE_EXTENSION}")
+        if not found:
+            log.warning(
+                "ckpt_path=last: no last checkpoint in the checkpoint callbacks' folders: a fresh start"
+            )
+            return None
+        return str(max(found, key=lambda p: p.stat().st_mtime))
+    if ckpt_path == "hpc":
+        numbered = {
+            int(m[1]): p
+            for p in Path(root_dir).expanduser().glob("hpc_ckpt_*.ckpt")
+            if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))
+        }
+        if not numbered:  # (also a remote root_dir, not looked in here: give the file)
+            raise FileNotFoundError(
+                f"ckpt_path=hpc: no hpc_ckpt_<n>.ckpt in {root_dir} (Lightning's SLURM requeue writes them); "
+                "give the checkpoint file, or ckpt_path=auto (this run folder's checkpoints/last.ckpt)"
+            )
+        return str(numbered[max(numbered)])
+    return ckpt_path
+
+
 def resolve_ckpt_path(
     ckpt_path: str | None,
     output_dir: str | Path,
@@ -385,7 +427,9 @@ def wandb_resume_id(ckpt_path: str | Path | None, output_dir: str | Path) -> str
 
 
 def _in_run_folder(ckpt_path: str | Path, output_dir: str | Path) -> bool:
-    return Path(ckpt_path).resolve().parent.parent == Path(output_dir).resolve()
+    # checkpoints/*.ckpt, or Lightning's hpc_ckpt_<n>.ckpt (SLURM requeue) in the folder itself
+    path, folder = Path(ckpt_path).resolve(), Path(output_dir).resolve()
+    return path.parent.parent == folder or (path.parent == folder and path.name.startswith("hpc_ckpt_"))
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -527,7 +571,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     assert isinstance(run_config, dict)
 
     identity = run_identity(cfg)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir, identity, run_config)
+    callbacks = _instantiate_all(cfg.get("callbacks"))  # ckpt_path=last is looked for in their folders
+    root_dir = cfg.trainer.get("default_root_dir") or os.getcwd()  # Lightning's, for ckpt_path=hpc
+    ckpt_path = lightning_ckpt_file(cfg.ckpt_path, callbacks, root_dir)
+    ckpt_path = resolve_ckpt_path(ckpt_path, cfg.paths.output_dir, identity, run_config)
     wandb_id = wandb_resume_id(ckpt_path, cfg.paths.output_dir)
     if wandb_id is not None and cfg.get("logger") and cfg.logger.get("wandb") is not None:
         with open_dict(cfg):
@@ -540,7 +587,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, net=net, loss=loss)
     module.run_config = run_config  # not via instantiate: it would build every _target_ inside it
     module.run_identity = identity
-    callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     if ckpt_path is not None and _in_run_folder(ckpt_path, cfg.paths.output_dir):
         callbacks.append(DropRedoneCsvRows())  # once the checkpoint is restored: a failed load drops nothing

@@ -749,6 +749,49 @@ def test_a_run_killed_past_its_checkpoint_logs_the_redone_steps_once(compose, ti
     assert first == [(0, False), (1, False), (1, True)]
 
 
+def test_a_resume_with_lightnings_names_last_and_hpc_logs_the_redone_steps_once(compose, tiny, tmp_path):
+    """ckpt_path=last and ckpt_path=hpc resume from the run's own folder as its file would: the
+    rows of the steps trained again are dropped (they were kept for the bare names)."""
+    crash = f"+callbacks.crash._target_={CrashAtTrainStep.__module__}.CrashAtTrainStep"
+    run = [*tiny(), "trainer.max_steps=6"]
+    with pytest.raises(RuntimeError, match="killed"):
+        main(compose([*run, crash, "+callbacks.crash.step=3"]))
+    with pytest.raises(RuntimeError, match="killed"):
+        main(compose([*run, crash, "+callbacks.crash.step=5", "ckpt_path=last"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(last.read_bytes())  # as Lightning's SLURM requeue saves
+    main(compose([*run, "ckpt_path=hpc"]))
+    logged = sorted((int(r["step"]), "val" if r["val/loss"] else "train") for r in _csv_rows(tmp_path))
+    assert logged == sorted([(s, "train") for s in range(6)] + [(1, "val"), (3, "val"), (5, "val")])
+
+
+def test_lightnings_checkpoint_names_are_resolved_to_the_file_it_would_load(tmp_path):
+    """The file is then resumed as given (identity check, W&B run continued from the run's own)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from samam.train import lightning_ckpt_file, wandb_resume_id
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    callbacks = [ModelCheckpoint(dirpath=ckpts)]
+    assert lightning_ckpt_file("last", callbacks, tmp_path) is None  # nothing yet: a fresh start
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=hpc: no hpc_ckpt_<n>\.ckpt in .*ckpt_path=auto"):
+        lightning_ckpt_file("hpc", callbacks, tmp_path)
+    for path in (ckpts / "last.ckpt", tmp_path / "hpc_ckpt_2.ckpt", tmp_path / "hpc_ckpt_10.ckpt"):
+        torch.save({"samam": {"wandb_id": "id-run"}}, path)
+    assert lightning_ckpt_file("last", callbacks, tmp_path) == str(ckpts / "last.ckpt")
+    assert lightning_ckpt_file("hpc", callbacks, tmp_path) == str(tmp_path / "hpc_ckpt_10.ckpt")
+    assert wandb_resume_id(lightning_ckpt_file("hpc", callbacks, tmp_path), tmp_path) == "id-run"
+    (tmp_path / "copied.ckpt").write_bytes((tmp_path / "hpc_ckpt_2.ckpt").read_bytes())
+    assert wandb_resume_id(tmp_path / "copied.ckpt", tmp_path) is None  # not one the run saved
+    assert lightning_ckpt_file("some.ckpt", callbacks, tmp_path) == "some.ckpt"
+    with pytest.raises(
+        ValueError, match="ckpt_path=last: .* saves in the logger folder; give the checkpoint file"
+    ):
+        lightning_ckpt_file("last", [ModelCheckpoint()], tmp_path)  # Lightning's folder depends on the logger
+
+
 def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tiny, tmp_path):
     """submitit requeues on SIGUSR2 and exits at once; the run first stops at a step boundary
     and saves, then the requeue handler runs."""
