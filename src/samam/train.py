@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -572,6 +572,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     identity = run_identity(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))  # ckpt_path=last is looked for in their folders
+    if cfg.trainer.get("enable_progress_bar") is False:  # the bar off (a SLURM log): its callback too
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     root_dir = cfg.trainer.get("default_root_dir") or os.getcwd()  # Lightning's, for ckpt_path=hpc
     ckpt_path = lightning_ckpt_file(cfg.ckpt_path, callbacks, root_dir)
     ckpt_path = resolve_ckpt_path(ckpt_path, cfg.paths.output_dir, identity, run_config)

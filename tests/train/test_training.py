@@ -37,6 +37,15 @@ def test_fast_dev_run(compose, tiny, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
 
 
+def test_the_progress_bar_switched_off_leaves_out_its_callback(compose, tiny, tmp_path):
+    """trainer.enable_progress_bar=false (a SLURM log) with the default callbacks, which hold a
+    progress bar: Lightning refused the pair (MisconfigurationException) after the network was built."""
+    overrides = [o for o in tiny() if o != "callbacks.progress=null"]
+    cfg = compose([*overrides, "debug=fdr"])
+    assert cfg.callbacks.progress is not None and cfg.trainer.enable_progress_bar is False
+    assert all(torch.isfinite(torch.tensor(v)) for v in main(cfg).values())
+
+
 def test_demo_lowers_style_loss_and_writes_wandb_offline(compose, tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose(
