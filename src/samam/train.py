@@ -577,10 +577,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     root_dir = cfg.trainer.get("default_root_dir") or os.getcwd()  # Lightning's, for ckpt_path=hpc
     ckpt_path = lightning_ckpt_file(cfg.ckpt_path, callbacks, root_dir)
     ckpt_path = resolve_ckpt_path(ckpt_path, cfg.paths.output_dir, identity, run_config)
-    wandb_id = wandb_resume_id(ckpt_path, cfg.paths.output_dir)
-    if wandb_id is not None and cfg.get("logger") and cfg.logger.get("wandb") is not None:
-        with open_dict(cfg):
-            cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"
+    # Reads the checkpoint's metadata a second time (memory-mapped, ~0.1 s): only for a W&B run.
+    if cfg.get("logger") and cfg.logger.get("wandb") is not None:
+        wandb_id = wandb_resume_id(ckpt_path, cfg.paths.output_dir)
+        if wandb_id is not None:
+            with open_dict(cfg):
+                cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"
 
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)

@@ -801,6 +801,24 @@ def test_lightnings_checkpoint_names_are_resolved_to_the_file_it_would_load(tmp_
         lightning_ckpt_file("last", [ModelCheckpoint()], tmp_path)  # Lightning's folder depends on the logger
 
 
+def test_a_resume_without_wandb_reads_the_checkpoint_metadata_once_before_fit(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """Once, for the identity check: not again for a W&B run id without W&B, nor for the step to
+    drop CSV rows from (the restored one). Lightning's own load maps nothing."""
+    main(compose([*tiny(), "trainer.max_steps=2"]))
+    reads, load = [], torch.load
+
+    def spy(path, *args, **kwargs):
+        if kwargs.get("mmap"):
+            reads.append(path)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    main(compose([*tiny(), "trainer.max_steps=2"]))  # ckpt_path=auto, logger=csv
+    assert reads == [tmp_path / "checkpoints" / "last.ckpt"]
+
+
 def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tiny, tmp_path):
     """submitit requeues on SIGUSR2 and exits at once; the run first stops at a step boundary
     and saves, then the requeue handler runs."""
