@@ -105,7 +105,8 @@ def check_appended_keys() -> None:
             )
 
 
-LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # ckpt_path values Trainer.fit resolves itself
+# ckpt_path values Trainer.fit resolves itself: last and hpc are looked up as it would (lightning_ckpt_file)
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")
 
 
 def check_inputs_exist(cfg: DictConfig) -> None:
@@ -129,6 +130,11 @@ def check_inputs_exist(cfg: DictConfig) -> None:
             if Path(ckpt).expanduser().is_dir()
             else f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
             "resumes this run folder's checkpoints/last.ckpt, ckpt_path=null starts fresh)"
+        )
+    if ckpt == "best":  # Trainer.fit refuses it, after the network is built
+        problems.append(
+            "ckpt_path=best: Lightning knows the best checkpoint only from one it has loaded, so a run cannot "
+            "start from it; give the file (checkpoints/best-artfid-step….ckpt, say), or ckpt_path=auto"
         )
     for key in ("content_dir", "style_dir"):
         folder = cfg.data.get(key)

@@ -454,6 +454,8 @@ def test_a_missing_ckpt_path_is_refused_before_anything_is_built(compose, tiny, 
     assert not (tmp_path / "csv").exists() and not (tmp_path / "samples").exists()
     for given in ("auto", "null", "last", "s3://bucket/run/last.ckpt"):  # resolved later, or remote
         check_inputs_exist(compose([*tiny(), f"ckpt_path={given}"]))
+    with pytest.raises(FileNotFoundError, match="ckpt_path=best: .*give the file"):  # fit always refused it
+        check_inputs_exist(compose([*tiny(), "ckpt_path=best"]))
 
 
 def test_compile_switch_given_as_a_string_is_refused(compose, tiny):
