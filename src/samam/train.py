@@ -327,16 +327,19 @@ def resolve_ckpt_path(
     run: two runs in one SLURM job share its folder. A checkpoint from before identities were
     stored is compared on its resolved config (``resolved_config``).
 
-    A file is returned as it is, except when this run folder's ``last.ckpt`` comes from this
+    A file is returned as it is (``~`` expanded), except when this run folder's ``last.ckpt`` comes from this
     same run started with this same ``ckpt_path`` (a fine-tune requeued or rerun with its
     command): then that ``last.ckpt``, so the steps since the start are kept. Any other file,
     such as one of the run's own step checkpoints (a rollback), is used as given."""
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if ckpt_path not in ("auto", None) and "://" not in ckpt_path:
+        ckpt_path = os.path.expanduser(ckpt_path)  # ~/runs/...: as check_inputs_exist and Lightning read it
     if ckpt_path not in ("auto", None) and last.is_file() and Path(ckpt_path).resolve() != last.resolve():
         own = checkpoint_meta(last)
         started_from = (own.get("config") or {}).get("ckpt_path")
         same_start = (
-            started_from is not None and Path(str(started_from)).resolve() == Path(ckpt_path).resolve()
+            started_from is not None
+            and Path(str(started_from)).expanduser().resolve() == Path(ckpt_path).resolve()
         )
         if (
             same_start

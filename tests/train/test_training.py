@@ -932,6 +932,26 @@ def test_auto_resume_from_a_damaged_last_ckpt_says_so_and_names_a_checkpoint_to_
         resolve_ckpt_path("auto", tmp_path, mine, resolved_config=mine)
 
 
+def test_a_ckpt_path_under_home_given_with_a_tilde_resumes_as_the_expanded_path(tmp_path, monkeypatch):
+    """check_inputs_exist and Lightning expand ~; the run-folder logic (W&B run continued, CSV rows,
+    the requeued fine-tune's last.ckpt) read ~/run/... as a relative path and did none of it."""
+    from samam.train import resolve_ckpt_path, wandb_resume_id
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    step = run / "checkpoints" / "step0000002.ckpt"
+    torch.save({"samam": {"config": {}, "identity": {"seed": 0}, "wandb_id": "id-run"}}, step)
+    resolved = resolve_ckpt_path("~/run/checkpoints/step0000002.ckpt", run, {"seed": 0})
+    assert resolved == str(step) and wandb_resume_id(resolved, run) == "id-run"
+    # a fine-tune from ~/start.ckpt, requeued: resumes its own last.ckpt
+    torch.save(
+        {"samam": {"config": {"ckpt_path": "~/start.ckpt"}, "identity": {"seed": 0}}},
+        run / "checkpoints" / "last.ckpt",
+    )
+    assert resolve_ckpt_path("~/start.ckpt", run, {"seed": 0}) == str(run / "checkpoints" / "last.ckpt")
+
+
 def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path, caplog):
     from samam.callbacks import LossSummary
     from samam.train import checkpoint_meta, resolve_ckpt_path
