@@ -252,6 +252,30 @@ def test_a_failing_network_gives_rows_and_the_next_series_still_runs(tmp_path, m
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_the_training_step_is_timed_without_the_input_check_as_training_runs_it(monkeypatch):
+    """StyleTransferModule turns the network's NaN/Inf input check off (it reads the inputs on the
+    host: on CUDA a wait for the device at every step); the timed step does too, and inference
+    keeps it, as stylize does."""
+    from samam.nn.samam import SaMam
+
+    bench = _load_benchmark()
+    argv = ["--device", "cpu", "--tasks", "train", "--train-sizes", "64", "--train-batch", "1"]
+    args = bench.build_parser().parse_args([*argv, "--style-size", "64", "--repeats", "1", "--warmup", "0"])
+    cpu = torch.device("cpu")
+    ctx = bench.Context(
+        args, cpu, bench.PeakMemory(cpu), lambda *out: sum(t.mean() for t in out), "-", 0.0, 0.0
+    )
+    net, seen, check = SaMam(**TINY_PRESET), [], SaMam._check_values
+    monkeypatch.setattr(
+        SaMam, "_check_values", lambda self, *a: seen.append(self.check_finite) or check(self, *a)
+    )
+    rows: list[dict] = []
+    bench.run_series(ctx, bench.Series("samam", "ssm", "torch", lambda: net), "fp32", rows, lambda: None)
+    assert [r["status"] for r in rows] == ["ok"]
+    assert seen and not any(seen)
+    assert net.check_finite  # on again for the inference cases
+
+
 def test_peer_ratios_compare_equal_inputs_only():
     """--peer-style content gives the peer style = content: no ratio where our style differs."""
     bench = _load_benchmark()
