@@ -49,7 +49,7 @@ def reduce_step(
     device = next(iter(losses.values())).device
     terms = torch.stack(list(losses.values()))
     dtype = torch.promote_types(terms.dtype, torch.float32)  # counts stay exact past bf16's 256
-    summed = reduce(torch.cat([terms.to(dtype), host.to(device, dtype, non_blocking=True)]), reduce_op="sum")
+    summed = reduce(torch.cat([terms.to(dtype), host.to(device, dtype, non_blocking=True)]))
     n = len(losses)
     return dict(zip(losses, summed[:n] / world_size)), summed[n] + setup_skipped, summed[n + 1]
 
@@ -72,11 +72,9 @@ class HostCopy:
         return self.value.item()
 
 
-def _sum_over_ranks(t: Tensor, reduce_op: str = "sum") -> Tensor:
+def _sum_over_ranks(t: Tensor) -> Tensor:
     """All-reduce (sum) in place across DDP ranks; a no-op in one process. Not strategy.reduce,
     which puts a barrier before every reduce: with NCCL, a host wait at every training step."""
-    if reduce_op != "sum":
-        raise ValueError(f"reduce_op={reduce_op!r}: only sum")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
     return t

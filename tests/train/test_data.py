@@ -336,8 +336,8 @@ def test_skipped_total_counts_setup_once_and_sums_workers_then_ranks():
 
     calls = []
 
-    def two_ranks(t, reduce_op):  # stands in for the DDP all-reduce: the other rank skipped 3, voted to stop
-        calls.append(reduce_op)
+    def two_ranks(t):  # stands in for the DDP all-reduce (a sum): the other rank skipped 3, voted to stop
+        calls.append("sum")
         return t + torch.tensor([3.0, 3.0, 1.0])  # its loss was 3
 
     losses, skipped, votes = reduce_step({"loss": torch.tensor(1.0)}, 2, {0: 1, 1: 4}, False, 2, two_ranks)
