@@ -468,6 +468,11 @@ def _hydra_files(folder: Path) -> list[Path]:
     return [] if subdir is None else sorted((folder / subdir).glob("*.yaml"))
 
 
+def _first_process() -> bool:
+    """Rank 0 of node 0: the one process of a run that locks and restores its folder's files."""
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
     """Hold ``output_dir/.train.lock`` while the run trains (on its first process only; the kernel
@@ -479,7 +484,7 @@ def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
     Hydra writes ``.hydra/`` before any of this code runs, so the holder keeps a copy of its own
     files in the lock file, and a run that stops here (refused, or interrupted while waiting)
     puts them back."""
-    if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
+    if not _first_process():
         yield
         return
     folder = Path(output_dir)
@@ -527,7 +532,7 @@ def put_back_if_training_there(output_dir: str | Path) -> None:
     """For a run refused before the lock: if another run holds ``output_dir``'s lock, put back the
     Hydra files this run's Hydra overwrote (as a run refused at the lock does). Writes nothing else."""
     folder = Path(output_dir)
-    if rank_zero_only.rank != 0 or os.environ.get("NODE_RANK", "0") != "0":
+    if not _first_process():
         return
     with contextlib.suppress(FileNotFoundError), open(folder / ".train.lock") as lock:
         try:
