@@ -28,7 +28,15 @@ from torch import Tensor, nn
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list
-from samam.metrics import METRIC_NAMES, StyleTransferMetrics, build_metrics, opt, short_side_size, to_uint8
+from samam.metrics import (
+    METRIC_NAMES,
+    StyleTransferMetrics,
+    build_metrics,
+    opt,
+    refuse_unknown_settings,
+    short_side_size,
+    to_uint8,
+)
 from samam.nn.samam import check_switches
 
 log = logging.getLogger(__name__)
@@ -452,11 +460,7 @@ def _bench_settings(
     """eval's ``bench`` config → :func:`measure_efficiency` keywords ({} when disabled), checked
     before any work: a bad value must not surface after the whole evaluation. Null = default."""
     cfg = dict(bench or {})
-    unknown = sorted(set(cfg) - {"enabled", "content_size", "style_size", "warmup", "repeats"})
-    if unknown:
-        raise ValueError(
-            f"bench: no setting {', '.join(unknown)} (it has: enabled, content_size, style_size, warmup, repeats)"
-        )
+    refuse_unknown_settings("bench", cfg, ["enabled", "content_size", "style_size", "warmup", "repeats"])
     check_switches({"bench.enabled": opt(cfg, "enabled", True)})
     if not opt(cfg, "enabled", True):
         return {}

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -697,6 +697,14 @@ def opt_null(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
     return default if cfg is None or key not in cfg else cfg[key]
 
 
+def refuse_unknown_settings(section: str, cfg: Mapping[str, Any] | None, known: Sequence[str]) -> None:
+    """A setting ``section`` does not have (``+metrics.lpips.enabeld=false``, ``+bench.repeat=3``)
+    would be silently ignored: refuse it, naming the ones it has."""
+    unknown = sorted(set(cfg or {}) - set(known))
+    if unknown:
+        raise ValueError(f"{section}: no setting {', '.join(unknown)} (it has: {', '.join(known)})")
+
+
 METRIC_OPTIONS = {  # each metric's settings besides enabled and weights
     "fid_art": ("short_side",),
     "fid_tf": (),
@@ -729,12 +737,7 @@ def build_metrics(
     test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
     missing: list[MissingWeightsError] = []
     for name, cfg in cfgs.items():
-        unknown = sorted(set(cfg or {}) - {"enabled", "weights", *METRIC_OPTIONS[name]})
-        if unknown:  # `+metrics.fid_tf.short_side=512`, `+metrics.lpips.enabeld=false`: silently ignored
-            raise ValueError(
-                f"metrics.{name}: no setting {', '.join(unknown)} "
-                f"(it has: {', '.join(['enabled', 'weights', *METRIC_OPTIONS[name]])})"
-            )
+        refuse_unknown_settings(f"metrics.{name}", cfg, ["enabled", "weights", *METRIC_OPTIONS[name]])
     check_switches(
         {
             "metrics.download": download,
