@@ -1003,7 +1003,8 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
         "timed calls per case",
         f"- peak memory: {meta['mem_kind']} ({MEM_KINDS[meta['mem_kind']]})",
         f"- fp32 math: matmul precision {meta.get('float32_matmul_precision', '?')}; cuDNN TF32 convolutions "
-        f"{'on' if meta.get('cudnn_allow_tf32') else 'off'}",
+        # records from before the key was kept: unknown, not off (torch's default is on)
+        f"{'?' if 'cudnn_allow_tf32' not in meta else 'on' if meta['cudnn_allow_tf32'] else 'off'}",
         f"- training step: {meta['loss']}",
         "- optional kernels imported: "
         + (", ".join(f"{m} {meta[m]}" for m in ("numba", "mamba_ssm") if m in meta) or "none"),

@@ -131,6 +131,37 @@ def test_markdown_ratio_cells_sit_under_their_headers(bench, tmp_path):
     assert cells["vs release"] == "2.00×" and cells["vs StyTr²"] == "5.00×"
 
 
+def test_replot_of_a_record_without_the_tf32_key_does_not_claim_off(bench, tmp_path):
+    # The committed CPU records predate meta.json's cudnn_allow_tf32: --replot must not write
+    # a setting that was never recorded (torch's default is on).
+    meta = dict(
+        date="2024-01-01T00:00:00",
+        cpu="cpu",
+        device="cpu",
+        torch="x",
+        threads=1,
+        commit="c",
+        loadavg_start=[0, 0, 0],
+        model="m",
+        style=256,
+        warmup=0,
+        repeats=1,
+        mem_kind="rss_hwm_delta",
+        loss="-",
+        command="c",
+    )
+    row = timed_row(bench, "samam", 2.0)
+    row.update(mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=256 * 256)
+
+    def tf32_line(meta):
+        bench.write_markdown([row], meta, tmp_path / "r.md")
+        return next(ln for ln in (tmp_path / "r.md").read_text().splitlines() if "fp32 math" in ln)
+
+    assert tf32_line(meta).endswith("cuDNN TF32 convolutions ?")
+    assert tf32_line({**meta, "cudnn_allow_tf32": True}).endswith("convolutions on")
+    assert tf32_line({**meta, "cudnn_allow_tf32": False}).endswith("convolutions off")
+
+
 def test_other_series_still_run_after_one_fails(bench, monkeypatch, tmp_path):
     class Echo(nn.Module):
         def forward(self, content, style):
