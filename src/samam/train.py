@@ -608,11 +608,17 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     loggers = _instantiate_all(cfg.get("logger"))
     if ckpt_path is not None and _in_run_folder(ckpt_path, cfg.paths.output_dir):
         callbacks.append(DropRedoneCsvRows())  # once the checkpoint is restored: a failed load drops nothing
+    # With no ModelCheckpoint asked for (callbacks=none, callbacks.checkpoint=null), Lightning
+    # would add its own, writing epoch=…-step=….ckpt into the logger's folder.
+    no_checkpoints = "enable_checkpointing" not in cfg.trainer and not any(
+        isinstance(c, ModelCheckpoint) for c in callbacks
+    )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers if len(loggers) > 0 else False,
         plugins=[AtomicCheckpointIO()],
+        **({"enable_checkpointing": False} if no_checkpoints else {}),
     )
     for lg in loggers:
         lg.log_hyperparams(run_config)

@@ -37,6 +37,15 @@ def test_fast_dev_run(compose, tiny, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
 
 
+@pytest.mark.parametrize("off", ["callbacks=none", "callbacks.checkpoint=null"])
+def test_checkpoints_switched_off_write_none(compose, tiny, tmp_path, off):
+    """conf/callbacks/none.yaml promises no checkpoints: Lightning added its own ModelCheckpoint
+    (epoch=0-step=2.ckpt in the CSV logger's folder, then last.ckpt beside it)."""
+    overrides = [o for o in tiny() if not o.startswith("callbacks.")]
+    main(compose([*overrides, off, "trainer.max_steps=2"]))
+    assert [p.name for p in tmp_path.rglob("*.ckpt")] == []
+
+
 def test_the_progress_bar_switched_off_leaves_out_its_callback(compose, tiny, tmp_path):
     """trainer.enable_progress_bar=false (a SLURM log) with the default callbacks, which hold a
     progress bar: Lightning refused the pair (MisconfigurationException) after the network was built."""
