@@ -95,6 +95,8 @@ def main() -> None:
         functions["mamba"] = selective_scan_mamba
     device_type = torch.device(args.device).type
     cuda = device_type == "cuda"
+    if cuda and not torch.cuda.is_available():  # else a traceback from the first input, after the header
+        raise SystemExit(f"--device {args.device}: no CUDA device visible")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     load = os.getloadavg()[0]
     print(

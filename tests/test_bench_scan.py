@@ -27,3 +27,14 @@ def test_a_kernel_of_another_device_gets_a_row_instead_of_a_crash():
     rows = {line.split(" | ")[0]: line for line in proc.stdout.splitlines() if line.startswith("| ")}
     assert "runs on cpu only" in rows["| numba"]
     assert rows["| torch"].split(" | ")[2] == "1"  # timed, with 1 thread
+
+
+def test_device_cuda_without_cuda_is_refused_before_the_table():
+    """On a machine without CUDA, `--device cuda` printed the table's header and then died in a
+    traceback from torch's CUDA initialisation (benchmark.py refuses it in one line)."""
+    cmd = [sys.executable, str(REPO / "experiments" / "bench_scan.py"), "--device", "cuda", "--tokens", "16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "--device cuda: no CUDA device visible" in proc.stderr and "Traceback" not in proc.stderr
+    assert "| backend" not in proc.stdout
