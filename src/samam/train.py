@@ -320,7 +320,20 @@ def resolve_ckpt_path(
     identity: dict[str, Any],
     resolved_config: dict[str, Any] | None = None,
 ) -> str | None:
-    """``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
+    """The checkpoint file to start from: :func:`resolve_resume`'s file."""
+    return resolve_resume(ckpt_path, output_dir, identity, resolved_config)[0]
+
+
+def resolve_resume(
+    ckpt_path: str | None,
+    output_dir: str | Path,
+    identity: dict[str, Any],
+    resolved_config: dict[str, Any] | None = None,
+) -> tuple[str | None, dict[str, Any]]:
+    """The checkpoint file to start from and its metadata (:func:`checkpoint_meta`; read once, here:
+    the W&B run id is taken from it too), {} for none.
+
+    ``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
     restarted job resumes where it stopped), else a fresh start. The checkpoint must come from
     the same run (``identity``, see :func:`run_identity`: experiment, seed, network, loss,
     optimiser, data, as written), else the run stops rather than resume or overwrite another
@@ -353,7 +366,7 @@ def resolve_ckpt_path(
                 last,
                 ckpt_path,
             )
-            return str(last)
+            return str(last), own
     if ckpt_path != "auto":
         meta = checkpoint_meta(ckpt_path)
         differ = identity_differences(meta["identity"], identity) if meta.get("identity") is not None else []
@@ -365,9 +378,9 @@ def resolve_ckpt_path(
                 ckpt_path,
                 brief_list(differ, 8),
             )
-        return ckpt_path
+        return ckpt_path, meta
     if not last.is_file():
-        return None
+        return None, {}
     try:
         meta = _read_meta(last)
     except Exception as err:  # damaged (a full disk, a copy cut short): not "another run's"
@@ -393,7 +406,7 @@ def resolve_ckpt_path(
             "to start from that checkpoint anyway."
         )
     log.info("ckpt_path=auto: resuming from %s", last)
-    return str(last)
+    return str(last), meta
 
 
 def check_sizes(datamodule: Any, net: Any) -> None:
@@ -426,13 +439,15 @@ def _read_meta(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("samam") or {}
 
 
-def wandb_resume_id(ckpt_path: str | Path | None, output_dir: str | Path) -> str | None:
+def wandb_resume_id(
+    ckpt_path: str | Path | None, output_dir: str | Path, meta: dict[str, Any] | None = None
+) -> str | None:
     """The W&B run id to continue: only a run resumed from its own folder's checkpoints
     continues its W&B run; from another run's checkpoint (fine-tuning, a sweep of arms from one
-    checkpoint) a new W&B run starts."""
+    checkpoint) a new W&B run starts. ``meta``: the checkpoint's metadata if already read."""
     if ckpt_path is None or not _in_run_folder(ckpt_path, output_dir):
         return None
-    return checkpoint_meta(ckpt_path).get("wandb_id")
+    return (checkpoint_meta(ckpt_path) if meta is None else meta).get("wandb_id")
 
 
 def _in_run_folder(ckpt_path: str | Path, output_dir: str | Path) -> bool:
@@ -590,10 +605,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     root_dir = cfg.trainer.get("default_root_dir") or os.getcwd()  # Lightning's, for ckpt_path=hpc
     ckpt_path = lightning_ckpt_file(cfg.ckpt_path, callbacks, root_dir)
-    ckpt_path = resolve_ckpt_path(ckpt_path, cfg.paths.output_dir, identity, run_config)
-    # Reads the checkpoint's metadata a second time (memory-mapped, ~0.1 s): only for a W&B run.
+    ckpt_path, meta = resolve_resume(ckpt_path, cfg.paths.output_dir, identity, run_config)
     if cfg.get("logger") and cfg.logger.get("wandb") is not None:
-        wandb_id = wandb_resume_id(ckpt_path, cfg.paths.output_dir)
+        wandb_id = wandb_resume_id(ckpt_path, cfg.paths.output_dir, meta)
         if wandb_id is not None:
             with open_dict(cfg):
                 cfg.logger.wandb.id, cfg.logger.wandb.resume = wandb_id, "allow"

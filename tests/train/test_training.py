@@ -830,6 +830,24 @@ def test_a_resume_without_wandb_reads_the_checkpoint_metadata_once_before_fit(
     assert reads == [tmp_path / "checkpoints" / "last.ckpt"]
 
 
+def test_a_resume_with_wandb_reads_the_checkpoint_metadata_once_for_the_identity_and_the_run_id(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """The W&B run id comes from the metadata read for the identity check: it was read a second time."""
+    run = [*tiny(), "trainer.max_steps=2", "logger=wandb", "logger.wandb.mode=disabled"]
+    main(compose(run))
+    reads, load = [], torch.load
+
+    def spy(path, *args, **kwargs):
+        if kwargs.get("mmap"):
+            reads.append(path)
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    main(compose(run))  # ckpt_path=auto
+    assert reads == [tmp_path / "checkpoints" / "last.ckpt"]
+
+
 def test_submitit_requeue_signal_is_deferred_until_the_checkpoint_is_written(tiny, tmp_path):
     """submitit requeues on SIGUSR2 and exits at once; the run first stops at a step boundary
     and saves, then the requeue handler runs."""
