@@ -147,17 +147,35 @@ def check_crop(crop: int, resize: int | None) -> None:
 TRAIN_RESAMPLE = Image.BILINEAR
 
 
-def resize_for_crop(im: Image.Image, resize: int | None, crop: int) -> Image.Image:
-    """Resize to resize×resize (aspect not kept, bilinear, as the release); with resize=None only
-    scale up images whose short side is below the crop."""
+def resized_size(size: tuple[int, int], resize: int | None, crop: int) -> tuple[int, int]:
+    """(W, H) an image of ``size`` is resized to before cropping: resize×resize (aspect not kept,
+    as the release); with resize=None its own size, scaled up (aspect kept) if its short side is
+    below the crop."""
     check_crop(crop, resize)
     if resize is not None:
-        return im.resize((resize, resize), TRAIN_RESAMPLE)
-    w, h = im.size
+        return resize, resize
+    w, h = size
     if min(w, h) < crop:
         scale = crop / min(w, h)
-        return im.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), TRAIN_RESAMPLE)
-    return im
+        return max(crop, round(w * scale)), max(crop, round(h * scale))
+    return w, h
+
+
+def random_crop(im: Image.Image, resize: int | None, crop: int, rng: np.random.Generator) -> Image.Image:
+    """A random crop×crop window of ``im`` resized to :func:`resized_size` (bilinear, as the
+    release). An image scaled up for resize=null is not resized whole: only the window is
+    resampled, from the matching box of ``im`` (an image of extreme aspect, 1×4,000 px, was
+    scaled up to 256×1,024,000 px, 0.8 GB, for one crop). Its pixels are those of the whole
+    image resized to within 1/255 (PIL rounds between its two passes, whose order it picks)."""
+    (w, h), (rw, rh) = im.size, resized_size(im.size, resize, crop)
+    x = int(rng.integers(0, rw - crop + 1))
+    y = int(rng.integers(0, rh - crop + 1))
+    if resize is None and (rw, rh) != (w, h):
+        sx, sy = w / rw, h / rh
+        return im.resize((crop, crop), TRAIN_RESAMPLE, box=(x * sx, y * sy, (x + crop) * sx, (y + crop) * sy))
+    if resize is not None:
+        im = im.resize((rw, rh), TRAIN_RESAMPLE)
+    return im.crop((x, y, x + crop, y + crop))
 
 
 class SkipLog:
@@ -202,11 +220,7 @@ class RandomPairs(IterableDataset):
         self.skipped = SkipLog()
 
     def _crop(self, path: Path, rng: np.random.Generator) -> Tensor:
-        im = resize_for_crop(load_rgb(path), self.resize, self.crop)
-        w, h = im.size
-        x = int(rng.integers(0, w - self.crop + 1))
-        y = int(rng.integers(0, h - self.crop + 1))
-        return to_tensor(im.crop((x, y, x + self.crop, y + self.crop)))  # (3,crop,crop)
+        return to_tensor(random_crop(load_rgb(path), self.resize, self.crop, rng))  # (3,crop,crop)
 
     def _draw(self, files: list[Path], rng: np.random.Generator) -> Tensor:
         bad = self.skipped.paths  # this process's bad files, content and style alike

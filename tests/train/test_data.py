@@ -451,6 +451,29 @@ def test_training_crops_follow_the_release_transform(tmp_path):
     assert err.min().item() == 0.0
 
 
+def test_resize_null_crops_an_extreme_aspect_image_without_scaling_it_up_whole(tmp_path, monkeypatch):
+    """With data.resize=null a 1×4,000 px image was scaled up whole to 64×256,000 px for one 64-px
+    crop (256×1,024,000 px, 0.8 GB, at the paper's crop): now only the window is resampled, with
+    the pixels of a window of the whole image scaled up (to within PIL's 8-bit rounding)."""
+    tall = _save(tmp_path / "tall.png", _rgb(1, 4000, seed=1))
+    wide = _save(tmp_path / "wide.png", _rgb(300, 2))
+    sizes, resize = [], Image.Image.resize
+
+    def spy(im, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return resize(im, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    stream = iter(RandomPairs([tall], [wide], crop=64, resize=None, seed=0))
+    sample = next(stream)
+    assert sample["content"].shape == sample["style"].shape == (3, 64, 64)
+    assert max(w * h for w, h in sizes) <= 64 * 64
+    whole = torch.from_numpy(np.asarray(resize(Image.open(wide), (9600, 64), Image.BILINEAR)) / 255.0)
+    windows = whole.permute(2, 0, 1).float().unfold(2, 64, 1)  # (3, 64, 9537, 64)
+    err = (windows - sample["style"][:, :, None]).abs().amax(dim=(0, 1, 3))
+    assert err.min().item() <= 1 / 255 + 1e-6
+
+
 def test_images_over_pils_bomb_limit_are_used(tmp_path):
     """13500² = 182 MP: PIL's default limit (179 MP) refuses it; the release and we do not."""
     from samam.data import check_image
