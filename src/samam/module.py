@@ -43,13 +43,18 @@ def reduce_step(
       then over ranks (a file bad for two workers counts twice, as each of them skipped it);
     - the ranks' stop votes (``stop``, from CheckpointOnStop) summed.
     The host values go to the device without waiting for it: nothing here waits for the device."""
-    host = torch.tensor([float(sum(worker_skips.values())), float(stop)])
+    counts = [float(sum(worker_skips.values())), float(stop)]
     if world_size == 1:
+        host = torch.tensor(counts)
         return losses, host[0] + setup_skipped, host[1]
     device = next(iter(losses.values())).device
     terms = torch.stack(list(losses.values()))
     dtype = torch.promote_types(terms.dtype, torch.float32)  # counts stay exact past bf16's 256
-    summed = reduce(torch.cat([terms.to(dtype), host.to(device, dtype, non_blocking=True)]))
+    # Pinned, and in the reduce's dtype: CUDA copies pageable memory (or the unpinned temporary
+    # of a conversion on the way) through a staging buffer, the host waiting, whatever
+    # non_blocking says. The caching host allocator keeps the buffer until the copy is done.
+    host = torch.tensor(counts, dtype=dtype, pin_memory=device.type == "cuda")
+    summed = reduce(torch.cat([terms.to(dtype), host.to(device, non_blocking=True)]))
     n = len(losses)
     return dict(zip(losses, summed[:n] / world_size)), summed[n] + setup_skipped, summed[n + 1]
 

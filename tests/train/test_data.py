@@ -348,6 +348,27 @@ def test_skipped_total_counts_setup_once_and_sums_workers_then_ranks():
     assert one[1] == 2 + (1 + 4) and one[2] == 1 and calls == ["sum"]  # one process: no reduce
 
 
+@pytest.mark.gpu
+def test_the_step_counts_go_to_the_gpu_from_pinned_memory(monkeypatch):
+    """A non_blocking copy from pageable memory waits for the host-side staging all the same:
+    the counts were an unpinned tensor, converted on the way when the losses were fp64."""
+    from samam.module import reduce_step
+
+    pinned, to = [], torch.Tensor.to
+
+    def spy(t, *args, **kwargs):
+        if kwargs.get("non_blocking") and t.device.type == "cpu":
+            pinned.append(t.is_pinned())
+        return to(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        loss = torch.tensor(1.0, device="cuda", dtype=dtype)
+        losses, skipped, votes = reduce_step({"loss": loss}, 2, {0: 300, 1: 4}, True, 2, lambda t: t * 2)
+        assert skipped.item() == 2 + 2 * 304 and votes.item() == 2 and losses["loss"].item() == 1.0
+    assert pinned == [True, True, True]
+
+
 def test_skip_counter_leaves_the_batch_on_the_host():
     """The datamodule takes each training batch's counter off before the batch is moved, so
     logging it never waits for the device; a later batch of a worker replaces its count."""
