@@ -285,6 +285,12 @@ def load_official_checkpoint(
     return _official_net(ckpt, backend).to(map_location).eval()
 
 
+def folder_given(named: str) -> str:
+    """What is wrong with a folder given as the checkpoint (``named``: how the caller names it),
+    in train's and eval's checks of ``ckpt_path`` alike."""
+    return f"{named} is a folder; give a checkpoint file in it (a training run's checkpoints/last.ckpt, say)"
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from samam.checkpoint import folder_given
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list
@@ -231,10 +232,7 @@ def load_network(
     """Our checkpoint or the authors' released one → eval-mode SaMam on ``device``."""
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
-        raise IsADirectoryError(
-            f"ckpt_path {str(path)!r} is a folder; give a checkpoint file in it (a training run's "
-            "checkpoints/last.ckpt, say)"
-        )
+        raise IsADirectoryError(folder_given(f"ckpt_path {str(path)!r}"))
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {str(path)!r} (ckpt_path=...; absolute: {path.resolve()})"

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may not run train.py's imports)
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, DropRedoneCsvRows, LossSummary
+from samam.checkpoint import folder_given
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list, finish_wandb
 from samam.nn.samam import check_switches
@@ -125,8 +126,7 @@ def check_inputs_exist(cfg: DictConfig) -> None:
         and not Path(ckpt).expanduser().is_file()
     ):
         problems.append(
-            f"ckpt_path: {ckpt} is a folder; give a checkpoint file in it (a training run's "
-            "checkpoints/last.ckpt, say)"
+            folder_given(f"ckpt_path: {ckpt}")
             if Path(ckpt).expanduser().is_dir()
             else f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
             "resumes this run folder's checkpoints/last.ckpt, ckpt_path=null starts fresh)"
