@@ -349,10 +349,15 @@ class LossSummary(Callback):
         self.last = deque(state_dict.get("last", []), maxlen=self.window)
         self.val = [(int(s), float(v)) for s, v in state_dict.get("val", [])]
 
+    @property
+    def averaged(self) -> int:
+        """Steps in each of the start and end means: ``window``, fewer in a run of under 2 windows."""
+        return min(self.window, self.steps // 2)
+
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.steps >= 2:
-            w = min(self.window, self.steps // 2)
+            w = self.averaged
             out["train_start"] = sum(float(v) for v in self.first[:w]) / w
             out["train_end"] = sum(float(v) for v in list(self.last)[-w:]) / w
         if len(self.val) >= 2:

@@ -703,11 +703,10 @@ def _report(trainer: L.Trainer, module: Any, last: Path | None) -> None:
         s = summary.summary()
         for key, what in (
             ("val", "fixed validation pairs"),
-            ("train", f"mean of first/last {summary.window} steps"),
+            ("train", f"mean of first/last {summary.averaged} step{'s' if summary.averaged != 1 else ''}"),
         ):
             if f"{key}_start" in s:
                 a, b = s[f"{key}_start"], s[f"{key}_end"]
-                lines.append(
-                    f"style loss ({what}): start {a:.4g} -> end {b:.4g} ({100 * (1 - b / a):.1f}% lower)"
-                )
+                change = f"{abs(100 * (1 - b / a)):.1f}% {'lower' if b <= a else 'higher'}"
+                lines.append(f"style loss ({what}): start {a:.4g} -> end {b:.4g} ({change})")
     print("\n".join(lines), flush=True)

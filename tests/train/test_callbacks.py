@@ -112,6 +112,26 @@ def test_loss_summary_short_run_windows_do_not_overlap_and_skip_sanity_check():
     assert cb.val == [(0, 5.0), (4, 2.0)]
 
 
+def test_the_loss_report_names_the_steps_averaged_and_a_loss_that_rose(capsys):
+    """A 4-step run averaged 2 steps at each end but said 10, and a rise read "-40.8% lower"."""
+    from samam.train import _report
+
+    cb = LossSummary(window=10)
+    for v in (1.0, 2.0, 3.0, 4.0):
+        cb.on_train_batch_end(
+            None, SimpleNamespace(last_losses={"loss_style": torch.tensor(v)}), None, None, 0
+        )
+    for step, v in ((2, 0.5), (4, 0.4)):
+        metrics = {"val/loss_style": torch.tensor(v)}
+        cb.on_validation_end(
+            SimpleNamespace(callback_metrics=metrics, sanity_checking=False, global_step=step), None
+        )
+    _report(SimpleNamespace(global_step=4, callbacks=[cb]), None, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "style loss (fixed validation pairs): start 0.5 -> end 0.4 (20.0% lower)"
+    assert out[2] == "style loss (mean of first/last 2 steps): start 1.5 -> end 3.5 (133.3% higher)"
+
+
 def test_progress_bar_shows_the_training_loss():
     """Read from the module when the bar refreshes, not logged with prog_bar=True (read every step)."""
     trainer = SimpleNamespace(loggers=[], progress_bar_metrics={})
