@@ -319,12 +319,20 @@ class LossSummary(Callback):
         self.first: list[torch.Tensor | float] = []  # the first `window` steps' values
         self.last: deque[torch.Tensor | float] = deque(maxlen=window)  # the latest `window`
         self.val: list[tuple[int, float]] = []
+        self._batches: list[torch.Tensor] = []  # this step's so far (trainer.accumulate_grad_batches)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         value = getattr(pl_module, "last_losses", {}).get(self.key)  # detached, on the device
         if value is not None:
+            # A step is the mean of its batches: counted per batch, an accumulated step's batches,
+            # all from the same weights, read as training progress.
+            self._batches.append(value)
+            if trainer is not None and trainer.fit_loop.epoch_loop._should_accumulate():
+                return
+            value = torch.stack(self._batches).mean() if len(self._batches) > 1 else value
+            self._batches = []
             self.steps += 1
             if len(self.first) < self.window:
                 self.first.append(value)

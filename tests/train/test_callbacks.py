@@ -112,6 +112,21 @@ def test_loss_summary_short_run_windows_do_not_overlap_and_skip_sanity_check():
     assert cb.val == [(0, 5.0), (4, 2.0)]
 
 
+def test_loss_summary_counts_an_accumulated_step_once_as_the_mean_of_its_batches():
+    """trainer.accumulate_grad_batches=2: each batch was a step, so the batches of one step, all
+    from the same weights, were compared as the start and end of training."""
+    cb = LossSummary(window=10)
+    midway = iter([True, False] * 3)  # Lightning steps the optimizer after every second batch
+    trainer = SimpleNamespace(
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=midway.__next__))
+    )
+    for v in (4.0, 2.0, 3.0, 1.0, 2.0, 2.0):
+        cb.on_train_batch_end(
+            trainer, SimpleNamespace(last_losses={"loss_style": torch.tensor(v)}), None, None, 0
+        )
+    assert cb.steps == 3 and cb.summary() == {"train_start": 3.0, "train_end": 2.0}
+
+
 def test_the_loss_report_names_the_steps_averaged_and_a_loss_that_rose(capsys):
     """A 4-step run averaged 2 steps at each end but said 10, and a rise read "-40.8% lower"."""
     from samam.train import _report
