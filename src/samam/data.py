@@ -312,6 +312,11 @@ class StyleTransferDataModule(L.LightningDataModule):
         if verify not in get_args(Verify):
             raise ValueError(f"verify={verify!r}: choose one of {', '.join(get_args(Verify))}")
         check_crop(crop, resize)
+        if not isinstance(val_size, int):  # else a TypeError at the first validation, steps later
+            raise ValueError(
+                f"data.val_size={val_size}: the validation pairs are batched at one size, val_size×val_size "
+                "px; give it (data.val_size=256, say)"
+            )
         self.batch_size, self.crop, self.resize = batch_size, crop, resize
         self.num_workers, self.val_pairs, self.val_size = num_workers, val_pairs, val_size
         self.verify, self.seed, self.pin_memory = verify, seed, pin_memory

@@ -422,6 +422,13 @@ def test_listing_follows_symlinked_folders_once_and_skips_hidden_files(tmp_path)
 def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
     with pytest.raises(ValueError, match="data.resize=32 must be ≥ data.crop=64"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), crop=64, resize=32)
+
+
+def test_val_size_null_is_a_config_error_not_a_failure_at_the_first_validation(tmp_path):
+    """As resize=null: it failed with a TypeError at the first validation, val_check_interval steps
+    into the run and before their checkpoint."""
+    with pytest.raises(ValueError, match="data.val_size=None: the validation pairs are batched at one size"):
+        StyleTransferDataModule(str(tmp_path), str(tmp_path), val_size=None)
     with pytest.raises(ValueError, match="verify='fulll': choose one of full, header, none"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), verify="fulll")
 
