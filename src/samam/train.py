@@ -220,6 +220,19 @@ def check_switch_settings(cfg: DictConfig) -> None:
     check_switches(switches)
 
 
+def check_no_epochs(cfg: DictConfig) -> None:
+    """Refuse ``trainer.limit_train_batches=N``: the training stream is endless and has no epochs, and
+    Lightning starts it over at the end of each N-batch "epoch", so every epoch drew the same N
+    batches again (up to max_steps). fast_dev_run sets the limit itself, for one epoch."""
+    limit = cfg.trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool) and not cfg.trainer.get("fast_dev_run"):
+        raise ValueError(
+            f"trainer.limit_train_batches={limit}: the training stream is endless, and Lightning would start "
+            f"it over every {limit} batches, training on those same batches again; set the run's length with "
+            "trainer.max_steps (validation: trainer.val_check_interval)"
+        )
+
+
 def default_run_name(cfg: DictConfig) -> str:
     """experiment name plus this job's command-line overrides (distinct per sweep arm)."""
     overrides: list[str] = []
@@ -579,6 +592,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         check_appended_keys()
         check_named_entries(cfg)
         check_switch_settings(cfg)
+        check_no_epochs(cfg)
         check_inputs_exist(cfg)
     except BaseException:
         # Without Hydra, paths.output_dir may not resolve (and no Hydra wrote files to put back).

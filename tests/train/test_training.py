@@ -921,6 +921,15 @@ def test_a_data_folder_given_as_a_file_and_a_ckpt_path_given_as_a_folder_are_nam
         main(compose([*tiny(), f"ckpt_path={tmp_path}"]))
 
 
+def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
+    """Lightning starts the endless stream over at each limit_train_batches "epoch": every epoch
+    trained on the same batches, silently. fast_dev_run, which sets the limit itself, still runs."""
+    with pytest.raises(ValueError, match="limit_train_batches=2: the training stream is endless"):
+        main(compose([*tiny(tmp_path / "run"), "+trainer.limit_train_batches=2"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    main(compose([*tiny(tmp_path / "fdr"), "debug=fdr"]))
+
+
 @pytest.mark.parametrize("override", ["data.val_size=32", "data.crop=48"])
 def test_sizes_below_the_networks_style_minimum_fail_before_training(compose, tiny, tmp_path, override):
     """A val_size the network cannot take used to fail at the first validation, after
