@@ -197,8 +197,9 @@ class StyleTransferModule(L.LightningModule):
         if dm is None or not hasattr(dm, "val_dataset") or len(dm.fixed_pairs) == 0:
             return
         ds = dm.val_dataset()
-        c = torch.stack([ds[i]["content"] for i in range(len(ds))]).to(self.device)  # (P,3,H,W)
-        s = torch.stack([ds[i]["style"] for i in range(len(ds))]).to(self.device)
+        # In the weights' dtype (trainer.precision=64-true): Lightning converts only the batches it feeds.
+        c = torch.stack([ds[i]["content"] for i in range(len(ds))]).to(self.device, self.dtype)  # (P,3,H,W)
+        s = torch.stack([ds[i]["style"] for i in range(len(ds))]).to(self.device, self.dtype)
         grid = image_grid(c, s, self.net(c, s))  # (P·H, 3W, 3) uint8
         step = self.trainer.global_step
         if self.sample_dir is not None:

@@ -921,6 +921,14 @@ def test_a_data_folder_given_as_a_file_and_a_ckpt_path_given_as_a_folder_are_nam
         main(compose([*tiny(), f"ckpt_path={tmp_path}"]))
 
 
+def test_a_float64_run_draws_its_sample_grid(compose, tiny, tmp_path):
+    """trainer.precision=64-true trained, then failed at the first validation's sample grid (float32
+    images into float64 weights), before any checkpoint."""
+    main(compose([*tiny(), "trainer.max_steps=2", "trainer.precision=64-true"]))
+    assert (tmp_path / "samples" / "step0000002.png").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
     """Lightning starts the endless stream over at each limit_train_batches "epoch": every epoch
     trained on the same batches, silently. fast_dev_run, which sets the limit itself, still runs."""
