@@ -223,7 +223,14 @@ def check_switch_settings(cfg: DictConfig) -> None:
 def check_no_epochs(cfg: DictConfig) -> None:
     """Refuse ``trainer.limit_train_batches=N``: the training stream is endless and has no epochs, and
     Lightning starts it over at the end of each N-batch "epoch", so every epoch drew the same N
-    batches again (up to max_steps). fast_dev_run sets the limit itself, for one epoch."""
+    batches again (up to max_steps). fast_dev_run sets the limit itself, for one epoch. And
+    ``trainer.max_epochs``, which an epoch that never ends made no limit at all."""
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None and epochs != -1:
+        raise ValueError(
+            f"trainer.max_epochs={epochs}: the training stream is endless, so no epoch ever ends and the run "
+            "would go on to trainer.max_steps; set the run's length with trainer.max_steps"
+        )
     limit = cfg.trainer.get("limit_train_batches")
     if isinstance(limit, int) and not isinstance(limit, bool) and not cfg.trainer.get("fast_dev_run"):
         raise ValueError(

@@ -938,6 +938,15 @@ def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tin
     main(compose([*tiny(tmp_path / "fdr"), "debug=fdr"]))
 
 
+def test_max_epochs_is_refused_as_no_epoch_of_the_stream_ever_ends(compose, tiny, tmp_path):
+    """trainer.max_epochs=1 (to shorten a run) was no limit at all: the run went on to max_steps."""
+    with pytest.raises(
+        ValueError, match="max_epochs=1: the training stream is endless, so no epoch ever ends"
+    ):
+        main(compose([*tiny(tmp_path / "run"), "+trainer.max_epochs=1"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("override", ["data.val_size=32", "data.crop=48"])
 def test_sizes_below_the_networks_style_minimum_fail_before_training(compose, tiny, tmp_path, override):
     """A val_size the network cannot take used to fail at the first validation, after
