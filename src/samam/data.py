@@ -230,7 +230,11 @@ class RandomPairs(IterableDataset):
                 # Passed over, not dropped from the list: the draws stay the same whichever bad
                 # files this process (worker, rank, resumed run) has met so far.
                 if bad.issuperset(files):
-                    raise RuntimeError("every image in the folder failed to decode; see the warnings above")
+                    what = "content" if files is self.content else "style"
+                    raise RuntimeError(
+                        f"every {what} image ({len(files)} under {os.path.commonpath([f.parent for f in files])}) failed "
+                        "to decode while training; see the warnings above"
+                    )
                 continue
             try:
                 return self._crop(path, rng)  # draws from rng only once the image has decoded

@@ -1,6 +1,7 @@
 import io
 import logging
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -571,3 +572,14 @@ def test_demo_data_refuses_a_user_folder_with_hidden_files(tmp_path, monkeypatch
     with pytest.raises(FileExistsError):
         demo_data.ensure_demo_data(mine)
     assert (mine / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_a_stream_whose_images_all_fail_names_their_folder(tmp_path):
+    """Every style image decoding badly only once drawn ('header' checks passed them) stopped
+    training with a message that named no folder."""
+    content = [_save(tmp_path / "c" / "0.png", _rgb(seed=0))]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "bad.png").write_text("not an image")
+    pairs = RandomPairs(content, [tmp_path / "s" / "bad.png"], crop=8, resize=16, seed=0)
+    with pytest.raises(RuntimeError, match=rf"every style image \(1 under {re.escape(str(tmp_path / 's'))}"):
+        next(iter(pairs))
