@@ -3,9 +3,18 @@ definition. Importable from any test (pytest puts tests/ on sys.path, see pyproj
 
 from pathlib import Path
 
+import torch
 import yaml
 
 _PRESET = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml"
 
 # SaMam keyword arguments; everything else keeps the released default.
 TINY: dict = {k: v for k, v in yaml.safe_load(_PRESET.read_text()).items() if k != "defaults"}
+
+
+def listening(net: torch.nn.Module) -> torch.nn.Module:
+    """A random tiny net's output moves ~2e-6 with the style, under most tolerances here:
+    scaled up, a sample given another's style is ~50x past them."""
+    with torch.no_grad():
+        net.style_embedder.fc.weight.mul_(30)
+    return net
