@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny import TINY as TINY_PRESET
+from tiny import responsive
 
 TINY = {**TINY_PRESET, "backend": "torch"}
 
@@ -31,7 +32,7 @@ def tiny_net():
     import samam
 
     torch.manual_seed(0)
-    return samam.SaMam(**TINY).eval()
+    return responsive(samam.SaMam(**TINY).eval())  # pixels that follow the content and style
 
 
 @pytest.fixture(scope="session")

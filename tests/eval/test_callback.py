@@ -17,6 +17,18 @@ from samam.evaluation import EvalMetricsCallback
 METRICS = {"test_extractors": True, "fid_tf": {"enabled": False}}
 
 
+@pytest.fixture(scope="module")
+def tiny_net():
+    """The plain random tiny net: these tests train it (at lr 0.5 in one), and conftest's
+    scaled-up net, made for comparing pixels, diverges there."""
+    from tiny import TINY
+
+    import samam
+
+    torch.manual_seed(0)
+    return samam.SaMam(**TINY, backend="torch").eval()
+
+
 class TinyModule(L.LightningModule):
     def __init__(self, net):
         super().__init__()
