@@ -63,7 +63,7 @@ def test_different_styles_give_different_outputs():
 
 
 def test_style_embedding_path_equals_image_path():
-    net = tiny()
+    net = listening(tiny())
     c, s = torch.rand(2, 3, 40, 40), torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(net(c, s), net(c, style_embedding=net.embed_style(s)))
