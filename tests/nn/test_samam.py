@@ -190,6 +190,9 @@ def test_dt_bias_init_is_log_uniform_in_range():
     ssm = SaMam(backend="torch").content_encoder.blocks[0].ssm
     dt = torch.nn.functional.softplus(ssm.dt_proj_bias)
     assert dt.min() >= 1e-4 - 1e-9 and dt.max() <= 0.1 + 1e-6
+    # log-uniform in [1e-3, 0.1]: its quartiles are 10^-2.5, 10^-2, 10^-1.5 (uniform: 0.026, 0.05, 0.075)
+    quartiles = dt.detach().log10().flatten().quantile(torch.tensor([0.25, 0.5, 0.75]))
+    torch.testing.assert_close(quartiles, torch.tensor([-2.5, -2.0, -1.5]), rtol=0, atol=0.1)
     assert ssm.dt_proj_weight.abs().max() <= 16**-0.5
     assert torch.allclose(ssm.A_log[5], torch.log(torch.arange(1.0, 17.0)))
     assert ssm.dt_rank == math.ceil(256 / 16)
