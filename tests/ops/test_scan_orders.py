@@ -79,6 +79,13 @@ def test_zigzag_matches_the_spec_table():
     assert order[0, w : w + 2].tolist() == [idx(1, 4), idx(1, 3)]
     # even H: slot 1 is not the reverse of slot 0
     assert not torch.equal(order[1], order[0].flip(0))
+    # the whole table, token by token: rows (slots 0, 1) or columns (2, 3) as snakes
+    assert order.tolist() == [
+        [0, 1, 2, 3, 4, 9, 8, 7, 6, 5, 10, 11, 12, 13, 14, 19, 18, 17, 16, 15],
+        [19, 18, 17, 16, 15, 10, 11, 12, 13, 14, 9, 8, 7, 6, 5, 0, 1, 2, 3, 4],
+        [4, 9, 14, 19, 18, 13, 8, 3, 2, 7, 12, 17, 16, 11, 6, 1, 0, 5, 10, 15],
+        [15, 10, 5, 0, 1, 6, 11, 16, 17, 12, 7, 2, 3, 8, 13, 18, 19, 14, 9, 4],
+    ]
 
 
 def test_cross_is_raster_column_and_reverses():
