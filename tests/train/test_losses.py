@@ -157,3 +157,25 @@ def test_vgg_normalised_file_maps_onto_the_taps(tmp_path):
 def test_missing_path_fails_with_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"vgg_normalised\.pth \(the release's copy: https://drive"):
         build_vgg(str(tmp_path / "nope.pth"))
+
+
+def test_a_step_gives_the_loss_the_three_passes_of_spec_5():
+    """Ics = f(c, s), Icc = f(c, c), Iss = f(s, s), batched as one forward: a stand-in network
+    whose output says which pair made it (10·content + style) shows each image in its place."""
+    from samam.module import StyleTransferModule
+
+    class Pair(nn.Module):
+        def forward(self, content, style):
+            return 10 * content + style
+
+    seen = {}
+
+    class Record(nn.Module):
+        def forward(self, ics, icc, iss, c, s):
+            seen.update(ics=ics, icc=icc, iss=iss, c=c, s=s)
+            return {"loss": ics.sum()}
+
+    c, s = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    StyleTransferModule(Pair(), Record(), optimizer=None)._step({"content": c, "style": s})
+    expected = {"ics": 10 * c + s, "icc": 10 * c + c, "iss": 10 * s + s, "c": c, "s": s}
+    assert all(torch.equal(seen[k], v) for k, v in expected.items()), seen.keys()
