@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 import torch
-from tiny import TINY
+from tiny import TINY, listening
 
 from samam import SaMam
 from samam.cuda_graph import GraphedSaMam
@@ -29,7 +29,8 @@ def _gpu_net(backend: str, **kw) -> SaMam:
     if backend == "mamba" and not mamba_available():
         pytest.skip("mamba_ssm not importable")
     torch.manual_seed(0)
-    return SaMam(**{**TINY, **kw}, backend=backend).cuda().eval()
+    # listening: a graph replaying a stale style would otherwise stay within the tolerances
+    return listening(SaMam(**{**TINY, **kw}, backend=backend)).cuda().eval()
 
 
 @pytest.mark.gpu
@@ -108,6 +109,45 @@ def test_fp32_graph_refuses_other_input_dtypes_up_front_even_under_a_callers_aut
                 TypeError, match=rf"{name} is torch.bfloat16 but GraphedSaMam\(precision='fp32'\)"
             ):
                 graphed(content, **{kind: o})
+
+
+def test_each_call_replays_on_its_own_inputs_with_a_stand_in_graph():
+    """The replay bookkeeping of the GPU tests above, on CPU: each call's content and style reach
+    the graph's static tensors, one graph per input kind and shapes, the output a copy. The
+    stand-in graph replays by running the network on its static tensors, as a CUDA graph
+    replays its kernels on their addresses."""
+    from samam.cuda_graph import _Graph
+
+    net = listening(SaMam(**TINY, backend="torch")).eval()
+    graphed = GraphedSaMam.__new__(GraphedSaMam)  # __init__ refuses a CPU network
+    vars(graphed).update(net=net, device=torch.device("cpu"), precision="fp32", warmup=1)
+    vars(graphed).update(max_graphs=2, _graphs=collections.OrderedDict())
+
+    def capture(kind, content, other):
+        static = (content.clone(), other.clone())
+
+        class Replay:
+            def replay(self):
+                output.copy_(net(static[0], **{kind: static[1]}))
+
+        output = torch.empty_like(content)
+        return _Graph(Replay(), static, output, [])
+
+    graphed._capture = capture
+    shapes = [((2, 3, 48, 72), (2, 3, 64, 64)), ((1, 3, 40, 40), (1, 3, 64, 80))]
+    with torch.no_grad():
+        for _ in range(2):  # the second round replays the graphs of the first
+            for cs, ss in shapes:
+                c, s = torch.rand(cs), torch.rand(ss)
+                torch.testing.assert_close(graphed(c, s), net(c, s), rtol=1e-5, atol=1e-6)
+        assert graphed.num_graphs == 2
+        first = graphed(c, s)
+        graphed(c, torch.rand(ss))
+        assert not torch.equal(first, graphed._graphs[("style", cs, ss, c.dtype, s.dtype)].output)
+        e = net.embed_style(torch.rand(ss))
+        torch.testing.assert_close(
+            graphed(c, style_embedding=e), net(c, style_embedding=e), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_capture_runs_on_the_networks_device_when_another_is_current(monkeypatch):
