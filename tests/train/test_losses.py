@@ -3,6 +3,7 @@ import urllib.error
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from samam import losses
@@ -72,10 +73,21 @@ def test_total_loss_weights_and_identity_terms(caplog):
     icc = c + 0.1
     out = loss(c, icc, s, c, s)
     assert torch.allclose(out["loss_id1"], torch.tensor(0.01), atol=1e-6)
-    out = loss(c + 0.05, c + 0.1, s - 0.1, c, s)  # every term non-zero: each weight on its own term
+    ics, icc, iss = c + 0.05, c + 0.1, s - 0.1
+    out = loss(ics, icc, iss, c, s)  # every term non-zero: each weight on its own term
     assert min(out[k] for k in ("loss_content", "loss_style", "loss_id1", "loss_id2")) > 0
     expected = out["loss_content"] + 2 * out["loss_style"] + 3 * out["loss_id1"] + 4 * out["loss_id2"]
     assert torch.allclose(out["loss"], expected)
+    # each term from its own images (SPEC §5): Ics against c and s, Icc against c, Iss against s
+    f_ics, f_icc, f_iss, f_c, f_s = (loss.vgg(x) for x in (ics, icc, iss, c, s))
+    terms = {
+        "loss_content": StyleTransferLoss.content_loss(f_ics, f_c),
+        "loss_style": StyleTransferLoss.style_loss(f_ics, f_s),
+        "loss_id1": F.mse_loss(icc, c) + F.mse_loss(iss, s),
+        "loss_id2": sum(F.mse_loss(a, b) + F.mse_loss(x, y) for a, b, x, y in zip(f_icc, f_c, f_iss, f_s)),
+    }
+    for k, v in terms.items():
+        torch.testing.assert_close(out[k], v, rtol=1e-4, atol=0, msg=k)
 
 
 def test_vgg_is_frozen_and_stays_in_eval():
