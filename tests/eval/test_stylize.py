@@ -410,3 +410,14 @@ def test_style_weights_must_be_finite():
         mix_embeddings(torch.ones(2, 4, 3, 3), [float("inf"), 1.0])
     with pytest.raises(ValueError, match="finite"):
         mix_embeddings(torch.ones(2, 4, 3, 3), [float("nan"), 1.0])
+
+
+def test_a_batch_of_styles_lands_each_in_its_own_file(tiny_ckpt, tiny_net, image_dirs, tmp_path):
+    """batch_size=2 over 3 styles: each file holds the network's output for its own style."""
+    content, style = image_dirs
+    run(tiny_ckpt, content / "c1.png", style, tmp_path / "out", batch_size=2)
+    c = read_image(content / "c1.png")[None]
+    with torch.no_grad():
+        for p in sorted(style.iterdir()):
+            ref = to_uint8(tiny_net(c, read_image(p)[None]))[0].int()
+            assert (pixels(tmp_path / "out" / f"c1_stylized_{p.stem}.png") - ref).abs().max() <= 1, p.name
