@@ -20,12 +20,13 @@ def listening(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def responsive(net: torch.nn.Module) -> torch.nn.Module:
-    """listening, and the image decoder's convs doubled: at random init its ten convs shrink
-    the signal so far that the output is one flat colour (std 2e-4 of a [0, 1] image, under a
-    uint8 step); doubled, pixels move by tens of steps with the content and a few with the style."""
+def responsive(net: torch.nn.Module, gain: float = 2.0) -> torch.nn.Module:
+    """listening, and the image decoder's convs scaled by ``gain``: at random init its ten convs
+    shrink the signal so far that the output is one flat colour (std 2e-4 of a [0, 1] image,
+    under a uint8 step, and under bf16's resolution); doubled, pixels move by tens of steps with
+    the content and a few with the style."""
     with torch.no_grad():
         for m in net.image_decoder.modules():
             if isinstance(m, torch.nn.Conv2d):
-                m.weight.mul_(2)
+                m.weight.mul_(gain)
     return listening(net)

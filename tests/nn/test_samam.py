@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 from tiny import TINY as TINY_PRESET
-from tiny import listening
+from tiny import listening, responsive
 
 from samam import SaMam
 from samam.ops.selective_scan import numba_available
@@ -408,7 +408,9 @@ def test_inductor_compile_follows_a_new_content_size_with_the_torch_scan():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_bf16_autocast_keeps_the_output_close_and_trains(backend):
-    net = tiny(backend=backend)
+    # responsive: the plain tiny net's output varies less than bf16's spacing at its level (and
+    # than the bound below), so a bf16 path that lost the content entirely still passed
+    net = responsive(tiny(backend=backend), gain=1.5)
     c, s = torch.rand(2, 3, 48, 64), torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         ref = net(c, s)
