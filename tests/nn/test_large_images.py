@@ -1,5 +1,8 @@
-"""Large images: SS2D's passes over samples and directions equal the single pass, and at
-8192² no tensor of the released network reaches 2^31 elements (32-bit index math)."""
+"""Large images: SS2D's passes over samples, directions and channels equal the single pass,
+blocks computed in channel parts equal the whole block, and at 8192² (p=8 and p=4) and
+16384² (p=8) no tensor of the released network reaches 2^31 elements (32-bit index math)."""
+
+import re
 
 import pytest
 import torch
@@ -7,6 +10,7 @@ from tiny import TINY, listening
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from samam import SaMam
+from samam.nn import blocks
 from samam.nn.ss2d import SS2D, StyleSSMParams
 from samam.ops.selective_scan import numba_available, resolve_scan_backend
 
@@ -54,12 +58,93 @@ def test_passes_over_samples_and_directions_equal_one_pass(static, device, backe
     per_direction = 8 * 5 * 7
     y_rtol, y_atol, g_rtol, g_atol = TOLERANCE[device]
     y_ref, g_ref = _run(ss2d, x, style, gen, cap=2**30)
-    # (samples, directions) per pass: (1, 1), (1, 3) + (1, 1), (2, 4) + (1, 4)
-    for cap in (per_direction, 3 * per_direction, 8 * per_direction):
+    # (samples, directions) per pass: (1, 1), (1, 3) + (1, 1), (2, 4) + (1, 4); then, below one
+    # direction, (1, 1) over channels 0-2, 3-5, 6-7
+    for cap in (per_direction, 3 * per_direction, 8 * per_direction, 3 * 5 * 7):
         y, grads = _run(ss2d, x, style, gen, cap)
         torch.testing.assert_close(y, y_ref, rtol=y_rtol, atol=y_atol)  # matmul blocking may differ
         for g, ref in zip(grads, g_ref, strict=True):
             torch.testing.assert_close(g, ref, rtol=g_rtol, atol=g_atol)
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["S6", "S7"])
+def test_channel_parts_equal_the_whole_map(static):
+    """forward_parts on a map cut into channel parts returns the parts of forward's output,
+    forward and backward (x_proj, which reads every channel, sums over the parts)."""
+    ss2d = _ss2d(static, "torch")
+    torch.manual_seed(1)
+    x = torch.randn(2, 8, 5, 7, requires_grad=True)
+    gen = None if static else StyleSSMParams(6, 4, 8, 4)
+    A, D = gen(torch.randn(2, 6)) if gen is not None else (None, None)
+    weights = torch.randn(2, 8, 5, 7)
+    y = ss2d(x, A, D)
+    grads = torch.autograd.grad((y * weights).sum(), [x, *ss2d.parameters()])
+    for widths in ([3, 5], [1, 6, 1]):
+        parts = ss2d.forward_parts(list(x.split(widths, dim=1)), A, D)
+        assert [p.shape[1] for p in parts] == widths
+        y_parts = torch.cat(parts, dim=1)
+        torch.testing.assert_close(y_parts, y, rtol=1e-6, atol=1e-6)
+        for g, ref in zip(
+            torch.autograd.grad((y_parts * weights).sum(), [x, *ss2d.parameters()]), grads, strict=True
+        ):
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"patch_size": 4}, {"sconv": False, "style_ssm": False, "scm": False}, {"out_norm": "instancenorm"}],
+    ids=["released", "p4", "static-conv-S6-no-scm", "instancenorm"],
+)
+def test_blocks_in_channel_parts_equal_the_whole_blocks(monkeypatch, switches):
+    """One sample whose block maps (B, D, H+2, W+2) pass MAX_BLOCK_ELEMENTS has every block
+    computed in channel parts: same output and gradients as the unsplit network."""
+    torch.manual_seed(0)
+    net = SaMam(embed_dim=16, backend="torch", style_dim=16, **switches)
+    p = net.cfg.patch_size
+    c = torch.rand(2, 3, 5 * p, 6 * p, requires_grad=True)  # 5×6 tokens
+    s = torch.rand(2, 3, 64, 64)
+    weights = torch.rand(2, 3, 5 * p, 6 * p)
+    calls: list[int] = []
+    whole = SS2D.forward_parts
+    monkeypatch.setattr(
+        SS2D, "forward_parts", lambda m, parts, *a: calls.append(len(parts)) or whole(m, parts, *a)
+    )
+    runs = []
+    # the content blocks' maps, 2 · 32 · 7 · 8, in 4 parts of 8 channels; the style
+    # encoder's (64 px: 10 × 10 padded tokens at p=8, 18 × 18 at p=4) in 7 or 32 parts
+    for cap in (blocks.MAX_BLOCK_ELEMENTS, 2 * 10 * 7 * 8):
+        monkeypatch.setattr(blocks, "MAX_BLOCK_ELEMENTS", cap)
+        calls.clear()
+        y = net(c, s)
+        grads = torch.autograd.grad((y * weights).sum(), [c, *net.parameters()])
+        runs.append((y.detach(), grads, list(calls)))
+    (y1, g1, calls1), (y2, g2, calls2) = runs
+    assert set(calls1) == {1} and min(calls2) > 1 and len(calls2) == len(calls1)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
+    for g, ref in zip(g2, g1, strict=True):
+        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "switches, name",
+    [({"out_norm": "layernorm"}, "out_norm='layernorm'"), ({"mixer": "attention"}, "mixer='attention'")],
+    ids=["layernorm", "attention"],
+)
+def test_blocks_that_mix_channels_run_whole_on_the_cpu_and_are_refused_elsewhere(monkeypatch, switches, name):
+    """The arms that mix all channels at every token cannot run in channel parts: past
+    MAX_BLOCK_ELEMENTS they run whole on the CPU (64-bit indexing) and elsewhere (here the meta
+    device, standing for CUDA) raise an error naming the limit instead of failing in a kernel."""
+    torch.manual_seed(0)
+    net = SaMam(embed_dim=16, backend="torch", style_dim=16, **switches)
+    net._check_image = lambda *args, **kwargs: None  # its checks read values
+    c, s = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(c, s)
+        monkeypatch.setattr(blocks, "MAX_BLOCK_ELEMENTS", 2 * 7 * 8)  # every block's maps pass it
+        torch.testing.assert_close(net(c, s), ref, rtol=1e-5, atol=1e-6)  # the S6 blocks split
+        net.to("meta")
+        with pytest.raises(ValueError, match=rf"^{re.escape(name)} mixes .*MAX_BLOCK_ELEMENTS = 112 "):
+            net(c.to("meta"), s.to("meta"))
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -76,24 +161,29 @@ class _LargestTensor(TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "batch, side, style_side",
+    "patch, batch, side, style_side",
     [
-        (1, 8192, 256),
-        (2, 8192, 256),
-        (4, 8192, 256),
-        (8, 4096, 256),
-        (4, 8192, 8192),
-        (16, 256, 4096),
-        (4096, 256, 256),
+        (8, 1, 8192, 256),
+        (8, 2, 8192, 256),
+        (8, 4, 8192, 256),
+        (8, 8, 4096, 256),
+        (8, 4, 8192, 8192),
+        (8, 16, 256, 4096),
+        (4, 1, 8192, 256),
+        (4, 2, 8192, 8192),
+        (8, 1, 16384, 256),
+        (8, 4096, 256, 256),
     ],
 )
-def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side, style_side):
+def test_no_tensor_reaches_32_bit_index_limits_at_8192(patch, batch, side, style_side):
     """Shapes only, on the meta device: the released network at 8192² (where the release
     fails in its image decoder), a batch of 8 at 4096², and large style batches (4 styles at
     8192² or 16 at 4096² fill a (B, 512, 1024², or 512²) tensor of 2^31 in one pass), and
     4096 samples at 256² (the image decoder's thinnest strip of 3628 samples, the block
-    chunk, would hold 2.7 · 10^9 elements)."""
-    net = SaMam(backend="torch")
+    chunk, would hold 2.7 · 10^9 elements). With p=4 at 8192², and p=8 at 16384², one
+    sample's block maps (512, 2048², padded 2050²) pass 2^31 themselves: the blocks run in
+    channel parts."""
+    net = SaMam(backend="torch", patch_size=patch)
     scans = []
 
     def scan_shapes_only(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
@@ -113,7 +203,7 @@ def test_no_tensor_reaches_32_bit_index_limits_at_8192(batch, side, style_side):
     assert y.shape == (batch, 3, side, side) and e_s.shape == (batch, 64, 3, 3)
     numel, shape, op = max((n, s, op) for op, (n, s) in mode.largest.items())
     assert numel < 2**31, f"{op} made a {shape} tensor"
-    if side == 8192:
+    if side >= 8192:
         assert len(scans) > 8 and max(scans) <= SS2D.max_elements  # the scan ran in passes
 
 

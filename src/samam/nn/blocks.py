@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samam.nn.loe import LoE
-from samam.nn.norms import SAIN, OutNorm, make_norm
+from samam.nn.norms import SAIN, LayerNorm2d, OutNorm, make_norm
 from samam.nn.ss2d import SS2D, StyleSSMParams
 from samam.nn.style import SCM, SConv, StaticDWConv
 
@@ -50,6 +50,46 @@ def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
     return conv
 
 
+# Cap on the elements of a block's (B, D, H+2, W+2) maps (D = d_inner, +2: SConv's reflection
+# padding). Past it (one sample at 8192² with p=4, or 16384² with p=8: 512 · 2050² > 2^31) a
+# block computes its D-wide maps in channel parts, since CUDA kernels such as reflection
+# padding index with 32 bits. Everything between in_proj and out_proj works channel by
+# channel, except x_proj (SS2D sums it over the parts) and the two ablation arms that mix
+# channels at every token (`out_norm=layernorm`, `mixer=attention`): those run whole on the
+# CPU, whose kernels index with 64 bits, and are refused past the cap on other devices.
+MAX_BLOCK_ELEMENTS = 2**31 - 1
+
+
+def _channel_parts(x: torch.Tensor, d_inner: int, whole: str | None = None) -> list[slice]:
+    """Channel ranges of equal width for the (B, d_inner, H, W) maps of a block on x (B, C, H, W):
+    one range (all channels) unless the padded maps would reach MAX_BLOCK_ELEMENTS. ``whole``
+    names the switch of a block that cannot be split (it mixes channels at every token)."""
+    b, _, h, w = x.shape
+    per_channel = b * (h + 2) * (w + 2)
+    if d_inner * per_channel <= MAX_BLOCK_ELEMENTS:
+        return [slice(None)]
+    if whole is not None:
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"{whole} mixes all {d_inner} channels at every token, so its blocks do not run in "
+                f"channel parts, and their ({b}, {d_inner}, {h + 2}, {w + 2}) maps would pass "
+                f"samam.nn.blocks.MAX_BLOCK_ELEMENTS = {MAX_BLOCK_ELEMENTS} (CUDA kernels index "
+                "with 32 bits): use a smaller image, the released switches, or the CPU"
+            )
+        return [slice(None)]
+    n = -(-d_inner // max(1, MAX_BLOCK_ELEMENTS // per_channel))
+    width = -(-d_inner // n)
+    return [slice(c, min(d_inner, c + width)) for c in range(0, d_inner, width)]
+
+
+def _unsplittable(mixer: nn.Module, out_norm: nn.Module | None = None) -> str | None:
+    """The switch that keeps a block whole past MAX_BLOCK_ELEMENTS (it mixes channels at every
+    token), or None."""
+    if not isinstance(mixer, SS2D):
+        return "mixer='attention'"
+    return "out_norm='layernorm'" if isinstance(out_norm, LayerNorm2d) else None
+
+
 def _make_mixer(mixer: Mixer, d_inner: int, static_params: bool, **ss2d) -> nn.Module:
     if mixer == "ssm":
         return SS2D(d_inner, static_params=static_params, **ss2d)
@@ -69,8 +109,15 @@ class VSSBlock(nn.Module):
         self.out_proj = _conv1x1(d_inner, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ssm(F.silu(self.conv(self.in_proj(x))))
-        return x + self.out_proj(y.to(x.dtype))
+        parts = _channel_parts(x, self.in_proj.out_channels, _unsplittable(self.ssm))
+        if len(parts) == 1:
+            y = self.ssm(F.silu(self.conv(self.in_proj(x))))
+            return x + self.out_proj(y.to(x.dtype))
+        hs = [F.silu(self.conv(F.conv2d(x, self.in_proj.weight[c]), channels=c)) for c in parts]
+        out = x  # out_proj sums over channels, so over the parts
+        for y, c in zip(self.ssm.forward_parts(hs), parts, strict=True):
+            out = out + F.conv2d(y.to(x.dtype), self.out_proj.weight[:, c])
+        return out
 
 
 class SAVSSM(nn.Module):
@@ -109,12 +156,28 @@ class SAVSSM(nn.Module):
         self.scm = SCM(style_dim, dim, scm_reduction) if scm else None
 
     def forward(self, x: torch.Tensor, e_s: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
+        parts = _channel_parts(x, self.in_proj.out_channels, _unsplittable(self.ssm, self.out_norm))
+        if len(parts) > 1:
+            return self._forward_parts(x, e_s, style_vec, parts)
         h = self.in_proj(self.in_norm(x, style_vec))
         h = F.silu(self.conv(h, e_s))
         A, D = self.style_params(style_vec) if self.style_params is not None else (None, None)
         y = self.out_norm(self.ssm(h, A, D).to(x.dtype), style_vec)
         skip = self.scm(x, e_s) if self.scm is not None else x
         return self.out_proj(y) + skip
+
+    def _forward_parts(
+        self, x: torch.Tensor, e_s: torch.Tensor, style_vec: torch.Tensor, parts: list[slice]
+    ) -> torch.Tensor:
+        """forward with the D-wide maps held as channel parts (B, D_i, H, W): equal up to round-off."""
+        xn = self.in_norm(x, style_vec)
+        hs = [F.silu(self.conv(F.conv2d(xn, self.in_proj.weight[c]), e_s, channels=c)) for c in parts]
+        A, D = self.style_params(style_vec) if self.style_params is not None else (None, None)
+        out = self.scm(x, e_s) if self.scm is not None else x
+        for y, c in zip(self.ssm.forward_parts(hs, A, D), parts, strict=True):
+            y = self.out_norm(y.to(x.dtype), style_vec, channels=c)
+            out = out + F.conv2d(y, self.out_proj.weight[:, c])  # out_proj sums over the parts
+        return out
 
 
 class Encoder(nn.Module):

@@ -24,8 +24,11 @@ class SAIN(nn.Module):
         self.gamma = StyleAffine(style_dim, channels)
         self.beta = StyleAffine(style_dim, channels)
 
-    def forward(self, x: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x) * self.gamma(style_vec) + self.beta(style_vec)
+    def forward(
+        self, x: torch.Tensor, style_vec: torch.Tensor, channels: slice = slice(None)
+    ) -> torch.Tensor:
+        """x (B, d, H, W): the map's ``channels`` (all by default); every channel is normalised alone."""
+        return F.instance_norm(x) * self.gamma(style_vec)[:, channels] + self.beta(style_vec)[:, channels]
 
 
 class LayerNorm2d(nn.Module):
@@ -46,8 +49,12 @@ class InstanceNorm(nn.Module):
         super().__init__()
         self.norm = nn.InstanceNorm2d(channels, affine=True)
 
-    def forward(self, x: torch.Tensor, style_vec: torch.Tensor | None = None) -> torch.Tensor:
-        return self.norm(x)
+    def forward(
+        self, x: torch.Tensor, style_vec: torch.Tensor | None = None, channels: slice = slice(None)
+    ) -> torch.Tensor:
+        """x (B, d, H, W): the map's ``channels`` (all by default); every channel is normalised alone."""
+        norm = self.norm
+        return F.instance_norm(x, weight=norm.weight[channels], bias=norm.bias[channels], eps=norm.eps)
 
 
 def make_norm(kind: OutNorm, channels: int, style_dim: int) -> nn.Module:

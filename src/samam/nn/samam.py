@@ -79,7 +79,9 @@ class SaMam(nn.Module):
     may have its own style; the whole batch runs in one pass, unless its blocks' activations
     (d_inner channels per token, plus SConv's padding) would reach ``max_batch_elements``: then
     the batch runs in chunks of samples (8192² at batch ≥ 4 with p=8), so that no tensor needs
-    64-bit index math, which CUDA kernels such as reflection padding refuse. Styles are
+    64-bit index math, which CUDA kernels such as reflection padding refuse. Where one sample
+    alone would reach it (8192² with p=4, 16384² with p=8), every block computes its
+    d_inner-wide maps in channel parts (``samam.nn.blocks.MAX_BLOCK_ELEMENTS``). Styles are
     embedded in chunks by the same rule, sized by the style images.
     """
 

@@ -66,63 +66,115 @@ class SS2D(nn.Module):
             self.register_parameter("D", None)
 
     # Cap on the elements of one pass's (samples, directions, D, L) tensors. Large images are
-    # scanned in passes over samples and directions, so nothing reaches 2^31 elements (CUDA
-    # kernels index with 32 bits; at 8192² one sample's four directions hold exactly 2^31)
-    # and peak memory stays low: one direction per pass at 8192² (16 GiB peak on a CPU).
-    # Up to 4096² at batch 1 the four directions still go in one pass.
+    # scanned in passes over samples, directions and, past one direction, ranges of channels,
+    # so nothing reaches 2^31 elements (CUDA kernels index with 32 bits; at 8192² one sample's
+    # four directions hold exactly 2^31) and peak memory stays low: one direction per pass at
+    # 8192² with p=8 (16 GiB peak on a CPU), and a quarter of the channels with p=4. Up to
+    # 4096² at batch 1 (p=8) the four directions still go in one pass.
     max_elements: int = 2**29
 
     def forward(
         self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, D, H, W) → (B, D, H, W) float32. A (B, K·D, N), D (B, K·D) when not static."""
-        b, d, h, w = x.shape
+        return self.forward_parts([x], A, D)[0]
+
+    def forward_parts(
+        self, parts: list[torch.Tensor], A: torch.Tensor | None = None, D: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The scan of a map given as its channel parts (B, D_i, H, W), Σ D_i = D in channel
+        order → the output's parts (B, D_i, H, W) float32, so a caller whose (B, D, H, W) maps
+        would outgrow 32-bit indexing never builds one. Every channel's recurrence is its own;
+        only x_proj reads all channels, and it sums over the parts."""
+        b, _, h, w = parts[0].shape
         if b == 0:
-            return x.new_zeros((0, d, h, w), dtype=torch.float32)
+            return [x.new_zeros(x.shape, dtype=torch.float32) for x in parts]
         if self.A_log is not None:
             A = -torch.exp(self.A_log.float())  # (K·D, N), shared by every sample
             D = self.D.float()
-        order, inverse = scan_indices(self.scan_order, h, w, x.device)
-        per_direction = d * h * w
-        dirs = max(1, min(self.k, self.max_elements // per_direction))
-        samples = max(1, min(b, self.max_elements // (dirs * per_direction)))
-        outs = []  # one pass when everything fits under the cap
+        order, inverse = scan_indices(self.scan_order, h, w, parts[0].device)
+        ranges, first = [], 0  # (part, its channels c0..c1-1, c0's channel in the whole map)
+        for i, x in enumerate(parts):
+            d = x.shape[1]
+            # a whole part per pass when it fits (a comparison: no symbolic step under torch.compile)
+            width = d if d * h * w <= self.max_elements else max(1, self.max_elements // (h * w))
+            ranges += [(i, c0, min(d, c0 + width), first + c0) for c0 in range(0, d, width)]
+            first += d
+        per_direction = max(c1 - c0 for _, c0, c1, _ in ranges) * h * w
+        # Pass sizes by comparisons, which torch.compile turns into guards and plain ints. A
+        # division of symbolic sizes (cap // (d·h·w)) would stay symbolic instead, and its
+        # Min/Max would enter every index of the pass's slices of A, D: inductor's sympy then
+        # took minutes per kernel on a new content size with dynamic shapes.
+        dirs = next((n for n in range(self.k, 1, -1) if n * per_direction <= self.max_elements), 1)
+        if b * dirs * per_direction <= self.max_elements:
+            samples = b
+        else:
+            samples = max(1, self.max_elements // (dirs * per_direction))
+        outs: list[list[torch.Tensor]] = [[] for _ in parts]  # one pass when everything fits under the cap
         for s in range(0, b, samples):
             e = min(b, s + samples)
-            xb = x[s:e]
             Ab = A[s:e] if A.dim() == 3 else A
             Db = D[s:e] if D.dim() == 2 else D
-            out = None
+            xs = [parts[i][s:e, c0:c1] for i, c0, c1, _ in ranges]
+            merged: list[torch.Tensor | None] = [None] * len(ranges)
             for k0 in range(0, self.k, dirs):
                 k1 = min(self.k, k0 + dirs)
-                y = self._scan(xb, Ab, Db, order, k0, k1)
-                out = merge(y, order[k0:k1], inverse[k0:k1], h, w, out=out)
-            outs.append(out)
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+                ys = self._scan(xs, [c for *_, c in ranges], Ab, Db, order, k0, k1)
+                for r, y in enumerate(ys):
+                    merged[r] = merge(y, order[k0:k1], inverse[k0:k1], h, w, out=merged[r])
+            for i in range(len(parts)):
+                mine = [m for (j, *_), m in zip(ranges, merged, strict=True) if j == i]
+                outs[i].append(mine[0] if len(mine) == 1 else torch.cat(mine, dim=1))
+        return [out[0] if len(out) == 1 else torch.cat(out) for out in outs]
 
     def _scan(
-        self, x: torch.Tensor, A: torch.Tensor, D: torch.Tensor, order: torch.Tensor, k0: int, k1: int
-    ) -> torch.Tensor:
-        """Directions k0..k1-1 of x (B, D, H, W) → their outputs (B, k1-k0, D, L) float32."""
-        b, d, h, w = x.shape
+        self,
+        xs: list[torch.Tensor],
+        firsts: list[int],
+        A: torch.Tensor,
+        D: torch.Tensor,
+        order: torch.Tensor,
+        k0: int,
+        k1: int,
+    ) -> list[torch.Tensor]:
+        """Directions k0..k1-1 of channel ranges xs (B, D_r, H, W), range r starting at channel
+        firsts[r] of the map → their outputs (B, k1-k0, D_r, L) float32."""
+        b, _, h, w = xs[0].shape
         kc, L = k1 - k0, h * w
-        xs = scan(x, order[k0:k1])  # (B, kc, D, L)
-        x_dbl = torch.matmul(self.x_proj_weight[k0:k1].to(xs.dtype), xs)  # (B, kc, R+2N, L)
+        seqs = [scan(x, order[k0:k1]) for x in xs]  # (B, kc, D_r, L)
+        x_proj = self.x_proj_weight[k0:k1]  # (kc, R+2N, D)
+        x_dbl = None  # (B, kc, R+2N, L): x_proj sums over every channel, so over the ranges
+        for seq, c in zip(seqs, firsts, strict=True):
+            proj = x_proj if seq.shape[2] == self.d_inner else x_proj[..., c : c + seq.shape[2]]
+            term = torch.matmul(proj.to(seq.dtype), seq)
+            x_dbl = term if x_dbl is None else x_dbl + term
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_proj_weight[k0:k1].to(dts.dtype), dts)  # (B, kc, D, L)
-        A = A[..., k0 * d : k1 * d, :].contiguous()  # this pass's channels of the direction-major A, D
-        D = D[..., k0 * d : k1 * d].contiguous()
-        y = self.backend(
-            xs.reshape(b, kc * d, L),
-            dts.reshape(b, kc * d, L),
-            A,
-            Bs.contiguous(),  # (B, kc, N, L)
-            Cs.contiguous(),
-            D,
-            delta_bias=self.dt_proj_bias[k0:k1].float().reshape(-1),
-            delta_softplus=True,
-        )  # (B, kc·D, L) float32
-        return y.view(b, kc, d, L)
+        Bs, Cs = Bs.contiguous(), Cs.contiguous()  # (B, kc, N, L)
+        ys = []
+        for seq, c in zip(seqs, firsts, strict=True):
+            d = seq.shape[2]
+            # this pass's rows of the direction-major A, D: k·D + c … k·D + c + d - 1 for each k,
+            # one slice when the range holds every channel (the usual case: no extra ops)
+            if d == self.d_inner:
+                dt_w, bias = self.dt_proj_weight[k0:k1], self.dt_proj_bias[k0:k1]
+                Ar, Dr = A[..., k0 * d : k1 * d, :], D[..., k0 * d : k1 * d]
+            else:
+                dt_w, bias = self.dt_proj_weight[k0:k1, c : c + d], self.dt_proj_bias[k0:k1, c : c + d]
+                Ar = A.unflatten(-2, (self.k, self.d_inner))[..., k0:k1, c : c + d, :].flatten(-3, -2)
+                Dr = D.unflatten(-1, (self.k, self.d_inner))[..., k0:k1, c : c + d].flatten(-2)
+            dt = torch.matmul(dt_w.to(dts.dtype), dts)  # (B, kc, d, L)
+            y = self.backend(
+                seq.reshape(b, kc * d, L),
+                dt.reshape(b, kc * d, L),
+                Ar.contiguous(),  # (B, kc·d, N) or (kc·d, N)
+                Bs,
+                Cs,
+                Dr.contiguous(),
+                delta_bias=bias.float().reshape(-1),
+                delta_softplus=True,
+            )  # (B, kc·d, L) float32
+            ys.append(y.view(b, kc, d, L))
+        return ys
 
 
 class StyleSSMParams(nn.Module):

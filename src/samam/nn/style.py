@@ -60,9 +60,10 @@ class SConv(nn.Module):
         super().__init__()
         self.kernel_gen = nn.Conv2d(style_dim, channels, 3, padding=1, padding_mode="reflect")
 
-    def forward(self, x: torch.Tensor, e_s: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e_s: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """x (B, d, H, W): the map's ``channels`` (all by default) → the same channels of the output."""
         b, d, h, w = x.shape
-        kernel = F.leaky_relu(self.kernel_gen(e_s), 0.1)  # (B, D, 3, 3)
+        kernel = F.leaky_relu(self.kernel_gen(e_s), 0.1)[:, channels]  # (B, d, 3, 3)
         # Fold the batch into the channel axis: one grouped conv for all samples.
         x = F.pad(x, (1, 1, 1, 1), mode="reflect").reshape(1, b * d, h + 2, w + 2)
         out = F.conv2d(x, kernel.reshape(b * d, 1, 3, 3), groups=b * d)
@@ -77,8 +78,12 @@ class StaticDWConv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
 
-    def forward(self, x: torch.Tensor, e_s: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(x)
+    def forward(
+        self, x: torch.Tensor, e_s: torch.Tensor | None = None, channels: slice = slice(None)
+    ) -> torch.Tensor:
+        """x (B, d, H, W): the map's ``channels`` (all by default) → the same channels of the output."""
+        conv = self.conv
+        return F.conv2d(x, conv.weight[channels], conv.bias[channels], padding=1, groups=x.shape[1])
 
 
 class SCM(nn.Module):
