@@ -335,6 +335,27 @@ def test_strip_decoding_equals_the_unsplit_decoder(patch_size):
 
 
 @pytest.mark.parametrize("patch_size", [4, 8])
+def test_strip_decoding_cuts_an_image_too_wide_for_one_strip_into_columns(patch_size):
+    """When even one sample's thinnest strip passes max_elements (a very wide, short image:
+    88 × 763,000 px at p=8 would pass 2^31 at the default cap), each strip is decoded in
+    tiles of columns: same output, no activation past the cap."""
+    from samam.nn.decoder import ImageDecoder
+
+    torch.manual_seed(0)
+    dec = ImageDecoder(32, patch_size)
+    x = torch.randn(2, 32, 13, 47)
+    cap = 15 * dec.peak_per_token * (1 + 2 * dec.halo)  # the thinnest strip of 15 token columns
+    largest = []
+    hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in dec.layers]
+    with torch.no_grad():
+        split = dec(x, max_elements=cap)
+        assert max(largest) <= cap * 1.2  # the count leaves out the reflection pads' 2 extra pixels
+        for h in hooks:
+            h.remove()
+        torch.testing.assert_close(split, dec(x, max_elements=None), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("patch_size", [4, 8])
 def test_strip_decoding_splits_a_batch_too_large_for_one_strip(patch_size):
     """When even the thinnest strip (1 + 2·halo rows) of the whole batch passes max_elements,
     the batch is decoded in chunks of samples: same output, no activation past the cap."""
