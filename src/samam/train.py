@@ -728,6 +728,9 @@ def _report(trainer: L.Trainer, module: Any, last: Path | None) -> None:
         ):
             if f"{key}_start" in s:
                 a, b = s[f"{key}_start"], s[f"{key}_end"]
-                change = f"{abs(100 * (1 - b / a)):.1f}% {'lower' if b <= a else 'higher'}"
+                if a == 0:  # no percentage of nothing: b / a failed the finished run here
+                    change = "unchanged" if b == 0 else "higher"
+                else:
+                    change = f"{abs(100 * (1 - b / a)):.1f}% {'lower' if b <= a else 'higher'}"
                 lines.append(f"style loss ({what}): start {a:.4g} -> end {b:.4g} ({change})")
     print("\n".join(lines), flush=True)

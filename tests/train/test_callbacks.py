@@ -147,6 +147,21 @@ def test_the_loss_report_names_the_steps_averaged_and_a_loss_that_rose(capsys):
     assert out[2] == "style loss (mean of first/last 2 steps): start 1.5 -> end 3.5 (133.3% higher)"
 
 
+def test_the_loss_report_of_a_zero_start_gives_no_percentage(capsys):
+    """A start of 0 raised ZeroDivisionError in the report, after the run had trained and saved:
+    the finished run was reported as failed (exit status 1)."""
+    from samam.train import _report
+
+    cb = LossSummary(window=10)
+    cb.load_state_dict(
+        {"steps": 4, "first": [0.0] * 4, "last": [0.0, 0.0, 0.0, 0.5], "val": [(2, 0.0), (4, 0.0)]}
+    )
+    _report(SimpleNamespace(global_step=4, callbacks=[cb]), None, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "style loss (fixed validation pairs): start 0 -> end 0 (unchanged)"
+    assert out[2] == "style loss (mean of first/last 2 steps): start 0 -> end 0.25 (higher)"
+
+
 def test_progress_bar_shows_the_training_loss():
     """Read from the module when the bar refreshes, not logged with prog_bar=True (read every step)."""
     trainer = SimpleNamespace(loggers=[], progress_bar_metrics={})
