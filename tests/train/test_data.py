@@ -423,6 +423,8 @@ def test_listing_follows_symlinked_folders_once_and_skips_hidden_files(tmp_path)
 def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
     with pytest.raises(ValueError, match="data.resize=32 must be ≥ data.crop=64"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), crop=64, resize=32)
+    with pytest.raises(ValueError, match="verify='fulll': choose one of full, header, none"):
+        StyleTransferDataModule(str(tmp_path), str(tmp_path), verify="fulll")
 
 
 def test_val_size_null_is_a_config_error_not_a_failure_at_the_first_validation(tmp_path):
@@ -430,8 +432,6 @@ def test_val_size_null_is_a_config_error_not_a_failure_at_the_first_validation(t
     into the run and before their checkpoint."""
     with pytest.raises(ValueError, match="data.val_size=None: the validation pairs are batched at one size"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), val_size=None)
-    with pytest.raises(ValueError, match="verify='fulll': choose one of full, header, none"):
-        StyleTransferDataModule(str(tmp_path), str(tmp_path), verify="fulll")
 
 
 def test_validation_pairs_are_distinct_while_distinct_ones_exist(tmp_path):
