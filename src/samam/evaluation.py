@@ -248,7 +248,7 @@ def embed_styles(
     net: nn.Module, images: Sequence[Tensor], batch_size: int, precision: Precision = "fp32"
 ) -> Tensor:
     """Style images (3, h, w) each → embeddings (N, S, 3, 3) float32; same-size images share a batch."""
-    device = next(net.parameters()).device
+    device, dtype = next(net.parameters()).device, next(net.parameters()).dtype
     out: list[Tensor | None] = [None] * len(images)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
@@ -257,7 +257,7 @@ def embed_styles(
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
             with autocast(device, precision):
-                e = net.embed_style(torch.stack([images[i] for i in chunk]).to(device)).float()
+                e = net.embed_style(torch.stack([images[i] for i in chunk]).to(device, dtype)).float()
             for j, i in enumerate(chunk):
                 out[i] = e[j]
     return torch.stack(out)  # type: ignore[arg-type]
@@ -1073,7 +1073,9 @@ class EvalMetricsCallback(L.Callback):
                         read_image(self.style_paths[j])[None].to(dev), weight=self.style_uses[j]
                     )
             self._style_fed = True
-        e_styles = embed_styles(net, self.styles, self.batch_size, self.precision).to(dev)
+        # In the weights' dtype (trainer.precision=64-true, bf16-true): Lightning converts only the batches it feeds.
+        dtype = next(net.parameters()).dtype
+        e_styles = embed_styles(net, self.styles, self.batch_size, self.precision).to(dev, dtype)
         shard = self.pairs[rank::world]
         by_size: dict[tuple[int, ...], list[tuple[int, int]]] = {}
         for i, j in shard:  # a batch holds one content size (content_size=null keeps each file's)
@@ -1085,7 +1087,7 @@ class EvalMetricsCallback(L.Callback):
         for chunk in chunks:
             c = torch.stack([self.contents[i] for i, _ in chunk]).to(dev)
             with autocast(dev, self.precision):
-                y = net(c, style_embedding=e_styles[[j for _, j in chunk]])
+                y = net(c.to(dtype), style_embedding=e_styles[[j for _, j in chunk]])
             y8 = to_uint8(y)
             suite.update(y8.float() / 255, c)
             for (i, j), out in zip(chunk, y8):

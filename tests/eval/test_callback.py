@@ -49,7 +49,7 @@ def loader():
     return DataLoader(TensorDataset(torch.rand(2, 3, 64, 64)), batch_size=2)
 
 
-def _trainer(tmp_path, callbacks, max_epochs=3):
+def _trainer(tmp_path, callbacks, max_epochs=3, **kw):
     return L.Trainer(
         accelerator="cpu",
         max_epochs=max_epochs,
@@ -61,6 +61,7 @@ def _trainer(tmp_path, callbacks, max_epochs=3):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
+        **kw,
     )
 
 
@@ -114,6 +115,18 @@ def test_an_evaluation_before_training_and_one_in_training(tiny_net, image_dirs,
     trainer.fit(module, loader(), loader())
     assert cb.rounds == 2 and torch.isfinite(trainer.callback_metrics["val/artfid"])
     assert before != float(trainer.callback_metrics["val/artfid"])  # trained weights, a new score
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_a_run_whose_weights_are_not_float32_is_evaluated(tiny_net, image_dirs, tmp_path, precision):
+    """trainer.precision=64-true (or bf16-true): the callback fed float32 images to the converted
+    weights and the run failed at its first validation ("style is torch.float32 but the weights are ...")."""
+    import copy
+
+    cb = _callback(image_dirs, every_n_val_rounds=1)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1, precision=precision)
+    trainer.fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+    assert torch.isfinite(trainer.callback_metrics["val/artfid"])
 
 
 def test_best_artfid_checkpoint_is_ranked_by_its_own_weights(tiny_net, image_dirs, tmp_path):
