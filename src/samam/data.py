@@ -316,9 +316,9 @@ class StyleTransferDataModule(L.LightningDataModule):
         if verify not in get_args(Verify):
             raise ValueError(f"verify={verify!r}: choose one of {', '.join(get_args(Verify))}")
         check_crop(crop, resize)
-        if not isinstance(val_size, int):  # else a TypeError at the first validation, steps later
+        if val_pairs and not isinstance(val_size, int):  # else a TypeError at the first validation
             raise ValueError(
-                f"data.val_size={val_size}: the validation pairs are batched at one size, val_size×val_size "
+                f"data.val_size={'null' if val_size is None else val_size}: the validation pairs are batched at one size, val_size×val_size "
                 "px; give it (data.val_size=256, say)"
             )
         self.batch_size, self.crop, self.resize = batch_size, crop, resize

@@ -430,8 +430,10 @@ def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
 def test_val_size_null_is_a_config_error_not_a_failure_at_the_first_validation(tmp_path):
     """As resize=null: it failed with a TypeError at the first validation, val_check_interval steps
     into the run and before their checkpoint."""
-    with pytest.raises(ValueError, match="data.val_size=None: the validation pairs are batched at one size"):
+    with pytest.raises(ValueError, match="data.val_size=null: the validation pairs are batched at one size"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), val_size=None)
+    # with no validation pairs the size is never used: nothing to refuse
+    assert StyleTransferDataModule(str(tmp_path), str(tmp_path), val_pairs=0, val_size=None).val_size is None
 
 
 def test_validation_pairs_are_distinct_while_distinct_ones_exist(tmp_path):
