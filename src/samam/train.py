@@ -7,6 +7,7 @@ import fcntl
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -432,7 +433,7 @@ def resolve_resume(
 def check_sizes(datamodule: Any, net: Any) -> None:
     """Training crops and validation images must reach the network's smallest style side (the
     style embedder pools the tokens 2^stages times): checked before training, not at the first
-    validation after up to val_check_interval steps."""
+    validation after up to val_check_interval batches."""
     least = net.min_style_side
     for key in ("crop", "val_size"):
         value = getattr(datamodule, key, None)
@@ -722,15 +723,18 @@ def _report(trainer: L.Trainer, module: Any, last: Path | None) -> None:
     summary = next((c for c in trainer.callbacks if isinstance(c, LossSummary)), None)
     if summary is not None:
         s = summary.summary()
+        name = "style loss" if summary.key == "loss_style" else summary.key  # what it averaged
         for key, what in (
             ("val", "fixed validation pairs"),
             ("train", f"mean of first/last {summary.averaged} step{'s' if summary.averaged != 1 else ''}"),
         ):
             if f"{key}_start" in s:
                 a, b = s[f"{key}_start"], s[f"{key}_end"]
-                if a == 0:  # no percentage of nothing: b / a failed the finished run here
+                if not (math.isfinite(a) and math.isfinite(b)):  # a diverged run: no 'nan% higher'
+                    change = "not finite"
+                elif a == 0:  # no percentage of nothing: b / a failed the finished run here
                     change = "unchanged" if b == 0 else "higher"
                 else:
                     change = f"{abs(100 * (1 - b / a)):.1f}% {'lower' if b <= a else 'higher'}"
-                lines.append(f"style loss ({what}): start {a:.4g} -> end {b:.4g} ({change})")
+                lines.append(f"{name} ({what}): start {a:.4g} -> end {b:.4g} ({change})")
     print("\n".join(lines), flush=True)

@@ -162,6 +162,17 @@ def test_the_loss_report_of_a_zero_start_gives_no_percentage(capsys):
     assert out[2] == "style loss (mean of first/last 2 steps): start 0 -> end 0.25 (higher)"
 
 
+def test_the_loss_report_of_a_diverged_run_or_another_key(capsys):
+    """A NaN loss read "nan% higher", and a summary of another loss was still called the style loss."""
+    from samam.train import _report
+
+    cb = LossSummary(key="loss_content", window=10)
+    cb.load_state_dict({"steps": 2, "first": [1.0, float("nan")], "last": [1.0, float("nan")], "val": []})
+    _report(SimpleNamespace(global_step=2, callbacks=[cb]), None, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "loss_content (mean of first/last 1 step): start 1 -> end nan (not finite)"
+
+
 def test_progress_bar_shows_the_training_loss():
     """Read from the module when the bar refreshes, not logged with prog_bar=True (read every step)."""
     trainer = SimpleNamespace(loggers=[], progress_bar_metrics={})
