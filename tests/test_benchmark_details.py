@@ -98,15 +98,9 @@ def test_peer_style_content_changes_only_the_peers_style(bench):
     assert bench.new_row(ctx, peer, "fp32", "latency", 1, 128)["style"] == 128
 
 
-def test_markdown_ratio_cells_sit_under_their_headers(bench, tmp_path):
-    rows = [
-        timed_row(bench, "samam", 2.0),
-        timed_row(bench, "release", 4.0),
-        timed_row(bench, "stytr2", 10.0),
-    ]
-    for r in rows:
-        r.update(mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=256 * 256)
-    meta = dict(
+def _meta() -> dict:
+    """A record's meta.json as a CPU run writes it, before cudnn_allow_tf32 was recorded."""
+    return dict(
         date="2024-01-01T00:00:00",
         cpu="cpu",
         device="cpu",
@@ -122,6 +116,17 @@ def test_markdown_ratio_cells_sit_under_their_headers(bench, tmp_path):
         loss="-",
         command="c",
     )
+
+
+def test_markdown_ratio_cells_sit_under_their_headers(bench, tmp_path):
+    rows = [
+        timed_row(bench, "samam", 2.0),
+        timed_row(bench, "release", 4.0),
+        timed_row(bench, "stytr2", 10.0),
+    ]
+    for r in rows:
+        r.update(mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=256 * 256)
+    meta = _meta()
     bench.add_speedups(rows)
     bench.write_markdown(rows, meta, tmp_path / "r.md")
     lines = (tmp_path / "r.md").read_text().splitlines()
@@ -134,22 +139,7 @@ def test_markdown_ratio_cells_sit_under_their_headers(bench, tmp_path):
 def test_replot_of_a_record_without_the_tf32_key_does_not_claim_off(bench, tmp_path):
     # The committed CPU records predate meta.json's cudnn_allow_tf32: --replot must not write
     # a setting that was never recorded (torch's default is on).
-    meta = dict(
-        date="2024-01-01T00:00:00",
-        cpu="cpu",
-        device="cpu",
-        torch="x",
-        threads=1,
-        commit="c",
-        loadavg_start=[0, 0, 0],
-        model="m",
-        style=256,
-        warmup=0,
-        repeats=1,
-        mem_kind="rss_hwm_delta",
-        loss="-",
-        command="c",
-    )
+    meta = _meta()
     row = timed_row(bench, "samam", 2.0)
     row.update(mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=256 * 256)
 

@@ -334,6 +334,18 @@ def test_strip_decoding_equals_the_unsplit_decoder(patch_size):
     assert full.shape == (2, 3, 37 * patch_size, 11 * patch_size)
 
 
+def _check_split_decoding(dec, x: torch.Tensor, cap: int) -> None:
+    """``dec`` under ``max_elements=cap`` makes no activation past the cap and equals one pass."""
+    largest = []
+    hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in dec.layers]
+    with torch.no_grad():
+        split = dec(x, max_elements=cap)
+        assert max(largest) <= cap * 1.2  # the count leaves out the reflection pads' 2 extra pixels
+        for h in hooks:
+            h.remove()
+        torch.testing.assert_close(split, dec(x, max_elements=None), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("patch_size", [4, 8])
 def test_strip_decoding_cuts_an_image_too_wide_for_one_strip_into_columns(patch_size):
     """When even one sample's thinnest strip passes max_elements (a very wide, short image:
@@ -345,14 +357,7 @@ def test_strip_decoding_cuts_an_image_too_wide_for_one_strip_into_columns(patch_
     dec = ImageDecoder(32, patch_size)
     x = torch.randn(2, 32, 13, 47)
     cap = 15 * dec.peak_per_token * (1 + 2 * dec.halo)  # the thinnest strip of 15 token columns
-    largest = []
-    hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in dec.layers]
-    with torch.no_grad():
-        split = dec(x, max_elements=cap)
-        assert max(largest) <= cap * 1.2  # the count leaves out the reflection pads' 2 extra pixels
-        for h in hooks:
-            h.remove()
-        torch.testing.assert_close(split, dec(x, max_elements=None), rtol=1e-5, atol=1e-6)
+    _check_split_decoding(dec, x, cap)
 
 
 @pytest.mark.parametrize("patch_size", [4, 8])
@@ -365,14 +370,7 @@ def test_strip_decoding_splits_a_batch_too_large_for_one_strip(patch_size):
     dec = ImageDecoder(32, patch_size)
     x = torch.randn(5, 32, 13, 11)
     cap = 2 * 11 * dec.peak_per_token * (1 + 2 * dec.halo)  # the thinnest strip of 2 samples
-    largest = []
-    hooks = [m.register_forward_hook(lambda m, i, o: largest.append(o.numel())) for m in dec.layers]
-    with torch.no_grad():
-        split = dec(x, max_elements=cap)
-        assert max(largest) <= cap * 1.2  # the count leaves out the reflection pads' 2 extra pixels
-        for h in hooks:
-            h.remove()
-        torch.testing.assert_close(split, dec(x, max_elements=None), rtol=1e-5, atol=1e-6)
+    _check_split_decoding(dec, x, cap)
 
 
 @pytest.mark.gpu

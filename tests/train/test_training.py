@@ -812,12 +812,8 @@ def test_lightnings_checkpoint_names_are_resolved_to_the_file_it_would_load(tmp_
         lightning_ckpt_file("last", [ModelCheckpoint()], tmp_path)  # Lightning's folder depends on the logger
 
 
-def test_a_resume_without_wandb_reads_the_checkpoint_metadata_once_before_fit(
-    compose, tiny, tmp_path, monkeypatch
-):
-    """Once, for the identity check: not again for a W&B run id without W&B, nor for the step to
-    drop CSV rows from (the restored one). Lightning's own load maps nothing."""
-    main(compose([*tiny(), "trainer.max_steps=2"]))
+def _metadata_reads(monkeypatch) -> list:
+    """The paths torch.load maps from here on (our metadata reads; Lightning's load maps nothing)."""
     reads, load = [], torch.load
 
     def spy(path, *args, **kwargs):
@@ -826,6 +822,16 @@ def test_a_resume_without_wandb_reads_the_checkpoint_metadata_once_before_fit(
         return load(path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
+    return reads
+
+
+def test_a_resume_without_wandb_reads_the_checkpoint_metadata_once_before_fit(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """Once, for the identity check: not again for a W&B run id without W&B, nor for the step to
+    drop CSV rows from (the restored one). Lightning's own load maps nothing."""
+    main(compose([*tiny(), "trainer.max_steps=2"]))
+    reads = _metadata_reads(monkeypatch)
     main(compose([*tiny(), "trainer.max_steps=2"]))  # ckpt_path=auto, logger=csv
     assert reads == [tmp_path / "checkpoints" / "last.ckpt"]
 
@@ -836,14 +842,7 @@ def test_a_resume_with_wandb_reads_the_checkpoint_metadata_once_for_the_identity
     """The W&B run id comes from the metadata read for the identity check: it was read a second time."""
     run = [*tiny(), "trainer.max_steps=2", "logger=wandb", "logger.wandb.mode=disabled"]
     main(compose(run))
-    reads, load = [], torch.load
-
-    def spy(path, *args, **kwargs):
-        if kwargs.get("mmap"):
-            reads.append(path)
-        return load(path, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
+    reads = _metadata_reads(monkeypatch)
     main(compose(run))  # ckpt_path=auto
     assert reads == [tmp_path / "checkpoints" / "last.ckpt"]
 
