@@ -152,6 +152,27 @@ def test_low_precision_inputs(fn, dtype):
 
 
 @pytest.mark.parametrize("fn", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    "default", [torch.bfloat16, torch.float16, torch.float64], ids=["bf16", "fp16", "fp64"]
+)
+def test_default_dtype_does_not_reach_the_scan(fn, default):
+    """trainer.precision=bf16-true (16-true, 64-true) sets torch's default dtype around each step;
+    numba's buffers took it and the scan failed ('unsupported ScalarType BFloat16')."""
+    xs = make_inputs(2, 2, 3, 4, 25, per_sample_A=True)
+    ys = clone(xs)
+    y_ref, g_ref, gy = run(selective_scan_ref, xs)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        y, g, _ = run(fn, ys, gy=gy)
+    finally:
+        torch.set_default_dtype(old)
+    assert_rel_close(y, y_ref, 1e-5, "y")
+    for name, a, b in zip(NAMES, g, g_ref):
+        assert_rel_close(a, b, 1e-5, f"d{name}")
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
 def test_per_sample_batch_equals_per_sample_calls(fn):
     xs = make_inputs(3, 2, 4, 4, 31, per_sample_A=True, per_sample_D=True)
     y_batch, g_batch, gy = run(fn, xs)

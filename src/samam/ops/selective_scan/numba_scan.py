@@ -393,9 +393,10 @@ class _NumbaScanFn(torch.autograd.Function):
         y = torch.empty(bt, kd, length, dtype=torch.float32)
         n_blocks = _n_blocks(bt, g, kd // g)
         tile = max(1, min(length, _FWD_TILE_BYTES // (8 * n)))
-        # states at tile starts, for the backward: (B, K·D, tiles, N), tiny next to u
+        # states at tile starts, for the backward: (B, K·D, tiles, N), tiny next to u. Buffers are
+        # u's float32, not torch's default dtype: trainer.precision=bf16-true sets that to bfloat16.
         n_tiles = -(-length // tile) if any(ctx.needs_input_grad) else 0
-        h_tiles = torch.empty(bt, kd, n_tiles, n)
+        h_tiles = u.new_empty(bt, kd, n_tiles, n)
         _launch(
             _kernels().fwd, _np(u), _np(delta), _np(bn), softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), kd // g,
             n_blocks, tile, y.numpy(), h_tiles.numpy(),
@@ -415,13 +416,13 @@ class _NumbaScanFn(torch.autograd.Function):
         g, n = Bt.shape[1], Bt.shape[3]
         dg = kd // g
         n_blocks = _n_blocks(bt, g, dg)
-        du = torch.empty(bt, kd, length)
-        ddelta = torch.empty(bt, kd, length)
-        dbias = torch.empty(bt, kd)
-        dA = torch.empty(bt, kd, n)
-        dD = torch.empty(bt, kd)
-        dB_part = torch.zeros(bt, g, n_blocks, length, n)
-        dC_part = torch.zeros(bt, g, n_blocks, length, n)
+        du = u.new_empty(bt, kd, length)
+        ddelta = u.new_empty(bt, kd, length)
+        dbias = u.new_empty(bt, kd)
+        dA = u.new_empty(bt, kd, n)
+        dD = u.new_empty(bt, kd)
+        dB_part = u.new_zeros(bt, g, n_blocks, length, n)
+        dC_part = u.new_zeros(bt, g, n_blocks, length, n)
         _launch(
             _kernels().bwd, _np(u), _np(delta), _np(bn), ctx.softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), _np(gy), dg, n_blocks,
             ctx.tile, h_tiles.numpy(), du.numpy(), ddelta.numpy(), dbias.numpy(), dA.numpy(), dD.numpy(), dB_part.numpy(), dC_part.numpy(),
