@@ -241,6 +241,32 @@ def check_no_epochs(cfg: DictConfig) -> None:
         )
 
 
+# trainer.precision values that train this network (Lightning's aliases 32, 64, 16, bf16 included);
+# 16-mixed runs as bf16-mixed on a CPU (Lightning's warning says so).
+TRAIN_PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed")
+_PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """Refuse a trainer.precision that cannot train before anything is built: float16 weights
+    (16-true) became NaN at the first optimizer step (Adam's eps, 1e-8, is 0 in float16: a zero
+    gradient gives 0/0), and a value Lightning does not know failed only once the network and
+    the loss network were built. transformer-engine is left to Lightning (it names its package)."""
+    precision = cfg.trainer.get("precision")
+    name = _PRECISION_ALIASES.get(str(precision), str(precision))
+    if precision is None or name in (*TRAIN_PRECISIONS, "transformer-engine"):
+        return
+    why = (
+        "float16 weights become NaN at the first Adam step (its eps, 1e-8, is 0 in float16)"
+        if name in ("16-true", "transformer-engine-float16")
+        else "not a precision Lightning knows"
+    )
+    raise ValueError(
+        f"trainer.precision={precision!r}: {why}; choose one of {', '.join(TRAIN_PRECISIONS)} "
+        "(16-mixed: float16 autocast over float32 weights; on a CPU Lightning runs it as bf16-mixed)"
+    )
+
+
 def default_run_name(cfg: DictConfig) -> str:
     """experiment name plus this job's command-line overrides (distinct per sweep arm)."""
     overrides: list[str] = []
@@ -601,6 +627,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         check_named_entries(cfg)
         check_switch_settings(cfg)
         check_no_epochs(cfg)
+        check_precision(cfg)
         check_inputs_exist(cfg)
     except BaseException:
         # Without Hydra, paths.output_dir may not resolve (and no Hydra wrote files to put back).

@@ -4,6 +4,7 @@ DDP on CPU with 2 processes, and a multirun over an ablation's arms."""
 import csv
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -926,6 +927,33 @@ def test_a_float64_run_draws_its_sample_grid(compose, tiny, tmp_path):
     main(compose([*tiny(), "trainer.max_steps=2", "trainer.precision=64-true"]))
     assert (tmp_path / "samples" / "step0000002.png").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_bfloat16_run_trains_with_the_numba_scan(compose, tiny, tmp_path):
+    """trainer.precision=bf16-true failed at the first step inside the numba scan, whose buffers
+    took the step's default dtype (bfloat16)."""
+    metrics = main(
+        compose([*tiny(), "trainer.max_steps=2", "trainer.precision=bf16-true", "model.backend=numba"])
+    )
+    assert math.isfinite(metrics["train/loss"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("precision", "why"),
+    [("16-true", "float16 weights become NaN"), ("32-mixed", "not a precision Lightning knows")],
+)
+def test_a_precision_that_cannot_train_is_refused_before_anything_is_built(
+    compose, tiny, tmp_path, precision, why
+):
+    """16-true trained one step, then every loss was NaN (Adam's eps is 0 in float16); a value
+    Lightning does not know failed only after the network and VGG were built."""
+    with pytest.raises(
+        ValueError,
+        match=f"trainer.precision='{precision}': {why}.*; choose one of 32-true, 64-true, bf16-mixed",
+    ):
+        main(compose([*tiny(tmp_path / "run"), f"trainer.precision={precision}"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
