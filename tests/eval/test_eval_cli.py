@@ -382,3 +382,36 @@ def test_eval_results_md_states_the_content_size_the_network_saw(tiny_ckpt, imag
     assert res["protocol"]["content_px"] == [40, 40]  # 45 → whole 8-px patches
     assert "content 40×40" in (tmp_path / "rel" / "results.md").read_text()
     assert Image.open(tmp_path / "rel" / "c0_stylized_s0.png").size == (40, 40)
+
+
+def test_eval_scores_lpips_and_cfsd_of_each_output_against_its_own_content(tiny_ckpt, image_dirs, tmp_path):
+    """LPIPS and CFSD compare a stylised image with the content it was made from: recomputed here
+    from the saved files, paired by their names, they equal eval's; a shuffled pairing does not."""
+    import numpy as np
+
+    from samam.evaluation import read_image
+    from samam.metrics import build_metrics
+
+    out = tmp_path / "eval"
+    cfg = compose_eval(base_overrides(tiny_ckpt, image_dirs, out) + ["metrics.test_extractors=true"])
+    res = entry_point("eval")(cfg)
+    content_dir, _ = image_dirs
+    contents = {p.stem: read_image(p, size=32)[None] for p in sorted(content_dir.iterdir())}
+    outputs = {
+        p.name: torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1)[None].float() / 255
+        for p in sorted(out.glob("*_stylized_*.png"))
+    }
+    assert len(outputs) == 6
+
+    def scores(content_of) -> tuple[float, float]:
+        suite = build_metrics(**cfg.metrics)
+        for name, y in outputs.items():
+            suite.lpips.update(y, contents[content_of(name)])
+            suite.cfsd.update(y, contents[content_of(name)])
+        return float(suite.lpips.compute()), float(suite.cfsd.compute())
+
+    own = scores(lambda name: name.split("_stylized_")[0])
+    swapped = scores(lambda name: {"c0": "c1", "c1": "c0"}[name.split("_stylized_")[0]])
+    assert (res["lpips"], res["cfsd"]) == pytest.approx(own, rel=1e-5)
+    assert res["lpips"] != pytest.approx(swapped[0], rel=1e-3)
+    assert res["cfsd"] != pytest.approx(swapped[1], rel=1e-3)
