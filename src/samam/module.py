@@ -45,7 +45,7 @@ def reduce_step(
     The host values go to the device without waiting for it: nothing here waits for the device."""
     counts = [float(sum(worker_skips.values())), float(stop)]
     if world_size == 1:
-        host = torch.tensor(counts)
+        host = torch.tensor(counts, dtype=torch.float32)  # not the step's default dtype (bf16-true: bf16)
         return losses, host[0] + setup_skipped, host[1]
     device = next(iter(losses.values())).device
     terms = torch.stack(list(losses.values()))
@@ -177,8 +177,10 @@ class StyleTransferModule(L.LightningModule):
         b = batch["content"].shape[0]
         # Not prog_bar=True: Lightning would read it on the host at every step (LossProgressBar shows it).
         self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=b)
-        # A host tensor: a float would be copied to the device, waiting for it, at every step.
-        self.log("train/lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), batch_size=b)
+        # A host tensor: a float would be copied to the device, waiting for it, at every step. Float32,
+        # not the default dtype, which trainer.precision=bf16-true sets to bfloat16 during the step.
+        lr = torch.tensor(self.optimizers().param_groups[0]["lr"], dtype=torch.float32)
+        self.log("train/lr", lr, batch_size=b)
         if worker_skips:
             self.log("data/skipped", skipped, batch_size=b)
         return losses["loss"]

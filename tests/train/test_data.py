@@ -349,6 +349,20 @@ def test_skipped_total_counts_setup_once_and_sums_workers_then_ranks():
     assert one[1] == 2 + (1 + 4) and one[2] == 1 and calls == ["sum"]  # one process: no reduce
 
 
+def test_one_process_counts_skips_exactly_under_a_bfloat16_default_dtype():
+    """trainer.precision=bf16-true sets the default dtype to bfloat16 during the step: one process's
+    skip count was a bfloat16 tensor, 257 skipped images logged as 256."""
+    from samam.module import reduce_step
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        _, skipped, _ = reduce_step({"loss": torch.tensor(1.0)}, 0, {0: 257}, False, 1, lambda t: t)
+    finally:
+        torch.set_default_dtype(old)
+    assert skipped.item() == 257
+
+
 @pytest.mark.gpu
 def test_the_step_counts_go_to_the_gpu_from_pinned_memory(monkeypatch):
     """A non_blocking copy from pageable memory waits for the host-side staging all the same:

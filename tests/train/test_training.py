@@ -931,12 +931,15 @@ def test_a_float64_run_draws_its_sample_grid(compose, tiny, tmp_path):
 
 def test_a_bfloat16_run_trains_with_the_numba_scan(compose, tiny, tmp_path):
     """trainer.precision=bf16-true failed at the first step inside the numba scan, whose buffers
-    took the step's default dtype (bfloat16)."""
+    took the step's default dtype (bfloat16); and the logged lr was that dtype too (1e-4 as
+    1.0014e-4, a staircase over a run)."""
     metrics = main(
         compose([*tiny(), "trainer.max_steps=2", "trainer.precision=bf16-true", "model.backend=numba"])
     )
     assert math.isfinite(metrics["train/loss"])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    lr = [float(r["train/lr"]) for r in _csv_rows(tmp_path) if r.get("train/lr") and r["step"] == "0"]
+    assert lr == [torch.tensor(1e-4, dtype=torch.float32).item()]
 
 
 @pytest.mark.parametrize(
