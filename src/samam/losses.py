@@ -51,9 +51,11 @@ def torch_hub_checkpoint_dir() -> Path:
 def mean_std(feat: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """Per-channel spatial mean and std (unbiased variance + eps), as AdaIN. (B,C,H,W) -> 2×(B,C,1,1).
     Float32 also for bf16/fp16 features (mixed precision): in bf16 the variance of a nearly
-    constant channel loses most of its digits, and with it the style loss near convergence."""
+    constant channel loses most of its digits, and with it the style loss near convergence.
+    Float64 features (trainer.precision=64-true) stay float64."""
     b, c = feat.shape[:2]
-    flat = feat.reshape(b, c, -1).float()
+    flat = feat.reshape(b, c, -1)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
     var = flat.var(dim=2) + eps
     return flat.mean(dim=2).view(b, c, 1, 1), var.sqrt().view(b, c, 1, 1)
 

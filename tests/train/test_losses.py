@@ -31,6 +31,16 @@ def test_mean_std_in_float32_under_mixed_precision():
     torch.testing.assert_close(mu, ref_mu, rtol=0, atol=0)
 
 
+def test_mean_std_keeps_float64():
+    """trainer.precision=64-true: the statistics of float64 features were computed in float32."""
+    feat = (1.0 + 1e-3 * torch.randn(2, 4, 16, 16)).double()
+    mu, sigma = mean_std(feat)
+    flat = feat.view(2, 4, -1)
+    assert mu.dtype == sigma.dtype == torch.float64
+    torch.testing.assert_close(mu.view(2, 4), flat.mean(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(sigma.view(2, 4), (flat.var(-1) + 1e-5).sqrt(), rtol=1e-12, atol=0)
+
+
 def test_style_and_content_loss_known_values():
     feats = [torch.randn(2, c, 8, 8) for c in (4, 4, 4, 4, 4)]
     assert StyleTransferLoss.style_loss(feats, [f.clone() for f in feats]) == 0
