@@ -934,6 +934,7 @@ class EvalMetricsCallback(L.Callback):
         super().__init__()
         if every_n_val_rounds < 1:
             raise ValueError(f"every_n_val_rounds must be ≥ 1, got {every_n_val_rounds}")
+        autocast(torch.device("cpu"), precision)  # validates the name here, not at the first evaluation
         if style_size is not None:
             style_short_side = None  # style_size (N×N) wins
         self.content, self.style = content, style

@@ -237,6 +237,13 @@ def test_an_unusable_eval_image_fails_at_setup_naming_the_file(
     assert steps == []
 
 
+def test_callback_refuses_an_unknown_precision_when_built(image_dirs):
+    """precision=bf16-mixed (Lightning's name) was refused only at the first evaluation, after
+    training up to the first validation."""
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'bf16-mixed'"):
+        _callback(image_dirs, precision="bf16-mixed")
+
+
 def test_callback_config_composes_and_instantiates():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
