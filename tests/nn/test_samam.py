@@ -425,6 +425,20 @@ def test_inductor_compile_follows_a_new_content_size_with_the_torch_scan():
             torch.testing.assert_close(compiled(c, s), net(c, s), rtol=1e-4, atol=1e-5)
 
 
+def test_compile_with_dynamic_shapes_traces_the_torch_scan_network_in_one_graph():
+    """Dynamo (torch 2.14) could not unpack ``order.shape`` in scan_orders.scan with dynamic
+    shapes and broke the graph there, inside SS2D's loops over passes: every SS2D call then ran
+    eagerly, its pieces compiled as frames of their own (19 graphs, 18 breaks for the tiny net)."""
+    net = tiny(backend="torch")
+    c, s = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 64, 64)
+    torch._dynamo.reset()
+    # what torch.compile(dynamic=True) sets
+    with torch.no_grad(), torch._dynamo.config.patch(assume_static_by_default=False):
+        explained = torch._dynamo.explain(net)(c, s)
+    assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_bf16_autocast_keeps_the_output_close_and_trains(backend):
     # responsive: the plain tiny net's output varies less than bf16's spacing at its level (and

@@ -242,7 +242,10 @@ def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[tor
 def scan(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """(B, D, H, W) → (B, K, D, L): each direction's token sequence."""
     b, d, h, w = x.shape
-    k, L = order.shape
+    # size(), not .shape: with dynamic shapes torch 2.14's Dynamo cannot unpack .shape of this
+    # slice of a constant index tensor ("does not implement python_type()") and breaks the
+    # graph here, inside SS2D's pass loops, so each SS2D call ran eagerly
+    k, L = order.size()
     flat = x.reshape(b, 1, d, L).expand(b, k, d, L)
     return torch.gather(flat, 3, order.view(1, k, 1, L).expand(b, k, d, L))
 
