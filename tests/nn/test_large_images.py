@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from samam import SaMam
 from samam.nn import blocks
 from samam.nn.ss2d import SS2D, StyleSSMParams
-from samam.ops.selective_scan import numba_available, resolve_scan_backend
+from samam.ops.selective_scan import ScanBackend, numba_available, resolve_scan_backend, selective_scan_torch
 
 CPU_BACKENDS = ["torch"] + (["numba"] if numba_available() else [])
 
@@ -90,6 +90,24 @@ def test_channel_parts_equal_the_whole_map(static):
             torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("static", [True, False], ids=["S6", "S7"])
+def test_torch_compile_keeps_the_ops_around_an_eager_scan_kernel(static, dynamic):
+    """The numba and mamba kernels are compiler-disabled: the graph breaks at the call, and
+    the rest of SS2D must still compile. A map under the cap went through the channel-part
+    code, whose loops over ranges hold the call; Dynamo cannot resume after a break in a loop,
+    so it ran all of SS2D._scan eagerly (x_proj and dt_proj matmuls included)."""
+    kernel = ("stand-in", torch.compiler.disable(selective_scan_torch))
+    ss2d = SS2D(8, 4, 2, "zigzag", ScanBackend("stand-in", cpu=kernel, cuda=kernel), static_params=static)
+    x = torch.randn(2, 8, 5, 7)
+    A, D = (None, None) if static else StyleSSMParams(6, 4, 8, 4)(torch.randn(2, 6))
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(assume_static_by_default=not dynamic):  # torch.compile(dynamic=...)
+        explained = torch._dynamo.explain(ss2d)(x, A, D)
+    compiled = [node.target for graph in explained.graphs for node in graph.graph.nodes]
+    assert compiled.count(torch.matmul) == 2  # x_proj and dt_proj of the one pass
+
+
 @pytest.mark.parametrize(
     "switches",
     [{}, {"patch_size": 4}, {"sconv": False, "style_ssm": False, "scm": False}, {"out_norm": "instancenorm"}],
@@ -105,10 +123,11 @@ def test_blocks_in_channel_parts_equal_the_whole_blocks(monkeypatch, switches):
     c = torch.rand(2, 3, 5 * p, 6 * p, requires_grad=True)  # 5×6 tokens
     s = torch.rand(2, 3, 64, 64)
     weights = torch.rand(2, 3, 5 * p, 6 * p)
-    calls: list[int] = []
-    whole = SS2D.forward_parts
+    calls: list[int] = []  # the channel parts each SS2D call is given (forward: the whole map)
+    whole, split = SS2D.forward, SS2D.forward_parts
+    monkeypatch.setattr(SS2D, "forward", lambda m, x, *a: calls.append(1) or whole(m, x, *a))
     monkeypatch.setattr(
-        SS2D, "forward_parts", lambda m, parts, *a: calls.append(len(parts)) or whole(m, parts, *a)
+        SS2D, "forward_parts", lambda m, parts, *a: calls.append(len(parts)) or split(m, parts, *a)
     )
     runs = []
     # the content blocks' maps, 2 · 64 · 7 · 8, in 7 parts (6 of 10 channels, 1 of 4); the

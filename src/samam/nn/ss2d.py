@@ -77,7 +77,42 @@ class SS2D(nn.Module):
         self, x: torch.Tensor, A: torch.Tensor | None = None, D: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, D, H, W) → (B, D, H, W) float32. A (B, K·D, N), D (B, K·D) when not static."""
-        return self.forward_parts([x], A, D)[0]
+        b, d, h, w = x.shape
+        per_direction = d * h * w
+        # Only a direction past the cap needs forward_parts' ranges of channels. Other maps stay
+        # out of its loops over ranges: torch.compile cannot resume after a graph break inside a
+        # loop (the compiler-disabled numba and mamba kernels break it), so all of the scan's
+        # ops around the kernel ran eagerly there.
+        if per_direction > self.max_elements:
+            return self.forward_parts([x], A, D)[0]
+        if b == 0:
+            return x.new_zeros((0, d, h, w), dtype=torch.float32)
+        if self.A_log is not None:
+            A = -torch.exp(self.A_log.float())  # (K·D, N), shared by every sample
+            D = self.D.float()
+        order, inverse = scan_indices(self.scan_order, h, w, x.device)
+        # pass sizes by comparisons, as in forward_parts (a loop: a generator would be a frame
+        # of its own for torch.compile)
+        dirs = self.k
+        while dirs > 1 and dirs * per_direction > self.max_elements:
+            dirs -= 1
+        if b * dirs * per_direction <= self.max_elements:
+            samples = b
+        else:
+            samples = max(1, self.max_elements // (dirs * per_direction))
+        outs = []  # one pass when everything fits under the cap
+        for s in range(0, b, samples):
+            e = min(b, s + samples)
+            xb = x[s:e]
+            Ab = A[s:e] if A.dim() == 3 else A
+            Db = D[s:e] if D.dim() == 2 else D
+            out = None
+            for k0 in range(0, self.k, dirs):
+                k1 = min(self.k, k0 + dirs)
+                y = self._scan(xb, Ab, Db, order, k0, k1)
+                out = merge(y, order[k0:k1], inverse[k0:k1], h, w, out=out)
+            outs.append(out)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def forward_parts(
         self, parts: list[torch.Tensor], A: torch.Tensor | None = None, D: torch.Tensor | None = None
@@ -119,7 +154,7 @@ class SS2D(nn.Module):
             merged: list[torch.Tensor | None] = [None] * len(ranges)
             for k0 in range(0, self.k, dirs):
                 k1 = min(self.k, k0 + dirs)
-                ys = self._scan(xs, [c for *_, c in ranges], Ab, Db, order, k0, k1)
+                ys = self._scan_parts(xs, [c for *_, c in ranges], Ab, Db, order, k0, k1)
                 for r, y in enumerate(ys):
                     merged[r] = merge(y, order[k0:k1], inverse[k0:k1], h, w, out=merged[r])
             for i in range(len(parts)):
@@ -128,6 +163,30 @@ class SS2D(nn.Module):
         return [out[0] if len(out) == 1 else torch.cat(out) for out in outs]
 
     def _scan(
+        self, x: torch.Tensor, A: torch.Tensor, D: torch.Tensor, order: torch.Tensor, k0: int, k1: int
+    ) -> torch.Tensor:
+        """Directions k0..k1-1 of x (B, D, H, W) → their outputs (B, k1-k0, D, L) float32."""
+        b, d, h, w = x.shape
+        kc, L = k1 - k0, h * w
+        xs = scan(x, order[k0:k1])  # (B, kc, D, L)
+        x_dbl = torch.matmul(self.x_proj_weight[k0:k1].to(xs.dtype), xs)  # (B, kc, R+2N, L)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.matmul(self.dt_proj_weight[k0:k1].to(dts.dtype), dts)  # (B, kc, D, L)
+        A = A[..., k0 * d : k1 * d, :].contiguous()  # this pass's channels of the direction-major A, D
+        D = D[..., k0 * d : k1 * d].contiguous()
+        y = self.backend(
+            xs.reshape(b, kc * d, L),
+            dts.reshape(b, kc * d, L),
+            A,
+            Bs.contiguous(),  # (B, kc, N, L)
+            Cs.contiguous(),
+            D,
+            delta_bias=self.dt_proj_bias[k0:k1].float().reshape(-1),
+            delta_softplus=True,
+        )  # (B, kc·D, L) float32
+        return y.view(b, kc, d, L)
+
+    def _scan_parts(
         self,
         xs: list[torch.Tensor],
         firsts: list[int],
@@ -154,7 +213,7 @@ class SS2D(nn.Module):
         for seq, c in zip(seqs, firsts, strict=True):
             d = seq.shape[2]
             # this pass's rows of the direction-major A, D: k·D + c … k·D + c + d - 1 for each k,
-            # one slice when the range holds every channel (the usual case: no extra ops)
+            # one slice when the range holds every channel
             if d == self.d_inner:
                 dt_w, bias = self.dt_proj_weight[k0:k1], self.dt_proj_bias[k0:k1]
                 Ar, Dr = A[..., k0 * d : k1 * d, :], D[..., k0 * d : k1 * d]
