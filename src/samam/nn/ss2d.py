@@ -87,19 +87,9 @@ class SS2D(nn.Module):
             return self.forward_parts([x], A, D)[0]
         if b == 0:
             return x.new_zeros((0, d, h, w), dtype=torch.float32)
-        if self.A_log is not None:
-            A = -torch.exp(self.A_log.float())  # (K·D, N), shared by every sample
-            D = self.D.float()
+        A, D = self._ssm_params(A, D)
         order, inverse = scan_indices(self.scan_order, h, w, x.device)
-        # pass sizes by comparisons, as in forward_parts (a loop: a generator would be a frame
-        # of its own for torch.compile)
-        dirs = self.k
-        while dirs > 1 and dirs * per_direction > self.max_elements:
-            dirs -= 1
-        if b * dirs * per_direction <= self.max_elements:
-            samples = b
-        else:
-            samples = max(1, self.max_elements // (dirs * per_direction))
+        dirs, samples = self._pass_sizes(b, per_direction)
         outs = []  # one pass when everything fits under the cap
         for s in range(0, b, samples):
             e = min(b, s + samples)
@@ -124,9 +114,7 @@ class SS2D(nn.Module):
         b, _, h, w = parts[0].shape
         if b == 0:
             return [x.new_zeros(x.shape, dtype=torch.float32) for x in parts]
-        if self.A_log is not None:
-            A = -torch.exp(self.A_log.float())  # (K·D, N), shared by every sample
-            D = self.D.float()
+        A, D = self._ssm_params(A, D)
         order, inverse = scan_indices(self.scan_order, h, w, parts[0].device)
         ranges, first = [], 0  # (part, its channels c0..c1-1, c0's channel in the whole map)
         for i, x in enumerate(parts):
@@ -135,16 +123,7 @@ class SS2D(nn.Module):
             width = d if d * h * w <= self.max_elements else max(1, self.max_elements // (h * w))
             ranges += [(i, c0, min(d, c0 + width), first + c0) for c0 in range(0, d, width)]
             first += d
-        per_direction = max(c1 - c0 for _, c0, c1, _ in ranges) * h * w
-        # Pass sizes by comparisons, which torch.compile turns into guards and plain ints. A
-        # division of symbolic sizes (cap // (d·h·w)) would stay symbolic instead, and its
-        # Min/Max would enter every index of the pass's slices of A, D: inductor's sympy then
-        # took minutes per kernel on a new content size with dynamic shapes.
-        dirs = next((n for n in range(self.k, 1, -1) if n * per_direction <= self.max_elements), 1)
-        if b * dirs * per_direction <= self.max_elements:
-            samples = b
-        else:
-            samples = max(1, self.max_elements // (dirs * per_direction))
+        dirs, samples = self._pass_sizes(b, max(c1 - c0 for _, c0, c1, _ in ranges) * h * w)
         outs: list[list[torch.Tensor]] = [[] for _ in parts]  # one pass when everything fits under the cap
         for s in range(0, b, samples):
             e = min(b, s + samples)
@@ -161,6 +140,28 @@ class SS2D(nn.Module):
                 mine = [m for (j, *_), m in zip(ranges, merged, strict=True) if j == i]
                 outs[i].append(mine[0] if len(mine) == 1 else torch.cat(mine, dim=1))
         return [out[0] if len(out) == 1 else torch.cat(out) for out in outs]
+
+    def _ssm_params(
+        self, A: torch.Tensor | None, D: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scan's A (K·D, N) and D (K·D) float32 when static (S6), else the given per-sample ones."""
+        if self.A_log is None:
+            return A, D
+        return -torch.exp(self.A_log.float()), self.D.float()  # shared by every sample
+
+    def _pass_sizes(self, b: int, per_direction: int) -> tuple[int, int]:
+        """(directions, samples) per pass, keeping a pass's (samples, directions, d, L) under
+        max_elements; per_direction = d·L of one sample's direction. Chosen by comparisons, which
+        torch.compile turns into guards and plain ints: a division of symbolic sizes
+        (cap // (d·h·w)) would stay symbolic, and its Min/Max would enter every index of the
+        pass's slices of A, D (inductor's sympy then took minutes per kernel on a new content
+        size with dynamic shapes). A loop, not a generator: that would be a frame of its own."""
+        dirs = self.k
+        while dirs > 1 and dirs * per_direction > self.max_elements:
+            dirs -= 1
+        if b * dirs * per_direction <= self.max_elements:
+            return dirs, b
+        return dirs, max(1, self.max_elements // (dirs * per_direction))
 
     def _scan(
         self, x: torch.Tensor, A: torch.Tensor, D: torch.Tensor, order: torch.Tensor, k0: int, k1: int
@@ -204,23 +205,17 @@ class SS2D(nn.Module):
         x_proj = self.x_proj_weight[k0:k1]  # (kc, R+2N, D)
         x_dbl = None  # (B, kc, R+2N, L): x_proj sums over every channel, so over the ranges
         for seq, c in zip(seqs, firsts, strict=True):
-            proj = x_proj if seq.shape[2] == self.d_inner else x_proj[..., c : c + seq.shape[2]]
-            term = torch.matmul(proj.to(seq.dtype), seq)
+            term = torch.matmul(x_proj[..., c : c + seq.shape[2]].to(seq.dtype), seq)
             x_dbl = term if x_dbl is None else x_dbl + term
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         Bs, Cs = Bs.contiguous(), Cs.contiguous()  # (B, kc, N, L)
         ys = []
         for seq, c in zip(seqs, firsts, strict=True):
             d = seq.shape[2]
-            # this pass's rows of the direction-major A, D: k·D + c … k·D + c + d - 1 for each k,
-            # one slice when the range holds every channel
-            if d == self.d_inner:
-                dt_w, bias = self.dt_proj_weight[k0:k1], self.dt_proj_bias[k0:k1]
-                Ar, Dr = A[..., k0 * d : k1 * d, :], D[..., k0 * d : k1 * d]
-            else:
-                dt_w, bias = self.dt_proj_weight[k0:k1, c : c + d], self.dt_proj_bias[k0:k1, c : c + d]
-                Ar = A.unflatten(-2, (self.k, self.d_inner))[..., k0:k1, c : c + d, :].flatten(-3, -2)
-                Dr = D.unflatten(-1, (self.k, self.d_inner))[..., k0:k1, c : c + d].flatten(-2)
+            # this pass's rows of the direction-major A, D: k·D + c … k·D + c + d - 1 for each k
+            dt_w, bias = self.dt_proj_weight[k0:k1, c : c + d], self.dt_proj_bias[k0:k1, c : c + d]
+            Ar = A.unflatten(-2, (self.k, self.d_inner))[..., k0:k1, c : c + d, :].flatten(-3, -2)
+            Dr = D.unflatten(-1, (self.k, self.d_inner))[..., k0:k1, c : c + d].flatten(-2)
             dt = torch.matmul(dt_w.to(dts.dtype), dts)  # (B, kc, d, L)
             y = self.backend(
                 seq.reshape(b, kc * d, L),
