@@ -361,16 +361,6 @@ def lightning_ckpt_file(ckpt_path: str | None, callbacks: list[Any], root_dir: s
     return ckpt_path
 
 
-def resolve_ckpt_path(
-    ckpt_path: str | None,
-    output_dir: str | Path,
-    identity: dict[str, Any],
-    resolved_config: dict[str, Any] | None = None,
-) -> str | None:
-    """The checkpoint file to start from: :func:`resolve_resume`'s file."""
-    return resolve_resume(ckpt_path, output_dir, identity, resolved_config)[0]
-
-
 def resolve_resume(
     ckpt_path: str | None,
     output_dir: str | Path,

@@ -999,7 +999,7 @@ def test_run_identity_covers_the_loss_and_names_a_changed_weight(compose):
 
 def test_auto_resume_from_a_damaged_last_ckpt_says_so_and_names_a_checkpoint_to_use(tmp_path):
     """Not "belongs to another run" with every setting listed as differing."""
-    from samam.train import resolve_ckpt_path
+    from samam.train import resolve_resume
 
     (tmp_path / "checkpoints").mkdir()
     last, step = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "checkpoints" / "step0000004.ckpt"
@@ -1007,87 +1007,87 @@ def test_auto_resume_from_a_damaged_last_ckpt_says_so_and_names_a_checkpoint_to_
     torch.save({"samam": {"config": mine, "identity": mine}}, step)
     last.write_bytes(step.read_bytes()[:100])  # cut short
     with pytest.raises(RuntimeError, match=f"{re.escape(str(last))} cannot be read \\(RuntimeError: ") as err:
-        resolve_ckpt_path("auto", tmp_path, mine, resolved_config=mine)
+        resolve_resume("auto", tmp_path, mine, resolved_config=mine)[0]
     assert f"Resume with ckpt_path={step} " in str(err.value) and "another run" not in str(err.value)
-    assert resolve_ckpt_path(str(step), tmp_path, mine) == str(step)  # and that resumes
+    assert resolve_resume(str(step), tmp_path, mine)[0] == str(step)  # and that resumes
     step.unlink()
     with pytest.raises(RuntimeError, match="Resume with ckpt_path=null"):
-        resolve_ckpt_path("auto", tmp_path, mine, resolved_config=mine)
+        resolve_resume("auto", tmp_path, mine, resolved_config=mine)[0]
 
 
 def test_a_ckpt_path_under_home_given_with_a_tilde_resumes_as_the_expanded_path(tmp_path, monkeypatch):
     """check_inputs_exist and Lightning expand ~; the run-folder logic (W&B run continued, CSV rows,
     the requeued fine-tune's last.ckpt) read ~/run/... as a relative path and did none of it."""
-    from samam.train import resolve_ckpt_path, wandb_resume_id
+    from samam.train import resolve_resume, wandb_resume_id
 
     monkeypatch.setenv("HOME", str(tmp_path))
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     step = run / "checkpoints" / "step0000002.ckpt"
     torch.save({"samam": {"config": {}, "identity": {"seed": 0}, "wandb_id": "id-run"}}, step)
-    resolved = resolve_ckpt_path("~/run/checkpoints/step0000002.ckpt", run, {"seed": 0})
+    resolved = resolve_resume("~/run/checkpoints/step0000002.ckpt", run, {"seed": 0})[0]
     assert resolved == str(step) and wandb_resume_id(resolved, run) == "id-run"
     # a fine-tune from ~/start.ckpt, requeued: resumes its own last.ckpt
     torch.save(
         {"samam": {"config": {"ckpt_path": "~/start.ckpt"}, "identity": {"seed": 0}}},
         run / "checkpoints" / "last.ckpt",
     )
-    assert resolve_ckpt_path("~/start.ckpt", run, {"seed": 0}) == str(run / "checkpoints" / "last.ckpt")
+    assert resolve_resume("~/start.ckpt", run, {"seed": 0})[0] == str(run / "checkpoints" / "last.ckpt")
 
 
 def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path, caplog):
     from samam.callbacks import LossSummary
-    from samam.train import checkpoint_meta, resolve_ckpt_path
+    from samam.train import checkpoint_meta, resolve_resume
 
-    assert resolve_ckpt_path("auto", tmp_path, {}) is None  # nothing there: a fresh start
-    assert resolve_ckpt_path("some.ckpt", tmp_path, {}) == "some.ckpt"
+    assert resolve_resume("auto", tmp_path, {})[0] is None  # nothing there: a fresh start
+    assert resolve_resume("some.ckpt", tmp_path, {})[0] == "some.ckpt"
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
     mine = {"experiment_name": "demo", "seed": 0, "model": {"embed_dim": 32, "backend": "mamba"}}
     mine |= {"module": {"optimizer": {"lr": 1e-4}}, "data": {"root": "${paths.data_dir}/demo"}}
     torch.save({"samam": {"config": {}, "identity": mine, "wandb_id": "abc123"}}, last)
-    assert resolve_ckpt_path("auto", tmp_path, mine) == str(last)
+    assert resolve_resume("auto", tmp_path, mine)[0] == str(last)
     assert checkpoint_meta(last)["wandb_id"] == "abc123"
     # the same run on a node without mamba-ssm: resumes
     same = {**mine, "model": {"embed_dim": 32, "backend": "torch"}}
-    assert resolve_ckpt_path("auto", tmp_path, same) == str(last)
+    assert resolve_resume("auto", tmp_path, same)[0] == str(last)
     # a setting only one run has (a section set to null, a +key): refused too
     with pytest.raises(RuntimeError, match="module.optimizer.weight_decay: '<absent>' → 0.1"):
-        resolve_ckpt_path(
+        resolve_resume(
             "auto", tmp_path, {**mine, "module": {"optimizer": {"lr": 1e-4, "weight_decay": 0.1}}}
-        )
+        )[0]
     # a checkpoint from before identities were stored: compared on its resolved config
     torch.save({"samam": {"config": {**mine, "seed": 3}}}, last)
     with pytest.raises(RuntimeError, match="seed: 3 → 0"):
-        resolve_ckpt_path("auto", tmp_path, mine, resolved_config=mine)
+        resolve_resume("auto", tmp_path, mine, resolved_config=mine)[0]
     torch.save({"samam": {"config": mine, "identity": mine, "wandb_id": "abc123"}}, last)
     # another run in the same folder (two runs in one SLURM job): refused, saying what differs
     with pytest.raises(RuntimeError, match="belongs to another run \\(model.embed_dim: 32 → 64\\)"):
-        resolve_ckpt_path("auto", tmp_path, {**mine, "model": {"embed_dim": 64, "backend": "mamba"}})
+        resolve_resume("auto", tmp_path, {**mine, "model": {"embed_dim": 64, "backend": "mamba"}})[0]
     with pytest.raises(RuntimeError, match="module.optimizer.lr: 0.0001 → 0.0005; seed: 0 → 1"):
-        resolve_ckpt_path("auto", tmp_path, {**mine, "seed": 1, "module": {"optimizer": {"lr": 5e-4}}})
+        resolve_resume("auto", tmp_path, {**mine, "seed": 1, "module": {"optimizer": {"lr": 5e-4}}})[0]
     # an explicit path starts from any checkpoint, but says that its optimiser state wins
     other = {**mine, "module": {"optimizer": {"lr": 5e-4}}}
     with caplog.at_level(logging.WARNING, logger="samam"):
-        assert resolve_ckpt_path(str(last), tmp_path, other) == str(last)
+        assert resolve_resume(str(last), tmp_path, other)[0] == str(last)
     assert "another run's checkpoint (module.optimizer.lr: 0.0001 → 0.0005)" in caplog.text
     assert "the lr is not applied" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="samam"):
-        resolve_ckpt_path(str(last), tmp_path, mine)  # its own checkpoint: nothing to say
+        resolve_resume(str(last), tmp_path, mine)[0]  # its own checkpoint: nothing to say
     assert "another run" not in caplog.text
     # a fine-tune started from another run's file, requeued with the same command: its own
     # last.ckpt in this folder wins, so the steps since the start are not lost
     elsewhere = tmp_path / "pretrained.ckpt"
     torch.save({"samam": {"identity": {**mine, "seed": 7}}}, elsewhere)
     torch.save({"samam": {"config": {"ckpt_path": str(elsewhere)}, "identity": mine}}, last)
-    assert resolve_ckpt_path(str(elsewhere), tmp_path, mine) == str(last)
-    assert resolve_ckpt_path(str(elsewhere), tmp_path, {**mine, "seed": 5}) == str(elsewhere)  # not its run
-    assert resolve_ckpt_path(None, tmp_path, mine) is None  # ckpt_path=null: start over
+    assert resolve_resume(str(elsewhere), tmp_path, mine)[0] == str(last)
+    assert resolve_resume(str(elsewhere), tmp_path, {**mine, "seed": 5})[0] == str(elsewhere)  # not its run
+    assert resolve_resume(None, tmp_path, mine)[0] is None  # ckpt_path=null: start over
     # a rollback to one of the run's own step checkpoints is used as given
     step = tmp_path / "checkpoints" / "step0000002.ckpt"
     torch.save({"samam": {"config": {"ckpt_path": str(elsewhere)}, "identity": mine}}, step)
-    assert resolve_ckpt_path(str(step), tmp_path, mine) == str(step)
+    assert resolve_resume(str(step), tmp_path, mine)[0] == str(step)
 
     def steps(cb: LossSummary, values: list[float]) -> None:
         for v in values:
