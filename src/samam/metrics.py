@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -133,6 +134,26 @@ def resolve_weights(spec: WeightFile, path: str | os.PathLike | None = None, dow
         except Exception as err:  # any network/IO failure is reported with the fix
             raise MissingWeightsError(spec, p, cause=err) from err
     raise MissingWeightsError(spec, p)
+
+
+def unreadable_weights(spec: WeightFile, path: Path, err: BaseException) -> ValueError:
+    """The error for a weight file that is there but does not load (a truncated or failed
+    download, a web page saved under its name): torch's own message names neither file nor metric."""
+    text = str(err).strip()
+    first = text.splitlines()[0][:200] if text else ""
+    return ValueError(
+        f"{spec.used_by}: {path} ({path.stat().st_size:,} bytes) does not load as {spec.name} "
+        f"({spec.size}); a truncated or failed download? Replace it with the file from {spec.url}\n"
+        f"  {type(err).__name__}: {first}"
+    )
+
+
+def load_weights(spec: WeightFile, path: Path) -> Any:
+    """``torch.load`` of ``spec``'s file at ``path`` (tensors only), naming it if it does not load."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # RuntimeError, UnpicklingError, EOFError …: none names the file
+        raise unreadable_weights(spec, path, err) from err
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
@@ -297,7 +318,7 @@ def art_inception(
     """:class:`ArtInceptionFeatures` with ``art_inception.pth`` loaded."""
     path = resolve_weights(ART_INCEPTION, weights, download)
     model = ArtInceptionFeatures(short_side=short_side)
-    ignored = load_art_inception_state(model, torch.load(path, map_location="cpu", weights_only=True))
+    ignored = load_art_inception_state(model, load_weights(ART_INCEPTION, path))
     log.info("fid_art: loaded %s (ignored %d classifier keys)", path, len(ignored))
     return model
 
@@ -308,12 +329,16 @@ def tf_inception(weights: str | os.PathLike | None = None, download: bool = Fals
     path = resolve_weights(TF_INCEPTION, weights, download)
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    return NoTrainInceptionV3(
-        name="inception-v3-compat",
-        features_list=["2048"],
-        feature_extractor_weights_path=str(path),
-        antialias=False,
-    )
+    try:  # torch-fidelity loads the file itself
+        return NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=["2048"],
+            feature_extractor_weights_path=str(path),
+            antialias=False,
+        )
+    # A truncated file, not a torch file, or another network's weights.
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise unreadable_weights(TF_INCEPTION, path, err) from err
 
 
 def lpips_alexnet(
@@ -334,7 +359,7 @@ def lpips_alexnet(
         net = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
     if not pnet_rand:
         path = resolve_weights(ALEXNET, weights, download)
-        sd = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        sd = _unwrap_state_dict(load_weights(ALEXNET, path))
         # lpips keeps torchvision's layer index inside each slice: features.{i} ↔ slice*.{i}.
         backbone = {}
         for name, _ in net.net.named_parameters():
@@ -372,7 +397,7 @@ class VGG19Relu31(nn.Module):
 def vgg19_relu31(weights: str | os.PathLike | None = None, download: bool = False) -> VGG19Relu31:
     """:class:`VGG19Relu31` with torchvision's ``vgg19-dcbb9e9d.pth`` loaded."""
     path = resolve_weights(VGG19, weights, download)
-    sd = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    sd = _unwrap_state_dict(load_weights(VGG19, path))
     model = VGG19Relu31()
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

@@ -218,6 +218,26 @@ def test_missing_weights_name_size_and_folder(build, name):
     assert str(M.hub_checkpoint_dir()) in msg and "enabled: false" in msg
 
 
+@pytest.mark.parametrize("name", ["art_inception", "tf_inception", "lpips_alexnet", "vgg19_relu31"])
+@pytest.mark.parametrize("content", ["truncated", "web page"])
+def test_an_unreadable_weight_file_is_named_with_its_source(tmp_path, name, content):
+    """A truncated download (or a web page saved under the file's name) failed inside torch.load
+    with "PytorchStreamReader failed reading zip archive" or an unpickling error, naming neither
+    the file nor the metric: with four files in one folder, which one to fetch again?"""
+    spec = {"art_inception": M.ART_INCEPTION, "tf_inception": M.TF_INCEPTION}.get(name)
+    spec = spec or {"lpips_alexnet": M.ALEXNET, "vgg19_relu31": M.VGG19}[name]
+    path = tmp_path / spec.name
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, path)
+    data = path.read_bytes()
+    path.write_bytes(
+        data[: len(data) // 2] if content == "truncated" else b"<!DOCTYPE html><html>Sign in</html>"
+    )
+    with pytest.raises(ValueError) as info:
+        getattr(M, name)(weights=path)
+    msg = str(info.value)
+    assert str(path) in msg and spec.url in msg and "truncated or failed download" in msg
+
+
 def test_missing_explicit_weights_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="art_inception.pth"):
         M.art_inception(weights=tmp_path / "nope.pth")
