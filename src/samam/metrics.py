@@ -256,6 +256,11 @@ class ArtInceptionFeatures(nn.Module):
         net = inception_v3(weights=None, aux_logits=False, init_weights=False)
         del net.fc, net.dropout  # features only
         self.net = net
+        if short_side is not None and short_side < self.min_side:
+            raise ValueError(
+                f"art Inception: short_side={short_side} is below its {self.min_side}-px minimum; "
+                "set metrics.fid_art.short_side (512 in the protocol) or null (keep the size)"
+            )
         self.short_side = short_side
         self.eval().requires_grad_(False)
 
@@ -537,6 +542,10 @@ class LPIPSDistance(Metric):
         """``net(x, y)`` with x, y in [-1, 1] → per-image distances (B,) or (B, 1, 1, 1)."""
         super().__init__(**kwargs)
         self.net = net.eval().requires_grad_(False)
+        if short_side is not None and short_side < 1:
+            raise ValueError(
+                f"metrics.lpips.short_side must be ≥ 1 px or null (keep the size), got {short_side}"
+            )
         self.short_side = short_side
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -555,6 +564,12 @@ class LPIPSDistance(Metric):
         return self.total / self.count
 
 
+def check_block_rows(block_rows: int | None) -> None:
+    """Fewer than 1 row per block would sum no rows at all: CFSD 0 for any pair."""
+    if block_rows is not None and block_rows < 1:
+        raise ValueError(f"metrics.cfsd.block_rows must be ≥ 1 or null (all rows at once), got {block_rows}")
+
+
 def cfsd_per_image(f_content: Tensor, f_output: Tensor, block_rows: int | None = 1024) -> Tensor:
     """CFSD of each image pair from feature maps (B, C, h, w) → (B,) float64.
 
@@ -563,6 +578,7 @@ def cfsd_per_image(f_content: Tensor, f_output: Tensor, block_rows: int | None =
     columns, so ``block_rows`` rows at a time give exactly the full result while holding
     only (block_rows, L) per image (512² images: L = 128², a full S would be 2 GiB in fp64).
     """
+    check_block_rows(block_rows)
     if f_content.shape != f_output.shape:
         raise ValueError(f"feature shapes differ: {tuple(f_content.shape)} vs {tuple(f_output.shape)}")
     b, c = f_content.shape[:2]
@@ -591,6 +607,7 @@ class CFSD(Metric):
         """``extractor``: (B, 3, H, W) in [0, 1] → feature maps (B, C, h, w) (VGG-19 relu3_1)."""
         super().__init__(**kwargs)
         self.extractor = extractor.eval().requires_grad_(False)
+        check_block_rows(block_rows)  # here, not at the first image
         self.block_rows = block_rows
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")

@@ -132,6 +132,26 @@ def test_cfsd_zero_positive_and_blocked_equals_full():
         assert float(full[i]) == pytest.approx(float(ref), rel=1e-10)
 
 
+@pytest.mark.parametrize("rows", [0, -1])
+def test_cfsd_block_rows_below_one_is_refused_when_built(rows):
+    """metrics.cfsd.block_rows=-1 summed no rows: CFSD 0.0 for any pair, silently; 0 failed in
+    range() at the first stylised batch (in training: at the first evaluation)."""
+    fc, fo = torch.randn(1, 8, 6, 5), torch.randn(1, 8, 6, 5)
+    with pytest.raises(ValueError, match=f"metrics.cfsd.block_rows must be ≥ 1 or null .* got {rows}"):
+        M.cfsd_per_image(fc, fo, block_rows=rows)
+    with pytest.raises(ValueError, match="metrics.cfsd.block_rows"):
+        M.build_metrics(cfsd={"block_rows": rows}, test_extractors=True)
+
+
+def test_a_short_side_no_image_can_take_is_refused_when_built():
+    """metrics.lpips.short_side=0 (or fid_art's below the art Inception's 75 px) failed only at
+    the first stylised batch, in PIL ("height and width must be > 0") or in the network."""
+    with pytest.raises(ValueError, match="metrics.lpips.short_side must be ≥ 1 px or null"):
+        M.build_metrics(lpips={"short_side": 0}, test_extractors=True)
+    with pytest.raises(ValueError, match="short_side=50 is below its 75-px minimum"):
+        M.ArtInceptionFeatures(short_side=50)
+
+
 def test_cfsd_metric_on_images():
     metric = M.CFSD(M.RandomFeatures(8, spatial=True, seed=0), block_rows=5)
     g = torch.Generator().manual_seed(1)
