@@ -934,6 +934,10 @@ class EvalMetricsCallback(L.Callback):
         super().__init__()
         if every_n_val_rounds < 1:
             raise ValueError(f"every_n_val_rounds must be ≥ 1, got {every_n_val_rounds}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"max_pairs must be ≥ 1 or null (all pairs), got {max_pairs}")
         autocast(torch.device("cpu"), precision)  # validates the name here, not at the first evaluation
         if style_size is not None:
             style_short_side = None  # style_size (N×N) wins

@@ -283,3 +283,20 @@ def test_wandb_table_of_samples_is_uint8():
     key, columns, data, step = rec.tables[0]
     assert key == "val/samples" and columns == ["pair", "content", "style", "output"] and step == 7
     assert data[0][0] == "c_stylized_s" and len(data[0]) == 4
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"batch_size": 0}, "batch_size must be ≥ 1, got 0"),
+        ({"max_pairs": 0}, "max_pairs must be ≥ 1 or null"),
+        ({"max_pairs": -2}, "max_pairs must be ≥ 1 or null"),
+    ],
+    ids=["batch_size=0", "max_pairs=0", "max_pairs=-2"],
+)
+def test_callback_refuses_an_empty_batch_or_pair_set_when_built(image_dirs, kw, message):
+    """batch_size=0 trained to the first validation, then failed in range(); max_pairs=0 raised
+    ZeroDivisionError at setup, and max_pairs=-2 evaluated no pair and logged NaN LPIPS and CFSD."""
+    content, style = image_dirs
+    with pytest.raises(ValueError, match=message):
+        EvalMetricsCallback(content, style, metrics=METRICS, **kw)
