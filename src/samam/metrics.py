@@ -677,8 +677,14 @@ class StyleTransferMetrics(nn.Module):
     @property
     def min_side(self) -> int:
         """Smallest image side every enabled metric accepts: LPIPS's AlexNet pools a 30-px side
-        to nothing (the FIDs resize, CFSD's relu3_1 needs 4 px)."""
-        return 31 if self.lpips is not None else 4
+        to nothing, CFSD's relu3_1 needs 4 px, the art Inception 75 px when it keeps the size
+        (``short_side`` null; fid_tf always resizes to 299)."""
+        least = 31 if self.lpips is not None else 4
+        if self.fid_art is not None:
+            extractor = self.fid_art.inception.net  # inside FrechetDistance's _Sized
+            if getattr(extractor, "short_side", 0) is None:
+                least = max(least, extractor.min_side)
+        return least
 
     @torch.no_grad()
     def update_style(self, style: Tensor, weight: int = 1) -> None:

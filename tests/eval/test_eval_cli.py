@@ -415,3 +415,35 @@ def test_eval_scores_lpips_and_cfsd_of_each_output_against_its_own_content(tiny_
     assert (res["lpips"], res["cfsd"]) == pytest.approx(own, rel=1e-5)
     assert res["lpips"] != pytest.approx(swapped[0], rel=1e-3)
     assert res["cfsd"] != pytest.approx(swapped[1], rel=1e-3)
+
+
+def test_eval_skips_a_content_the_art_inception_cannot_take_at_its_size(
+    tiny_ckpt, make_image, tmp_path, monkeypatch
+):
+    """metrics.fid_art.short_side=null keeps each image's size, and the art Inception needs 75 px:
+    a 64-px content passed the check before any work (LPIPS's 31 px) and the run failed at its
+    first stylised batch. It is skipped and listed, and the usable content is scored."""
+    from samam import metrics as M
+
+    monkeypatch.setattr(
+        M, "art_inception", lambda weights, download, short_side: M.ArtInceptionFeatures(short_side)
+    )
+    content, style = tmp_path / "content", tmp_path / "style"
+    content.mkdir()
+    style.mkdir()
+    make_image(content / "small.png", 64, 64, seed=1)
+    make_image(content / "big.png", 80, 76, seed=2)
+    for i in range(2):
+        make_image(style / f"s{i}.png", 80, 80, seed=3 + i)
+    out = tmp_path / "eval"
+    overrides = [
+        o for o in base_overrides(tiny_ckpt, (content, style), out) if not o.startswith("content_size")
+    ]
+    off = ["metrics.fid_tf.enabled=false", "metrics.cfsd.enabled=false", "+metrics.lpips.pnet_rand=true"]
+    res = entry_point("eval")(
+        compose_eval(
+            [*overrides, "content_size=null", "metrics.fid_art.short_side=null", "bench.enabled=false", *off]
+        )
+    )
+    assert "75-px minimum" in res["protocol"]["skipped_inputs"][str(content / "small.png")]
+    assert res["protocol"]["n_images"] == 2 and res["fid_art"] is not None
