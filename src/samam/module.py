@@ -38,9 +38,11 @@ def reduce_step(
     ranks, ``_sum_over_ranks``; none in one process). Returns
     - the loss terms averaged: the global batch's mean, as one process logs it, not rank 0's
       share (equal shares per rank);
-    - the bad images of the whole run: those found at setup (every rank checks the same folders,
-      so counted once) plus those skipped while training, summed over this rank's workers and
-      then over ranks (a file bad for two workers counts twice, as each of them skipped it);
+    - the bad images of the whole run: ``setup_skipped``, counted once (those found at setup, as
+      every rank checks the same folders, and those skipped while training before a resume), plus
+      those skipped while training, summed over this rank's workers and then over ranks (a file
+      bad for two workers counts twice, as each of them skipped it; so does one met again after
+      a resume);
     - the ranks' stop votes (``stop``, from CheckpointOnStop) summed.
     The host values go to the device without waiting for it: nothing here waits for the device."""
     counts = [float(sum(worker_skips.values())), float(stop)]
@@ -139,6 +141,10 @@ class StyleTransferModule(L.LightningModule):
         self.stop_votes: HostCopy | None = None  # the sum of this step's votes (DDP), for CheckpointOnStop
         self._validated: tuple[int, int] | None = None  # (global step, logger step) of the last validation
         self._resumed: tuple[int, int] | None = None  # (global step, logger step) of the checkpoint loaded
+        # Bad images skipped while training, all ranks: before this fit (the checkpoint's count), and
+        # up to the last step (a tensor once a step ran; read only when a checkpoint is saved).
+        self._skipped_before = 0
+        self._train_skipped: Tensor | int = 0
 
     def setup(self, stage: str) -> None:
         if self.compile_net:
@@ -164,9 +170,10 @@ class StyleTransferModule(L.LightningModule):
         # worker_skips: filled by the datamodule's on_before_batch_transfer
         worker_skips = getattr(dm, "worker_skips", None)
         world = self.trainer.world_size
+        setup_skipped = getattr(dm, "skipped", 0)
         logged, skipped, votes = reduce_step(
             {k: v.detach() for k, v in losses.items()},
-            getattr(dm, "skipped", 0),
+            setup_skipped + self._skipped_before,  # a resumed run counts on from its checkpoint
             worker_skips or {},
             self.stop_vote,
             world,
@@ -174,6 +181,8 @@ class StyleTransferModule(L.LightningModule):
         )
         self.last_losses = logged  # for callbacks, no host sync
         self.stop_votes = HostCopy(votes) if world > 1 else None
+        if worker_skips:
+            self._train_skipped = skipped - setup_skipped
         b = batch["content"].shape[0]
         # Not prog_bar=True: Lightning would read it on the host at every step (LossProgressBar shows it).
         self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=b)
@@ -242,6 +251,7 @@ class StyleTransferModule(L.LightningModule):
             "config": self.run_config,
             "identity": self.run_identity,
             "version": CHECKPOINT_VERSION,
+            "train_skipped": int(self._train_skipped),
         }
         loop = (
             checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]
@@ -271,5 +281,7 @@ class StyleTransferModule(L.LightningModule):
         loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
         if "_batches_that_stepped" in loop:
             self._resumed = (checkpoint["global_step"], loop["_batches_that_stepped"])
+        # Checkpoints from before the count was stored: from 0, as then.
+        self._skipped_before = self._train_skipped = int(checkpoint.get("samam", {}).get("train_skipped", 0))
         # Runs before load_state_dict: put the current loss network back so strict loading passes.
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})

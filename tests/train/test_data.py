@@ -416,6 +416,46 @@ def test_training_logs_bad_files(compose, tiny, demo_root, tmp_path):
     assert metrics["data/skipped"] == 1.0
 
 
+def test_a_resumed_run_counts_bad_files_on_from_its_checkpoint(compose, tiny, demo_root, tmp_path):
+    """data/skipped restarted from the setup count after a resume (new workers, new counts), so
+    the log fell and a resumed run under-reported; it now goes on from the checkpoint's count."""
+    import csv
+    import shutil
+
+    from samam.train import main
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    for i in range(20):  # pass the header check, fail to decode while training
+        buf = io.BytesIO()
+        _rgb(64, 64, seed=i).save(buf, "JPEG")
+        (root / "content" / f"truncated{i}.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    run = [*tiny(tmp_path / "run"), f"data.root={root}", "data.verify=header"]
+    main(compose([*run, "trainer.max_steps=2"]))
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["samam"]
+    main(compose([*run, "trainer.max_steps=4"]))  # ckpt_path=auto
+    logged = []
+    for version in ("version_0", "version_1"):
+        with open(tmp_path / "run" / "csv" / version / "metrics.csv") as f:
+            logged += [
+                (int(r["step"]), float(r["data/skipped"])) for r in csv.DictReader(f) if r["data/skipped"]
+            ]
+    counts = [n for _, n in sorted(logged)]
+    assert [s for s, _ in sorted(logged)] == [0, 1, 2, 3]
+    assert counts[1] > 0 and counts == sorted(counts), counts
+    assert saved["train_skipped"] == counts[1]
+
+
+def test_a_checkpoint_without_the_skip_count_loads_and_counts_from_zero():
+    from torch import nn
+
+    from samam.module import StyleTransferModule
+
+    module = StyleTransferModule(nn.Linear(1, 1), nn.Module(), optimizer=torch.optim.Adam)
+    module.on_load_checkpoint({"state_dict": {}, "global_step": 3, "samam": {"version": 1}})
+    assert module._skipped_before == 0
+
+
 def test_listing_follows_symlinked_folders_once_and_skips_hidden_files(tmp_path):
     from samam.data import list_images
 
