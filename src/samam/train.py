@@ -241,6 +241,19 @@ def check_no_epochs(cfg: DictConfig) -> None:
         )
 
 
+def check_val_interval(cfg: DictConfig) -> None:
+    """Refuse ``trainer.val_check_interval`` ≤ 0 before anything is built: 0 failed at the first
+    training batch ("integer modulo by zero"), a negative value once the network and the loss
+    network were built."""
+    interval = cfg.trainer.get("val_check_interval")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval <= 0:
+        raise ValueError(
+            f"trainer.val_check_interval={interval}: validation runs every val_check_interval training "
+            'batches, so give 1 or more (or a duration, "DD:HH:MM:SS"); to train without validating, '
+            "data.val_pairs=0"
+        )
+
+
 # trainer.precision values that train this network (Lightning's aliases 32, 64, 16, bf16 included);
 # 16-mixed runs as bf16-mixed on a CPU (Lightning's warning says so).
 TRAIN_PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed")
@@ -617,6 +630,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         check_named_entries(cfg)
         check_switch_settings(cfg)
         check_no_epochs(cfg)
+        check_val_interval(cfg)
         check_precision(cfg)
         check_inputs_exist(cfg)
     except BaseException:

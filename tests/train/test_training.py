@@ -968,6 +968,19 @@ def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tin
     main(compose([*tiny(tmp_path / "fdr"), "debug=fdr"]))
 
 
+@pytest.mark.parametrize("interval", ["0", "-1", "-0.5"])
+def test_a_val_check_interval_below_one_batch_is_refused_before_anything_is_built(
+    compose, tiny, tmp_path, interval
+):
+    """0 failed at the first training batch ("integer modulo by zero"), a negative value in
+    Lightning's Trainer, both after the network and the loss network were built."""
+    with pytest.raises(
+        ValueError, match=f"val_check_interval={interval}: .* give 1 or more.*data.val_pairs=0"
+    ):
+        main(compose([*tiny(tmp_path / "run"), f"trainer.val_check_interval={interval}"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_max_epochs_is_refused_as_no_epoch_of_the_stream_ever_ends(compose, tiny, tmp_path):
     """trainer.max_epochs=1 (to shorten a run) was no limit at all: the run went on to max_steps."""
     with pytest.raises(
