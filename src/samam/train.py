@@ -115,7 +115,7 @@ def check_inputs_exist(cfg: DictConfig) -> None:
     """Every missing input in one error before anything is built: data folders, a loss-network
     file, the checkpoint to start from, a GPU trainer without a GPU (else each run reveals only
     the next one)."""
-    from samam.losses import VGG_NORMALISED_URL, VGG_SOURCES
+    from samam.losses import VGG19_FILE, VGG19_URL, VGG_NORMALISED_URL, VGG_SOURCES, torch_hub_checkpoint_dir
 
     problems = []
     ckpt = cfg.get("ckpt_path")
@@ -153,6 +153,15 @@ def check_inputs_exist(cfg: DictConfig) -> None:
     if cfg.trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.device_count() == 0:  # fork-safe
         problems.append(
             "trainer.accelerator=gpu, but no CUDA device is visible (trainer=cpu runs on the CPU)"
+        )
+    cached = torch_hub_checkpoint_dir() / VGG19_FILE
+    if problems and vgg == "imagenet" and not cached.is_file():
+        # Downloaded as the loss is built, which these problems stop short of: said now, so that an
+        # offline machine does not learn of it only on the next try.
+        problems.append(
+            f"loss.vgg=imagenet: {VGG19_FILE} is not in {cached.parent}/ ($TORCH_HOME/hub/checkpoints/); the run "
+            f"downloads it from {VGG19_URL}, which fails without internet: then copy the file there (or "
+            f"loss.vgg=/path/to/vgg_normalised.pth, AdaIN's: {VGG_NORMALISED_URL})"
         )
     if problems:
         raise FileNotFoundError("this run cannot start:\n  " + "\n  ".join(problems))

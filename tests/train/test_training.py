@@ -906,6 +906,30 @@ def test_every_missing_input_is_named_in_one_error_before_anything_is_built(comp
         assert missing in text, text
 
 
+def test_missing_data_folders_and_imagenet_vgg_weights_are_named_together(compose, tmp_path, monkeypatch):
+    """The VGG-19 download (loss.vgg=imagenet) comes as the loss is built: offline, a run with
+    missing data folders listed the folders, and only the run after they were fixed said the
+    weights were missing too. Now the one error names both, and where the weights go."""
+    from samam.train import check_inputs_exist
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = compose([f"paths.data_dir={tmp_path / 'data'}", "trainer=cpu"])
+    with pytest.raises(FileNotFoundError) as err:
+        check_inputs_exist(cfg)
+    text = str(err.value)
+    assert "data.content_dir: no folder" in text and "data.style_dir: no folder" in text, text
+    assert (
+        f"loss.vgg=imagenet: vgg19-dcbb9e9d.pth is not in {tmp_path / 'torch' / 'hub' / 'checkpoints'}/"
+        in text
+    )
+    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in text
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as err:
+        check_inputs_exist(cfg)
+    assert "data.content_dir: no folder" in str(err.value) and "loss.vgg" not in str(err.value)
+
+
 def test_a_data_folder_given_as_a_file_and_a_ckpt_path_given_as_a_folder_are_named_so(
     compose, tiny, tmp_path
 ):
