@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -317,6 +318,23 @@ def test_cli_refuses_missing_checkpoint(pair, tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "checkpoint not found" in proc.stderr and "nope.ckpt" in proc.stderr
+
+
+@pytest.mark.parametrize(("tool", "setting"), [("stylize", "alpha: 1.0"), ("eval", "content_size: 512")])
+def test_cli_help_lists_the_tools_settings_not_the_training_groups(tool, setting, tmp_path):
+    """--help listed every config group under conf/ (trainer, callbacks, logger, ...): train.py's, unused here."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / f"{tool}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ckpt_path: ???" in proc.stdout and setting in proc.stdout
+    assert not re.search(r"^(trainer|callbacks|logger|model|data|experiment):", proc.stdout, re.M), (
+        proc.stdout
+    )
 
 
 def test_rerun_into_a_folder_inside_the_content_folder_stylises_only_the_contents(
