@@ -26,6 +26,7 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning_utilities.core.imports import RequirementCache
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may not run train.py's imports)
@@ -267,15 +268,21 @@ def check_val_interval(cfg: DictConfig) -> None:
 # 16-mixed runs as bf16-mixed on a CPU (Lightning's warning says so).
 TRAIN_PRECISIONS = ("32-true", "64-true", "bf16-mixed", "bf16-true", "16-mixed")
 _PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+# What Lightning's TransformerEnginePrecision requires (it checks only when the Trainer is built).
+TRANSFORMER_ENGINE = RequirementCache("transformer_engine>=0.11.0")
 
 
 def check_precision(cfg: DictConfig) -> None:
     """Refuse a trainer.precision that cannot train before anything is built: float16 weights
     (16-true) became NaN at the first optimizer step (Adam's eps, 1e-8, is 0 in float16: a zero
     gradient gives 0/0), and a value Lightning does not know failed only once the network and
-    the loss network were built. transformer-engine is left to Lightning (it names its package)."""
+    the loss network were built. So did transformer-engine without its package."""
     precision = cfg.trainer.get("precision")
     name = _PRECISION_ALIASES.get(str(precision), str(precision))
+    if name == "transformer-engine" and not TRANSFORMER_ENGINE:
+        raise ModuleNotFoundError(
+            f"trainer.precision={precision!r} needs NVIDIA's Transformer Engine (a CUDA package): {TRANSFORMER_ENGINE}"
+        )
     if precision is None or name in (*TRAIN_PRECISIONS, "transformer-engine"):
         return
     why = (

@@ -2,6 +2,7 @@
 DDP on CPU with 2 processes, and a multirun over an ablation's arms."""
 
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -980,6 +981,20 @@ def test_a_precision_that_cannot_train_is_refused_before_anything_is_built(
         match=f"trainer.precision='{precision}': {why}.*; choose one of 32-true, 64-true, bf16-mixed",
     ):
         main(compose([*tiny(tmp_path / "run"), f"trainer.precision={precision}"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("transformer_engine") is not None, reason="transformer_engine is installed"
+)
+def test_transformer_engine_without_its_package_is_refused_before_anything_is_built(compose, tiny, tmp_path):
+    """Lightning checks for the package only as the Trainer is built, after the network, the data
+    and the loss network."""
+    with pytest.raises(
+        ModuleNotFoundError,
+        match="trainer.precision='transformer-engine' needs NVIDIA's Transformer Engine.*pip install",
+    ):
+        main(compose([*tiny(tmp_path / "run"), "trainer.precision=transformer-engine"]))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
