@@ -320,6 +320,12 @@ class LossSummary(Callback):
         self.last: deque[torch.Tensor | float] = deque(maxlen=window)  # the latest `window`
         self.val: list[tuple[int, float]] = []
         self._batches: list[torch.Tensor] = []  # this step's so far (trainer.accumulate_grad_batches)
+        self._step_before: int | None = None  # trainer.global_step as this batch started
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_before = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -327,9 +333,10 @@ class LossSummary(Callback):
         value = getattr(pl_module, "last_losses", {}).get(self.key)  # detached, on the device
         if value is not None:
             # A step is the mean of its batches: counted per batch, an accumulated step's batches,
-            # all from the same weights, read as training progress.
+            # all from the same weights, read as training progress. Lightning stepped the optimizer
+            # after this batch (it ended an accumulation window, or the run) iff the step moved.
             self._batches.append(value)
-            if trainer is not None and trainer.fit_loop.epoch_loop._should_accumulate():
+            if trainer is not None and trainer.global_step == self._step_before:
                 return
             value = torch.stack(self._batches).mean() if len(self._batches) > 1 else value
             self._batches = []

@@ -7,8 +7,11 @@ import os
 import signal
 from types import SimpleNamespace
 
+import lightning as L
+import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader
 
 from samam import callbacks
 from samam.callbacks import CheckpointOnStop, LossProgressBar, LossSummary
@@ -116,15 +119,52 @@ def test_loss_summary_counts_an_accumulated_step_once_as_the_mean_of_its_batches
     """trainer.accumulate_grad_batches=2: each batch was a step, so the batches of one step, all
     from the same weights, were compared as the start and end of training."""
     cb = LossSummary(window=10)
-    midway = iter([True, False] * 3)  # Lightning steps the optimizer after every second batch
-    trainer = SimpleNamespace(
-        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=midway.__next__))
-    )
-    for v in (4.0, 2.0, 3.0, 1.0, 2.0, 2.0):
+    trainer = SimpleNamespace(global_step=0)
+    for i, v in enumerate((4.0, 2.0, 3.0, 1.0, 2.0, 2.0)):
+        cb.on_train_batch_start(trainer, None, None, i)
+        trainer.global_step += i % 2  # Lightning steps the optimizer after every second batch
         cb.on_train_batch_end(
-            trainer, SimpleNamespace(last_losses={"loss_style": torch.tensor(v)}), None, None, 0
+            trainer, SimpleNamespace(last_losses={"loss_style": torch.tensor(v)}), None, None, i
         )
     assert cb.steps == 3 and cb.summary() == {"train_start": 3.0, "train_end": 2.0}
+
+
+class _BatchAsLoss(L.LightningModule):
+    """Reports each batch's value as its style loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self.last_losses = {"loss_style": batch.detach().mean()}
+        return (self.w - batch).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(torch.arange(1.0, 8.0).view(7, 1), batch_size=1)  # 7 batches: 1, 2, ..., 7
+
+
+@pytest.mark.parametrize(("accumulate", "steps"), [(2, [1.5, 3.5, 5.5, 7.0]), (3, [2.0, 5.0, 7.0])])
+def test_loss_summary_counts_the_steps_lightning_takes(accumulate, steps):
+    """Against a real Trainer: one value per optimizer step, the mean of its batches, the run's
+    last partial window (batch 7) included, as Lightning steps the optimizer on it too."""
+    cb = LossSummary(window=10)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        accumulate_grad_batches=accumulate,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_BatchAsLoss())
+    assert trainer.global_step == cb.steps == len(steps)
+    assert [float(v) for v in cb.first] == steps
 
 
 def test_the_loss_report_names_the_steps_averaged_and_a_loss_that_rose(capsys):
