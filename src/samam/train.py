@@ -24,6 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, ProgressBar
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.imports import RequirementCache
@@ -528,6 +529,14 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+def _instantiate_plugins(given: Any) -> list[Any]:
+    """trainer.plugins as Lightning takes them: one or a list, each a config or a name."""
+    if given is None:
+        return []
+    items = list(given) if OmegaConf.is_list(given) else [given]
+    return [instantiate(p) if OmegaConf.is_dict(p) else p for p in items]
+
+
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
@@ -696,11 +705,17 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     no_checkpoints = "enable_checkpointing" not in cfg.trainer and not any(
         isinstance(c, ModelCheckpoint) for c in callbacks
     )
+    # trainer.plugins kept: the keyword below replaced them (a precision plugin trained in fp32)
+    trainer_cfg = cfg.trainer.copy()
+    with open_dict(trainer_cfg):
+        plugins = _instantiate_plugins(trainer_cfg.pop("plugins", None))
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
     trainer: L.Trainer = instantiate(
-        cfg.trainer,
+        trainer_cfg,
         callbacks=callbacks,
         logger=loggers if len(loggers) > 0 else False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         **({"enable_checkpointing": False} if no_checkpoints else {}),
     )
     for lg in loggers:

@@ -954,6 +954,21 @@ def test_a_float64_run_draws_its_sample_grid(compose, tiny, tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_trainer_plugins_given_are_used(compose, tiny, tmp_path):
+    """train.py passed plugins=[AtomicCheckpointIO()] over the config's: a precision plugin was
+    dropped without a word (DoublePrecision trained in float32, and the run config said otherwise)."""
+    double = "{_target_:lightning.pytorch.plugins.DoublePrecision}"
+    for given in (f"[{double}]", double):  # a list, or one plugin (a config merge error before)
+        out = tmp_path / str(len(given))
+        main(
+            compose(
+                [*tiny(out), "trainer.max_steps=1", "trainer.precision=null", f"+trainer.plugins={given}"]
+            )
+        )
+        final = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert {v.dtype for v in final["state_dict"].values() if v.is_floating_point()} == {torch.float64}
+
+
 def test_a_bfloat16_run_trains_with_the_numba_scan(compose, tiny, tmp_path):
     """trainer.precision=bf16-true failed at the first step inside the numba scan, whose buffers
     took the step's default dtype (bfloat16); and the logged lr was that dtype too (1e-4 as
