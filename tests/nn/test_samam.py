@@ -317,6 +317,22 @@ class TestBadInput:
         with pytest.raises(TypeError, match=f"{next(iter(kw))}=.* must be true or false"):
             SaMam(**{**TINY, **kw})
 
+    @pytest.mark.parametrize(
+        "kw, msg",
+        [
+            (dict(d_state=4.5), "d_state=4.5 must be an integer"),
+            (dict(patch_size=8.0), "patch_size=8.0 must be an integer"),
+            (dict(embed_dim=32.0), "embed_dim=32.0 must be an integer"),
+            (dict(dt_rank=True), "dt_rank=True must be an integer"),
+            (dict(expand="two"), "expand='two' must be a number"),
+        ],
+    )
+    def test_numbers_of_the_wrong_kind(self, kw, msg):
+        """`model.d_state=4.5` or `model.patch_size=8.0` on the command line failed deep in torch
+        ("empty(): argument 'size' ... got float"), `model.expand=two` with "invalid literal for int()"."""
+        with pytest.raises(TypeError, match=msg):
+            SaMam(**{**TINY, **kw})
+
 
 @pytest.mark.parametrize("patch_size", [4, 8])
 def test_strip_decoding_equals_the_unsplit_decoder(patch_size):

@@ -32,6 +32,14 @@ def check_switches(switches: Mapping[str, object]) -> None:
             raise TypeError(f"{name}={value!r} must be true or false")
 
 
+# SaMamConfig's numeric fields by their annotation (a string here: postponed annotations) → the types they take.
+_NUMBER_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "int | None": (int, type(None)),
+    "float": (int, float),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SaMamConfig:
     """Every constructor argument of :class:`SaMam`; defaults are the released p=8 model."""
@@ -60,6 +68,14 @@ class SaMamConfig:
 
     def __post_init__(self):
         check_switches({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type == "bool"})
+        # A number of the wrong kind from the command line (model.d_state=4.5, model.patch_size=8.0,
+        # model.expand=two) failed deep inside torch ("empty(): argument 'size' ... got float").
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), _NUMBER_KINDS.get(f.type)
+            if kinds is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise TypeError(
+                    f"{f.name}={value!r} must be {'a number' if float in kinds else 'an integer'}"
+                )
         choices = {"scan": SCAN_NAMES, "out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
