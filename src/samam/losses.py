@@ -214,6 +214,15 @@ class StyleTransferLoss(nn.Module):
         identity2_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        weights = dict(
+            content_weight=content_weight,
+            style_weight=style_weight,
+            identity1_weight=identity1_weight,
+            identity2_weight=identity2_weight,
+        )
+        for name, value in weights.items():  # loss.style_weight=abc failed only at the first step
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name}={value!r} must be a number")
         self.source = vgg
         self.vgg = build_vgg(vgg)
         self.content_weight = content_weight

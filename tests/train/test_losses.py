@@ -100,6 +100,15 @@ def test_total_loss_weights_and_identity_terms(caplog):
         torch.testing.assert_close(out[k], v, rtol=1e-4, atol=0, msg=k)
 
 
+@pytest.mark.parametrize("weight", ["abc", None, True])
+def test_a_loss_weight_that_is_not_a_number_is_refused_at_construction(weight):
+    """`loss.style_weight=abc` (a typo in a weight sweep) was built and failed only at the first
+    step, after the data and the networks: "only integer tensors of a single element can be
+    converted to an index"."""
+    with pytest.raises(TypeError, match=f"style_weight={weight!r} must be a number"):
+        StyleTransferLoss(vgg="random", style_weight=weight)
+
+
 def test_vgg_is_frozen_and_stays_in_eval():
     loss = StyleTransferLoss(vgg="random")
     loss.train()
