@@ -297,6 +297,18 @@ def check_precision(cfg: DictConfig) -> None:
     )
 
 
+def check_seed(cfg: DictConfig) -> None:
+    """Refuse a seed that is not an integer before anything is built: ``seed=null`` failed in the
+    data module's set-up, after the networks ("object of type 'NoneType' has no len()"), and
+    ``seed=abc`` with "invalid literal for int()". The data stream, the initialisation and a
+    resume all follow the seed, so there is no unseeded run. Digits in a string pass:
+    ``seed=${oc.env:SLURM_ARRAY_TASK_ID}`` gives one, which every user of the seed reads as that integer."""
+    seed = cfg.get("seed")
+    digits = isinstance(seed, str) and seed.isascii() and seed.isdigit()
+    if isinstance(seed, bool) or not (isinstance(seed, int) or digits):
+        raise TypeError(f"seed={seed!r}: give an integer (seed=0 is the experiments' seed)")
+
+
 def default_run_name(cfg: DictConfig) -> str:
     """experiment name plus this job's command-line overrides (distinct per sweep arm)."""
     overrides: list[str] = []
@@ -657,6 +669,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         check_no_epochs(cfg)
         check_val_interval(cfg)
         check_precision(cfg)
+        check_seed(cfg)
         check_inputs_exist(cfg)
     except BaseException:
         # Without Hydra, paths.output_dir may not resolve (and no Hydra wrote files to put back).

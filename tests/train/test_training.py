@@ -20,7 +20,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from samam.train import main
+from samam.train import check_seed, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -1011,6 +1011,17 @@ def test_transformer_engine_without_its_package_is_refused_before_anything_is_bu
     ):
         main(compose([*tiny(tmp_path / "run"), "trainer.precision=transformer-engine"]))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("seed", ["null", "abc"])
+def test_a_seed_that_is_not_an_integer_is_refused_before_anything_is_built(compose, tiny, tmp_path, seed):
+    """seed=null failed in the data module's set-up, after the networks were built ("object of
+    type 'NoneType' has no len()"); seed=abc with "invalid literal for int()"."""
+    with pytest.raises(TypeError, match=f"seed={None if seed == 'null' else seed!r}: give an integer"):
+        main(compose([*tiny(tmp_path / "run"), f"seed={seed}"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # seed=${oc.env:SLURM_ARRAY_TASK_ID} gives digits in a string, which every user of the seed reads
+    check_seed(compose([*tiny(tmp_path / "run"), "seed='7'"]))
 
 
 def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
