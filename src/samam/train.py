@@ -19,6 +19,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -107,6 +109,26 @@ def check_appended_keys() -> None:
                 f"{o.input_line}: train.py has no setting {key!r}, and nothing reads a new top-level one. "
                 "A typo? (python train.py --cfg job lists the settings; tags=[...] labels a run)"
             )
+
+
+def check_file_keys(cfg: DictConfig) -> None:
+    """Refuse a top-level key that neither train.yaml (with its default groups) nor a chosen group
+    defines: a misspelt one in an experiment file (``# @package _global_``: ``experiment_nmae:
+    my_study``, ``sead: 1``) was merged in and ignored, and the run trained as the experiment it
+    extends (its W&B group, its folder, seed 0). A ``+key=value`` is check_appended_keys's."""
+    if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
+        return
+    hc = HydraConfig.get()
+    known = set(compose(hc.job.config_name))
+    for group in hc.runtime.choices:  # data, callbacks@callbacks.eval_metrics, a group of yours
+        known.add(re.split(r"[./]", group.split("@")[-1])[0])
+    known |= set(re.findall(r"\$\{(\w+)", OmegaConf.to_yaml(cfg)))  # a value of yours: lr: ${my_lr}
+    unread = sorted(set(cfg) - known)
+    if unread:
+        raise ValueError(
+            f"{', '.join(unread)}: train.py has no such setting{'s' if len(unread) > 1 else ''}, and nothing "
+            "reads a new top-level one. A typo in an experiment file? (python train.py --cfg job lists the settings)"
+        )
 
 
 # ckpt_path values Trainer.fit resolves itself: last and hpc are looked up as it would (lightning_ckpt_file)
@@ -664,6 +686,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     try:
         check_launch(cfg)
         check_appended_keys()
+        check_file_keys(cfg)
         check_named_entries(cfg)
         check_switch_settings(cfg)
         check_no_epochs(cfg)

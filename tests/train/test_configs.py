@@ -292,6 +292,37 @@ def test_a_new_top_level_key_is_refused(monkeypatch, compose, tiny, tmp_path):
     check_appended_keys()
 
 
+def test_a_misspelt_key_in_an_experiment_file_is_refused(tiny, train_subprocess, tmp_path):
+    """An experiment file of one's own (`# @package _global_`) with `experiment_nmae: my_study`
+    and `sead: 3` trained as the experiment it extended, W&B group and seed included. A group of
+    one's own (+notes=mine, its key `notes`) and a value of one's own that an interpolation reads
+    (`my_lr`) are still allowed."""
+    mine = tmp_path / "mine"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "my_study.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - demo\n  - _self_\nexperiment_nmae: my_study\nsead: 3\n"
+        "my_lr: 0.002\nmodule:\n  optimizer:\n    lr: ${my_lr}\n"
+    )
+    (mine / "notes").mkdir()
+    (mine / "notes" / "mine.yaml").write_text("text: why this run\n")
+    run = tmp_path / "run"
+    overrides = [o for o in tiny(Path("IGNORED")) if not o.startswith("paths.output_dir")]
+    res = train_subprocess(
+        [
+            f"hydra.searchpath=[file://{mine}]",
+            "experiment=my_study",
+            "+notes=mine",
+            *overrides,
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode != 0
+    refused = "ValueError: experiment_nmae, sead: train.py has no such settings"
+    assert refused in res.stderr, res.stderr[-3000:]
+    assert not (run / "checkpoints").exists()
+
+
 def test_machine_paths_in_conf_local_apply(tmp_path):
     """conf/local/default.yaml, which train.yaml offers for machine paths, was merged under a
     `local:` key: `paths: {data_dir: /big/data}` written there changed nothing."""
