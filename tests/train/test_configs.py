@@ -1,5 +1,6 @@
-"""Every experiment composes and instantiates (shrunk to a tiny CPU network)."""
+"""Every experiment composes, instantiates and trains a step (shrunk to a tiny CPU network)."""
 
+import math
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from samam.train import check_launch, world_size
+from samam.train import check_launch, main, world_size
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -53,6 +54,15 @@ def test_experiment_composes_and_instantiates(experiment, compose, tiny):
     if experiment in ABLATED:
         key, value = ABLATED[experiment]
         assert small.model[key] == value
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_trains_a_step(experiment, compose, tiny):
+    """Composing and building is not training: each experiment, shrunk, runs a training and a
+    validation step (fast_dev_run) with finite losses, its switch kept."""
+    metrics = main(compose([f"experiment={experiment}", *tiny(), "debug=fdr"]))
+    assert {"train/loss", "val/loss"} <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
 
 
 def test_model_presets_compose(compose):
