@@ -149,6 +149,27 @@ def test_torch_compile_takes_cached_indices_as_constants():
         torch.testing.assert_close(compiled(x), roundtrip(x))
 
 
+@pytest.mark.parametrize("name", SCAN_NAMES)
+def test_dynamic_compile_serves_every_grid_with_one_graph(name):
+    """Under torch.compile(dynamic=True) the grid's sizes stay symbolic: the indices were
+    constants of the graph, their sizes guards on h and w, so each new grid recompiled (and
+    past Dynamo's recompile limit of 8 the network ran eagerly)."""
+    from torch._dynamo.testing import CompileCounter
+
+    def roundtrip(x):
+        h, w = x.shape[-2:]
+        order, inverse = scan_indices(name, h, w, x.device)
+        return merge(scan(x, order) * 2, order, inverse, h, w)
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(roundtrip, backend=counter, dynamic=True, fullgraph=True)
+    for hw in ((5, 7), (4, 9), (6, 6)):  # sizes 0 and 1 would be specialised (Dynamo's rule)
+        x = torch.randn(2, 3, *hw)
+        torch.testing.assert_close(compiled(x), roundtrip(x), rtol=0, atol=0)
+    assert counter.frame_count == 1
+
+
 def test_cache_is_capped_by_memory_not_by_count(monkeypatch):
     """Many grid sizes (photos at their own sizes) must not pile up index tensors."""
     from samam.ops import scan_orders

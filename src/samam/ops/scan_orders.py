@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import operator
 import threading
 from collections.abc import Iterator
 from typing import Literal, get_args
@@ -169,22 +168,29 @@ def scan_indices(
     name: str, h: int, w: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached ``(order, inverse)``, each (K, L) int64 on ``device``, for an H×W token grid."""
-    # Under torch.compile with dynamic shapes, h and w are symbolic; operator.index makes them
-    # plain ints (torch 2.11's dynamo fails on symbolic arguments of a constant function; int()
-    # does not convert them there).
-    return _constant_indices(name, operator.index(h), operator.index(w), device)
-
-
-# torch.compile takes the cached tensors as constants of its graph, instead of tracing (and
-# then re-running on every call) the Python that builds them.
-@torch.compiler.assume_constant_result
-def _constant_indices(
-    name: str, h: int, w: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
+    if torch.compiler.is_compiling():
+        return _indices_op(name, h, w, torch.device(device))
     out = _indices(name, h, w, device)
     for kept in _RECORDERS:
         kept.extend(out)
     return out
+
+
+# Under torch.compile the graph fetches the cached indices through a custom op, which takes h
+# and w as (symbolic) sizes: one graph with dynamic shapes serves every grid. As constants of
+# the graph they specialised it to one grid (their sizes became guards on the content size: a
+# recompile per size, eagerly past Dynamo's recompile limit).
+@torch.library.custom_op("samam::scan_indices", mutates_args=())
+def _indices_op(name: str, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # copies: the compiled graph owns an op's outputs (inductor may reuse their memory)
+    order, inverse = _indices(name, h, w, device)
+    return order.clone(), inverse.clone()
+
+
+@_indices_op.register_fake
+def _(name, h, w, device):
+    k = _BUILDERS[name](1, 1).shape[0]  # K directions
+    return tuple(torch.empty(k, h * w, dtype=torch.long, device=device) for _ in range(2))
 
 
 # Index tensors per (order, H, W, device), least recently used dropped first once they hold
