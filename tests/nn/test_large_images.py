@@ -93,7 +93,7 @@ def test_channel_parts_equal_the_whole_map(static):
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("static", [True, False], ids=["S6", "S7"])
 def test_torch_compile_keeps_the_ops_around_an_eager_scan_kernel(static, dynamic):
-    """The numba and mamba kernels are compiler-disabled: the graph breaks at the call, and
+    """The mamba kernel is compiler-disabled: the graph breaks at the call, and
     the rest of SS2D must still compile. A map under the cap went through the channel-part
     code, whose loops over ranges hold the call; Dynamo cannot resume after a break in a loop,
     so it ran all of SS2D._scan eagerly (x_proj and dt_proj matmuls included)."""

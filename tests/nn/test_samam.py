@@ -456,6 +456,25 @@ def test_compile_with_dynamic_shapes_traces_the_torch_scan_network_in_one_graph(
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_compile_with_dynamic_shapes_serves_new_content_sizes_without_recompiling(backend):
+    """torch.compile(fullgraph=True, dynamic=True): the scan indices were graph constants and the
+    torch scan's loops were traced, so each content size recompiled the network (eager past
+    Dynamo's limit of 8); the numba scan broke the graph at every call. Now one graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    net = tiny(backend=backend)
+    s = torch.rand(1, 3, 64, 64)
+    torch._dynamo.reset()
+    counter = CompileCounter()  # Dynamo's graph as is: breaks and recompiles are what is tested
+    compiled = torch.compile(net, backend=counter, dynamic=True, fullgraph=True)
+    with torch.no_grad():
+        for hw in ((32, 40), (40, 48), (48, 56)):
+            c = torch.rand(1, 3, *hw)
+            torch.testing.assert_close(compiled(c, s), net(c, s), rtol=0, atol=0)
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_bf16_autocast_keeps_the_output_close_and_trains(backend):
     # responsive: the plain tiny net's output varies less than bf16's spacing at its level (and
     # than the bound below), so a bf16 path that lost the content entirely still passed

@@ -16,12 +16,14 @@ from samam.ops.selective_scan import (
     ScanBackend,
     mamba_available,
     numba_available,
+    numba_scan,
     resolve_scan_backend,
     selective_scan_numba,
     selective_scan_ref,
     selective_scan_torch,
     torch_scan,
 )
+from samam.ops.selective_scan.reference import scan_delta
 
 CPU_BACKENDS = [pytest.param(selective_scan_torch, id="torch")]
 if numba_available():
@@ -215,6 +217,54 @@ def test_double_backward_is_refused_not_silently_first_order(fn, gy_requires_gra
     y = selective_scan_ref(*xs[:6], delta_bias=xs[6])
     (du,) = torch.autograd.grad(y.sum(), xs[0], create_graph=True)
     assert torch.autograd.grad(du.pow(2).sum(), xs[1])[0].abs().sum() > 0
+
+
+def _op_args(fn, case: str) -> tuple[list, list]:
+    """A backend's forward-op arguments for a CASES case (Δ's options as the backend passes
+    them), and its backward op's: gy, the forward's inputs, the states the forward kept."""
+    u, delta, A, B, C, D, bias = (None if t is None else t.detach() for t in make_inputs(**CASES[case]))
+    a = A.unsqueeze(0) if A.dim() == 2 else A
+    if fn is selective_scan_torch:
+        args = [u, scan_delta(delta, bias, True), a, B, C]
+        y, states = torch_scan._scan_op(*args)
+        grad_args = [torch.randn_like(y), *args, states]
+    else:
+        d = None if D is None else (D.unsqueeze(0) if D.dim() == 1 else D)
+        args = [u, delta, a, B, C, d, bias, True, True]  # softplus, keep the states
+        y, states = numba_scan._scan_op(*args)
+        grad_args = [torch.randn_like(y), *args[:-1], states]
+    return [t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in args], grad_args
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+@pytest.mark.parametrize("case", ["shared", "per_sample_AD", "noD"])
+def test_scan_custom_ops_pass_opcheck(fn, case):
+    """Schema, autograd registration, fake kernels against the real ones, AOT dispatch with
+    dynamic shapes: forward op and backward op of each CPU backend."""
+    module = torch_scan if fn is selective_scan_torch else numba_scan
+    args, grad_args = _op_args(fn, case)
+    torch.library.opcheck(module._scan_op, args)
+    torch.library.opcheck(module._scan_grad_op, grad_args)
+
+
+@pytest.mark.parametrize("fn", CPU_BACKENDS)
+def test_compiled_scan_is_one_graph_for_every_length_and_equals_eager(fn):
+    """torch.compile(fullgraph=True, dynamic=True): the torch scan's chunk loop was traced (a
+    recompile per length), numba's kernels broke the graph. As custom ops one graph serves
+    lengths across chunk and tile boundaries, with the eager outputs and gradients bit for bit."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")  # autograd traced too; inductor takes minutes
+    compiled = torch.compile(fn, backend=counter, dynamic=True, fullgraph=True)
+    for length in (19, 300, 7000):  # one and several chunks (torch: 256) and tiles (numba: 6553)
+        xs = make_inputs(2, 3, 4, 5, length, per_sample_A=True)
+        y_eager, g_eager, gy = run(fn, xs)
+        y, g, _ = run(compiled, clone(xs), gy=gy)
+        assert torch.equal(y, y_eager)
+        for name, a, b in zip(NAMES, g, g_eager):
+            assert torch.equal(a, b), name
+    assert counter.frame_count == 1
 
 
 def test_ss2d_empty_batch_gives_an_empty_map():

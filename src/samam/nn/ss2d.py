@@ -81,8 +81,8 @@ class SS2D(nn.Module):
         per_direction = d * h * w
         # Only a direction past the cap needs forward_parts' ranges of channels. Other maps stay
         # out of its loops over ranges: torch.compile cannot resume after a graph break inside a
-        # loop (the compiler-disabled numba and mamba kernels break it), so all of the scan's
-        # ops around the kernel ran eagerly there.
+        # loop (the compiler-disabled mamba kernel breaks it), so all of the scan's ops around
+        # the kernel ran eagerly there.
         if per_direction > self.max_elements:
             return self.forward_parts([x], A, D)[0]
         if b == 0:

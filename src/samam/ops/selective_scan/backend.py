@@ -71,12 +71,13 @@ class ScanBackend:
         return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 
-# torch.compile cannot trace into numba or a CUDA extension: the compiled graph breaks at the
-# scan and calls the kernel eagerly, and everything around it still compiles.
 def _numba_or_none() -> ScanFn | None:
-    return torch.compiler.disable(numba_scan.selective_scan_numba) if numba_scan.numba_available() else None
+    # its kernels are custom ops, which torch.compile keeps in its graph
+    return numba_scan.selective_scan_numba if numba_scan.numba_available() else None
 
 
+# torch.compile cannot trace into mamba-ssm's CUDA extension: the compiled graph breaks at the
+# scan and calls the kernel eagerly, and everything around it still compiles.
 def _mamba_or_none() -> ScanFn | None:
     return torch.compiler.disable(mamba_scan.selective_scan_mamba) if mamba_scan.mamba_available() else None
 

@@ -377,66 +377,141 @@ def _np(t: torch.Tensor):
     return t.detach().float().contiguous().numpy()
 
 
-class _NumbaScanFn(torch.autograd.Function):
+def _tile(length: int, n: int) -> int:
+    # sym_min/sym_max: the fake forward sizes the states with this under torch.compile, where
+    # builtin min/max would turn symbolic sizes into guards on their values
+    return torch.sym_max(1, torch.sym_min(length, _FWD_TILE_BYTES // (8 * n)))
+
+
+# The kernels run as custom ops: torch.compile keeps them as calls in its graph (numba cannot be
+# traced; a compiler-disabled function broke the graph at every scan), and their fake kernels
+# give the output sizes symbolically, so one graph with dynamic shapes serves every size.
+@torch.library.custom_op("samam::scan_numba_fwd", mutates_args=())
+def _scan_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    softplus: bool,
+    keep_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """u, delta (B, K·D, L) fp32; A (1|B, K·D, N); B, C (B, K, N, L); D (1|B, K·D) or None;
-    bias (K·D,) or None. Δ's bias and softplus are applied inside the kernels."""
+    bias (K·D,) or None. Δ's bias and softplus are applied inside the kernels. → y (B, K·D, L)
+    and, with keep_states, the states at tile starts (B, K·D, tiles, N) flattened, for the backward."""
+    bt, kd, length = u.shape
+    g = B.shape[1]
+    Bt = B.detach().transpose(-1, -2).contiguous()  # (B, K, L, N)
+    Ct = C.detach().transpose(-1, -2).contiguous()
+    Dn = D if D is not None else u.new_zeros(1, kd)
+    bn = bias if bias is not None else u.new_zeros(kd)
+    n = Bt.shape[3]
+    y = torch.empty(bt, kd, length, dtype=torch.float32)
+    n_blocks = _n_blocks(bt, g, kd // g)
+    tile = _tile(length, n)
+    # states at tile starts, tiny next to u. Buffers are u's float32, not torch's default
+    # dtype: trainer.precision=bf16-true sets that to bfloat16.
+    n_tiles = -(-length // tile) if keep_states else 0
+    h_tiles = u.new_empty(bt, kd, n_tiles, n)
+    _launch(
+        _kernels().fwd, _np(u), _np(delta), _np(bn), softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), kd // g,
+        n_blocks, tile, y.numpy(), h_tiles.numpy(),
+    )  # fmt: skip
+    return y, h_tiles.view(-1)
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, bias, softplus):
-        bt, kd, length = u.shape
-        g = B.shape[1]
-        Bt = B.detach().transpose(-1, -2).contiguous()  # (B, K, L, N)
-        Ct = C.detach().transpose(-1, -2).contiguous()
-        Dn = D if D is not None else u.new_zeros(1, kd)
-        bn = bias if bias is not None else u.new_zeros(kd)
-        n = Bt.shape[3]
-        y = torch.empty(bt, kd, length, dtype=torch.float32)
-        n_blocks = _n_blocks(bt, g, kd // g)
-        tile = max(1, min(length, _FWD_TILE_BYTES // (8 * n)))
-        # states at tile starts, for the backward: (B, K·D, tiles, N), tiny next to u. Buffers are
-        # u's float32, not torch's default dtype: trainer.precision=bf16-true sets that to bfloat16.
-        n_tiles = -(-length // tile) if any(ctx.needs_input_grad) else 0
-        h_tiles = u.new_empty(bt, kd, n_tiles, n)
-        _launch(
-            _kernels().fwd, _np(u), _np(delta), _np(bn), softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), kd // g,
-            n_blocks, tile, y.numpy(), h_tiles.numpy(),
-        )  # fmt: skip
-        ctx.save_for_backward(u, delta, A, Bt, Ct, Dn, bn, h_tiles)
-        ctx.tile = tile
-        ctx.has_D = D is not None
-        ctx.has_bias = bias is not None
-        ctx.softplus = softplus
-        return y
 
-    @staticmethod
-    @first_order_only
-    def backward(ctx, gy):
-        u, delta, A, Bt, Ct, Dn, bn, h_tiles = ctx.saved_tensors
-        bt, kd, length = u.shape
-        g, n = Bt.shape[1], Bt.shape[3]
-        dg = kd // g
-        n_blocks = _n_blocks(bt, g, dg)
-        du = u.new_empty(bt, kd, length)
-        ddelta = u.new_empty(bt, kd, length)
-        dbias = u.new_empty(bt, kd)
-        dA = u.new_empty(bt, kd, n)
-        dD = u.new_empty(bt, kd)
-        dB_part = u.new_zeros(bt, g, n_blocks, length, n)
-        dC_part = u.new_zeros(bt, g, n_blocks, length, n)
-        _launch(
-            _kernels().bwd, _np(u), _np(delta), _np(bn), ctx.softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), _np(gy), dg, n_blocks,
-            ctx.tile, h_tiles.numpy(), du.numpy(), ddelta.numpy(), dbias.numpy(), dA.numpy(), dD.numpy(), dB_part.numpy(), dC_part.numpy(),
-        )  # fmt: skip
-        dB = dB_part.sum(2).transpose(-1, -2)  # (B, K, N, L)
-        dC = dC_part.sum(2).transpose(-1, -2)
-        if A.shape[0] == 1 and bt > 1:
-            dA = dA.sum(0, keepdim=True)
-        if not ctx.has_D:
-            dD = None
-        elif Dn.shape[0] == 1 and bt > 1:
-            dD = dD.sum(0, keepdim=True)
-        dbias = dbias.sum(0) if ctx.has_bias else None
-        return du, ddelta, dA, dB, dC, dD, dbias, None
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, bias, softplus, keep_states):
+    # The states flattened: as an axis of its own, a number of tiles that may be 1 made the
+    # layout checks guard on "one tile" (a recompile past one tile); their product with
+    # K·D·N ≥ 2 is never 1.
+    bt, kd, length = u.shape
+    n = B.shape[2]
+    n_tiles = 1 + (length - 1) // _tile(length, n) if keep_states else 0
+    return u.new_empty(bt, kd, length), u.new_empty(bt * kd * n_tiles * n)
+
+
+@torch.library.custom_op("samam::scan_numba_bwd", mutates_args=())
+def _scan_grad_op(
+    gy: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    softplus: bool,
+    h_tiles: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of u, delta, A, B, C, D and bias from gy (B, K·D, L); those of A, D and bias
+    per sample: (B, K·D, N), (B, K·D), (B, K·D)."""
+    bt, kd, length = u.shape
+    g, n = B.shape[1], B.shape[2]
+    dg = kd // g
+    Bt = B.detach().transpose(-1, -2).contiguous()  # (B, K, L, N)
+    Ct = C.detach().transpose(-1, -2).contiguous()
+    Dn = D if D is not None else u.new_zeros(1, kd)
+    bn = bias if bias is not None else u.new_zeros(kd)
+    n_blocks = _n_blocks(bt, g, dg)
+    tile = _tile(length, n)
+    h_tiles = h_tiles.view(bt, kd, -(-length // tile), n)
+    du = u.new_empty(bt, kd, length)
+    ddelta = u.new_empty(bt, kd, length)
+    dbias = u.new_empty(bt, kd)
+    dA = u.new_empty(bt, kd, n)
+    dD = u.new_empty(bt, kd)
+    dB_part = u.new_zeros(bt, g, n_blocks, length, n)
+    dC_part = u.new_zeros(bt, g, n_blocks, length, n)
+    _launch(
+        _kernels().bwd, _np(u), _np(delta), _np(bn), softplus, _np(A), Bt.numpy(), Ct.numpy(), _np(Dn), _np(gy), dg, n_blocks,
+        tile, h_tiles.numpy(), du.numpy(), ddelta.numpy(), dbias.numpy(), dA.numpy(), dD.numpy(), dB_part.numpy(), dC_part.numpy(),
+    )  # fmt: skip
+    dB = dB_part.sum(2).transpose(-1, -2)  # (B, K, N, L)
+    dC = dC_part.sum(2).transpose(-1, -2)
+    return du, ddelta, dA, dB, dC, dD, dbias
+
+
+@_scan_grad_op.register_fake
+def _(gy, u, delta, A, B, C, D, bias, softplus, h_tiles):
+    bt, kd, length = u.shape
+    g, n = B.shape[1], B.shape[2]
+    dB, dC = (u.new_empty(bt, g, length, n).transpose(-1, -2) for _ in range(2))
+    return (
+        torch.empty_like(u),
+        torch.empty_like(delta),
+        u.new_empty(bt, kd, n),
+        dB,
+        dC,
+        u.new_empty(bt, kd),
+        u.new_empty(bt, kd),
+    )
+
+
+def _scan_op_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, bias, softplus, _ = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, bias, output[1])
+    ctx.softplus = softplus
+
+
+@first_order_only
+def _scan_op_backward(ctx, gy, _):
+    u, delta, A, B, C, D, bias, h_tiles = ctx.saved_tensors
+    du, ddelta, dA, dB, dC, dD, dbias = _scan_grad_op(gy, u, delta, A, B, C, D, bias, ctx.softplus, h_tiles)
+    bt = u.shape[0]
+    if A.shape[0] == 1 and bt > 1:
+        dA = dA.sum(0, keepdim=True)
+    if D is None:
+        dD = None
+    elif D.shape[0] == 1 and bt > 1:
+        dD = dD.sum(0, keepdim=True)
+    dbias = dbias.sum(0) if bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, dbias, None, None
+
+
+_scan_op.register_autograd(_scan_op_backward, setup_context=_scan_op_setup)
 
 
 def selective_scan_numba(
@@ -455,7 +530,9 @@ def selective_scan_numba(
     Mamba model has: A = −exp(A_log)). For growing states whose e^{ΔA} nears float32's limit
     the kernels may give NaN where the reference still has a finite value.
     """
-    if not numba_available():
+    # not while compiling: Dynamo would trace through numba_available's cache (a warning); the
+    # backend checked it at construction
+    if not torch.compiler.is_compiling() and not numba_available():
         raise RuntimeError(f"the numba selective-scan backend needs numba: {INSTALL_HINT}")
     check_scan_shapes(u, delta, A, B, C, D, delta_bias)
     if u.device.type != "cpu":
@@ -468,4 +545,9 @@ def selective_scan_numba(
     u, delta = u.float().contiguous(), delta.float().contiguous()
     a = a.contiguous()
     d = None if d is None else d.contiguous()
-    return _NumbaScanFn.apply(u, delta, a, B.float(), C.float(), d, bias, bool(delta_softplus))
+    B, C = B.float(), C.float()
+    # the states for the backward are kept only when one will run
+    keep_states = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, a, B, C, d, bias)
+    )
+    return _scan_op(u, delta, a, B, C, d, bias, bool(delta_softplus), keep_states)[0]

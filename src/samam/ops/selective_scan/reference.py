@@ -67,7 +67,7 @@ def check_scan_shapes(
 
 
 def first_order_only(backward: Callable) -> Callable:
-    """Decorate a scan's autograd.Function.backward that has no double backward.
+    """Decorate a scan's backward (autograd.Function or custom op) that has no double backward.
 
     torch's once_differentiable is not enough: when the incoming gradient does not require
     grad (``grad(y.sum(), u, create_graph=True)``, a gradient penalty), it returns gradients
