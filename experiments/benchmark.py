@@ -921,7 +921,13 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
         for r in rows:
             base = ref.get(tuple(r[k] for k in key))
             ok = r["impl"] != impl and r["status"] == "ok" and base is not None
-            r[column] = round(base["median_ms"] / r["median_ms"], 3) if ok else ""
+            # 4 significant digits: rounded to 3 decimals, a 0.0038× came out as 0.004 (5 % off)
+            r[column] = float(f"{base['median_ms'] / r['median_ms']:.4g}") if ok else ""
+
+
+def _times(ratio: float) -> str:
+    """A speed-up for the table: 2 decimals, or 2 significant digits below 0.1 (not 0.00×)."""
+    return f"{ratio:.2f}×" if ratio >= 0.1 else f"{ratio:.2g}×"
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -1039,7 +1045,7 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
             fmt(r["img_per_s"], 2),
             fmt(r["peak_mib"]),
         ]
-        cells += [f"{r[column]:.2f}×" if r[column] != "" else "–" for column, _ in speedups]
+        cells += [_times(r[column]) if r[column] != "" else "–" for column, _ in speedups]
         cells.append(r["status"] + (f" ({r['notes']})" if r["notes"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
     fits = scaling(rows)

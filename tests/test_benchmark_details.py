@@ -32,6 +32,19 @@ def test_ratios_pair_only_equal_batch_and_precision(bench):
     assert [r["speedup_vs_stytr2"] for r in rows] == ["", 2.0, "", "", ""]
 
 
+def test_small_ratios_keep_their_significant_digits(bench, tmp_path):
+    """A peer 260× faster (a tiny peer, a loaded CPU): rounded to 3 decimals, 1/261.2 was written
+    0.004 (4.5 % off) and shown 0.00×."""
+    rows = [timed_row(bench, "samam", 261.2), timed_row(bench, "stytr2", 1.0)]
+    for r in rows:
+        r.update(mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=256 * 256)
+    bench.add_speedups(rows)
+    assert rows[0]["speedup_vs_stytr2"] == pytest.approx(1 / 261.2, rel=1e-3)
+    bench.write_markdown(rows, _meta(), tmp_path / "r.md")
+    ours = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| samam"))
+    assert "| 0.0038× |" in ours
+
+
 def test_memory_slope_is_fit_on_peak_memory(bench):
     rows = [
         {
