@@ -1,13 +1,15 @@
 """The loader against release-layout state dicts built from SPEC §7 (names and shapes)."""
 
 import collections
+import shutil
+import subprocess
 
 import pytest
 import torch
 from tiny import TINY as TINY_PRESET
 
 from samam import SaMam, load_checkpoint, load_model, load_official_checkpoint
-from samam.checkpoint import CheckpointError
+from samam.checkpoint import CheckpointError, code_version
 
 TINY = {**TINY_PRESET, "decoder_depth": 2}  # two blocks per group, as released
 
@@ -348,3 +350,42 @@ def test_checkpoint_write_that_fails_midway_leaves_the_old_file(tmp_path, monkey
     (tmp_path / ".step0000002.ckpt.x.tmp").write_bytes(b"half")
     io.save_checkpoint({"step": 3}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".step0000002.ckpt.x.tmp", "last.ckpt"]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_there_is_none(
+    tmp_path, monkeypatch
+):
+    """Recorded with every run: a commit for a checkout, null with the reason for an installed copy
+    (even one in a repository's .venv: not tracked there), a folder outside git, or no git at all."""
+    import samam
+
+    repo, pkg = tmp_path / "repo", tmp_path / "repo" / "src" / "samam"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    assert code_version(pkg) == {
+        "samam_version": samam.__version__,
+        "git_commit": head,
+        "git_dirty": False,
+        "git_error": None,
+    }
+    (repo / "notes.txt").write_text("an untracked file")
+    assert code_version(pkg)["git_dirty"] is True
+    installed = repo / ".venv" / "site-packages" / "samam"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    (repo / ".gitignore").write_text(".venv/\n")
+    for folder, why in ((installed, "did not match any file"), (tmp_path, "not a git repository")):
+        got = code_version(folder)
+        assert got["git_commit"] is None and got["git_dirty"] is None
+        assert "is not part of a git checkout" in got["git_error"] and why in got["git_error"]
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert code_version(pkg)["git_error"] == "no git executable on PATH"

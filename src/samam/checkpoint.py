@@ -10,9 +10,11 @@ import math
 import os
 import pickle
 import re
+import subprocess
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,6 +52,40 @@ _LOE_SUBKEYS = [
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the network it claims to hold."""
+
+
+GIT_TIMEOUT_S = 10.0
+
+
+def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The code this process runs, for a run's records (checkpoint ``samam.code``, logged
+    hyperparameters, results.json): samam's version, the git commit of the checkout samam is
+    imported from (``package_dir``, default samam's own folder) and whether that checkout has
+    changes or untracked files (``git_dirty``). Outside a checkout (an installed copy, even one in a
+    repository's .venv), without git, or if git fails: both None and ``git_error`` says why.
+    Three git calls: once per run, not per step."""
+    import samam
+
+    here = Path(package_dir if package_dir is not None else samam.__file__).resolve()
+    here = here if here.is_dir() else here.parent
+    out: dict[str, Any] = {"samam_version": samam.__version__, "git_commit": None, "git_dirty": None}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
+        ).stdout.strip()
+
+    try:
+        git("ls-files", "--error-unmatch", "--", "__init__.py")  # tracked: a checkout, not an installed copy
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain") != ""
+    except FileNotFoundError:
+        return {**out, "git_error": "no git executable on PATH"}
+    except subprocess.TimeoutExpired:
+        return {**out, "git_error": f"git did not answer within {GIT_TIMEOUT_S:.0f} s in {here}"}
+    except subprocess.CalledProcessError as err:
+        why = (err.stderr or "").strip().splitlines() or [f"git exit status {err.returncode}"]
+        return {**out, "git_error": f"samam at {here} is not part of a git checkout ({why[0]})"}
+    return {**out, "git_commit": commit, "git_dirty": dirty, "git_error": None}
 
 
 def _sub(rest: str, table: list[tuple[str, str]]) -> str | None:

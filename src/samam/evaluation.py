@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from samam.checkpoint import folder_given
+from samam.checkpoint import code_version, folder_given
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list
@@ -241,6 +241,18 @@ def load_network(
 
     net = load_model(path, map_location=device, backend=backend, trust_pickle=trust_pickle)
     return net.eval().requires_grad_(False)
+
+
+def checkpoint_code(ckpt_path: PathLike) -> dict[str, Any] | None:
+    """The code that trained a checkpoint of ours (its ``samam.code``: git commit, dirty, samam
+    version); None for the authors' checkpoints and ours from before it was recorded. Memory-mapped:
+    the weights are not read again."""
+    try:
+        ckpt = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the pre-zip format (no mmap), pickled objects: loaded, but no record read here
+        return None
+    meta = ckpt.get("samam") if isinstance(ckpt, Mapping) else None
+    return meta.get("code") if isinstance(meta, Mapping) else None
 
 
 @torch.no_grad()
@@ -628,6 +640,8 @@ def evaluate(
             ),
         ),
         ckpt_path=str(ckpt_path),
+        checkpoint_code=checkpoint_code(ckpt_path),  # the code that trained it
+        code=code_version(),  # the code that evaluated it
         model=net.config,
         scan_backend=net.scan_backend.describe(),
         device=str(dev),

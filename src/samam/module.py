@@ -111,7 +111,9 @@ def image_grid(content: Tensor, style: Tensor, output: Tensor) -> np.ndarray:
 
 class StyleTransferModule(L.LightningModule):
     """Trains ``net`` (a SaMam) with ``loss``. Holds the network as ``self.net`` so checkpoints carry
-    ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, config: run config, version}."""
+    ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, config: run config, code: the
+    code that wrote it (git commit, dirty, samam version), code_before: other code that trained it
+    before a resume, version, ...}."""
 
     def __init__(
         self,
@@ -135,6 +137,8 @@ class StyleTransferModule(L.LightningModule):
         self.sample_dir = sample_dir
         self.run_config = run_config
         self.run_identity: dict[str, Any] | None = None  # set by samam.train; see train.run_identity
+        self.run_code: dict[str, Any] | None = None  # set by samam.train: samam.checkpoint.code_version()
+        self._code_before: list[dict[str, Any]] = []  # other code versions that trained this run (resumes)
         self.last_grid_path: Path | None = None
         self.last_losses: dict[str, Tensor] = {}
         self.stop_vote = False  # this rank's vote to stop (CheckpointOnStop), summed over ranks each step
@@ -250,6 +254,8 @@ class StyleTransferModule(L.LightningModule):
             "model": dict(self.net.config),
             "config": self.run_config,
             "identity": self.run_identity,
+            "code": self.run_code,
+            "code_before": [c for c in self._code_before if c != self.run_code],
             "version": CHECKPOINT_VERSION,
             "train_skipped": int(self._train_skipped),
         }
@@ -283,5 +289,19 @@ class StyleTransferModule(L.LightningModule):
             self._resumed = (checkpoint["global_step"], loop["_batches_that_stepped"])
         # Checkpoints from before the count was stored: from 0, as then.
         self._skipped_before = self._train_skipped = int(checkpoint.get("samam", {}).get("train_skipped", 0))
+        before = checkpoint.get("samam", {}).get("code_before", [])
+        code = checkpoint.get("samam", {}).get("code")
+        self._code_before = [*before, code] if code is not None and code not in before else list(before)
+        if code is not None and code != self.run_code:
+            log.warning(
+                "the checkpoint was written by other code (git commit %s%s, samam %s) than this run's (%s%s, "
+                "samam %s); the checkpoints record both (samam.code, samam.code_before)",
+                code.get("git_commit"),
+                " with changes" if code.get("git_dirty") else "",
+                code.get("samam_version"),
+                (self.run_code or {}).get("git_commit"),
+                " with changes" if (self.run_code or {}).get("git_dirty") else "",
+                (self.run_code or {}).get("samam_version"),
+            )
         # Runs before load_state_dict: put the current loss network back so strict loading passes.
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})

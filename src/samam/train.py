@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may not run train.py's imports)
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, DropRedoneCsvRows, LossSummary
-from samam.checkpoint import folder_given
+from samam.checkpoint import code_version, folder_given
 from samam.fileio import atomic_write
 from samam.logging_utils import brief_list, finish_wandb
 from samam.nn.samam import check_switches
@@ -714,6 +714,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     assert isinstance(run_config, dict)
 
     identity = run_identity(cfg)
+    code = code_version()  # the commit this run trains with: in its checkpoints and logged hyperparameters
     callbacks = _instantiate_all(cfg.get("callbacks"))  # ckpt_path=last is looked for in their folders
     if cfg.trainer.get("enable_progress_bar") is False:  # the bar off (a SLURM log): its callback too
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -733,6 +734,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, net=net, loss=loss)
     module.run_config = run_config  # not via instantiate: it would build every _target_ inside it
     module.run_identity = identity
+    module.run_code = code
     loggers = _instantiate_all(cfg.get("logger"))
     if ckpt_path is not None and _in_run_folder(ckpt_path, cfg.paths.output_dir):
         callbacks.append(DropRedoneCsvRows())  # once the checkpoint is restored: a failed load drops nothing
@@ -755,7 +757,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         **({"enable_checkpointing": False} if no_checkpoints else {}),
     )
     for lg in loggers:
-        lg.log_hyperparams(run_config)
+        lg.log_hyperparams({**run_config, "code": code})
 
     try:
         if cfg.validate_before_training and ckpt_path is None:

@@ -674,6 +674,31 @@ def test_a_resume_with_another_accumulate_grad_batches_goes_on_where_the_stream_
     assert final["global_step"] == 5 and final["DemoDataModule"] == {"train_batches": 8}  # data=demo
 
 
+def test_a_run_records_its_code_in_checkpoints_and_hyperparameters_and_a_resume_keeps_the_earlier(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """The git commit (and changes, samam version) a run trains with, once at its start: in every
+    checkpoint and the logged hyperparameters; a resume with other code records both."""
+    import yaml
+
+    import samam.train
+    from samam.checkpoint import code_version
+
+    here = code_version()
+    main(compose([*tiny(), "trainer.max_steps=2"]))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["samam"]
+    assert saved["code"] == here and saved["code_before"] == []
+    logged = yaml.safe_load((tmp_path / "csv" / "version_0" / "hparams.yaml").read_text())
+    assert logged["code"] == here
+
+    later = {**here, "git_commit": "0" * 40, "git_dirty": False, "git_error": None}
+    monkeypatch.setattr(samam.train, "code_version", lambda: later)
+    main(compose([*tiny(), "trainer.max_steps=4"]))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["samam"]
+    assert saved["code"] == later and saved["code_before"] == [here]
+    assert yaml.safe_load((tmp_path / "csv" / "version_1" / "hparams.yaml").read_text())["code"] == later
+
+
 def test_a_finished_run_extended_logs_on_at_the_next_step(compose, tiny, tmp_path):
     """The final save at a step that validated (off the checkpoint interval), then more steps."""
     main(compose([*tiny(), "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=3"]))
