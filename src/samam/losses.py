@@ -6,7 +6,8 @@ VGG weight sources (``vgg=``):
 - ``"imagenet"``: torchvision's ImageNet VGG-19 (``vgg19-dcbb9e9d.pth`` under
   ``$TORCH_HOME/hub/checkpoints/``), zero padding, ImageNet mean/std normalisation.
 - ``"imagenet_if_cached"``: ``"imagenet"`` when that file is already on disk, otherwise
-  ``"random"`` (with its warning). Used by the offline demo only.
+  ``"random"`` (with its warning). Used by the offline demo only. A resumed run keeps the
+  choice its checkpoint records (``samam.loss_vgg``), whatever is on disk now.
 - a path to AdaIN's ``vgg_normalised.pth`` (the release's loss network: a 1×1 first conv that
   takes [0, 1] RGB, reflection padding, ceil-mode pooling), or to a torchvision-layout
   ``features.*`` state dict.
@@ -151,11 +152,18 @@ def _random_encoder(seed: int = 0) -> VGGEncoder:
 VGG_SOURCES = ("imagenet", "imagenet_if_cached", "random")  # else loss.vgg is a file
 
 
+def resolve_vgg_source(source: str) -> str:
+    """The weight source a loss.vgg value builds: ``imagenet_if_cached`` → ``imagenet`` or
+    ``random``, by whether the ImageNet file is on disk now; any other value as it is."""
+    if source == "imagenet_if_cached":
+        return "imagenet" if (torch_hub_checkpoint_dir() / VGG19_FILE).is_file() else "random"
+    return source
+
+
 def build_vgg(source: str) -> VGGEncoder:
     """VGG-19 encoder from a weight source (see module docstring). Fails loudly offline."""
     cached = torch_hub_checkpoint_dir() / VGG19_FILE
-    if source == "imagenet_if_cached":
-        source = "imagenet" if cached.is_file() else "random"
+    source = resolve_vgg_source(source)
     if source == "random":
         log.warning(
             "!!! loss.vgg=random: the loss network has RANDOM weights. Losses still fall, but "
@@ -224,7 +232,8 @@ class StyleTransferLoss(nn.Module):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"{name}={value!r} must be a number")
         self.source = vgg
-        self.vgg = build_vgg(vgg)
+        self.vgg_used = resolve_vgg_source(vgg)  # recorded in checkpoints (samam.loss_vgg) for a resume
+        self.vgg = build_vgg(self.vgg_used)
         self.content_weight = content_weight
         self.style_weight = style_weight
         self.identity1_weight = identity1_weight

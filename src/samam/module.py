@@ -256,6 +256,7 @@ class StyleTransferModule(L.LightningModule):
             "identity": self.run_identity,
             "code": self.run_code,
             "code_before": [c for c in self._code_before if c != self.run_code],
+            "loss_vgg": getattr(self.loss, "vgg_used", None),  # what loss.vgg=imagenet_if_cached chose
             "version": CHECKPOINT_VERSION,
             "train_skipped": int(self._train_skipped),
         }

@@ -510,6 +510,38 @@ def resolve_resume(
     return str(last), meta
 
 
+def resumed_vgg(vgg: Any, ckpt_path: str | None, meta: dict[str, Any]) -> dict[str, str]:
+    """The loss network of a run resumed with ``loss.vgg=imagenet_if_cached``: the one its checkpoint
+    records (``samam.loss_vgg``), not the one the file on disk gives now. A VGG file copied in mid-run
+    turned a run's random loss network into ImageNet's at its next resume (the losses changed meaning),
+    and one gone did the reverse. As ``instantiate`` keywords for the loss; {} when nothing is to keep
+    (another loss.vgg, a fresh start, a checkpoint of a run with another loss.vgg or from before the record)."""
+    from samam.losses import VGG19_FILE, torch_hub_checkpoint_dir
+
+    used = meta.get("loss_vgg")
+    started_with = ((meta.get("identity") or {}).get("loss") or {}).get("vgg")
+    if vgg != "imagenet_if_cached" or started_with != vgg or used not in ("imagenet", "random"):
+        return {}
+    cached = torch_hub_checkpoint_dir() / VGG19_FILE
+    if used == "imagenet" and not cached.is_file():
+        raise FileNotFoundError(
+            f"loss.vgg=imagenet_if_cached: {ckpt_path} was trained with torchvision's ImageNet VGG-19, and "
+            f"{VGG19_FILE} is no longer in {cached.parent}/ ($TORCH_HOME/hub/checkpoints/): put it back there to "
+            "resume (a random loss network would change what the losses measure), or start a new run "
+            "(ckpt_path=null, or another folder)"
+        )
+    if used == "random" and cached.is_file():
+        log.warning(
+            "loss.vgg=imagenet_if_cached: %s was trained with a RANDOM VGG-19 (%s was not in %s then); the "
+            "resumed run keeps it, so that the losses keep their meaning. For ImageNet's, start a new run "
+            "(ckpt_path=null, or another folder).",
+            ckpt_path,
+            VGG19_FILE,
+            cached.parent,
+        )
+    return {"vgg": used}
+
+
 def check_sizes(datamodule: Any, net: Any) -> None:
     """Training crops and validation images must reach the network's smallest style side (the
     style embedder pools the tokens 2^stages times): checked before training, not at the first
@@ -721,6 +753,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     root_dir = cfg.trainer.get("default_root_dir") or os.getcwd()  # Lightning's, for ckpt_path=hpc
     ckpt_path = lightning_ckpt_file(cfg.ckpt_path, callbacks, root_dir)
     ckpt_path, meta = resolve_resume(ckpt_path, cfg.paths.output_dir, identity, run_config)
+    loss_kwargs = resumed_vgg(cfg.loss.get("vgg"), ckpt_path, meta)  # before data and networks are built
     if cfg.get("logger") and cfg.logger.get("wandb") is not None:
         wandb_id = wandb_resume_id(ckpt_path, cfg.paths.output_dir, meta)
         if wandb_id is not None:
@@ -730,7 +763,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
     check_sizes(datamodule, net)
-    loss = instantiate(cfg.loss)
+    loss = instantiate(cfg.loss, **loss_kwargs)
     module = instantiate(cfg.module, net=net, loss=loss)
     module.run_config = run_config  # not via instantiate: it would build every _target_ inside it
     module.run_identity = identity

@@ -699,6 +699,51 @@ def test_a_run_records_its_code_in_checkpoints_and_hyperparameters_and_a_resume_
     assert yaml.safe_load((tmp_path / "csv" / "version_1" / "hparams.yaml").read_text())["code"] == later
 
 
+def test_a_resume_keeps_the_vgg_that_imagenet_if_cached_chose_at_the_start(
+    compose, tiny, tmp_path, monkeypatch, caplog
+):
+    """loss.vgg=imagenet_if_cached (the demo, debug=cpu_tiny) chooses when the run starts: a VGG file
+    copied in later turned the random loss network into ImageNet's at the next resume."""
+    from torchvision.models import vgg19
+
+    from samam import losses
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    built, random_conv = [], losses._random_encoder().convs()[0].weight
+
+    def build_vgg(source, real=losses.build_vgg):
+        enc = real(source)
+        built.append("random" if torch.equal(enc.convs()[0].weight, random_conv) else "imagenet")
+        return enc
+
+    monkeypatch.setattr(losses, "build_vgg", build_vgg)
+    run = [*(o for o in tiny() if not o.startswith("loss.vgg")), "loss.vgg=imagenet_if_cached"]
+    main(compose([*run, "trainer.max_steps=2"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["samam"]["loss_vgg"] == "random"
+
+    cached = losses.torch_hub_checkpoint_dir() / losses.VGG19_FILE
+    cached.parent.mkdir(parents=True)
+    torch.save(
+        {f"features.{k}": v for k, v in vgg19(weights=None).features[:30].state_dict().items()}, cached
+    )
+    with caplog.at_level(logging.WARNING, logger="samam"):
+        main(compose([*run, "trainer.max_steps=4"]))
+    assert built == ["random", "random"]
+    assert "was trained with a RANDOM VGG-19" in caplog.text and "the resumed run keeps it" in caplog.text
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4 and saved["samam"]["loss_vgg"] == "random"
+
+    saved["samam"]["loss_vgg"] = "imagenet"  # a run that started with the file, which is gone now
+    torch.save(saved, last)
+    cached.unlink()
+    with pytest.raises(
+        FileNotFoundError, match=f"trained with torchvision's ImageNet VGG-19, and {losses.VGG19_FILE}"
+    ):
+        main(compose([*run, "trainer.max_steps=6"]))
+    assert built == ["random", "random"]  # refused before the loss network was built
+
+
 def test_a_finished_run_extended_logs_on_at_the_next_step(compose, tiny, tmp_path):
     """The final save at a step that validated (off the checkpoint interval), then more steps."""
     main(compose([*tiny(), "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=3"]))
