@@ -6,6 +6,7 @@ unpickling is refused unless the caller passes ``trust_pickle=True``.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import pickle
@@ -291,6 +292,26 @@ def _official_net(ckpt: Mapping, backend: str) -> SaMam:
     return net
 
 
+def network_class(name: str | None, path) -> type[SaMam]:
+    """The network class a checkpoint of ours names (``samam.net_class``, an import path such as
+    ``my_study.nets.MySaMam`` for a subclass given as ``model._target_``); SaMam for none (checkpoints
+    from before it was recorded). Imports its module, as ``model._target_`` did in training; refuses
+    a class that cannot be imported here or is not a SaMam."""
+    if name is None or name == f"{SaMam.__module__}.{SaMam.__qualname__}":
+        return SaMam
+    module, _, attr = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} holds a {name} network, which cannot be imported here ({type(err).__name__}: {err}); "
+            "put the package that defines it on the Python path (PYTHONPATH) and load again"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, SaMam)):
+        raise CheckpointError(f"{path} names {name} as its network, which is not a SaMam class")
+    return cls
+
+
 def _our_net(ckpt: Mapping, backend: str, path) -> SaMam:
     meta = ckpt.get("samam")
     if not isinstance(meta, Mapping) or "model" not in meta:
@@ -303,7 +324,7 @@ def _our_net(ckpt: Mapping, backend: str, path) -> SaMam:
         k = k.replace("._orig_mod.", ".").removeprefix("_orig_mod.")  # torch.compile's wrapper
         if k.startswith("net."):
             sd[k[4:]] = v
-    net = SaMam(**{**meta["model"], "backend": backend})
+    net = network_class(meta.get("net_class"), path)(**{**meta["model"], "backend": backend})
     load_state_dict_strict(net, sd, {})
     return net
 
@@ -333,7 +354,8 @@ def load_checkpoint(
     backend: str = "auto",
     trust_pickle: bool = False,
 ) -> SaMam:
-    """One of our training checkpoints (``ckpt["samam"]["model"]`` + ``net.*`` weights) → SaMam."""
+    """One of our training checkpoints (``ckpt["samam"]["model"]`` + ``net.*`` weights) → SaMam, or the
+    subclass of it the run trained (``ckpt["samam"]["net_class"]``)."""
     ckpt = _torch_load(path, map_location, trust_pickle)
     return _our_net(ckpt, backend, path).to(map_location).eval()
 

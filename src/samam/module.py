@@ -111,9 +111,9 @@ def image_grid(content: Tensor, style: Tensor, output: Tensor) -> np.ndarray:
 
 class StyleTransferModule(L.LightningModule):
     """Trains ``net`` (a SaMam) with ``loss``. Holds the network as ``self.net`` so checkpoints carry
-    ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, config: run config, code: the
-    code that wrote it (git commit, dirty, samam version), code_before: other code that trained it
-    before a resume, version, ...}."""
+    ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, net_class: its import path,
+    config: run config, code: the code that wrote it (git commit, dirty, samam version), code_before:
+    other code that trained it before a resume, version, ...}."""
 
     def __init__(
         self,
@@ -252,6 +252,7 @@ class StyleTransferModule(L.LightningModule):
         }
         checkpoint["samam"] = {
             "model": dict(self.net.config),
+            "net_class": f"{type(self.net).__module__}.{type(self.net).__qualname__}",  # a subclass of SaMam too
             "config": self.run_config,
             "identity": self.run_identity,
             "code": self.run_code,

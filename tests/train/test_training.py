@@ -20,6 +20,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from samam import SaMam
 from samam.train import check_seed, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -742,6 +743,33 @@ def test_a_resume_keeps_the_vgg_that_imagenet_if_cached_chose_at_the_start(
     ):
         main(compose([*run, "trainer.max_steps=6"]))
     assert built == ["random", "random"]  # refused before the loss network was built
+
+
+class DoubledSaMam(SaMam):
+    """A researcher's variant: the same weights, another forward."""
+
+    def forward(self, content, style):
+        return 2 * super().forward(content, style)
+
+
+def test_a_checkpoint_of_a_samam_subclass_loads_as_that_class(compose, tiny, tmp_path):
+    """model._target_ naming a subclass: only net.config was kept, so stylize.py and eval.py rebuilt
+    a plain SaMam that the weights fit, and ran another forward than the one trained."""
+    from samam import load_model
+    from samam.checkpoint import CheckpointError
+
+    main(compose([*tiny(), "trainer.max_steps=1", f"model._target_={__name__}.DoubledSaMam"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert type(load_model(last, backend="torch")) is DoubledSaMam
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    for name, why in (("nowhere.Variant", "cannot be imported here"), ("collections.Counter", "not a SaMam")):
+        ckpt["samam"]["net_class"] = name
+        torch.save(ckpt, tmp_path / "named.ckpt")
+        with pytest.raises(CheckpointError, match=f"{name}.*{why}"):
+            load_model(tmp_path / "named.ckpt", backend="torch")
+    del ckpt["samam"]["net_class"]  # from before the class was recorded: a SaMam, as then
+    torch.save(ckpt, tmp_path / "older.ckpt")
+    assert type(load_model(tmp_path / "older.ckpt", backend="torch")) is SaMam
 
 
 def test_a_finished_run_extended_logs_on_at_the_next_step(compose, tiny, tmp_path):
