@@ -243,16 +243,25 @@ def load_network(
     return net.eval().requires_grad_(False)
 
 
-def checkpoint_code(ckpt_path: PathLike) -> dict[str, Any] | None:
-    """The code that trained a checkpoint of ours (its ``samam.code``: git commit, dirty, samam
-    version); None for the authors' checkpoints and ours from before it was recorded. Memory-mapped:
+def checkpoint_record(ckpt_path: PathLike) -> dict[str, Any]:
+    """What a checkpoint says of itself, for results.json: the training step it holds
+    (``checkpoint_step``: last.ckpt moves on as a run trains) and, for ours, the code that trained
+    it (``checkpoint_code``, its ``samam.code``: git commit, dirty, samam version); None where it does
+    not say (the authors' checkpoints have no code, ours from before it was recorded). Memory-mapped:
     the weights are not read again."""
+    record: dict[str, Any] = {"checkpoint_step": None, "checkpoint_code": None}
     try:
         ckpt = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # the pre-zip format (no mmap), pickled objects: loaded, but no record read here
-        return None
-    meta = ckpt.get("samam") if isinstance(ckpt, Mapping) else None
-    return meta.get("code") if isinstance(meta, Mapping) else None
+        return record
+    if not isinstance(ckpt, Mapping):
+        return record
+    step, meta = ckpt.get("global_step"), ckpt.get("samam")
+    if isinstance(step, int) and not isinstance(step, bool):
+        record["checkpoint_step"] = step
+    if isinstance(meta, Mapping):
+        record["checkpoint_code"] = meta.get("code")
+    return record
 
 
 @torch.no_grad()
@@ -640,7 +649,7 @@ def evaluate(
             ),
         ),
         ckpt_path=str(ckpt_path),
-        checkpoint_code=checkpoint_code(ckpt_path),  # the code that trained it
+        **checkpoint_record(ckpt_path),  # its step and the code that trained it
         code=code_version(),  # the code that evaluated it
         model=net.config,
         scan_backend=net.scan_backend.describe(),

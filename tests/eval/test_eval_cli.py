@@ -449,19 +449,20 @@ def test_eval_skips_a_content_the_art_inception_cannot_take_at_its_size(
     assert res["protocol"]["n_images"] == 2 and res["fid_art"] is not None
 
 
-def test_eval_results_record_the_code_that_trained_the_checkpoint_and_the_code_that_evaluated_it(
+def test_eval_results_record_the_checkpoints_step_and_code_and_the_code_that_evaluated_it(
     tiny_ckpt, image_dirs, tmp_path
 ):
     from samam.checkpoint import code_version
 
     trained = {"samam_version": "0.0.9", "git_commit": "1" * 40, "git_dirty": True, "git_error": None}
     ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
-    ckpt["samam"]["code"] = trained
+    ckpt["samam"]["code"], ckpt["global_step"] = trained, 7
     torch.save(ckpt, tmp_path / "coded.ckpt")
-    for path, expected in ((tmp_path / "coded.ckpt", trained), (tiny_ckpt, None)):  # None: recorded no code
+    for path, step, expected in ((tmp_path / "coded.ckpt", 7, trained), (tiny_ckpt, None, None)):
         out = tmp_path / path.stem
         overrides = [*base_overrides(path, image_dirs, out), "metrics.test_extractors=true"]
         overrides.append("bench.enabled=false")
         entry_point("eval")(compose_eval(overrides))
         saved = json.loads((out / "results.json").read_text())
         assert saved["checkpoint_code"] == expected and saved["code"] == code_version()
+        assert saved["checkpoint_step"] == step  # last.ckpt moves on while a run trains
