@@ -5,6 +5,7 @@ Shapes: B batch, H, W crop size. Images are float (3,H,W) in [0, 1].
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -285,6 +286,14 @@ def ignore_job_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
+def image_list_record(files: Sequence[Path], folder: str | Path) -> list[int | str]:
+    """[number of files, digest of their paths below ``folder``] (``files`` from :func:`list_images`):
+    equal for a moved copy of the folder, different once a file is added, removed or renamed."""
+    root = Path(folder).expanduser()
+    names = "\n".join(str(p.relative_to(root)) for p in files)
+    return [len(files), hashlib.sha1(names.encode()).hexdigest()]
+
+
 class StyleTransferDataModule(L.LightningDataModule):
     """Content and style folders -> endless random training pairs + fixed validation pairs.
 
@@ -329,6 +338,7 @@ class StyleTransferDataModule(L.LightningDataModule):
         self.content_files: list[Path] = []
         self.style_files: list[Path] = []
         self.fixed_pairs: list[tuple[Path, Path]] = []
+        self.images: dict[str, list[int | str]] = {}  # set by setup: image_list_record per folder
         self._train: RandomPairs | None = None
         # (optimizer step, training batches drawn before it) where this fit's stream starts
         self._stream_start: tuple[int, int] | None = None
@@ -371,6 +381,13 @@ class StyleTransferDataModule(L.LightningDataModule):
             if len(files) == 0:
                 raise FileNotFoundError(f"{what} folder {folder!r}: every image failed to decode")
         self.content_files, self.style_files = content, style
+        self.images = {  # what the stream and the validation pairs draw from, for a resume to compare
+            what: image_list_record(files, folder)
+            for what, files, folder in (
+                ("content", content, self.content_dir),
+                ("style", style, self.style_dir),
+            )
+        }
         self.fixed_pairs = self._pick_val_pairs()
         log.info(
             "data: %d content, %d style images, %d skipped at setup, %d validation pairs",
@@ -442,16 +459,35 @@ class StyleTransferDataModule(L.LightningDataModule):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The training batches (micro-batches) drawn by the optimizer steps done, for a resume."""
+        """The training batches (micro-batches) drawn by the optimizer steps done, for a resume, and
+        the image lists they were drawn from (:func:`image_list_record`)."""
         if self.trainer is None or self._stream_start is None:
             return {}
         step, start = self._stream_start
         return {
-            "train_batches": start + (self.trainer.global_step - step) * self.trainer.accumulate_grad_batches
+            "train_batches": start + (self.trainer.global_step - step) * self.trainer.accumulate_grad_batches,
+            "images": self.images,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """After setup (Lightning restores after it): a folder whose images changed since the
+        checkpoint (a copy still syncing when the run started, files added or removed) is said
+        once, as the stream no longer draws the uninterrupted run's batches."""
         self._resumed_batches = state_dict.get("train_batches")
+        saved = state_dict.get("images") or {}
+        folders = {"content": self.content_dir, "style": self.style_dir}
+        changed = [
+            f"{what} {folders[what]}: {saved[what][0]} usable images then, {n} now"
+            + (" (others)" if saved[what][0] == n else "")
+            for what, (n, digest) in self.images.items()
+            if what in saved and list(saved[what]) != [n, digest]
+        ]
+        if changed:
+            log.warning(
+                "data: the images differ from those of the checkpoint's run (%s): from here on the run draws "
+                "other batches than the uninterrupted run would have, and its validation pairs may differ",
+                "; ".join(changed),
+            )
 
     def val_dataset(self) -> FixedPairs:
         return FixedPairs(self.fixed_pairs, self.val_size)

@@ -242,6 +242,45 @@ def test_a_resumed_stream_draws_the_uninterrupted_runs_batches_whatever_the_work
     assert not torch.equal(whole[0], whole[1])
 
 
+def test_a_resume_on_images_other_than_the_checkpoints_says_so(tmp_path, caplog):
+    """A folder still syncing when the run started, files added or renamed since: the resumed stream
+    and validation pairs are drawn from another list, which nothing said. A moved copy is the same."""
+    import shutil
+
+    content, style = tmp_path / "content", tmp_path / "style"
+    for folder in (content, style):
+        for i in range(3):
+            _save(folder / f"{i}.png", _rgb(seed=i))
+
+    class Restored:
+        world_size, global_rank, global_step, accumulate_grad_batches = 1, 0, 5, 1
+
+    def module(c: Path) -> StyleTransferDataModule:
+        dm = StyleTransferDataModule(str(c), str(style), batch_size=2, crop=8, resize=16, num_workers=0)
+        dm.trainer = Restored()
+        dm.setup("fit")
+        return dm
+
+    dm = module(content)
+    dm.train_dataloader()
+    saved = dm.state_dict()
+
+    def resumed_on(c: Path) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="samam"):
+            module(c).load_state_dict(saved)
+        return caplog.text
+
+    assert resumed_on(content) == ""
+    shutil.copytree(content, tmp_path / "moved")
+    assert resumed_on(tmp_path / "moved") == ""
+    _save(content / "3.png", _rgb(seed=3))
+    assert f"content {content}: 3 usable images then, 4 now" in resumed_on(content)
+    (content / "3.png").unlink()
+    (content / "2.png").rename(content / "2b.png")
+    assert "3 usable images then, 3 now (others)" in resumed_on(content)
+
+
 def test_a_steps_global_batch_is_the_same_pairs_on_any_number_of_devices(tmp_path):
     """data.batch_size is global: 2 devices × 2 train on the 1 device × 4 run's pairs (ranks
     split them), so a run resumed on another number of devices draws what it would have."""

@@ -651,7 +651,7 @@ def test_a_stop_midway_through_an_accumulated_step_resumes_bit_for_bit(compose, 
 
 
 def test_a_resume_with_another_accumulate_grad_batches_goes_on_where_the_stream_stopped(
-    compose, tiny, tmp_path, monkeypatch
+    compose, tiny, demo_root, tmp_path, monkeypatch
 ):
     """2 steps × 2 batches, then resumed with 1 batch per step, then with 2 again: each run's
     stream starts at the batches drawn so far (4, then 6), so no pair is drawn twice or skipped.
@@ -672,7 +672,14 @@ def test_a_resume_with_another_accumulate_grad_batches_goes_on_where_the_stream_
     main(compose([*run, "trainer.max_steps=5", "+trainer.accumulate_grad_batches=2"]))
     assert starts == [0, 4, 6]
     final = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert final["global_step"] == 5 and final["DemoDataModule"] == {"train_batches": 8}  # data=demo
+    images = {
+        w: data.image_list_record(data.list_images(demo_root / w, w), demo_root / w)
+        for w in ("content", "style")
+    }
+    assert final["global_step"] == 5 and final["DemoDataModule"] == {
+        "train_batches": 8,
+        "images": images,
+    }  # data=demo
 
 
 def test_a_run_records_its_code_in_checkpoints_and_hyperparameters_and_a_resume_keeps_the_earlier(
