@@ -373,6 +373,7 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
     head = git("rev-parse", "HEAD").stdout.strip()
     assert code_version(pkg) == {
         "samam_version": samam.__version__,
+        "torch_version": torch.__version__,
         "git_commit": head,
         "git_dirty": False,
         "git_error": None,

@@ -60,7 +60,7 @@ GIT_TIMEOUT_S = 10.0
 
 def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The code this process runs, for a run's records (checkpoint ``samam.code``, logged
-    hyperparameters, results.json): samam's version, the git commit of the checkout samam is
+    hyperparameters, results.json): samam's and torch's versions, the git commit of the checkout samam is
     imported from (``package_dir``, default samam's own folder) and whether that checkout has
     changes or untracked files (``git_dirty``). Outside a checkout (an installed copy, even one in a
     repository's .venv), without git, or if git fails: both None and ``git_error`` says why.
@@ -69,7 +69,13 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
 
     here = Path(package_dir if package_dir is not None else samam.__file__).resolve()
     here = here if here.is_dir() else here.parent
-    out: dict[str, Any] = {"samam_version": samam.__version__, "git_commit": None, "git_dirty": None}
+    # torch's version too: the random loss VGG's init and the kernels' numerics follow it
+    out: dict[str, Any] = {
+        "samam_version": samam.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: TorchVersion is no weights_only global
+        "git_commit": None,
+        "git_dirty": None,
+    }
 
     def git(*args: str) -> str:
         return subprocess.run(

@@ -296,14 +296,16 @@ class StyleTransferModule(L.LightningModule):
         self._code_before = [*before, code] if code is not None and code not in before else list(before)
         if code is not None and code != self.run_code:
             log.warning(
-                "the checkpoint was written by other code (git commit %s%s, samam %s) than this run's (%s%s, "
-                "samam %s); the checkpoints record both (samam.code, samam.code_before)",
+                "the checkpoint was written by other code (git commit %s%s, samam %s, torch %s) than this "
+                "run's (%s%s, samam %s, torch %s); the checkpoints record both (samam.code, samam.code_before)",
                 code.get("git_commit"),
                 " with changes" if code.get("git_dirty") else "",
                 code.get("samam_version"),
+                code.get("torch_version"),
                 (self.run_code or {}).get("git_commit"),
                 " with changes" if (self.run_code or {}).get("git_dirty") else "",
                 (self.run_code or {}).get("samam_version"),
+                (self.run_code or {}).get("torch_version"),
             )
         # Runs before load_state_dict: put the current loss network back so strict loading passes.
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})

@@ -683,7 +683,7 @@ def test_a_resume_with_another_accumulate_grad_batches_goes_on_where_the_stream_
 
 
 def test_a_run_records_its_code_in_checkpoints_and_hyperparameters_and_a_resume_keeps_the_earlier(
-    compose, tiny, tmp_path, monkeypatch
+    compose, tiny, tmp_path, monkeypatch, caplog
 ):
     """The git commit (and changes, samam version) a run trains with, once at its start: in every
     checkpoint and the logged hyperparameters; a resume with other code records both."""
@@ -699,9 +699,11 @@ def test_a_run_records_its_code_in_checkpoints_and_hyperparameters_and_a_resume_
     logged = yaml.safe_load((tmp_path / "csv" / "version_0" / "hparams.yaml").read_text())
     assert logged["code"] == here
 
-    later = {**here, "git_commit": "0" * 40, "git_dirty": False, "git_error": None}
+    later = {**here, "git_commit": "0" * 40, "git_dirty": False, "git_error": None, "torch_version": "9.9"}
     monkeypatch.setattr(samam.train, "code_version", lambda: later)
-    main(compose([*tiny(), "trainer.max_steps=4"]))
+    with caplog.at_level(logging.WARNING):
+        main(compose([*tiny(), "trainer.max_steps=4"]))
+    assert "torch 9.9" in caplog.text and f"torch {torch.__version__}" in caplog.text
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["samam"]
     assert saved["code"] == later and saved["code_before"] == [here]
     assert yaml.safe_load((tmp_path / "csv" / "version_1" / "hparams.yaml").read_text())["code"] == later
