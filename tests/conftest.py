@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 # Before torch/numba import: one thread. On a loaded 2-core box two intra-op threads
@@ -38,3 +39,63 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(root / "wandb_config"))
     torch.manual_seed(0)
     yield
+
+
+# Scan orders of one's own (model.scan=<module>:<function>), well and badly formed.
+SCAN_ORDERS = """
+import torch
+
+from samam.ops.scan_orders import zigzag_orders
+
+
+def zigzag_again(h, w):
+    return zigzag_orders(h, w)
+
+
+def diagonal(h, w):  # anti-diagonals from the top-left corner, and the same path from the others
+    r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    path = torch.argsort(((r + c) * h + r).reshape(-1))
+    g = torch.arange(h * w).view(h, w)
+    return torch.stack([g.flip(f).reshape(-1)[path] for f in ((), (0, 1), (1,), (0,))])
+
+
+def three(h, w):
+    return zigzag_orders(h, w)[:3]
+
+
+def int32(h, w):
+    return zigzag_orders(h, w).int()
+
+
+def repeated(h, w):
+    order = zigzag_orders(h, w)
+    order[:, 0] = order[:, -1]
+    return order
+
+
+def shifted(h, w):
+    return zigzag_orders(h, w) + 1
+
+
+def listed(h, w):
+    return zigzag_orders(h, w).tolist()
+
+
+def square_only(h, w):
+    return zigzag_orders(h, h)
+
+
+NOT_A_FUNCTION = 3
+"""
+_SCAN_MODULES = itertools.count()
+
+
+@pytest.fixture()
+def scan_module(tmp_path, monkeypatch) -> str:
+    """The name of an importable module holding SCAN_ORDERS; a new name for each test, as
+    samam.ops.scan_orders.scan_builder keeps what it resolved per name."""
+    name = f"my_scan_orders_{next(_SCAN_MODULES)}"
+    (tmp_path / "orders").mkdir()
+    (tmp_path / "orders" / f"{name}.py").write_text(SCAN_ORDERS)
+    monkeypatch.syspath_prepend(tmp_path / "orders")
+    return name

@@ -318,6 +318,22 @@ def test_a_compiled_networks_checkpoint_loads(tmp_path):
     assert all(torch.equal(back[k], v) for k, v in net.state_dict().items())
 
 
+def test_a_network_with_a_scan_order_of_ones_own_is_rebuilt_from_its_checkpoint(tmp_path, scan_module):
+    """stylize.py and eval.py rebuild the network from the checkpoint alone: its config holds the
+    order's import path, which must import there (else the error names it)."""
+    net = SaMam(**TINY, scan=f"{scan_module}:diagonal", backend="torch").eval()
+    path, ckpt = _our_checkpoint(tmp_path, net)
+    c, s = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        back = load_model(path, backend="torch")
+        assert back.config["scan"] == f"{scan_module}:diagonal"
+        torch.testing.assert_close(back(c, s), net(c, s), rtol=0, atol=0)
+    ckpt["samam"]["model"]["scan"] = "orders_not_on_this_path:diagonal"
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="'orders_not_on_this_path:diagonal' does not import"):
+        load_model(path, backend="torch")
+
+
 def test_our_checkpoint_missing_a_tensor_is_refused(tmp_path):
     net = SaMam(**TINY, backend="torch").eval()
     path, ckpt = _our_checkpoint(tmp_path, net)

@@ -117,6 +117,28 @@ def test_switches_change_the_structure():
     assert "decoder.0.blocks.0.out_norm.norm.weight" in names(tiny(out_norm="layernorm"))
 
 
+def test_a_scan_order_of_ones_own_builds_trains_and_equals_the_built_in_it_repeats(scan_module):
+    c, s = torch.rand(2, 3, 40, 48), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = listening(tiny(scan="zigzag"))(c, s)
+        same = listening(tiny(scan=f"{scan_module}:zigzag_again"))
+        assert same.config["scan"] == f"{scan_module}:zigzag_again"  # the checkpoint keeps the path
+        assert torch.equal(same(c, s), ref)
+    net = listening(tiny(scan=f"{scan_module}:diagonal")).train()
+    out = net(c, s)
+    assert not torch.allclose(out, ref)  # another order, another network
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_a_network_is_built_under_the_meta_device(scan_module):
+    """Checking the scan order reads index values, which meta tensors do not have."""
+    for scan in ("zigzag", f"{scan_module}:diagonal"):
+        with torch.device("meta"):
+            net = SaMam(**{**TINY, "scan": scan})
+        assert next(net.parameters()).is_meta
+
+
 def _style_effect_per_path(net: SaMam) -> dict[str, float]:
     """How much each path of the first decoder block changes between two styles, same input."""
     torch.manual_seed(1)
@@ -299,6 +321,8 @@ class TestBadInput:
         "kw, msg",
         [
             (dict(scan="diagonal"), "scan='diagonal' is not one of"),
+            (dict(scan="zigzg"), r"scan='zigzg' is not one of \(.*'hilbert', 'package.module:function'\)"),
+            (dict(scan="no_such_orders:diagonal"), "scan order 'no_such_orders:diagonal' does not import"),
             (dict(out_norm="batchnorm"), "out_norm='batchnorm'"),
             (dict(patch_size=16), "patch_size=16"),
             (dict(mixer="conv"), "mixer='conv'"),
@@ -310,6 +334,11 @@ class TestBadInput:
     def test_unknown_names(self, kw, msg):
         with pytest.raises(ValueError, match=msg):
             SaMam(**{**TINY, **kw})
+
+    @pytest.mark.parametrize("function", ["three", "repeated"])
+    def test_a_malformed_scan_order_of_ones_own_fails_at_construction(self, scan_module, function):
+        with pytest.raises(ValueError, match=f"scan order '{scan_module}:{function}' (gave|for a)"):
+            SaMam(**{**TINY, "scan": f"{scan_module}:{function}"})
 
     @pytest.mark.parametrize("kw", [dict(sconv="off"), dict(loe="no"), dict(style_ssm="flase"), dict(scm=0)])
     def test_switches_that_are_not_booleans(self, kw):

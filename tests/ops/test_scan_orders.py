@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from samam.ops.scan_orders import SCAN_NAMES, merge, scan, scan_indices
+from samam.ops.scan_orders import SCAN_NAMES, merge, scan, scan_builder, scan_indices
 
 SIZES = [(1, 1), (1, 6), (5, 1), (2, 2), (3, 4), (4, 4), (5, 7), (8, 6), (9, 9)]
 
@@ -109,6 +109,46 @@ def test_unknown_scan_name():
         scan_indices("diagonal", 4, 4)
 
 
+def test_an_order_of_ones_own_by_its_import_path(scan_module):
+    for h, w in SIZES:
+        order, inverse = scan_indices(f"{scan_module}:diagonal", h, w)
+        assert order.shape == (4, h * w)
+        assert all(torch.equal(row.sort().values, torch.arange(h * w)) for row in order)
+        assert torch.equal(inverse.gather(1, order), torch.arange(h * w).expand(4, -1))
+        zigzag = scan_indices(f"{scan_module}:zigzag_again", h, w)
+        assert all(torch.equal(a, b) for a, b in zip(zigzag, scan_indices("zigzag", h, w), strict=True))
+    assert scan_indices(f"{scan_module}:diagonal", 7, 9) is scan_indices(f"{scan_module}:diagonal", 7, 9)
+
+
+@pytest.mark.parametrize(
+    "function, msg",
+    [
+        ("three", r"gave torch.int64 \(3, 1\) for a 1x1 grid; expected a \(4, 1\) int64 tensor"),
+        ("int32", r"gave torch.int32 \(4, 1\)"),
+        ("listed", "gave list for a 1x1 grid"),
+        ("square_only", r"gave torch.int64 \(4, 9\) for a 3x5 grid; expected a \(4, 15\)"),
+        ("repeated", "for a 3x5 grid is not a permutation"),
+        ("shifted", "for a 1x1 grid is not a permutation"),
+        ("NOT_A_FUNCTION", "is a int, not a function"),
+        ("missing", r"does not import \(AttributeError: .*'missing'"),
+    ],
+)
+def test_a_malformed_order_of_ones_own_is_refused_naming_it(scan_module, function, msg):
+    """A wrong direction count failed only in the first forward; a non-permutation ran, scanning
+    one token twice and another never."""
+    with pytest.raises(ValueError, match=f"scan order '{scan_module}:{function}' {msg}"):
+        scan_builder(f"{scan_module}:{function}")
+
+
+def test_an_order_that_does_not_import_or_a_typo_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"'no_such_orders:diagonal' does not import \(ModuleNotFoundError"):
+        scan_builder("no_such_orders:diagonal")
+    with pytest.raises(
+        ValueError, match=r"unknown scan order 'zigzg'; expected one of .* or 'package.module:function'"
+    ):
+        scan_indices("zigzg", 4, 4)
+
+
 def test_indices_built_under_inference_mode_serve_training():
     with torch.inference_mode():
         order, inverse = scan_indices("zigzag", 13, 3)
@@ -165,6 +205,24 @@ def test_dynamic_compile_serves_every_grid_with_one_graph(name):
     counter = CompileCounter()
     compiled = torch.compile(roundtrip, backend=counter, dynamic=True, fullgraph=True)
     for hw in ((5, 7), (4, 9), (6, 6)):  # sizes 0 and 1 would be specialised (Dynamo's rule)
+        x = torch.randn(2, 3, *hw)
+        torch.testing.assert_close(compiled(x), roundtrip(x), rtol=0, atol=0)
+    assert counter.frame_count == 1
+
+
+def test_an_order_of_ones_own_compiles_with_dynamic_shapes_in_one_graph(scan_module):
+    """The custom op's fake kernel took K from the built-in builders' table: KeyError for a path."""
+    from torch._dynamo.testing import CompileCounter
+
+    def roundtrip(x):
+        h, w = x.shape[-2:]
+        order, inverse = scan_indices(f"{scan_module}:diagonal", h, w, x.device)
+        return merge(scan(x, order) * 2, order, inverse, h, w)
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(roundtrip, backend=counter, dynamic=True, fullgraph=True)
+    for hw in ((5, 7), (4, 9), (6, 6)):
         x = torch.randn(2, 3, *hw)
         torch.testing.assert_close(compiled(x), roundtrip(x), rtol=0, atol=0)
     assert counter.frame_count == 1

@@ -65,6 +65,15 @@ def test_every_experiment_trains_a_step(experiment, compose, tiny):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+def test_a_scan_order_of_ones_own_trains_from_the_command_line(compose, tiny, scan_module):
+    """model.scan=<module>:<function>, no edit of the package; the run's network keeps the path."""
+    cfg = compose([*tiny(), "debug=fdr", f"model.scan={scan_module}:diagonal"])
+    assert instantiate(cfg.model).config["scan"] == f"{scan_module}:diagonal"
+    metrics = main(cfg)
+    assert {"train/loss", "val/loss"} <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
 def test_model_presets_compose(compose):
     for preset in ("samam", "small", "tiny"):
         cfg = compose([f"model={preset}", "scan=cross", "norm=instancenorm"])

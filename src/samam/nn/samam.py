@@ -16,7 +16,7 @@ from samam.nn.blocks import MIXERS, Encoder, Mixer, SAVSSGroup
 from samam.nn.decoder import ImageDecoder
 from samam.nn.norms import OUT_NORMS, SAIN, OutNorm
 from samam.nn.style import SCM, StyleEmbedder
-from samam.ops.scan_orders import SCAN_NAMES, ScanName
+from samam.ops.scan_orders import SCAN_NAMES, SCAN_PATH_FORM, scan_builder
 from samam.ops.selective_scan import resolve_scan_backend
 
 log = logging.getLogger("samam")
@@ -56,7 +56,7 @@ class SaMamConfig:
     loe_compress: int = 8
     loe_squeeze: int = 8
     scm_reduction: int = 4
-    scan: ScanName = "zigzag"
+    scan: str = "zigzag"  # one of SCAN_NAMES, or "package.module:function" (scan_orders.scan_builder)
     style_ssm: bool = True
     out_norm: OutNorm = "sain"
     sconv: bool = True
@@ -76,10 +76,13 @@ class SaMamConfig:
                 raise TypeError(
                     f"{f.name}={value!r} must be {'a number' if float in kinds else 'an integer'}"
                 )
-        choices = {"scan": SCAN_NAMES, "out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
+        choices = {"out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
+        if not (isinstance(self.scan, str) and ":" in self.scan):  # an import path: scan_builder checks it
+            choices["scan"] = (*SCAN_NAMES, SCAN_PATH_FORM)
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
+        scan_builder(self.scan)  # imported and tried on small grids once: a wrong order fails here
         if self.embed_dim % 8:
             raise ValueError(
                 f"embed_dim must be a multiple of 8 (the image decoder halves it 3 times), got {self.embed_dim}"

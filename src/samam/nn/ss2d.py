@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from samam.ops.scan_orders import merge, scan, scan_indices
+from samam.ops.scan_orders import merge, scan, scan_builder, scan_indices
 from samam.ops.selective_scan import ScanBackend
 
 
@@ -48,6 +48,7 @@ class SS2D(nn.Module):
     ):
         super().__init__()
         self.d_inner, self.d_state, self.dt_rank, self.k = d_inner, d_state, dt_rank, k
+        scan_builder(scan_order)  # an unknown or malformed order fails here, not in forward
         self.scan_order = scan_order
         self.backend = backend
         bound = d_inner**-0.5  # nn.Linear's default init, per direction

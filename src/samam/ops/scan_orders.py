@@ -7,20 +7,26 @@ are adjoint permutations, so the backward of one is the other.
 
 The release rebuilt its orders in Python on every forward (2.5 ms at 64×64, 8 times per
 forward); here they are built once per (name, H, W, device) and reused.
+
+An order of one's own needs no edit here: ``model.scan=package.module:function`` names a
+builder ``(h, w) -> (K=4, h·w) int64``, imported and checked once (:func:`scan_builder`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import pkgutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, get_args
 
 import torch
 
 ScanName = Literal["zigzag", "cross", "spiral", "hilbert"]
 SCAN_NAMES: tuple[str, ...] = get_args(ScanName)
+SCAN_PATH_FORM = "package.module:function"  # how model.scan names an order of one's own
 
 
 def _raster(h: int, w: int) -> torch.Tensor:
@@ -148,6 +154,54 @@ _BUILDERS = {
 }
 
 
+@functools.cache
+def scan_builder(name: str) -> Callable[[int, int], torch.Tensor]:
+    """The function that builds scan order ``name``: one of SCAN_NAMES, or an order of one's own
+    given as ``"package.module:function"`` (its module importable), ``(h, w) -> (K=4, L)`` int64
+    whose rows are permutations of range(L). Imported and tried on a few small grids once, so
+    that a wrong builder fails at construction, not at the first forward (or silently)."""
+    if name in _BUILDERS:
+        builder = _BUILDERS[name]
+    elif isinstance(name, str) and ":" in name:
+        try:
+            builder = pkgutil.resolve_name(name)
+        except Exception as e:  # not installed, a typo, or an error inside the module
+            raise ValueError(
+                f"scan order {name!r} does not import ({type(e).__name__}: {e}); it must be "
+                f"'{SCAN_PATH_FORM}' with the module on the Python path (PYTHONPATH)"
+            ) from e
+        if not callable(builder):
+            raise ValueError(
+                f"scan order {name!r} is a {type(builder).__name__}, not a function (h, w) -> order"
+            )
+    else:
+        raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES} or '{SCAN_PATH_FORM}'")
+    # on the CPU whatever the default device: a network built under `with torch.device("meta")`
+    # has no values to check
+    with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
+        for h, w in ((1, 1), (3, 5), (4, 4)):
+            _inverse(name, builder(h, w), h, w)
+    return builder
+
+
+def _inverse(name: str, order: object, h: int, w: int) -> torch.Tensor:
+    """``inverse[k, order[k, t]] = t`` of an order checked to be what SS2D needs: K=4 rows, each a
+    permutation of the h·w tokens (else a token would be scanned twice and another never)."""
+    L = h * w
+    expected = f"a (4, {L}) int64 tensor: 4 directions, each a permutation of the {h}x{w} grid's tokens"
+    if not isinstance(order, torch.Tensor) or order.dtype != torch.long or tuple(order.shape) != (4, L):
+        got = (
+            f"{order.dtype} {tuple(order.shape)}" if isinstance(order, torch.Tensor) else type(order).__name__
+        )
+        raise ValueError(f"scan order {name!r} gave {got} for a {h}x{w} grid; expected {expected}")
+    inverse = torch.full((4, L), -1, dtype=torch.long, device=order.device)
+    if order.min() >= 0 and order.max() < L:
+        inverse.scatter_(1, order, torch.arange(L, device=order.device).expand_as(order).contiguous())
+    if (inverse < 0).any():  # L entries per row: a token missing means another repeated or out of range
+        raise ValueError(f"scan order {name!r} for a {h}x{w} grid is not a permutation; expected {expected}")
+    return inverse
+
+
 _RECORDERS: list[list[torch.Tensor]] = []
 
 
@@ -189,8 +243,8 @@ def _indices_op(name: str, h: int, w: int, device: torch.device) -> tuple[torch.
 
 @_indices_op.register_fake
 def _(name, h, w, device):
-    k = _BUILDERS[name](1, 1).shape[0]  # K directions
-    return tuple(torch.empty(k, h * w, dtype=torch.long, device=device) for _ in range(2))
+    # K=4 directions: scan_builder refuses any other count (and runs no builder on fake tensors)
+    return tuple(torch.empty(4, h * w, dtype=torch.long, device=device) for _ in range(2))
 
 
 # Index tensors per (order, H, W, device), least recently used dropped first once they hold
@@ -227,17 +281,16 @@ def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[tor
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit[0]
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES}")
+    builder = scan_builder(name)
     if h < 1 or w < 1:
         raise ValueError(f"scan grid must be at least 1x1, got {h}x{w}")
     # Cached tensors outlive the caller's mode: built under inference_mode they would be
-    # inference tensors, which a later training step cannot save for backward.
-    with torch.inference_mode(False), torch.no_grad():
-        order = _BUILDERS[name](h, w)
-        inverse = torch.empty_like(order)
-        inverse.scatter_(1, order, torch.arange(h * w).expand_as(order).contiguous())
-        entry = order.to(device), inverse.to(device)
+    # inference tensors, which a later training step cannot save for backward. Built on the CPU
+    # (then moved), so the default device cannot make them meta tensors.
+    with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
+        order = builder(h, w)
+        inverse = _inverse(name, order, h, w)
+        entry = order.contiguous().to(device), inverse.to(device)
     with _LOCK:
         _CACHE[key] = entry, 2 * 8 * len(order) * h * w  # order and inverse, int64
         while len(_CACHE) > 1 and _cached_bytes() > MAX_CACHE_BYTES:
