@@ -13,6 +13,7 @@ import re
 import time
 import types
 import typing
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -798,7 +799,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             # fit starts with the flag cleared: a SIGTERM during this validation would be forgotten
             if trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False):
                 raise SIGTERMException
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with _frozen_loss_network_expected(module):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         last = _final_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.is_global_zero:
@@ -829,6 +831,23 @@ def close_process_group() -> None:
     failure: a rank still inside a collective would keep the destruction waiting."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _frozen_loss_network_expected(module: L.LightningModule) -> Iterator[None]:
+    """Lightning warns when fit starts with modules in eval mode ("may lead to unexpected
+    behavior"): the loss VGG's are, on purpose (frozen, see VGGEncoder.train), and every run
+    printed the warning. Silenced only while those are all; any other module in eval mode still
+    gets it."""
+    loss = getattr(module, "loss", None)
+    frozen = {id(m) for m in loss.modules()} if isinstance(loss, torch.nn.Module) else set()
+    others = [name for name, m in module.named_modules() if not m.training and id(m) not in frozen]
+    with warnings.catch_warnings():
+        if not others:
+            warnings.filterwarnings(
+                "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
+            )
+        yield
 
 
 def _final_checkpoint(trainer: L.Trainer) -> Path | None:

@@ -40,6 +40,28 @@ def test_fast_dev_run(compose, tiny, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
 
 
+class HalfFrozenSaMam(SaMam):
+    """A researcher's variant that leaves its decoder in eval mode, by mistake or not."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.decoder.eval()
+
+
+@pytest.mark.parametrize("frozen_decoder", [False, True])
+def test_only_a_module_in_eval_mode_besides_the_loss_vgg_gets_lightnings_warning(
+    compose, tiny, tmp_path, frozen_decoder
+):
+    """The loss VGG is frozen in eval mode on purpose, and Lightning warned at every fit that this
+    "may lead to unexpected behavior"; the warning stays for any other module in eval mode."""
+    net = [f"model._target_={__name__}.HalfFrozenSaMam"] if frozen_decoder else []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(compose([*tiny(), "debug=fdr", *net]))
+    eval_mode = [str(w.message) for w in caught if "in eval mode at the start of training" in str(w.message)]
+    assert len(eval_mode) == int(frozen_decoder), eval_mode
+
+
 @pytest.mark.parametrize("off", ["callbacks=none", "callbacks.checkpoint=null"])
 def test_checkpoints_switched_off_write_none(compose, tiny, tmp_path, off):
     """conf/callbacks/none.yaml promises no checkpoints: Lightning added its own ModelCheckpoint
