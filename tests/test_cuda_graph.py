@@ -243,6 +243,25 @@ def test_scan_indices_handed_out_in_a_block_are_recorded():
     assert len(kept) == 2 and kept[0] is order and kept[1] is inverse
 
 
+def test_scan_indices_a_compiled_graph_copies_from_are_recorded():
+    """GraphedSaMam around a torch.compile'd network: the compiled graph copies the cached
+    indices through the samam::scan_indices op, so the captured CUDA graph reads the cached
+    tensors at every replay; unrecorded, an LRU eviction freed memory the graph still read."""
+    from samam.ops.scan_orders import record_indices, scan_indices
+
+    def indices(x):
+        order, inverse = scan_indices("zigzag", x.shape[-2], x.shape[-1], x.device)
+        return order + inverse
+
+    compiled = torch.compile(indices, backend="aot_eager", fullgraph=True)
+    x = torch.zeros(3, 5)
+    compiled(x)  # compiled outside the block, as GraphedSaMam warms up before capturing
+    with record_indices() as kept:
+        compiled(x)
+    order, inverse = scan_indices("zigzag", 3, 5)
+    assert len(kept) == 2 and kept[0] is order and kept[1] is inverse
+
+
 @pytest.mark.gpu
 def test_gpu_graph_keeps_its_scan_indices_alive_past_cache_eviction():
     """The LRU cache of scan indices may drop what a captured graph reads; the graph's own

@@ -207,9 +207,9 @@ _RECORDERS: list[list[torch.Tensor]] = []
 
 @contextlib.contextmanager
 def record_indices() -> Iterator[list[torch.Tensor]]:
-    """Collects every index tensor :func:`scan_indices` hands out inside the block. A captured
-    CUDA graph holds raw pointers to them: its owner keeps these references, so an LRU eviction
-    cannot free (and reuse) memory the graph still reads."""
+    """Collects every index tensor :func:`scan_indices` hands out inside the block (or copies
+    from, in a compiled graph). A captured CUDA graph holds raw pointers to them: its owner keeps
+    these references, so an LRU eviction cannot free (and reuse) memory the graph still reads."""
     kept: list[torch.Tensor] = []
     _RECORDERS.append(kept)
     try:
@@ -238,6 +238,8 @@ def scan_indices(
 def _indices_op(name: str, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # copies: the compiled graph owns an op's outputs (inductor may reuse their memory)
     order, inverse = _indices(name, h, w, device)
+    for kept in _RECORDERS:  # a CUDA graph captured around the compiled one copies from these
+        kept.extend((order, inverse))
     return order.clone(), inverse.clone()
 
 
