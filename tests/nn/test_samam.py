@@ -447,7 +447,7 @@ def test_torch_compile_runs_around_the_numba_scan():
     net = tiny(backend="numba")
     eager = SaMam(**net.config).eval()
     eager.load_state_dict(net.state_dict())
-    # aot_eager: the graph breaks and autograd are what is tested; inductor codegen takes minutes
+    # aot_eager: autograd through the custom ops is what is tested; inductor codegen takes minutes
     net.compile(backend="aot_eager", dynamic=False)
     c, s = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 64, 64)
     out = net(c, s)
@@ -523,7 +523,7 @@ def test_bf16_autocast_keeps_the_output_close_and_trains(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_network_pickles_whole_and_the_copy_runs(backend, tmp_path):
     """torch.save(net) / pickle (DataLoader workers, multiprocessing): the scan backend is
-    pickled by name (its compiler-disabled numba kernel cannot be pickled by reference)."""
+    pickled by name (its compiler-disabled mamba kernel cannot be pickled by reference)."""
     import copy
     import pickle
 

@@ -44,7 +44,7 @@ class ScanBackend:
         return f"ScanBackend({self.describe()})"
 
     # Pickled by name and resolved again where it is unpickled (torch.save(net), DataLoader
-    # workers, multiprocessing): the compiler-disabled kernels cannot be pickled by reference.
+    # workers, multiprocessing): the compiler-disabled mamba kernel cannot be pickled by reference.
     # It holds no state, so a deep copy shares it.
     def __reduce__(self):
         return resolve_scan_backend, (self.name,)
