@@ -383,6 +383,18 @@ def _tile(length: int, n: int) -> int:
     return torch.sym_max(1, torch.sym_min(length, _FWD_TILE_BYTES // (8 * n)))
 
 
+def _kernel_inputs(
+    u: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B and C as the kernels read them, (B, K, L, N) contiguous, and zeros for an absent D or Δ bias."""
+    kd = u.shape[1]
+    Bt = B.detach().transpose(-1, -2).contiguous()
+    Ct = C.detach().transpose(-1, -2).contiguous()
+    Dn = D if D is not None else u.new_zeros(1, kd)
+    bn = bias if bias is not None else u.new_zeros(kd)
+    return Bt, Ct, Dn, bn
+
+
 # The kernels run as custom ops: torch.compile keeps them as calls in its graph (numba cannot be
 # traced; a compiler-disabled function broke the graph at every scan), and their fake kernels
 # give the output sizes symbolically, so one graph with dynamic shapes serves every size.
@@ -403,10 +415,7 @@ def _scan_op(
     and, with keep_states, the states at tile starts (B, K·D, tiles, N) flattened, for the backward."""
     bt, kd, length = u.shape
     g = B.shape[1]
-    Bt = B.detach().transpose(-1, -2).contiguous()  # (B, K, L, N)
-    Ct = C.detach().transpose(-1, -2).contiguous()
-    Dn = D if D is not None else u.new_zeros(1, kd)
-    bn = bias if bias is not None else u.new_zeros(kd)
+    Bt, Ct, Dn, bn = _kernel_inputs(u, B, C, D, bias)
     n = Bt.shape[3]
     y = torch.empty(bt, kd, length, dtype=torch.float32)
     n_blocks = _n_blocks(bt, g, kd // g)
@@ -451,10 +460,7 @@ def _scan_grad_op(
     bt, kd, length = u.shape
     g, n = B.shape[1], B.shape[2]
     dg = kd // g
-    Bt = B.detach().transpose(-1, -2).contiguous()  # (B, K, L, N)
-    Ct = C.detach().transpose(-1, -2).contiguous()
-    Dn = D if D is not None else u.new_zeros(1, kd)
-    bn = bias if bias is not None else u.new_zeros(kd)
+    Bt, Ct, Dn, bn = _kernel_inputs(u, B, C, D, bias)
     n_blocks = _n_blocks(bt, g, dg)
     tile = _tile(length, n)
     h_tiles = h_tiles.view(bt, kd, -(-length // tile), n)
