@@ -24,6 +24,7 @@ from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, ProgressBar
@@ -116,11 +117,21 @@ def check_file_keys(cfg: DictConfig) -> None:
     """Refuse a top-level key that neither train.yaml (with its default groups) nor a chosen group
     defines: a misspelt one in an experiment file (``# @package _global_``: ``experiment_nmae:
     my_study``, ``sead: 1``) was merged in and ignored, and the run trained as the experiment it
-    extends (its W&B group, its folder, seed 0). A ``+key=value`` is check_appended_keys's."""
+    extends (its W&B group, its folder, seed 0). A ``+key=value`` is check_appended_keys's. Not
+    checked (with a warning) where that config does not compose without the command line: one of
+    yours whose defaults ask for a choice (``override experiment: ???``)."""
     if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
         return
     hc = HydraConfig.get()
-    known = set(compose(hc.job.config_name))
+    try:
+        known = set(compose(hc.job.config_name))
+    except HydraException as err:  # the run composed with its choices; without them, none is known
+        log.warning(
+            "top-level keys not checked for typos: %s does not compose without this command line (%s)",
+            hc.job.config_name,
+            str(err).splitlines()[0],
+        )
+        return
     for group in hc.runtime.choices:  # data, callbacks@callbacks.eval_metrics, a group of yours
         known.add(re.split(r"[./]", group.split("@")[-1])[0])
     known |= set(re.findall(r"\$\{(\w+)", OmegaConf.to_yaml(cfg)))  # a value of yours: lr: ${my_lr}

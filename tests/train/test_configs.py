@@ -342,6 +342,32 @@ def test_a_misspelt_key_in_an_experiment_file_is_refused(tiny, train_subprocess,
     assert not (run / "checkpoints").exists()
 
 
+def test_a_config_that_asks_for_a_choice_is_not_refused(monkeypatch, tmp_path, caplog):
+    """A config of one's own (--config-dir, --config-name study) whose defaults ask for a choice
+    (`override experiment: ???`) composes with the command line's experiment=demo, but the key
+    check composed it without the command line and failed there ("You must specify
+    'experiment'"): the run never started. Now it goes on unchecked, with a warning."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from samam.train import check_file_keys
+
+    (tmp_path / "study.yaml").write_text(
+        f"defaults:\n  - train\n  - override experiment: ???\n  - _self_\nhydra:\n  searchpath: [file://{CONF}]\n"
+    )
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        cfg = compose("study", ["experiment=demo"], return_hydra_config=True)
+        hc = cfg.hydra
+        assert hc.job.config_name == "study"
+        monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        check_file_keys(cfg)
+    assert "top-level keys not checked" in caplog.text
+
+
 def test_machine_paths_in_conf_local_apply(tmp_path):
     """conf/local/default.yaml, which train.yaml offers for machine paths, was merged under a
     `local:` key: `paths: {data_dir: /big/data}` written there changed nothing."""
