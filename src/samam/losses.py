@@ -17,6 +17,7 @@ VGG weight sources (``vgg=``):
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import re
 from pathlib import Path
@@ -229,7 +230,7 @@ class StyleTransferLoss(nn.Module):
             identity2_weight=identity2_weight,
         )
         for name, value in weights.items():  # loss.style_weight=abc failed only at the first step
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's too
                 raise TypeError(f"{name}={value!r} must be a number")
         self.source = vgg
         self.vgg_used = resolve_vgg_source(vgg)  # recorded in checkpoints (samam.loss_vgg) for a resume

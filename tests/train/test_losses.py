@@ -109,6 +109,15 @@ def test_a_loss_weight_that_is_not_a_number_is_refused_at_construction(weight):
         StyleTransferLoss(vgg="random", style_weight=weight)
 
 
+def test_numpy_loss_weights_are_numbers():
+    """A weight sweep written in Python (np.arange, np.float32) was refused as "must be a number"."""
+    import numpy as np
+
+    loss = StyleTransferLoss(vgg="random", content_weight=np.int64(7), style_weight=np.float32(2.0))
+    c, s = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    assert torch.isfinite(loss(c, c, s, c, s)["loss"])
+
+
 def test_vgg_is_frozen_and_stays_in_eval():
     loss = StyleTransferLoss(vgg="random")
     loss.train()
