@@ -134,7 +134,9 @@ def check_file_keys(cfg: DictConfig) -> None:
         return
     for group in hc.runtime.choices:  # data, callbacks@callbacks.eval_metrics, a group of yours
         known.add(re.split(r"[./]", group.split("@")[-1])[0])
-    known |= set(re.findall(r"\$\{(\w+)", OmegaConf.to_yaml(cfg)))  # a value of yours: lr: ${my_lr}
+    # A value of yours that the run or Hydra reads: lr: ${my_lr}, hydra.run.dir: runs/${my_study}
+    for node in (cfg, hc):
+        known |= set(re.findall(r"\$\{(\w+)", OmegaConf.to_yaml(node)))
     unread = sorted(set(cfg) - known)
     if unread:
         raise ValueError(

@@ -368,6 +368,37 @@ def test_a_config_that_asks_for_a_choice_is_not_refused(monkeypatch, tmp_path, c
     assert "top-level keys not checked" in caplog.text
 
 
+def test_a_key_of_ones_own_that_hydra_reads_is_not_refused(monkeypatch, tmp_path):
+    """An experiment file of one's own naming its run folder from a key of its own
+    (`study: lr_study`, `hydra.run.dir: runs/${study}`) was refused as "nothing reads a new
+    top-level one", though Hydra reads it; only the run config's interpolations were looked at."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from samam.train import check_file_keys
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - demo\n  - _self_\nstudy: lr_study\n"
+        "hydra:\n  run:\n    dir: runs/${study}\n"
+    )
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", [f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"], return_hydra_config=True
+        )
+        hc = cfg.hydra
+        monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        check_file_keys(cfg)
+        with open_dict(cfg):
+            cfg.sead = 3  # a typo is still refused
+        with pytest.raises(ValueError, match="sead: train.py has no such setting"):
+            check_file_keys(cfg)
+
+
 def test_machine_paths_in_conf_local_apply(tmp_path):
     """conf/local/default.yaml, which train.yaml offers for machine paths, was merged under a
     `local:` key: `paths: {data_dir: /big/data}` written there changed nothing."""
