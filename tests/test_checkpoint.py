@@ -406,3 +406,16 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
         assert "is not part of a git checkout" in got["git_error"] and why in got["git_error"]
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert code_version(pkg)["git_error"] == "no git executable on PATH"
+    # A checkout owned by another user (root in a container, the repository mounted from the
+    # host): git refuses it, and the record said samam was not in a checkout at all.
+    refusing = tmp_path / "bin" / "git"
+    refusing.parent.mkdir()
+    refusing.write_text(
+        f"#!/bin/sh\necho \"fatal: detected dubious ownership in repository at '{repo}'\" >&2\n"
+        f"echo 'To add an exception for this directory, call: git config --global --add safe.directory {repo}' >&2\n"
+        "exit 128\n"
+    )
+    refusing.chmod(0o755)
+    monkeypatch.setenv("PATH", str(refusing.parent))
+    got = code_version(pkg)["git_error"]
+    assert "not part of a git checkout" not in got and "dubious ownership" in got and "safe.directory" in got

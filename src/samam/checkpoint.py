@@ -91,6 +91,12 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
         return {**out, "git_error": f"git did not answer within {GIT_TIMEOUT_S:.0f} s in {here}"}
     except subprocess.CalledProcessError as err:
         why = (err.stderr or "").strip().splitlines() or [f"git exit status {err.returncode}"]
+        if "safe.directory" in (err.stderr or ""):  # a checkout owned by another user (a container's root)
+            return {
+                **out,
+                "git_error": f"git refuses the checkout samam at {here} is in, owned by another user ({why[0]}); "
+                "git config --global --add safe.directory <that checkout> lets it read it",
+            }
         return {**out, "git_error": f"samam at {here} is not part of a git checkout ({why[0]})"}
     return {**out, "git_commit": commit, "git_dirty": dirty, "git_error": None}
 
