@@ -575,6 +575,10 @@ def evaluate(
         for p in styles:
             try:
                 im = load_rgb(p, plain=match_release)  # kept for the FID reference set below
+                if min(im.size) < suite.min_style_side:
+                    raise ValueError(
+                        f"{(im.height, im.width)} px is below the metrics' {suite.min_style_side}-px minimum"
+                    )
                 net_in = resize_image(
                     im, size=style_size, short_side=style_short_side, resample=Image.BILINEAR
                 )

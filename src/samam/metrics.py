@@ -679,12 +679,17 @@ class StyleTransferMetrics(nn.Module):
         """Smallest image side every enabled metric accepts: LPIPS's AlexNet pools a 30-px side
         to nothing, CFSD's relu3_1 needs 4 px, the art Inception 75 px when it keeps the size
         (``short_side`` null; fid_tf always resizes to 299)."""
-        least = 31 if self.lpips is not None else 4
+        return max(31 if self.lpips is not None else 4, self.min_style_side)
+
+    @property
+    def min_style_side(self) -> int:
+        """Smallest style image side: styles reach only the FIDs' reference sets, as they are, and
+        only the art Inception keeping the size (``short_side`` null) has a minimum, 75 px."""
         if self.fid_art is not None:
             extractor = self.fid_art.inception.net  # inside FrechetDistance's _Sized
             if getattr(extractor, "short_side", 0) is None:
-                least = max(least, extractor.min_side)
-        return least
+                return extractor.min_side
+        return 1
 
     @torch.no_grad()
     def update_style(self, style: Tensor, weight: int = 1) -> None:

@@ -466,3 +466,36 @@ def test_eval_results_record_the_checkpoints_step_and_code_and_the_code_that_eva
         saved = json.loads((out / "results.json").read_text())
         assert saved["checkpoint_code"] == expected and saved["code"] == code_version()
         assert saved["checkpoint_step"] == step  # last.ckpt moves on while a run trains
+
+
+def test_eval_skips_a_style_the_art_inception_cannot_take_at_its_size(
+    tiny_ckpt, make_image, tmp_path, monkeypatch
+):
+    """Style images reach the art Inception as they are (FID's reference set): with
+    metrics.fid_art.short_side=null a 64-px style passed the checks (the network sees it resized
+    to 256) and the whole run stopped at the Inception's size error. It is skipped and listed, as a
+    content is."""
+    from samam import metrics as M
+
+    monkeypatch.setattr(
+        M, "art_inception", lambda weights, download, short_side: M.ArtInceptionFeatures(short_side)
+    )
+    content, style = tmp_path / "content", tmp_path / "style"
+    content.mkdir()
+    style.mkdir()
+    make_image(content / "c.png", 80, 80, seed=1)
+    make_image(style / "small.png", 64, 64, seed=2)
+    for i in range(2):
+        make_image(style / f"s{i}.png", 80, 80, seed=3 + i)
+    out = tmp_path / "eval"
+    overrides = [
+        o for o in base_overrides(tiny_ckpt, (content, style), out) if not o.startswith("content_size")
+    ]
+    off = ["metrics.fid_tf.enabled=false", "metrics.cfsd.enabled=false", "+metrics.lpips.pnet_rand=true"]
+    res = entry_point("eval")(
+        compose_eval(
+            [*overrides, "content_size=null", "metrics.fid_art.short_side=null", "bench.enabled=false", *off]
+        )
+    )
+    assert "75-px minimum" in res["protocol"]["skipped_inputs"][str(style / "small.png")]
+    assert res["protocol"]["n_images"] == 2 and res["fid_art"] is not None
