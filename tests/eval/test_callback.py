@@ -237,6 +237,36 @@ def test_an_unusable_eval_image_fails_at_setup_naming_the_file(
     assert steps == []
 
 
+def test_a_style_file_the_art_inception_cannot_take_fails_at_setup(
+    tiny_net, image_dirs, make_image, tmp_path, monkeypatch
+):
+    """FID's reference set is the style files as decoded; with metrics.fid_art.short_side=null the
+    art Inception needs 75 px of them, but setup checked the styles only as resized for the
+    network: a 70-px file failed at the first evaluation, steps into training, unnamed."""
+    import copy
+
+    from samam import metrics as M
+
+    monkeypatch.setattr(
+        M, "art_inception", lambda weights, download, short_side: M.ArtInceptionFeatures(short_side)
+    )
+    content, _ = image_dirs
+    folder = tmp_path / "style"
+    folder.mkdir()
+    for name, side in (("s0.png", 96), ("s1.png", 80), ("small.png", 70)):
+        make_image(folder / name, side, side, seed=side)
+    metrics = {"fid_art": {"short_side": None}, "fid_tf": {"enabled": False}, "cfsd": {"enabled": False}}
+    cb = EvalMetricsCallback(
+        content, folder, content_size=80, style_size=64, metrics={**metrics, "lpips": {"pnet_rand": True}}
+    )
+    module = TinyModule(copy.deepcopy(tiny_net))
+    steps = []
+    module.on_train_batch_start = lambda *args: steps.append(1)
+    with pytest.raises(ValueError, match="small.png"):
+        _trainer(tmp_path, [cb], max_epochs=1).fit(module, loader(), loader())
+    assert steps == []
+
+
 def test_callback_refuses_an_unknown_precision_when_built(image_dirs):
     """precision=bf16-mixed (Lightning's name) was refused only at the first evaluation, after
     training up to the first validation."""
