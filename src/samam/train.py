@@ -136,7 +136,8 @@ def check_file_keys(cfg: DictConfig) -> None:
         known.add(re.split(r"[./]", group.split("@")[-1])[0])
     # A value of yours that the run or Hydra reads: lr: ${my_lr}, hydra.run.dir: runs/${my_study}
     for node in (cfg, hc):
-        known |= set(re.findall(r"\$\{(\w+)", OmegaConf.to_yaml(node)))
+        # ${key...}, and ${oc.select:key,default} (its key, not "oc")
+        known |= set(re.findall(r"\$\{(?:oc\.select:)?(\w+)", OmegaConf.to_yaml(node)))
     unread = sorted(set(cfg) - known)
     if unread:
         raise ValueError(

@@ -371,7 +371,8 @@ def test_a_config_that_asks_for_a_choice_is_not_refused(monkeypatch, tmp_path, c
 def test_a_key_of_ones_own_that_hydra_reads_is_not_refused(monkeypatch, tmp_path):
     """An experiment file of one's own naming its run folder from a key of its own
     (`study: lr_study`, `hydra.run.dir: runs/${study}`) was refused as "nothing reads a new
-    top-level one", though Hydra reads it; only the run config's interpolations were looked at."""
+    top-level one", though Hydra reads it; only the run config's interpolations were looked at.
+    A key read through ${oc.select:key,default} counts too (the pattern took "oc" for the key)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
@@ -380,8 +381,8 @@ def test_a_key_of_ones_own_that_hydra_reads_is_not_refused(monkeypatch, tmp_path
 
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - demo\n  - _self_\nstudy: lr_study\n"
-        "hydra:\n  run:\n    dir: runs/${study}\n"
+        "# @package _global_\ndefaults:\n  - demo\n  - _self_\nstudy: lr_study\nmy_note: x\n"
+        "hydra:\n  run:\n    dir: runs/${study}/${oc.select:my_note,none}\n"
     )
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
