@@ -1,6 +1,7 @@
 """The loader against release-layout state dicts built from SPEC §7 (names and shapes)."""
 
 import collections
+import os
 import shutil
 import subprocess
 
@@ -394,8 +395,27 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
         "git_dirty": False,
         "git_error": None,
     }
+    # GIT_DIR / GIT_WORK_TREE set in the caller's environment (another repository): still this one
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["git", "-C", str(other), "init", "-q"], check=True)
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    assert code_version(pkg)["git_commit"] == head
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_WORK_TREE")
     (repo / "notes.txt").write_text("an untracked file")
     assert code_version(pkg)["git_dirty"] is True
+    # git status past the time limit (a huge tree): the commit already read is kept
+    slow = tmp_path / "slow" / "git"
+    slow.parent.mkdir()
+    slow.write_text(f'#!/bin/sh\n[ "$3" = status ] && sleep 3\nexec {shutil.which("git")} "$@"\n')
+    slow.chmod(0o755)
+    with monkeypatch.context() as m:
+        m.setenv("PATH", f"{slow.parent}{os.pathsep}{os.environ['PATH']}")
+        m.setattr("samam.checkpoint.GIT_TIMEOUT_S", 1.0)
+        got = code_version(pkg)
+    assert got["git_commit"] == head and got["git_dirty"] is None and "did not answer" in got["git_error"]
     installed = repo / ".venv" / "site-packages" / "samam"
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("")

@@ -77,14 +77,23 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "git_dirty": None,
     }
 
+    # GIT_DIR / GIT_WORK_TREE in the caller's environment would point git -C at another repository
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
+            ["git", "-C", str(here), *args],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            check=True,
+            env=env,
         ).stdout.strip()
 
     try:
         git("ls-files", "--error-unmatch", "--", "__init__.py")  # tracked: a checkout, not an installed copy
-        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain") != ""
+        out["git_commit"] = git("rev-parse", "HEAD")  # kept if the status below times out (a huge tree)
+        out["git_dirty"] = git("status", "--porcelain") != ""
     except FileNotFoundError:
         return {**out, "git_error": "no git executable on PATH"}
     except subprocess.TimeoutExpired:
@@ -98,7 +107,7 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
                 "git config --global --add safe.directory <that checkout> lets it read it",
             }
         return {**out, "git_error": f"samam at {here} is not part of a git checkout ({why[0]})"}
-    return {**out, "git_commit": commit, "git_dirty": dirty, "git_error": None}
+    return {**out, "git_error": None}
 
 
 def _sub(rest: str, table: list[tuple[str, str]]) -> str | None:
