@@ -482,7 +482,7 @@ class StyleTransferDataModule(L.LightningDataModule):
             for what, (n, digest) in self.images.items()
             if what in saved and list(saved[what]) != [n, digest]
         ]
-        if changed:
+        if changed and getattr(self.trainer, "global_rank", 0) == 0:  # once, not once per DDP rank
             log.warning(
                 "data: the images differ from those of the checkpoint's run (%s): from here on the run draws "
                 "other batches than the uninterrupted run would have, and its validation pairs may differ",

@@ -294,7 +294,7 @@ class StyleTransferModule(L.LightningModule):
         before = checkpoint.get("samam", {}).get("code_before", [])
         code = checkpoint.get("samam", {}).get("code")
         self._code_before = [*before, code] if code is not None and code not in before else list(before)
-        if code is not None and code != self.run_code:
+        if code is not None and code != self.run_code and self.global_rank == 0:  # once, not per DDP rank
             log.warning(
                 "the checkpoint was written by other code (git commit %s%s, samam %s, torch %s) than this "
                 "run's (%s%s, samam %s, torch %s); the checkpoints record both (samam.code, samam.code_before)",

@@ -276,6 +276,9 @@ def test_a_resume_on_images_other_than_the_checkpoints_says_so(tmp_path, caplog)
     assert resumed_on(tmp_path / "moved") == ""
     _save(content / "3.png", _rgb(seed=3))
     assert f"content {content}: 3 usable images then, 4 now" in resumed_on(content)
+    Restored.global_rank = 1  # said once, by rank 0, not by every DDP rank
+    assert resumed_on(content) == ""
+    Restored.global_rank = 0
     (content / "3.png").unlink()
     (content / "2.png").rename(content / "2b.png")
     assert "3 usable images then, 3 now (others)" in resumed_on(content)
