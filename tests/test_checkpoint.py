@@ -439,3 +439,18 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
     monkeypatch.setenv("PATH", str(refusing.parent))
     got = code_version(pkg)["git_error"]
     assert "not part of a git checkout" not in got and "dubious ownership" in got and "safe.directory" in got
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_cannot_be_had_is_not_blamed_on_the_file(tmp_path):
+    """load_model(path, "cuda") on a CPU-only machine said the file was not a readable checkpoint
+    (torch.load failed to put its tensors there) and advised torch.load's map_location."""
+    path = save(tmp_path, release_state_dict(**SMALL))
+    for loader in (load_model, load_official_checkpoint):
+        with pytest.raises(RuntimeError) as err:
+            loader(path, map_location="cuda", backend="torch")
+        assert not isinstance(err.value, CheckpointError) and "readable" not in str(err.value)
+    ours, _ = _our_checkpoint(tmp_path, SaMam(**TINY, backend="torch"))
+    with pytest.raises(RuntimeError) as err:
+        load_checkpoint(ours, map_location="cuda", backend="torch")
+    assert not isinstance(err.value, CheckpointError)

@@ -1,7 +1,8 @@
 """Loading networks from checkpoints: the authors' released Lightning ``.ckpt`` files and ours.
 
 Both are read with ``torch.load(weights_only=True)``; a file that needs arbitrary
-unpickling is refused unless the caller passes ``trust_pickle=True``.
+unpickling is refused unless the caller passes ``trust_pickle=True``. Files are read on the
+CPU, wherever they were saved; ``map_location`` is the device the network is then moved to.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def _is_legacy(head: bytes) -> bool:
     return head[:1] == b"\x80" and body.startswith(_LEGACY_MAGIC)
 
 
-def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> dict:
+def _torch_load(path: str | os.PathLike, trust_pickle: bool) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -257,7 +258,10 @@ def _torch_load(path: str | os.PathLike, map_location, trust_pickle: bool) -> di
             "before PyTorch 1.6 a pickle stream)"
         )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=not trust_pickle)
+        # Read on the CPU, whatever device the network goes to: the weights are copied into a
+        # network built there anyway, and a device that cannot be had (map_location="cuda" without
+        # CUDA) then fails as itself when the network moves, not as an unreadable file.
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), str(e).splitlines()[0])
         raise CheckpointError(
@@ -359,7 +363,7 @@ def load_official_checkpoint(
     """The authors' released Lightning ``.ckpt`` (SPEC §7) → :class:`SaMam` in eval mode.
 
     Every size is inferred from tensor shapes, so any checkpoint of the family loads."""
-    ckpt = _torch_load(path, map_location, trust_pickle)
+    ckpt = _torch_load(path, trust_pickle)
     return _official_net(ckpt, backend).to(map_location).eval()
 
 
@@ -377,7 +381,7 @@ def load_checkpoint(
 ) -> SaMam:
     """One of our training checkpoints (``ckpt["samam"]["model"]`` + ``net.*`` weights) → SaMam, or the
     subclass of it the run trained (``ckpt["samam"]["net_class"]``)."""
-    ckpt = _torch_load(path, map_location, trust_pickle)
+    ckpt = _torch_load(path, trust_pickle)
     return _our_net(ckpt, backend, path).to(map_location).eval()
 
 
@@ -388,7 +392,7 @@ def load_model(
     trust_pickle: bool = False,
 ) -> SaMam:
     """Ours or the authors': dispatches on the checkpoint's content (read once)."""
-    ckpt = _torch_load(path, map_location, trust_pickle)
+    ckpt = _torch_load(path, trust_pickle)
     net = (
         _our_net(ckpt, backend, path)
         if isinstance(ckpt.get("samam"), Mapping)
