@@ -30,3 +30,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'samam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, so dir(samam) and a notebook's tab completion list them."""
+    return sorted({*globals(), *_LAZY})
