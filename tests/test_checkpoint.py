@@ -202,6 +202,14 @@ def test_missing_and_garbage_files(tmp_path):
         load_model(tmp_path / "junk.ckpt")
 
 
+def test_a_folder_is_named_as_one_not_as_missing(tmp_path):
+    """A run's folder given to the library loaders was "checkpoint not found" though it exists;
+    eval.py and stylize.py already said it is a folder."""
+    for loader in (load_model, load_checkpoint, load_official_checkpoint):
+        with pytest.raises(IsADirectoryError, match="is a folder; give a checkpoint file in it"):
+            loader(tmp_path)
+
+
 def test_pre_zip_format_loads_and_damaged_pickles_give_the_checkpoint_error(tmp_path):
     """torch.save's older pickle-stream format (PyTorch < 1.6) loads; a checkpoint whose pickle
     is damaged raises CheckpointError, whatever the unpickler tripped on."""

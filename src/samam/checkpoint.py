@@ -247,6 +247,8 @@ def _is_legacy(head: bytes) -> bool:
 
 def _torch_load(path: str | os.PathLike, trust_pickle: bool) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(folder_given(str(path)))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
