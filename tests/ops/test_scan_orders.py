@@ -1,6 +1,10 @@
+import importlib
+
 import pytest
 import torch
+from tiny import TINY
 
+from samam import SaMam
 from samam.ops.scan_orders import SCAN_NAMES, merge, scan, scan_builder, scan_indices
 
 SIZES = [(1, 1), (1, 6), (5, 1), (2, 2), (3, 4), (4, 4), (5, 7), (8, 6), (9, 9)]
@@ -278,3 +282,21 @@ def test_cache_under_dynamic_compile_and_threads(monkeypatch):
     assert errors == []
     assert scan_orders.cache_bytes() <= 50_000 or len(scan_orders._CACHE) == 1
     scan_orders.clear_scan_cache()
+
+
+def test_an_order_of_ones_own_edited_and_reloaded_is_used_and_tried_again(scan_module, tmp_path):
+    """A notebook's importlib.reload of an edited orders module kept the first function's
+    indices (cached under the path), and a new network used them, silently."""
+    path = f"{scan_module}:zigzag_again"
+    assert torch.equal(scan_indices(path, 3, 4)[0], scan_indices("zigzag", 3, 4)[0])
+    module = importlib.import_module(scan_module)
+    source = tmp_path / "orders" / f"{scan_module}.py"
+    source.write_text(source.read_text().replace("def zigzag_again(h, w):\n    return zigzag_orders", "def zigzag_again(h, w):\n    return cross_orders").replace("import zigzag_orders", "import cross_orders, zigzag_orders"))  # fmt: skip
+    importlib.reload(module)
+    assert torch.equal(scan_indices(path, 3, 4)[0], scan_indices("cross", 3, 4)[0])
+    source.write_text(
+        source.read_text().replace("return cross_orders(h, w)", "return cross_orders(h, w)[:3]")
+    )
+    importlib.reload(module)
+    with pytest.raises(ValueError, match=r"zigzag_again' gave torch.int64 \(3, 1\)"):
+        SaMam(**TINY, scan=path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import pkgutil
 import threading
 from collections.abc import Callable, Iterator
@@ -154,12 +153,13 @@ _BUILDERS = {
 }
 
 
-@functools.cache
 def scan_builder(name: str) -> Callable[[int, int], torch.Tensor]:
     """The function that builds scan order ``name``: one of SCAN_NAMES, or an order of one's own
     given as ``"package.module:function"`` (its module importable), ``(h, w) -> (K=4, L)`` int64
     whose rows are permutations of range(L). Imported and tried on a few small grids once, so
-    that a wrong builder fails at construction, not at the first forward (or silently)."""
+    that a wrong builder fails at construction, not at the first forward (or silently). The path
+    is looked up at each call: a module reloaded after an edit (``importlib.reload`` in a
+    notebook) gives its new function, which is tried in turn and replaces the old one's indices."""
     if name in _BUILDERS:
         builder = _BUILDERS[name]
     elif isinstance(name, str) and ":" in name:
@@ -176,12 +176,22 @@ def scan_builder(name: str) -> Callable[[int, int], torch.Tensor]:
             )
     else:
         raise ValueError(f"unknown scan order {name!r}; expected one of {SCAN_NAMES} or '{SCAN_PATH_FORM}'")
+    if _TRIED.get(name) is builder:
+        return builder
     # on the CPU whatever the default device: a network built under `with torch.device("meta")`
     # has no values to check
     with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
         for h, w in ((1, 1), (3, 5), (4, 4)):
             _inverse(name, builder(h, w), h, w)
+    with _LOCK:  # indices of the function this name gave before (cached under the name alone)
+        for key in [key for key in _CACHE if key[0] == name]:
+            del _CACHE[key]
+        _TRIED[name] = builder
     return builder
+
+
+# name → the builder last tried under it
+_TRIED: dict[str, Callable[[int, int], torch.Tensor]] = {}
 
 
 def _inverse(name: str, order: object, h: int, w: int) -> torch.Tensor:
@@ -277,13 +287,13 @@ def clear_scan_cache() -> None:
 
 
 def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    builder = scan_builder(name)  # first: a reloaded module's new function drops the old indices
     key = (name, h, w, str(torch.device(device)))
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit[0]
-    builder = scan_builder(name)
     if h < 1 or w < 1:
         raise ValueError(f"scan grid must be at least 1x1, got {h}x{w}")
     # Cached tensors outlive the caller's mode: built under inference_mode they would be
