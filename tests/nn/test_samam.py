@@ -363,6 +363,19 @@ class TestBadInput:
             SaMam(**{**TINY, **kw})
 
 
+def test_numpy_numbers_are_taken_and_stored_plain():
+    """A sweep written in Python (np.arange, np.float32) was refused: "embed_dim=np.int64(32) must
+    be an integer". Stored as Python numbers: the config travels in weights_only checkpoints."""
+    import numpy as np
+
+    net = SaMam(**{**TINY, "embed_dim": np.int64(TINY["embed_dim"]), "expand": np.float32(1.5)})
+    assert type(net.config["embed_dim"]) is int and type(net.config["expand"]) is float
+    assert net.config["embed_dim"] == TINY["embed_dim"] and net.config["expand"] == 1.5
+    for bad in (np.bool_(True), np.float64(8.0)):  # still refused: not an integer
+        with pytest.raises(TypeError, match="patch_size=.* must be an integer"):
+            SaMam(**{**TINY, "patch_size": bad})
+
+
 @pytest.mark.parametrize("patch_size", [4, 8])
 def test_strip_decoding_equals_the_unsplit_decoder(patch_size):
     from samam.nn.decoder import ImageDecoder

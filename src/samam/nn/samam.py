@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -32,11 +33,13 @@ def check_switches(switches: Mapping[str, object]) -> None:
             raise TypeError(f"{name}={value!r} must be true or false")
 
 
-# SaMamConfig's numeric fields by their annotation (a string here: postponed annotations) → the types they take.
-_NUMBER_KINDS: dict[str, tuple[type, ...]] = {
-    "int": (int,),
-    "int | None": (int, type(None)),
-    "float": (int, float),
+# SaMamConfig's numeric fields by their annotation (a string here: postponed annotations) → the
+# types they take (numpy's too: a sweep written in Python) and the plain type they are stored as
+# (the config travels in checkpoints that load with weights_only, which knows no numpy scalars).
+_NUMBER_KINDS: dict[str, tuple[tuple[type, ...], type]] = {
+    "int": ((numbers.Integral,), int),
+    "int | None": ((numbers.Integral, type(None)), int),
+    "float": ((numbers.Real,), float),
 }
 
 
@@ -71,11 +74,16 @@ class SaMamConfig:
         # A number of the wrong kind from the command line (model.d_state=4.5, model.patch_size=8.0,
         # model.expand=two) failed deep inside torch ("empty(): argument 'size' ... got float").
         for f in dataclasses.fields(self):
-            value, kinds = getattr(self, f.name), _NUMBER_KINDS.get(f.type)
-            if kinds is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            value = getattr(self, f.name)
+            if f.type not in _NUMBER_KINDS:
+                continue
+            kinds, plain = _NUMBER_KINDS[f.type]
+            if isinstance(value, bool) or not isinstance(value, kinds):  # numpy's bool is no Integral
                 raise TypeError(
-                    f"{f.name}={value!r} must be {'a number' if float in kinds else 'an integer'}"
+                    f"{f.name}={value!r} must be {'a number' if plain is float else 'an integer'}"
                 )
+            if type(value) not in (int, float, type(None)):  # np.int64(64) → 64
+                object.__setattr__(self, f.name, plain(value))
         choices = {"out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
         if not (isinstance(self.scan, str) and ":" in self.scan):  # an import path: scan_builder checks it
             choices["scan"] = (*SCAN_NAMES, SCAN_PATH_FORM)
