@@ -64,8 +64,8 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
     hyperparameters, results.json): samam's and torch's versions, the git commit of the checkout samam is
     imported from (``package_dir``, default samam's own folder) and whether that checkout has
     changes or untracked files (``git_dirty``). Outside a checkout (an installed copy, even one in a
-    repository's .venv), without git, or if git fails: both None and ``git_error`` says why.
-    Three git calls: once per run, not per step."""
+    repository's .venv), without git, or if git fails: both None and ``git_error`` says why (only
+    ``git_dirty`` None where just the status timed out). Three git calls: once per run, not per step."""
     import samam
 
     here = Path(package_dir if package_dir is not None else samam.__file__).resolve()

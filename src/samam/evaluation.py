@@ -246,9 +246,9 @@ def load_network(
 def checkpoint_record(ckpt_path: PathLike) -> dict[str, Any]:
     """What a checkpoint says of itself, for results.json: the training step it holds
     (``checkpoint_step``: last.ckpt moves on as a run trains) and, for ours, the code that trained
-    it (``checkpoint_code``, its ``samam.code``: git commit, dirty, samam version); None where it does
-    not say (the authors' checkpoints have no code, ours from before it was recorded). Memory-mapped:
-    the weights are not read again."""
+    it (``checkpoint_code``, its ``samam.code``: git commit, dirty, samam and torch versions); None
+    where it does not say (the authors' checkpoints have no code, ours from before it was recorded).
+    Memory-mapped: the weights are not read again."""
     record: dict[str, Any] = {"checkpoint_step": None, "checkpoint_code": None}
     try:
         ckpt = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True, mmap=True)

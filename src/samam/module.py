@@ -112,8 +112,8 @@ def image_grid(content: Tensor, style: Tensor, output: Tensor) -> np.ndarray:
 class StyleTransferModule(L.LightningModule):
     """Trains ``net`` (a SaMam) with ``loss``. Holds the network as ``self.net`` so checkpoints carry
     ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, net_class: its import path,
-    config: run config, code: the code that wrote it (git commit, dirty, samam version), code_before:
-    other code that trained it before a resume, version, ...}."""
+    config: run config, code: the code that wrote it (git commit, dirty, samam and torch versions),
+    code_before: other code that trained it before a resume, loss_vgg, version, ...}."""
 
     def __init__(
         self,

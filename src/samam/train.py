@@ -115,11 +115,12 @@ def check_appended_keys() -> None:
 
 def check_file_keys(cfg: DictConfig) -> None:
     """Refuse a top-level key that neither train.yaml (with its default groups) nor a chosen group
-    defines: a misspelt one in an experiment file (``# @package _global_``: ``experiment_nmae:
-    my_study``, ``sead: 1``) was merged in and ignored, and the run trained as the experiment it
-    extends (its W&B group, its folder, seed 0). A ``+key=value`` is check_appended_keys's. Not
-    checked (with a warning) where that config does not compose without the command line: one of
-    yours whose defaults ask for a choice (``override experiment: ???``)."""
+    defines and no ``${key}`` of the run's or Hydra's config reads: a misspelt one in an experiment
+    file (``# @package _global_``: ``experiment_nmae: my_study``, ``sead: 1``) was merged in and
+    ignored, and the run trained as the experiment it extends (its W&B group, its folder, seed 0).
+    A ``+key=value`` is check_appended_keys's. Not checked (with a warning) where that config does
+    not compose without the command line: one of yours whose defaults ask for a choice
+    (``override experiment: ???``)."""
     if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
         return
     hc = HydraConfig.get()
