@@ -7,7 +7,8 @@ VGG weight sources (``vgg=``):
   ``$TORCH_HOME/hub/checkpoints/``), zero padding, ImageNet mean/std normalisation.
 - ``"imagenet_if_cached"``: ``"imagenet"`` when that file is already on disk, otherwise
   ``"random"`` (with its warning). Used by the offline demo only. A resumed run keeps the
-  choice its checkpoint records (``samam.loss_vgg``), whatever is on disk now.
+  choice its checkpoint records (``samam.loss_vgg``): a file copied in since is not used, and an
+  ImageNet run whose file has gone refuses to resume (train.resumed_vgg).
 - a path to AdaIN's ``vgg_normalised.pth`` (the release's loss network: a 1×1 first conv that
   takes [0, 1] RGB, reflection padding, ceil-mode pooling), or to a torchvision-layout
   ``features.*`` state dict.
