@@ -9,7 +9,8 @@ The release rebuilt its orders in Python on every forward (2.5 ms at 64×64, 8 t
 forward); here they are built once per (name, H, W, device) and reused.
 
 An order of one's own needs no edit here: ``model.scan=package.module:function`` names a
-builder ``(h, w) -> (K=4, h·w) int64``, imported and checked once (:func:`scan_builder`).
+builder ``(h, w) -> (K=4, h·w) int64``, checked on small grids before it is first used, and
+again if a reload of its module gives a new function (:func:`scan_builder`).
 """
 
 from __future__ import annotations
