@@ -90,7 +90,7 @@ class SaMamConfig:
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
-        scan_builder(self.scan)  # imported and tried on small grids once: a wrong order fails here
+        scan_builder(self.scan)  # tried on small grids (once per function): a wrong order fails here
         if self.embed_dim % 8:
             raise ValueError(
                 f"embed_dim must be a multiple of 8 (the image decoder halves it 3 times), got {self.embed_dim}"
