@@ -417,27 +417,31 @@ def test_eval_scores_lpips_and_cfsd_of_each_output_against_its_own_content(tiny_
     assert res["cfsd"] != pytest.approx(swapped[1], rel=1e-3)
 
 
-def test_eval_skips_a_content_the_art_inception_cannot_take_at_its_size(
-    tiny_ckpt, make_image, tmp_path, monkeypatch
+@pytest.mark.parametrize("small_one", ["content", "style"])
+def test_eval_skips_an_image_the_art_inception_cannot_take_at_its_size(
+    small_one, tiny_ckpt, make_image, tmp_path, monkeypatch
 ):
-    """metrics.fid_art.short_side=null keeps each image's size, and the art Inception needs 75 px:
-    a 64-px content passed the check before any work (LPIPS's 31 px) and the run failed at its
-    first stylised batch. It is skipped and listed, and the usable content is scored."""
+    """metrics.fid_art.short_side=null keeps each image's size, and the art Inception needs 75 px.
+    A 64-px content passed the check before any work (LPIPS's 31 px) and the run failed at its
+    first stylised batch; a 64-px style passed too (the network sees it resized to 256, FID's
+    reference set takes the file as it is). Either is skipped and listed, and the rest scored."""
     from samam import metrics as M
 
     monkeypatch.setattr(
         M, "art_inception", lambda weights, download, short_side: M.ArtInceptionFeatures(short_side)
     )
-    content, style = tmp_path / "content", tmp_path / "style"
-    content.mkdir()
-    style.mkdir()
-    make_image(content / "small.png", 64, 64, seed=1)
-    make_image(content / "big.png", 80, 76, seed=2)
+    folders = {"content": tmp_path / "content", "style": tmp_path / "style"}
+    for folder in folders.values():
+        folder.mkdir()
+    make_image(folders[small_one] / "small.png", 64, 64, seed=1)
+    make_image(folders["content"] / "big.png", 80, 76, seed=2)
     for i in range(2):
-        make_image(style / f"s{i}.png", 80, 80, seed=3 + i)
+        make_image(folders["style"] / f"s{i}.png", 80, 80, seed=3 + i)
     out = tmp_path / "eval"
     overrides = [
-        o for o in base_overrides(tiny_ckpt, (content, style), out) if not o.startswith("content_size")
+        o
+        for o in base_overrides(tiny_ckpt, (folders["content"], folders["style"]), out)
+        if not o.startswith("content_size")
     ]
     off = ["metrics.fid_tf.enabled=false", "metrics.cfsd.enabled=false", "+metrics.lpips.pnet_rand=true"]
     res = entry_point("eval")(
@@ -445,8 +449,8 @@ def test_eval_skips_a_content_the_art_inception_cannot_take_at_its_size(
             [*overrides, "content_size=null", "metrics.fid_art.short_side=null", "bench.enabled=false", *off]
         )
     )
-    assert "75-px minimum" in res["protocol"]["skipped_inputs"][str(content / "small.png")]
-    assert res["protocol"]["n_images"] == 2 and res["fid_art"] is not None
+    assert "75-px minimum" in res["protocol"]["skipped_inputs"][str(folders[small_one] / "small.png")]
+    assert res["protocol"]["n_images"] == 2 and res["fid_art"] is not None  # 1 content × 2 styles
 
 
 def test_eval_results_record_the_checkpoints_step_and_code_and_the_code_that_evaluated_it(
@@ -466,36 +470,3 @@ def test_eval_results_record_the_checkpoints_step_and_code_and_the_code_that_eva
         saved = json.loads((out / "results.json").read_text())
         assert saved["checkpoint_code"] == expected and saved["code"] == code_version()
         assert saved["checkpoint_step"] == step  # last.ckpt moves on while a run trains
-
-
-def test_eval_skips_a_style_the_art_inception_cannot_take_at_its_size(
-    tiny_ckpt, make_image, tmp_path, monkeypatch
-):
-    """Style images reach the art Inception as they are (FID's reference set): with
-    metrics.fid_art.short_side=null a 64-px style passed the checks (the network sees it resized
-    to 256) and the whole run stopped at the Inception's size error. It is skipped and listed, as a
-    content is."""
-    from samam import metrics as M
-
-    monkeypatch.setattr(
-        M, "art_inception", lambda weights, download, short_side: M.ArtInceptionFeatures(short_side)
-    )
-    content, style = tmp_path / "content", tmp_path / "style"
-    content.mkdir()
-    style.mkdir()
-    make_image(content / "c.png", 80, 80, seed=1)
-    make_image(style / "small.png", 64, 64, seed=2)
-    for i in range(2):
-        make_image(style / f"s{i}.png", 80, 80, seed=3 + i)
-    out = tmp_path / "eval"
-    overrides = [
-        o for o in base_overrides(tiny_ckpt, (content, style), out) if not o.startswith("content_size")
-    ]
-    off = ["metrics.fid_tf.enabled=false", "metrics.cfsd.enabled=false", "+metrics.lpips.pnet_rand=true"]
-    res = entry_point("eval")(
-        compose_eval(
-            [*overrides, "content_size=null", "metrics.fid_art.short_side=null", "bench.enabled=false", *off]
-        )
-    )
-    assert "75-px minimum" in res["protocol"]["skipped_inputs"][str(style / "small.png")]
-    assert res["protocol"]["n_images"] == 2 and res["fid_art"] is not None
