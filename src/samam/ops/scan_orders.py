@@ -235,6 +235,13 @@ def scan_indices(
     """Cached ``(order, inverse)``, each (K, L) int64 on ``device``, for an H×W token grid."""
     if torch.compiler.is_compiling():
         return _indices_op(name, h, w, torch.device(device))
+    return _recorded_indices(name, h, w, device)
+
+
+def _recorded_indices(
+    name: str, h: int, w: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached indices, added to every open :func:`record_indices` block."""
     out = _indices(name, h, w, device)
     for kept in _RECORDERS:
         kept.extend(out)
@@ -247,10 +254,9 @@ def scan_indices(
 # recompile per size, eagerly past Dynamo's recompile limit).
 @torch.library.custom_op("samam::scan_indices", mutates_args=())
 def _indices_op(name: str, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # copies: the compiled graph owns an op's outputs (inductor may reuse their memory)
-    order, inverse = _indices(name, h, w, device)
-    for kept in _RECORDERS:  # a CUDA graph captured around the compiled one copies from these
-        kept.extend((order, inverse))
+    # copies: the compiled graph owns an op's outputs (inductor may reuse their memory); the
+    # originals are recorded, as a CUDA graph captured around the compiled one copies from them
+    order, inverse = _recorded_indices(name, h, w, device)
     return order.clone(), inverse.clone()
 
 
