@@ -51,6 +51,11 @@ def torch_hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def cached_vgg19() -> Path:
+    """Where torch.hub keeps (and ``loss.vgg=imagenet`` looks for) torchvision's VGG-19 weights."""
+    return torch_hub_checkpoint_dir() / VGG19_FILE
+
+
 def mean_std(feat: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """Per-channel spatial mean and std (unbiased variance + eps), as AdaIN. (B,C,H,W) -> 2×(B,C,1,1).
     Float32 also for bf16/fp16 features (mixed precision): in bf16 the variance of a nearly
@@ -158,13 +163,13 @@ def resolve_vgg_source(source: str) -> str:
     """The weight source a loss.vgg value builds: ``imagenet_if_cached`` → ``imagenet`` or
     ``random``, by whether the ImageNet file is on disk now; any other value as it is."""
     if source == "imagenet_if_cached":
-        return "imagenet" if (torch_hub_checkpoint_dir() / VGG19_FILE).is_file() else "random"
+        return "imagenet" if cached_vgg19().is_file() else "random"
     return source
 
 
 def build_vgg(source: str) -> VGGEncoder:
     """VGG-19 encoder from a weight source (see module docstring). Fails loudly offline."""
-    cached = torch_hub_checkpoint_dir() / VGG19_FILE
+    cached = cached_vgg19()
     source = resolve_vgg_source(source)
     if source == "random":
         log.warning(

@@ -155,7 +155,7 @@ def check_inputs_exist(cfg: DictConfig) -> None:
     """Every missing input in one error before anything is built: data folders, a loss-network
     file, the checkpoint to start from, a GPU trainer without a GPU (else each run reveals only
     the next one)."""
-    from samam.losses import VGG19_FILE, VGG19_URL, VGG_NORMALISED_URL, VGG_SOURCES, torch_hub_checkpoint_dir
+    from samam.losses import VGG19_FILE, VGG19_URL, VGG_NORMALISED_URL, VGG_SOURCES, cached_vgg19
 
     problems = []
     ckpt = cfg.get("ckpt_path")
@@ -194,7 +194,7 @@ def check_inputs_exist(cfg: DictConfig) -> None:
         problems.append(
             "trainer.accelerator=gpu, but no CUDA device is visible (trainer=cpu runs on the CPU)"
         )
-    cached = torch_hub_checkpoint_dir() / VGG19_FILE
+    cached = cached_vgg19()
     if problems and vgg == "imagenet" and not cached.is_file():
         # Downloaded as the loss is built, which these problems stop short of: said now, so that an
         # offline machine does not learn of it only on the next try.
@@ -532,13 +532,13 @@ def resumed_vgg(vgg: Any, ckpt_path: str | None, meta: dict[str, Any]) -> dict[s
     turned a run's random loss network into ImageNet's at its next resume (the losses changed meaning),
     and one gone did the reverse. As ``instantiate`` keywords for the loss; {} when nothing is to keep
     (another loss.vgg, a fresh start, a checkpoint of a run with another loss.vgg or from before the record)."""
-    from samam.losses import VGG19_FILE, torch_hub_checkpoint_dir
+    from samam.losses import VGG19_FILE, cached_vgg19
 
     used = meta.get("loss_vgg")
     started_with = ((meta.get("identity") or {}).get("loss") or {}).get("vgg")
     if vgg != "imagenet_if_cached" or started_with != vgg or used not in ("imagenet", "random"):
         return {}
-    cached = torch_hub_checkpoint_dir() / VGG19_FILE
+    cached = cached_vgg19()
     if used == "imagenet" and not cached.is_file():
         raise FileNotFoundError(
             f"loss.vgg=imagenet_if_cached: {ckpt_path} was trained with torchvision's ImageNet VGG-19, and "
