@@ -109,6 +109,15 @@ def image_grid(content: Tensor, style: Tensor, output: Tensor) -> np.ndarray:
     return (grid.permute(1, 2, 0).float().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+def _describe_code(code: dict[str, Any]) -> str:
+    """A code record (samam.checkpoint.code_version) in words, for a log line."""
+    changes = " with changes" if code.get("git_dirty") else ""
+    return (
+        f"git commit {code.get('git_commit')}{changes}, samam {code.get('samam_version')}, "
+        f"torch {code.get('torch_version')}"
+    )
+
+
 class StyleTransferModule(L.LightningModule):
     """Trains ``net`` (a SaMam) with ``loss``. Holds the network as ``self.net`` so checkpoints carry
     ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, net_class: its import path,
@@ -289,23 +298,17 @@ class StyleTransferModule(L.LightningModule):
         loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
         if "_batches_that_stepped" in loop:
             self._resumed = (checkpoint["global_step"], loop["_batches_that_stepped"])
+        meta = checkpoint.get("samam", {})
         # Checkpoints from before the count was stored: from 0, as then.
-        self._skipped_before = self._train_skipped = int(checkpoint.get("samam", {}).get("train_skipped", 0))
-        before = checkpoint.get("samam", {}).get("code_before", [])
-        code = checkpoint.get("samam", {}).get("code")
+        self._skipped_before = self._train_skipped = int(meta.get("train_skipped", 0))
+        before, code = meta.get("code_before", []), meta.get("code")
         self._code_before = [*before, code] if code is not None and code not in before else list(before)
         if code is not None and code != self.run_code and self.global_rank == 0:  # once, not per DDP rank
             log.warning(
-                "the checkpoint was written by other code (git commit %s%s, samam %s, torch %s) than this "
-                "run's (%s%s, samam %s, torch %s); the checkpoints record both (samam.code, samam.code_before)",
-                code.get("git_commit"),
-                " with changes" if code.get("git_dirty") else "",
-                code.get("samam_version"),
-                code.get("torch_version"),
-                (self.run_code or {}).get("git_commit"),
-                " with changes" if (self.run_code or {}).get("git_dirty") else "",
-                (self.run_code or {}).get("samam_version"),
-                (self.run_code or {}).get("torch_version"),
+                "the checkpoint was written by other code (%s) than this run's (%s); the checkpoints record "
+                "both (samam.code, samam.code_before)",
+                _describe_code(code),
+                _describe_code(self.run_code or {}),
             )
         # Runs before load_state_dict: put the current loss network back so strict loading passes.
         checkpoint["state_dict"].update({f"loss.{k}": v for k, v in self.loss.state_dict().items()})
