@@ -997,9 +997,8 @@ class EvalMetricsCallback(L.Callback):
             short_side=self.style_short_side,
             resample=Image.BILINEAR,
         )
-        if (
-            self.suite.min_style_side > 1
-        ):  # FID's reference set: the style files as decoded (fid_art keeps the size)
+        # FID's reference set takes the style files as decoded (fid_art keeping the size has a minimum)
+        if self.suite.min_style_side > 1:
             self._read(self.style_paths, "style", self.suite.min_style_side)
         pairs = [(i, j) for i in range(len(self.contents)) for j in range(len(self.styles))]
         if self.max_pairs is not None and self.max_pairs < len(pairs):
