@@ -249,6 +249,20 @@ class TestBadInput:
         with pytest.raises(ValueError, match="NaN or Inf"):
             self.net(c, torch.rand(1, 3, 64, 64))
 
+    def test_images_in_0_to_255_are_refused(self):
+        """Floats in 0..255 (a forgotten / 255) ran silently and gave garbage; a resize's small
+        overshoot past [0, 1] still runs, and training's unread inputs (check_finite off) too."""
+        c, s = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64)
+        fix = r"SaMam takes images in \[0, 1\] \(for 0..255 values: x / 255\)"
+        with pytest.raises(ValueError, match=rf"content has values up to 2\d\d(\.\d+)?: {fix}"):
+            self.net(c * 255, s)
+        for run in (lambda: self.net(c, s * 255), lambda: self.net.embed_style(s * 255)):
+            with pytest.raises(ValueError, match=f"style has values up to .*: {fix}"):
+                run()
+        self.net(c * 1.1 - 0.05, s * 1.1 - 0.05)
+        self.net.check_finite = False
+        self.net(c * 255, s * 255)
+
     def test_integer_and_mismatched_float_images(self):
         with pytest.raises(TypeError, match=r"content is torch.uint8: pass floats in \[0, 1\]"):
             self.net((torch.rand(1, 3, 32, 32) * 255).to(torch.uint8), torch.rand(1, 3, 64, 64))

@@ -113,10 +113,12 @@ class SaMam(nn.Module):
     """
 
     max_batch_elements = 2**31 - 1
-    # Refuse NaN/Inf inputs. Reading the values waits for the device: StyleTransferModule turns
-    # it off for the images its data module decodes (finite by construction), so that a
-    # training step never waits for the GPU.
+    # Refuse NaN/Inf inputs, and images with values past max_image_value (0..255 floats: a
+    # forgotten / 255 ran silently into garbage). Reading the values waits for the device:
+    # StyleTransferModule turns it off for the images its data module decodes (in [0, 1] by
+    # construction), so that a training step never waits for the GPU.
     check_finite = True
+    max_image_value = 2.0  # [0, 1] with room for a resize's overshoot; 0..255 images go far past it
 
     def __init__(self, **kwargs):
         super().__init__()
@@ -185,10 +187,11 @@ class SaMam(nn.Module):
                 f"{name} is {x.shape[-2]}x{x.shape[-1]} px; SaMam (patch size {self.cfg.patch_size}) needs at least "
                 f"{min_side} px per side"
             )
-        self._check_values(x, name)
+        self._check_values(x, name, self.max_image_value)
 
-    def _check_values(self, x: torch.Tensor, name: str) -> None:
-        """Floats of the weights' dtype (or, neither being float64, under autocast), all finite."""
+    def _check_values(self, x: torch.Tensor, name: str, max_value: float = math.inf) -> None:
+        """Floats of the weights' dtype (or, neither being float64, under autocast), all finite
+        and at most ``max_value``."""
         if not x.is_floating_point():
             raise TypeError(f"{name} is {x.dtype}: pass floats in [0, 1] (for uint8 images: x.float() / 255)")
         weights = next(self.content_encoder.parameters()).dtype
@@ -206,10 +209,15 @@ class SaMam(nn.Module):
         # is_compiling first: dynamo would trace the CUDA query (a graph break per check).
         if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             return
-        if not self.check_finite:
+        if not self.check_finite or x.numel() == 0:  # aminmax refuses an empty tensor
             return
-        if not torch.isfinite(x).all():
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one wait for the device; NaN gives NaN
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"{name} contains NaN or Inf values")
+        if hi > max_value:
+            raise ValueError(
+                f"{name} has values up to {hi:.4g}: SaMam takes images in [0, 1] (for 0..255 values: x / 255)"
+            )
 
     @property
     def min_style_side(self) -> int:
