@@ -281,15 +281,23 @@ def _torch_load(path: str | os.PathLike, trust_pickle: bool) -> dict:
     return obj
 
 
+def _wrapper_prefix(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"module."`` where every key has it (saved through nn.DataParallel or DistributedDataParallel,
+    which hold the network as ``module``), else ``""``: a prefix on some keys only is no wrapper's."""
+    return "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
+
+
 def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, dict, dict]:
     """Release Lightning ``state_dict`` → (config kwargs, our state dict, our key → release key).
 
     Drops the frozen loss network (``loss_func.*``); keeps every other tensor."""
     sd, origin, unmapped = {}, {}, []
+    wrapper = _wrapper_prefix(state_dict)
     for key, value in state_dict.items():
-        if key.startswith("loss_func."):
+        bare = key.removeprefix(wrapper)
+        if bare.startswith("loss_func."):
             continue
-        bare = key[len("model.") :] if key.startswith("model.") else key
+        bare = bare.removeprefix("model.")
         new = _map_release_key(bare)
         if new is None:
             unmapped.append(key)
@@ -346,8 +354,10 @@ def _our_net(ckpt: Mapping, backend: str, path) -> SaMam:
             f"{path} has no 'samam' entry with the network config; for the authors' released checkpoints "
             "use samam.load_official_checkpoint (or samam.load_model, which detects the kind)"
         )
-    sd = {}
-    for k, v in ckpt.get("state_dict", {}).items():
+    sd, state_dict = {}, ckpt.get("state_dict", {})
+    wrapper = _wrapper_prefix(state_dict)
+    for k, v in state_dict.items():
+        k = k.removeprefix(wrapper)
         k = k.replace("._orig_mod.", ".").removeprefix("_orig_mod.")  # torch.compile's wrapper
         if k.startswith("net."):
             sd[k[4:]] = v
