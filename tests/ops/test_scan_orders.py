@@ -144,6 +144,20 @@ def test_a_malformed_order_of_ones_own_is_refused_naming_it(scan_module, functio
         scan_builder(f"{scan_module}:{function}")
 
 
+def test_an_order_of_ones_own_that_raises_is_named_with_its_error_chained(scan_module):
+    """An error inside the builder came out bare, naming neither the order nor the grid."""
+    with pytest.raises(ValueError, match=f"scan order '{scan_module}:failing' failed for a 1x1 grid") as err:
+        scan_builder(f"{scan_module}:failing")
+    assert isinstance(err.value.__cause__, KeyError)
+    scan_builder(f"{scan_module}:up_to_20_tokens")
+    with pytest.raises(
+        ValueError,
+        match=rf"'{scan_module}:up_to_20_tokens' failed for a 7x9 grid \(RuntimeError: my table stops at 20",
+    ) as err:
+        scan_indices(f"{scan_module}:up_to_20_tokens", 7, 9)
+    assert isinstance(err.value.__cause__, RuntimeError)
+
+
 def test_an_order_that_does_not_import_or_a_typo_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"'no_such_orders:diagonal' does not import \(ModuleNotFoundError"):
         scan_builder("no_such_orders:diagonal")

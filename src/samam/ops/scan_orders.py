@@ -183,7 +183,7 @@ def scan_builder(name: str) -> Callable[[int, int], torch.Tensor]:
     # has no values to check
     with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
         for h, w in ((1, 1), (3, 5), (4, 4)):
-            _inverse(name, builder(h, w), h, w)
+            _inverse(name, _build(name, builder, h, w), h, w)
     with _LOCK:  # indices of the function this name gave before (cached under the name alone)
         for key in [key for key in _CACHE if key[0] == name]:
             del _CACHE[key]
@@ -193,6 +193,14 @@ def scan_builder(name: str) -> Callable[[int, int], torch.Tensor]:
 
 # name → the builder last tried under it
 _TRIED: dict[str, Callable[[int, int], torch.Tensor]] = {}
+
+
+def _build(name: str, builder: Callable[[int, int], torch.Tensor], h: int, w: int) -> object:
+    """``builder(h, w)``; an error inside it names the order (an import path: whose builder failed)."""
+    try:
+        return builder(h, w)
+    except Exception as e:
+        raise ValueError(f"scan order {name!r} failed for a {h}x{w} grid ({type(e).__name__}: {e})") from e
 
 
 def _inverse(name: str, order: object, h: int, w: int) -> torch.Tensor:
@@ -307,7 +315,7 @@ def _indices(name: str, h: int, w: int, device: torch.device | str) -> tuple[tor
     # inference tensors, which a later training step cannot save for backward. Built on the CPU
     # (then moved), so the default device cannot make them meta tensors.
     with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
-        order = builder(h, w)
+        order = _build(name, builder, h, w)
         inverse = _inverse(name, order, h, w)
         entry = order.contiguous().to(device), inverse.to(device)
     with _LOCK:
