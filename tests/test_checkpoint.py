@@ -2,6 +2,7 @@
 
 import collections
 import os
+import re
 import shutil
 import subprocess
 
@@ -434,6 +435,7 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
         "torch_version": torch.__version__,
         "git_commit": head,
         "git_dirty": False,
+        "git_diff": None,
         "git_error": None,
     }
     # GIT_DIR / GIT_WORK_TREE set in the caller's environment (another repository): still this one
@@ -446,7 +448,16 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
     monkeypatch.delenv("GIT_DIR")
     monkeypatch.delenv("GIT_WORK_TREE")
     (repo / "notes.txt").write_text("an untracked file")
-    assert code_version(pkg)["git_dirty"] is True
+    got = code_version(pkg)
+    assert got["git_dirty"] is True and got["git_diff"] is None  # no change to a tracked file
+    # Two uncommitted states of one commit looked the same (git_dirty only): the diff's digest differs
+    digests = []
+    for text in ("x = 1\n", "x = 2\n", "x = 1\n"):
+        (pkg / "__init__.py").write_text(text)
+        digests.append(code_version(pkg)["git_diff"])
+    assert re.fullmatch("[0-9a-f]{12}", digests[0]) and digests[0] != digests[1] and digests[0] == digests[2]
+    (pkg / "__init__.py").write_bytes(b"name = '\xe9t\xe9'\n")  # Latin-1: a diff is bytes, not UTF-8
+    assert code_version(pkg)["git_diff"] not in (None, *digests)
     # git status past the time limit (a huge tree): the commit already read is kept
     slow = tmp_path / "slow" / "git"
     slow.parent.mkdir()
@@ -457,13 +468,20 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
         m.setattr("samam.checkpoint.GIT_TIMEOUT_S", 1.0)
         got = code_version(pkg)
     assert got["git_commit"] == head and got["git_dirty"] is None and "did not answer" in got["git_error"]
+    slow.write_text(f'#!/bin/sh\n[ "$3" = diff ] && sleep 3\nexec {shutil.which("git")} "$@"\n')
+    with monkeypatch.context() as m:  # git diff past it: the commit and the status are kept
+        m.setenv("PATH", f"{slow.parent}{os.pathsep}{os.environ['PATH']}")
+        m.setattr("samam.checkpoint.GIT_TIMEOUT_S", 1.0)
+        got = code_version(pkg)
+    assert got["git_commit"] == head and got["git_dirty"] is True and got["git_diff"] is None
+    assert "did not answer" in got["git_error"]
     installed = repo / ".venv" / "site-packages" / "samam"
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("")
     (repo / ".gitignore").write_text(".venv/\n")
     for folder, why in ((installed, "did not match any file"), (tmp_path, "not a git repository")):
         got = code_version(folder)
-        assert got["git_commit"] is None and got["git_dirty"] is None
+        assert got["git_commit"] is None and got["git_dirty"] is None and got["git_diff"] is None
         assert "is not part of a git checkout" in got["git_error"] and why in got["git_error"]
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert code_version(pkg)["git_error"] == "no git executable on PATH"

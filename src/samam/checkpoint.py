@@ -7,6 +7,7 @@ CPU, wherever they were saved; ``map_location`` is the device the network is the
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import os
@@ -62,10 +63,13 @@ GIT_TIMEOUT_S = 10.0
 def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """The code this process runs, for a run's records (checkpoint ``samam.code``, logged
     hyperparameters, results.json): samam's and torch's versions, the git commit of the checkout samam is
-    imported from (``package_dir``, default samam's own folder) and whether that checkout has
-    changes or untracked files (``git_dirty``). Outside a checkout (an installed copy, even one in a
-    repository's .venv), without git, or if git fails: both None and ``git_error`` says why (only
-    ``git_dirty`` None where just the status timed out). Three git calls: once per run, not per step."""
+    imported from (``package_dir``, default samam's own folder), whether that checkout has
+    changes or untracked files (``git_dirty``) and a digest of its changes to tracked files
+    (``git_diff``: the first 12 hex digits of the SHA-256 of ``git diff HEAD``, None without any),
+    so that runs of two different uncommitted states are told apart. Outside a checkout (an installed
+    copy, even one in a repository's .venv), without git, or if git fails: all three None and
+    ``git_error`` says why (only the ones not yet read None where a later call timed out). Up to
+    four git calls: once per run, not per step."""
     import samam
 
     here = Path(package_dir if package_dir is not None else samam.__file__).resolve()
@@ -76,16 +80,16 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "torch_version": str(torch.__version__),  # a plain str: TorchVersion is no weights_only global
         "git_commit": None,
         "git_dirty": None,
+        "git_diff": None,
     }
 
     # GIT_DIR / GIT_WORK_TREE in the caller's environment would point git -C at another repository
     env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
 
-    def git(*args: str) -> str:
+    def git(*args: str) -> bytes:  # bytes: a diff holds whatever encoding the files have
         return subprocess.run(
             ["git", "-C", str(here), *args],
             capture_output=True,
-            text=True,
             timeout=GIT_TIMEOUT_S,
             check=True,
             env=env,
@@ -93,15 +97,21 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
 
     try:
         git("ls-files", "--error-unmatch", "--", "__init__.py")  # tracked: a checkout, not an installed copy
-        out["git_commit"] = git("rev-parse", "HEAD")  # kept if the status below times out (a huge tree)
-        out["git_dirty"] = git("status", "--porcelain") != ""
+        out["git_commit"] = git("rev-parse", "HEAD").decode()  # kept if a call below times out (a huge tree)
+        out["git_dirty"] = git("status", "--porcelain") != b""
+        # the patch as git itself writes it: no external diff tool or textconv filter of the user's config
+        diff = (
+            git("diff", "HEAD", "--no-ext-diff", "--no-textconv", "--no-color") if out["git_dirty"] else b""
+        )
+        out["git_diff"] = hashlib.sha256(diff).hexdigest()[:12] if diff else None
     except FileNotFoundError:
         return {**out, "git_error": "no git executable on PATH"}
     except subprocess.TimeoutExpired:
         return {**out, "git_error": f"git did not answer within {GIT_TIMEOUT_S:.0f} s in {here}"}
     except subprocess.CalledProcessError as err:
-        why = (err.stderr or "").strip().splitlines() or [f"git exit status {err.returncode}"]
-        if "safe.directory" in (err.stderr or ""):  # a checkout owned by another user (a container's root)
+        stderr = (err.stderr or b"").decode(errors="replace")
+        why = stderr.strip().splitlines() or [f"git exit status {err.returncode}"]
+        if "safe.directory" in stderr:  # a checkout owned by another user (a container's root)
             return {
                 **out,
                 "git_error": f"git refuses the checkout samam at {here} is in, owned by another user ({why[0]}); "

@@ -111,7 +111,9 @@ def image_grid(content: Tensor, style: Tensor, output: Tensor) -> np.ndarray:
 
 def _describe_code(code: dict[str, Any]) -> str:
     """A code record (samam.checkpoint.code_version) in words, for a log line."""
-    changes = " with changes" if code.get("git_dirty") else ""
+    changes = ""
+    if code.get("git_dirty"):  # the digest tells two uncommitted states of one commit apart
+        changes = f" with changes (diff {code['git_diff']})" if code.get("git_diff") else " with changes"
     return (
         f"git commit {code.get('git_commit')}{changes}, samam {code.get('samam_version')}, "
         f"torch {code.get('torch_version')}"
@@ -121,7 +123,7 @@ def _describe_code(code: dict[str, Any]) -> str:
 class StyleTransferModule(L.LightningModule):
     """Trains ``net`` (a SaMam) with ``loss``. Holds the network as ``self.net`` so checkpoints carry
     ``net.*`` weights plus ``checkpoint["samam"]`` = {model: net.config, net_class: its import path,
-    config: run config, code: the code that wrote it (git commit, dirty, samam and torch versions),
+    config: run config, code: the code that wrote it (git commit, dirty, diff digest, samam and torch versions),
     code_before: other code that trained it before a resume, loss_vgg, version, ...}."""
 
     def __init__(

@@ -731,6 +731,17 @@ def test_a_run_records_its_code_in_checkpoints_and_hyperparameters_and_a_resume_
     assert yaml.safe_load((tmp_path / "csv" / "version_1" / "hparams.yaml").read_text())["code"] == later
 
 
+def test_the_other_code_warning_tells_two_uncommitted_states_of_one_commit_apart():
+    """Both were "git commit … with changes": the resume's warning named two identical records."""
+    from samam.module import _describe_code
+
+    before = {"git_commit": "1" * 40, "git_dirty": True, "git_diff": "0123456789ab", "samam_version": "0.1.0"}
+    after = {**before, "git_diff": "ba9876543210"}
+    assert "with changes (diff 0123456789ab)" in _describe_code(before)
+    assert _describe_code(before) != _describe_code(after)
+    assert "with changes," in _describe_code({**before, "git_diff": None})  # untracked files only
+
+
 def test_a_resume_keeps_the_vgg_that_imagenet_if_cached_chose_at_the_start(
     compose, tiny, tmp_path, monkeypatch, caplog
 ):
