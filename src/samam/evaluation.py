@@ -349,13 +349,19 @@ def _scans_replaced(net: nn.Module, stub: nn.Module) -> Iterator[int]:
 
 @torch.no_grad()
 def count_macs(net: nn.Module, content: Tensor, style: Tensor) -> dict[str, float]:
-    """GMACs of one ``net(content, style)``: convolutions and matmuls counted by
+    """GMACs of one ``net(content, style)``: convolutions, matmuls and attention counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2) plus the selective scans
     added analytically (:func:`scan_macs`)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+    def cpu_sdpa_flops(query, key, value, *args, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    # The mixer=attention arm: on the CPU, SDPA runs as an op FlopCounterMode has no formula for
+    # (it counts the CUDA kernels only), so its QKᵀ and AV, the arm's quadratic cost, were 0.
+    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa_flops}
     stub = _CountingScan()
-    with _scans_replaced(net, stub), FlopCounterMode(display=False) as counter:
+    with _scans_replaced(net, stub), FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
         net(content, style)
     dense = counter.get_total_flops() / 2
     return {"gmacs": (dense + stub.macs) / 1e9, "gmacs_dense": dense / 1e9, "gmacs_scan": stub.macs / 1e9}

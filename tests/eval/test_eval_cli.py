@@ -371,6 +371,26 @@ def test_eval_benchmark_waits_for_the_networks_device(monkeypatch):
     assert len(synced) == 7 and set(synced) == {torch.device("cuda", 1)}
 
 
+def test_eval_gmacs_of_the_attention_arm_count_its_attention(monkeypatch):
+    """mixer=attention's QKᵀ and AV (its quadratic cost): on the CPU SDPA runs as an op torch's
+    FlopCounterMode has no formula for, so results.json's gmacs left them out. Counted, they equal
+    the MACs of the same attention written as two matmuls."""
+    from tiny import TINY
+
+    import samam.evaluation as E
+    from samam import SaMam
+
+    net = SaMam(**{**TINY, "mixer": "attention", "backend": "torch"}).eval().requires_grad_(False)
+    content, style = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    fused = E.count_macs(net, content, style)["gmacs"]
+
+    def two_matmuls(q, k, v):
+        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", two_matmuls)
+    assert fused == pytest.approx(E.count_macs(net, content, style)["gmacs"], rel=1e-9)
+
+
 def test_eval_results_md_states_the_content_size_the_network_saw(tiny_ckpt, image_dirs, tmp_path):
     out = tmp_path / "own"
     overrides = [o for o in base_overrides(tiny_ckpt, image_dirs, out) if not o.startswith("content_size")]
