@@ -315,23 +315,26 @@ def scan_macs(batch: int, channels: int, length: int, d_state: int) -> int:
     return batch * channels * length * (SCAN_MACS_PER_STATE * d_state + SCAN_MACS_PER_CHANNEL)
 
 
-class _CountingScan(nn.Module):
+class _CountingScan:
     """Stands in for a scan backend while MACs are counted: adds the analytic count and
     returns zeros of the right shape, so FlopCounterMode sees none of the backend's internals
-    (the count is the same for the torch, numba and mamba backends)."""
+    (the count is the same for the torch, numba and mamba backends).
+
+    Not an nn.Module, as the backends are not: FlopCounterMode's module tracker hooks every
+    module call and fails on an input that requires grad with no grad_fn, which the scan's
+    delta_bias (a view of a trainable parameter under no_grad) is."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.macs = 0
 
-    def forward(self, u: Tensor, delta: Tensor, A: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def __call__(self, u: Tensor, delta: Tensor, A: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         b, kd, length = u.shape  # (B, K·D, L)
         self.macs += scan_macs(b, kd, length, A.shape[-1])
         return torch.zeros(b, kd, length, dtype=torch.float32, device=u.device)
 
 
 @contextlib.contextmanager
-def _scans_replaced(net: nn.Module, stub: nn.Module) -> Iterator[int]:
+def _scans_replaced(net: nn.Module, stub: _CountingScan) -> Iterator[int]:
     from samam.nn.ss2d import SS2D
 
     swapped = []

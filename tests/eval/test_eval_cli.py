@@ -391,6 +391,21 @@ def test_eval_gmacs_of_the_attention_arm_count_its_attention(monkeypatch):
     assert fused == pytest.approx(E.count_macs(net, content, style)["gmacs"], rel=1e-9)
 
 
+def test_gmacs_of_a_network_being_trained_are_those_of_it_frozen():
+    """count_macs of a freshly built network (parameters requiring grad, as when comparing arms
+    from Python) failed inside FlopCounterMode ("Expected gradient function to be set")."""
+    from tiny import TINY
+
+    import samam.evaluation as E
+    from samam import SaMam
+
+    net = SaMam(**{**TINY, "backend": "torch"})
+    content, style = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    trained = E.count_macs(net, content, style)
+    assert all(p.requires_grad for p in net.parameters())
+    assert trained == E.count_macs(net.requires_grad_(False), content, style)
+
+
 def test_eval_results_md_states_the_content_size_the_network_saw(tiny_ckpt, image_dirs, tmp_path):
     out = tmp_path / "own"
     overrides = [o for o in base_overrides(tiny_ckpt, image_dirs, out) if not o.startswith("content_size")]
