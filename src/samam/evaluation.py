@@ -916,7 +916,10 @@ def stylize(
                 bar.update(len(idx))
         bar.update(len(targets) - len(todo))
         if grid:
-            grid_rows.append((c.cpu(), [_thumb(to_tensor(load_rgb(p)), grid_cell) for p in paths]))
+            # Thumbnails only: full-size contents kept to the end would hold every image at once.
+            grid_rows.append(
+                (_thumb(c.cpu(), grid_cell), [_thumb(to_tensor(load_rgb(p)), grid_cell) for p in paths])
+            )
     bar.close()
     if grid and grid_rows:
         g = make_grid([r[0] for r in grid_rows], grid_styles, [r[1] for r in grid_rows], grid_cell)

@@ -205,6 +205,20 @@ def test_folders_corrupt_input_overwrite_and_grid(tiny_ckpt, image_dirs, folder_
     assert len(third["written"]) == 6
 
 
+def test_the_grid_holds_thumbnails_of_the_contents_not_the_images(
+    tiny_ckpt, image_dirs, tmp_path, monkeypatch
+):
+    """Each content's row waits for the grid until the last content is done: kept whole, a folder
+    of large photos was held in memory all at once."""
+    import samam.evaluation
+
+    content, style = image_dirs
+    seen, make_grid = [], samam.evaluation.make_grid
+    monkeypatch.setattr(samam.evaluation, "make_grid", lambda c, *rest: seen.extend(c) or make_grid(c, *rest))
+    run(tiny_ckpt, content, style, tmp_path / "out", grid=True, grid_cell=16)
+    assert [tuple(c.shape) for c in seen] == [(3, 16, 16)] * 2
+
+
 def test_content_below_the_network_minimum_is_skipped_not_fatal(tiny_ckpt, image_dirs, make_image, tmp_path):
     """Patch size 8 needs ≥ 16 px per side; with α < 1 the content is also embedded as a
     style (≥ 64 px here). Such images are skipped and counted; the others are written."""
