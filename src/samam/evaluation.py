@@ -822,30 +822,30 @@ def stylize(
     check_unique_stems(content_paths, "content")
     all_styles = collect_images(style, "style", output_dir=out)
     check_unique_stems(all_styles, "style")
-    style_paths, style_imgs, bad_styles = _read_all(
-        all_styles, "style", short_side=style_side, resample=Image.BILINEAR, plain=match_release
-    )
-    if style_weights is not None and bad_styles:
-        raise ValueError(
-            f"style_weights given but these styles are unreadable: {[str(p) for p in bad_styles]}"
+    # Each style is decoded, embedded and dropped before the next (its grid thumbnail kept):
+    # decoded all first, a folder of large scans (style_side=null) sat in memory at full size.
+    e_list, keep, thumbs, bad_styles, unusable_styles = [], [], [], [], []
+    for p in all_styles:
+        _, im, bad = _read_all(
+            [p], "style", short_side=style_side, resample=Image.BILINEAR, plain=match_release
         )
-
-    e_list, keep, unusable_styles = [], [], []
-    for p, im in zip(style_paths, style_imgs):
+        if bad:
+            bad_styles.append(p)
+            continue
         try:
-            e_list.append(embed_styles(net, [im], 1, precision)[0])  # (S, 3, 3)
-            keep.append(p)
+            e_list.append(embed_styles(net, im, 1, precision)[0])  # (S, 3, 3)
         except ValueError as err:  # e.g. smaller than the style encoder's minimum
             log.warning("skipping style image %s: %s", p, err)
-            bad_styles.append(p)
             unusable_styles.append(p)
-    if style_weights is not None and len(keep) < len(style_paths):
-        raise ValueError(
-            f"style_weights given but these styles cannot be used: {[str(p) for p in bad_styles]}"
-        )
+            continue
+        keep.append(p)
+        if grid:
+            thumbs.append(_thumb(im[0], grid_cell))
+    for skipped, why in ((bad_styles, "are unreadable"), (unusable_styles, "cannot be used")):
+        if style_weights is not None and skipped:
+            raise ValueError(f"style_weights given but these styles {why}: {[str(p) for p in skipped]}")
     if not keep:
         raise ValueError("no usable style image")
-    style_imgs = [im for p, im in zip(style_paths, style_imgs) if p in keep]
     style_paths, e_styles = keep, torch.stack(e_list)  # (N_s, S, 3, 3)
     if style_weights is not None:
         mixed = mix_embeddings(e_styles, style_weights)  # checks the weights
@@ -856,16 +856,16 @@ def stylize(
         taken[name] = {"styles": [str(p) for p in style_paths], "weights": [w / total for w in style_weights]}
         _write_text(mixes, json.dumps(taken, indent=2) + "\n")
         targets = [(name, mixed)]
-        grid_styles = [torch.cat([_thumb(im, grid_cell) for im in style_imgs], dim=2)]  # one strip header
+        grid_styles = [torch.cat(thumbs, dim=2)] if grid else []  # one strip header
     else:
         targets = [(p.stem, e) for p, e in zip(style_paths, e_styles)]
-        grid_styles = style_imgs
+        grid_styles = thumbs
     check_output_names([output_name(c, name, alpha) for c in content_paths for name, _ in targets], out)
 
     summary: dict[str, Any] = {
         "written": [],
         "skipped_existing": [],
-        "skipped_unreadable": [str(p) for p in bad_styles if p not in unusable_styles],  # cannot decode
+        "skipped_unreadable": [str(p) for p in bad_styles],  # cannot decode
         "skipped_unusable": [str(p) for p in unusable_styles],  # decoded, below the network's minimum
     }
     grid_rows: list[tuple[Tensor, list[Tensor]]] = []

@@ -219,6 +219,27 @@ def test_the_grid_holds_thumbnails_of_the_contents_not_the_images(
     assert [tuple(c.shape) for c in seen] == [(3, 16, 16)] * 2
 
 
+def test_each_style_is_embedded_before_the_next_is_decoded(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
+    """Only embeddings outlive a style's turn: decoded all first, a folder of large scans kept at
+    full size (style_side=null) was held in memory at once."""
+    import samam.evaluation
+
+    content, style = image_dirs
+    decoded, at_embedding = [], []
+    read_image, embed_styles = samam.evaluation.read_image, samam.evaluation.embed_styles
+    monkeypatch.setattr(
+        samam.evaluation, "read_image", lambda *a, **k: decoded.append(1) or read_image(*a, **k)
+    )
+    monkeypatch.setattr(
+        samam.evaluation,
+        "embed_styles",
+        lambda *a, **k: at_embedding.append(len(decoded)) or embed_styles(*a, **k),
+    )
+    summary = run(tiny_ckpt, content / "c0.png", style, tmp_path / "out", grid=True, grid_cell=16)
+    assert at_embedding == [1, 2, 3] and len(summary["written"]) == 3
+    assert Image.open(tmp_path / "out" / "grid.png").size == (4 * 16, 2 * 16)
+
+
 def test_content_below_the_network_minimum_is_skipped_not_fatal(tiny_ckpt, image_dirs, make_image, tmp_path):
     """Patch size 8 needs ≥ 16 px per side; with α < 1 the content is also embedded as a
     style (≥ 64 px here). Such images are skipped and counted; the others are written."""
