@@ -36,7 +36,8 @@ Verify = Literal["full", "header", "none"]
 
 def list_images(folder: str | Path, what: str) -> list[Path]:
     """All image files under ``folder`` (recursive, sorted; symlinked folders followed; hidden
-    files and folders such as ``._x.jpg`` or ``.ipynb_checkpoints/`` skipped). Run folders below
+    files and folders such as ``._x.jpg`` or ``.ipynb_checkpoints/`` skipped; other extensions left
+    out with one warning that counts them). Run folders below
     ``folder`` (holding Hydra's ``.hydra/``: earlier train/eval/stylize runs' outputs, such as
     ``outputs/stylize/<time>/`` when the command runs inside the folder) are skipped with a
     warning; ``folder`` itself may be one. Missing or empty folders fail with what was found."""
@@ -70,6 +71,18 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
             runs[0],
         )
     files = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    others = Counter(
+        p.suffix.lower() or "<no suffix>" for p in every if p.suffix.lower() not in IMAGE_EXTENSIONS
+    )
+    if files and others:  # a .gif or .heic among the photos must not vanish without a word
+        log.warning(
+            "%s: leaving out %d file(s) under %s whose extension is not one of %s: %s",
+            what,
+            sum(others.values()),
+            root,
+            "/".join(IMAGE_EXTENSIONS),
+            ", ".join(f"{n} × {ext}" for ext, n in others.most_common(8)),
+        )
     if len(files) == 0:
         found = Counter(p.suffix.lower() or "<no suffix>" for p in every if p.is_file())
         summary = ", ".join(f"{n} × {ext}" for ext, n in found.most_common(8)) or "nothing"

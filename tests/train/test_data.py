@@ -516,6 +516,20 @@ def test_listing_follows_symlinked_folders_once_and_skips_hidden_files(tmp_path)
     assert names == ["a.png", "b.jpg", "c.png"]
 
 
+def test_listing_names_the_files_it_leaves_out(tmp_path, caplog):
+    """A .gif or .heic among the photos is not read, and says so; a folder of images alone says nothing."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with caplog.at_level(logging.WARNING, logger="samam.data"):
+        list_images(tmp_path, "content")
+    assert caplog.records == []
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.gif")
+    (tmp_path / "c.HEIC").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    with caplog.at_level(logging.WARNING, logger="samam.data"):
+        assert [p.name for p in list_images(tmp_path, "content")] == ["a.png"]
+    assert "leaving out 3 file(s)" in caplog.text and "1 × .gif" in caplog.text and "1 × .heic" in caplog.text
+
+
 def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
     with pytest.raises(ValueError, match="data.resize=32 must be ≥ data.crop=64"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), crop=64, resize=32)
