@@ -15,6 +15,7 @@ import logging
 import os
 import statistics
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -97,16 +98,19 @@ def collect_images(
 
 
 def check_unique_stems(paths: Sequence[Path], what: str) -> None:
-    """Output names use file stems only: two inputs with one stem would write the same file."""
+    """Output names use file stems only: two inputs with one stem would write the same file, and
+    so would ``Cat.jpg`` and ``cat.png`` on a case-insensitive file system (macOS, Windows, USB
+    drives): stems are compared case-folded."""
     seen: dict[str, Path] = {}
     clashes = []
     for p in paths:
-        if p.stem in seen:
-            clashes.append(f"{seen[p.stem]} and {p}")
-        seen.setdefault(p.stem, p)
+        key = unicodedata.normalize("NFC", p.stem).casefold()  # macOS also ignores NFC vs NFD
+        if key in seen:
+            clashes.append(f"{seen[key]} and {p}")
+        seen.setdefault(key, p)
     if clashes:
         raise ValueError(
-            f"{what} images share a file name stem, so their outputs would overwrite each other: "
+            f"{what} images share a file name stem (ignoring case), so their outputs would overwrite each other: "
             f"{brief_list(clashes, 5)}. Rename them or pass them in separate runs."
         )
 

@@ -177,6 +177,21 @@ def test_output_names_never_collide():
     assert mix_name(["a", "b"], [0.7, 0.3], taken).startswith("mix2-")
 
 
+def test_stems_that_differ_in_case_only_are_refused(tiny_ckpt, make_image, pair, tmp_path):
+    """Cat.png and cat.jpg write one file on macOS's (or a USB drive's) case-insensitive file
+    system: the second output was kept as the first's, or overwrote it."""
+    _, style = pair
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_image(folder / "Cat.png", 32, 32, seed=1)
+    make_image(folder / "cat.jpg", 32, 32, seed=2)
+    with pytest.raises(
+        ValueError, match=r"share a file name stem \(ignoring case\).*Cat\.png and .*cat\.jpg"
+    ):
+        run(tiny_ckpt, folder, style, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
 def test_shorter_side_resize_is_torchvision_resize():
     from torchvision.transforms import Resize
 
