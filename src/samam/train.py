@@ -55,6 +55,16 @@ def world_size(devices: Any, num_nodes: int) -> int | None:
     return None
 
 
+def processes(cfg: DictConfig) -> int:
+    """Processes the run's trainer starts, whatever the strategy says (with strategy=auto Lightning
+    picks DDP by itself for more than one)."""
+    n = world_size(cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
+    if n is None:  # devices=auto / -1: every visible GPU
+        on_gpu = cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+        n = (torch.cuda.device_count() if on_gpu else 1) * int(cfg.trainer.get("num_nodes", 1))
+    return n
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Refuse Hydra multirun on any launcher but SLURM's (the in-process basic one, submitit_local)
     when a run would have more than one process, whatever the strategy says (with strategy=auto
@@ -82,10 +92,7 @@ def check_launch(cfg: DictConfig) -> None:
         return
     strategy = cfg.trainer.get("strategy", "auto")
     strategy_name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
-    n = world_size(cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1)))
-    if n is None:  # devices=auto / -1: every visible GPU (Lightning then picks DDP itself)
-        on_gpu = cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-        n = (torch.cuda.device_count() if on_gpu else 1) * int(cfg.trainer.get("num_nodes", 1))
+    n = processes(cfg)
     if n > 1:
         raise RuntimeError(
             f"Refusing `-m` (multirun) with trainer={hc.runtime.choices.get('trainer')} "
@@ -293,8 +300,16 @@ def check_no_epochs(cfg: DictConfig) -> None:
 def check_val_interval(cfg: DictConfig) -> None:
     """Refuse ``trainer.val_check_interval`` ≤ 0 before anything is built: 0 failed at the first
     training batch ("integer modulo by zero"), a negative value once the network and the loss
-    network were built."""
+    network were built. And a duration in a run of several processes: Lightning decides on each
+    rank by that rank's clock, so one rank validated while another went on training, and the run
+    hung in their next collective."""
     interval = cfg.trainer.get("val_check_interval")
+    if (isinstance(interval, str) or OmegaConf.is_dict(interval)) and (n := processes(cfg)) > 1:
+        raise ValueError(
+            f"trainer.val_check_interval={interval}: a duration times validation by each process's own "
+            f"clock, and the {n} processes of this run would validate at different steps and hang; "
+            "give a number of training batches (trainer.val_check_interval=1000)"
+        )
     if isinstance(interval, int | float) and not isinstance(interval, bool) and interval <= 0:
         raise ValueError(
             f"trainer.val_check_interval={interval}: validation runs every val_check_interval training "

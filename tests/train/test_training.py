@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch import Callback
 
 from samam import SaMam
-from samam.train import check_seed, main
+from samam.train import check_seed, check_val_interval, main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -1184,6 +1184,17 @@ def test_a_val_check_interval_below_one_batch_is_refused_before_anything_is_buil
     ):
         main(compose([*tiny(tmp_path / "run"), f"trainer.val_check_interval={interval}"]))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("interval", ['"00:00:30:00"', "{minutes:30}"])
+def test_a_val_check_interval_given_as_a_duration_is_refused_under_ddp(compose, tiny, tmp_path, interval):
+    """Lightning times such a validation by each rank's clock: under DDP one rank validated while the
+    other trained on, and the run hung (2 CPU processes, "00:00:00:04": at step 6)."""
+    run = [*tiny(tmp_path / "run"), f"trainer.val_check_interval={interval}"]
+    with pytest.raises(ValueError, match="the 2 processes of this run would validate at different steps"):
+        main(compose([*run, "trainer=ddp_sim"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    check_val_interval(compose(run))  # one process: one clock
 
 
 def test_max_epochs_is_refused_as_no_epoch_of_the_stream_ever_ends(compose, tiny, tmp_path):
