@@ -104,6 +104,32 @@ def check_launch(cfg: DictConfig) -> None:
         )
 
 
+def check_strategy(cfg: DictConfig) -> None:
+    """Refuse a DDP strategy that starts its processes by spawn or fork (``ddp_spawn``, ``ddp_fork``,
+    ``ddp_notebook``, ``start_method``): Lightning trains in those and hands back only the weights and
+    the logged metrics, while the callbacks (the SIGTERM checkpoint, the loss summary) and the run's
+    report stay in this process. ddp_spawn failed pickling the callbacks ("cannot pickle
+    '_thread.lock' object"); ddp_fork finished with "trained 0 steps" and no loss summary."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    strategy = cfg.trainer.get("strategy", "auto")
+    if isinstance(strategy, str):
+        method = (
+            StrategyRegistry[strategy]["init_params"].get("start_method")
+            if strategy in StrategyRegistry
+            else None
+        )
+    else:
+        method = strategy.get("start_method") if OmegaConf.is_dict(strategy) else None
+    if method in ("spawn", "fork", "forkserver"):
+        name = strategy if isinstance(strategy, str) else f"{strategy.get('_target_')}(start_method={method})"
+        raise ValueError(
+            f"trainer.strategy={name}: Lightning would train in processes it starts by {method} and hand back "
+            "only the weights and metrics, while this run's callbacks (SIGTERM checkpoint, loss summary) and "
+            "report stay in this one; use DDP's default start: trainer=ddp (GPUs) or trainer=ddp_sim (CPU)"
+        )
+
+
 def check_appended_keys() -> None:
     """Refuse a top-level ``+key=value`` that is not a config group: no code reads a new top-level
     setting, and Hydra suggests the ``+`` for a mistyped name (``validate_before_trainig=true``:
@@ -748,6 +774,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     try:
         check_launch(cfg)
+        check_strategy(cfg)
         check_appended_keys()
         check_file_keys(cfg)
         check_named_entries(cfg)

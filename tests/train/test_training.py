@@ -1197,6 +1197,23 @@ def test_a_val_check_interval_given_as_a_duration_is_refused_under_ddp(compose, 
     check_val_interval(compose(run))  # one process: one clock
 
 
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ["+trainer.strategy=ddp_spawn"],
+        ["+trainer.strategy=ddp_notebook"],
+        ["trainer=ddp_sim", "+trainer.strategy.start_method=fork"],
+    ],
+)
+def test_a_strategy_that_trains_in_spawned_or_forked_processes_is_refused(compose, tiny, tmp_path, strategy):
+    """ddp_spawn failed pickling the callbacks; ddp_fork trained in its children and this process
+    reported "trained 0 steps" with no loss summary or sample grid."""
+    run = [*tiny(tmp_path / "run"), "trainer.devices=2", *strategy]
+    with pytest.raises(ValueError, match="trainer.strategy=.*trains? in processes it starts by (spawn|fork)"):
+        main(compose(run))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_max_epochs_is_refused_as_no_epoch_of_the_stream_ever_ends(compose, tiny, tmp_path):
     """trainer.max_epochs=1 (to shorten a run) was no limit at all: the run went on to max_steps."""
     with pytest.raises(
