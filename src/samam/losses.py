@@ -268,11 +268,14 @@ class StyleTransferLoss(nn.Module):
     ) -> dict[str, Tensor]:
         """All inputs (B,3,H,W) with one H, W. Returns the weighted total and the four raw terms."""
         b = content.shape[0]
-        # One VGG pass over 5B images: outputs get gradients, targets do not (inputs need no grad).
-        feats = self.vgg(torch.cat([ics, icc, iss, content, style]))  # 5 × (5B, C_t, H_t, W_t)
-        f_ics, f_icc, f_iss, f_c, f_s = zip(*(f.split(b) for f in feats))
-        f_c = [f.detach() for f in f_c]
-        f_s = [f.detach() for f in f_s]
+        # One VGG pass over the 3B outputs and one without autograd over the 2B targets: in a
+        # single pass over 5B the backward would also run every convolution's input gradient
+        # over the targets' 2B images, only to drop it.
+        feats = self.vgg(torch.cat([ics, icc, iss]))  # 5 × (3B, C_t, H_t, W_t)
+        with torch.no_grad():
+            targets = self.vgg(torch.cat([content, style]))  # 5 × (2B, C_t, H_t, W_t)
+        f_ics, f_icc, f_iss = zip(*(f.split(b) for f in feats))
+        f_c, f_s = zip(*(f.split(b) for f in targets))
         content_term = self.content_loss(list(f_ics), f_c)
         style_term = self.style_loss(list(f_ics), f_s)
         id1 = F.mse_loss(icc, content) + F.mse_loss(iss, style)

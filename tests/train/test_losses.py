@@ -219,3 +219,18 @@ def test_a_step_gives_the_loss_the_three_passes_of_spec_5():
     StyleTransferModule(Pair(), Record(), optimizer=None)._step({"content": c, "style": s})
     expected = {"ics": 10 * c + s, "icc": 10 * c + c, "iss": 10 * s + s, "c": c, "s": s}
     assert all(torch.equal(seen[k], v) for k, v in expected.items()), seen.keys()
+
+
+def test_the_backward_runs_the_vgg_over_the_outputs_only():
+    """The targets (content, style) need no gradient: one VGG pass over all 5B images made the
+    backward compute every convolution's input gradient for the 2B targets too, and drop it
+    (2/5 of the loss network's backward, the bulk of a CPU training step)."""
+    loss = StyleTransferLoss(vgg="random")
+    rows = []
+    for conv in loss.vgg.convs():
+        conv.register_full_backward_hook(lambda m, grad_in, grad_out: rows.append(grad_out[0].shape[0]))
+    c, s = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    ics, icc, iss = (x.clone().requires_grad_() for x in (c + 0.05, c + 0.1, s - 0.1))
+    loss(ics, icc, iss, c, s)["loss"].backward()
+    assert rows and set(rows) == {3 * 2}
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in (ics, icc, iss))
