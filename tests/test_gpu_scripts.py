@@ -40,3 +40,32 @@ def test_gpu_check_without_cuda_runs_every_phase_and_fails_cleanly(tmp_path):
     summary = log.split("=== summary", 1)[1]
     assert "mamba=1" in summary and "benchmark=1" in summary  # no kernel, no CUDA: refused, not passed
     assert "gpu_check.log" in summary  # the log ends with the listing of $OUT: flushed before exit
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: the whole script, its pytest collecting every GPU test file
+def test_gpu_check_runs_the_gpu_tests_on_a_machine_without_hydra_wandb_or_lpips(tmp_path):
+    """The GPU machine has torch, lightning and torchmetrics but no Hydra, W&B or lpips
+    (/work/shared/ENV.md): tests/train/conftest.py imported Hydra at the top, and pytest stopped
+    at loading it (exit 4) before running a single GPU test of any file."""
+    block = tmp_path / "block"
+    for name in ("hydra", "omegaconf", "wandb", "lpips"):
+        (block / name).mkdir(parents=True)
+        (block / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}'\")\n"
+        )
+    py = tmp_path / "python"  # the interpreter as the GPU machine's: the four unimportable
+    py.write_text(
+        f'#!/usr/bin/env bash\nPYTHONPATH={block}${{PYTHONPATH:+:$PYTHONPATH}} exec {sys.executable} "$@"\n'
+    )
+    py.chmod(0o755)
+    out = tmp_path / "out"
+    # hydra-core's pytest plugin is installed here, not there
+    env = {**os.environ, "OUT": str(out), "PY": str(py), "OMP_NUM_THREADS": "1"}
+    env["PYTEST_ADDOPTS"] = "-p no:hydra_pytest"
+    subprocess.run(
+        ["bash", str(REPO / "experiments" / "gpu_check.sh")], env=env, capture_output=True, timeout=300
+    )
+    log = (out / "gpu_check.log").read_text()
+    tests_phase = log.split("=== GPU-marked tests", 1)[1].split("=== benchmark on CUDA", 1)[0]
+    assert "while loading conftest" not in tests_phase, tests_phase
+    assert "pytest=0" in log.split("=== summary", 1)[1], tests_phase  # every GPU test skipped: no CUDA

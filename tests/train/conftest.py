@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -42,6 +43,11 @@ def tiny_overrides(out: Path, demo_root: Path) -> list[str]:
 
 
 def compose_cfg(overrides: list[str]) -> DictConfig:
+    # Imported here: a conftest that fails to import stops pytest before any test, and the GPU
+    # machine gpu_check.sh runs its tests on has no Hydra (test_data.py's GPU test needs none).
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("train", overrides=overrides)
 
