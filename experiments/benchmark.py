@@ -837,7 +837,10 @@ def run_case(
         row["peak_mib"] = round(peak, 1)
     except Exception as err:  # any failure is this case's row; the next series still runs
         row["status"] = failure_status(err)
-        h.failed = row["status"]
+        # A refused input (ValueError: a side below the network's minimum) says nothing of larger
+        # sizes; what else fails (out of memory, index limits) would only fail again bigger.
+        if not isinstance(err, ValueError):
+            h.failed = row["status"]
         log.warning("%s %s %s %s²: %s", s.label, precision, task, size, row["status"])
         return row
     finally:

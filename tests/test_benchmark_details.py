@@ -10,7 +10,7 @@ import types
 
 import pytest
 import torch
-from test_benchmark import _load_benchmark, timed_row
+from test_benchmark import TINY, _load_benchmark, timed_row
 from test_stytr2 import _stytr2
 from torch import nn
 
@@ -201,3 +201,16 @@ def test_stytr2_decoder_attends_to_style_and_content_encoder_gets_cape():
 def test_cuda_without_a_gpu_is_refused_up_front(bench, tmp_path):
     with pytest.raises(SystemExit, match="no CUDA device visible"):
         bench.main(["--device", "cuda", "--sizes", "64", "--out", str(tmp_path)])
+
+
+def test_a_size_below_the_networks_minimum_does_not_skip_the_larger_ones(bench, tmp_path):
+    """`--sizes 8 32` (p=8 needs 16 px) or `--train-sizes 32 64` (the style crop needs 64): the
+    refused size skipped every larger one as if it had run out of memory."""
+    argv = ["--device", "cpu", "--model", *TINY, "--backend", "torch", "--style-size", "64"]
+    argv += ["--tasks", "latency", "train", "--sizes", "8", "32", "--train-sizes", "32", "64"]
+    argv += ["--train-batch", "1", "--loss", "mse", "--repeats", "1", "--warmup", "0"]
+    assert bench.main([*argv, "--out", str(tmp_path)]) == 0
+    with (tmp_path / "results.csv").open() as f:
+        status = {(r["task"], r["content"]): r["status"] for r in csv.DictReader(f)}
+    assert "needs at least 16 px" in status["latency", "8"] and status["latency", "32"] == "ok"
+    assert "needs at least 64 px" in status["train", "32"] and status["train", "64"] == "ok"
