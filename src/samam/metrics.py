@@ -766,6 +766,12 @@ METRIC_OPTIONS = {  # each metric's settings besides enabled and weights
 }
 
 
+def _seen_at(short_side: int | None) -> str:
+    """The size a metric's network sees, for results files: the protocol's is a 512 shorter side
+    (SPEC §6), and another gives other values that must not pass for the protocol's."""
+    return "each image at its own size" if short_side is None else f"images at a {short_side}-px shorter side"
+
+
 def build_metrics(
     fid_art: Mapping[str, Any] | None = None,
     fid_tf: Mapping[str, Any] | None = None,
@@ -814,8 +820,11 @@ def build_metrics(
                 if test_extractors:
                     net, networks[name] = RandomFeatures(32, seed=1), test_note
                 else:
-                    net = art_inception(weights, download, short_side=opt_null(cfg, "short_side", 512))
-                    networks[name] = f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d"
+                    side = opt_null(cfg, "short_side", 512)
+                    net = art_inception(weights, download, short_side=side)
+                    networks[name] = (
+                        f"art-trained Inception-v3 ({ART_INCEPTION.name}), pool3 2048-d, {_seen_at(side)}"
+                    )
                 built[name] = FrechetDistance(net, reset_real_features=reset_style)
             elif name == "fid_tf":
                 if test_extractors:
@@ -828,8 +837,11 @@ def build_metrics(
             elif name == "lpips":
                 rand = test_extractors or bool(opt(cfg, "pnet_rand", False))
                 net = lpips_alexnet(weights, download, pnet_rand=rand)
-                built[name] = LPIPSDistance(net, short_side=opt_null(cfg, "short_side", 512))
-                networks[name] = test_note if rand else f"LPIPS v0.1 AlexNet ({ALEXNET.name})"
+                side = opt_null(cfg, "short_side", 512)
+                built[name] = LPIPSDistance(net, short_side=side)
+                networks[name] = (
+                    test_note if rand else f"LPIPS v0.1 AlexNet ({ALEXNET.name}), {_seen_at(side)}"
+                )
             else:
                 if test_extractors:
                     net, networks[name] = RandomFeatures(16, spatial=True, seed=3), test_note

@@ -460,3 +460,22 @@ def test_a_metric_setting_it_does_not_have_is_refused():
         M.build_metrics(fid_tf={"short_side": 256}, test_extractors=True)
     with pytest.raises(ValueError, match="metrics.lpips: no setting enabeld"):
         M.build_metrics(lpips={"enabeld": False}, test_extractors=True)
+
+
+def test_the_size_each_metric_network_sees_is_named_for_the_results(monkeypatch):
+    """results.json/results.md name each metric's network; metrics.fid_art.short_side=299 or
+    metrics.lpips.short_side=null (not the protocol's 512) changed every value and left no trace."""
+    monkeypatch.setattr(
+        M, "art_inception", lambda w=None, d=False, short_side=512: M.ArtInceptionFeatures(short_side)
+    )
+    random_alexnet = M.lpips_alexnet
+    monkeypatch.setattr(
+        M, "lpips_alexnet", lambda w=None, d=False, pnet_rand=False: random_alexnet(pnet_rand=True)
+    )
+    off = {"enabled": False}
+    protocol = M.build_metrics(fid_tf=off, cfsd=off).networks
+    assert protocol["fid_art"].endswith("images at a 512-px shorter side")
+    assert protocol["lpips"].endswith("images at a 512-px shorter side")
+    other = M.build_metrics(fid_art={"short_side": 299}, lpips={"short_side": None}, fid_tf=off, cfsd=off)
+    assert other.networks["fid_art"].endswith("images at a 299-px shorter side")
+    assert other.networks["lpips"].endswith("each image at its own size")
