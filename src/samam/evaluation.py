@@ -627,6 +627,22 @@ def evaluate(
             suite.update_style(to_tensor(im)[None].to(dev), weight=len(contents))
     del style_files
 
+    # A run into the folder of an earlier one: its results describe other images, and must not
+    # stand beside this run's if it is stopped before writing its own; its images this run does
+    # not overwrite (another style set, say) stay, and are named.
+    for name in ("results.json", "results.md"):
+        (out / name).unlink(missing_ok=True)
+    ours = {output_name(c, s.stem) for c in contents for s in styles}
+    others = sorted(p.name for p in out.glob("*_stylized_*.png") if p.name not in ours)
+    if others:
+        log.warning(
+            "eval: %s holds %d stylised image(s) of an earlier run that this run does not write "
+            "(not scored; e.g. %s)",
+            out,
+            len(others),
+            brief_list(others, 3),
+        )
+
     bar = tqdm(total=len(contents) * len(styles), desc="stylising", unit="img", disable=not progress)
     with torch.no_grad():
         for cpath in contents:

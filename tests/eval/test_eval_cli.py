@@ -505,3 +505,37 @@ def test_eval_results_record_the_checkpoints_step_and_code_and_the_code_that_eva
         saved = json.loads((out / "results.json").read_text())
         assert saved["checkpoint_code"] == expected and saved["code"] == code_version()
         assert saved["checkpoint_step"] == step  # last.ckpt moves on while a run trains
+
+
+def test_eval_into_an_earlier_runs_folder_leaves_no_results_of_other_images(
+    tiny_ckpt, image_dirs, folder_copy, tmp_path, monkeypatch, caplog
+):
+    """A second run into the same output_dir, stopped while stylising, left the first run's
+    results.json beside images it had already overwritten; the first run's images of a style
+    the second does not use stayed unmentioned."""
+    import samam.evaluation as E
+
+    content, style = image_dirs
+    out = tmp_path / "eval"
+    first = base_overrides(tiny_ckpt, image_dirs, out) + ["metrics.test_extractors=true"]
+    entry_point("eval")(compose_eval(first))
+    assert (out / "results.json").is_file() and (out / "c0_stylized_s2.png").is_file()
+
+    fewer = folder_copy(style, tmp_path / "fewer", {})
+    (fewer / "s2.png").unlink()
+    second = base_overrides(tiny_ckpt, (content, fewer), out) + ["metrics.test_extractors=true"]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, caplog.at_level("WARNING", logger="samam.evaluation"):
+        m.setattr(E, "save_png", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            entry_point("eval")(compose_eval(second))
+    assert not (out / "results.json").exists() and not (out / "results.md").exists()
+    assert "2 stylised image(s) of an earlier run" in caplog.text and "c0_stylized_s2.png" in caplog.text
+    res = entry_point("eval")(compose_eval(second))
+    assert (
+        res["protocol"]["n_images"] == 4
+        and json.loads((out / "results.json").read_text())["protocol"]["n_style"] == 2
+    )
