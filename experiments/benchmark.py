@@ -1123,7 +1123,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.replot is not None:
         meta = json.loads((args.replot / "meta.json").read_text())
-        write_outputs(read_csv(args.replot / "results.csv"), meta, args.replot, plot=True)
+        rows = read_csv(args.replot / "results.csv")
+        if meta.get("peers") and "peer_style" not in meta:  # a record from before --peer-style: its rows say
+            peer_rows = [r for r in rows if r["impl"] in PEERS]
+            meta["peer_style"] = "content" if any(r["style"] != meta["style"] for r in peer_rows) else "same"
+        write_outputs(rows, meta, args.replot, plot=True)
         print(f"benchmark: rewrote {args.replot / 'results.md'} and {args.replot / 'scaling.png'}")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -5,6 +5,7 @@ failing series, the no-CUDA refusal; and StyTr²'s attention wiring."""
 from __future__ import annotations
 
 import csv
+import json
 import time
 import types
 
@@ -214,3 +215,20 @@ def test_a_size_below_the_networks_minimum_does_not_skip_the_larger_ones(bench, 
         status = {(r["task"], r["content"]): r["status"] for r in csv.DictReader(f)}
     assert "needs at least 16 px" in status["latency", "8"] and status["latency", "32"] == "ok"
     assert "needs at least 64 px" in status["train", "32"] and status["train", "64"] == "ok"
+
+
+def test_replot_of_a_record_from_before_peer_style_describes_the_peers_inputs_it_holds(bench, tmp_path):
+    """experiments/results/2026-11-27-cpu-stytr2 gave the peers style = content before meta.json
+    kept peer_style: --replot wrote '--peer-style same' over rows whose peers had style 512²."""
+    rows = [timed_row(bench, "samam", 2.0, content=n) for n in (256, 512)]
+    rows += [timed_row(bench, "stytr2", 8.0, content=n, style=n) for n in (256, 512)]
+    for r in rows:
+        r.update(
+            mixer="ssm", backend="torch", min_ms=1.0, img_per_s=1.0, peak_mib=1.0, pixels=r["content"] ** 2
+        )
+    bench.write_csv(rows, tmp_path / "results.csv")
+    meta = {**_meta(), "peers": ["stytr2"], "peer_model": "StyTr2() (published sizes)"}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert bench.main(["--replot", str(tmp_path)]) == 0
+    peers = next(ln for ln in (tmp_path / "results.md").read_text().splitlines() if ln.startswith("- peers"))
+    assert "content and style both n²" in peers and "--peer-style same" not in peers
