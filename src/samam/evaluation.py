@@ -563,6 +563,8 @@ def evaluate(
     dev = resolve_device(device)
     autocast(dev, precision)  # validates the name before any work
     net = load_network(ckpt_path, dev, backend, trust_pickle)
+    # Read now, with the weights: last.ckpt of a run still training is replaced while this one stylises.
+    ckpt_record = checkpoint_record(ckpt_path)
     bench = _bench_settings(bench, net, content_size or 512, style_size or style_short_side or 256)
     suite: StyleTransferMetrics = build_metrics(**dict(metrics or {})).to(dev)
     contents = collect_images(content_dir, "content", output_dir=out)
@@ -682,7 +684,7 @@ def evaluate(
             ),
         ),
         ckpt_path=str(ckpt_path),
-        **checkpoint_record(ckpt_path),  # its step and the code that trained it
+        **ckpt_record,  # its step and the code that trained it
         code=code_version(),  # the code that evaluated it
         model=net.config,
         scan_backend=net.scan_backend.describe(),

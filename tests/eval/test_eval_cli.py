@@ -539,3 +539,31 @@ def test_eval_into_an_earlier_runs_folder_leaves_no_results_of_other_images(
         res["protocol"]["n_images"] == 4
         and json.loads((out / "results.json").read_text())["protocol"]["n_style"] == 2
     )
+
+
+def test_eval_records_the_step_of_the_weights_it_scored_when_the_file_moves_on(
+    tiny_ckpt, image_dirs, tmp_path, monkeypatch
+):
+    """Evaluating last.ckpt of a run still training: the file was read again after stylising, so
+    results.json gave the step of a checkpoint saved meanwhile, not of the weights scored."""
+    import samam.evaluation as E
+
+    ckpt = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    ckpt["global_step"] = 7
+    last = tmp_path / "last.ckpt"
+    torch.save(ckpt, last)
+    save_png = E.save_png
+
+    def training_saves_meanwhile(*args, **kwargs):
+        torch.save({**ckpt, "global_step": 9}, last)
+        save_png(*args, **kwargs)
+
+    monkeypatch.setattr(E, "save_png", training_saves_meanwhile)
+    out = tmp_path / "eval"
+    overrides = [
+        *base_overrides(last, image_dirs, out),
+        "metrics.test_extractors=true",
+        "bench.enabled=false",
+    ]
+    entry_point("eval")(compose_eval(overrides))
+    assert json.loads((out / "results.json").read_text())["checkpoint_step"] == 7
