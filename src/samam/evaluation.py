@@ -585,11 +585,13 @@ def evaluate(
     # Every input is decoded and size-checked before any work: a bad file is skipped (and listed
     # in results.json), not found after minutes of stylising.
     skipped: dict[str, str] = {}
-    style_files, e_list = [], []
+    usable_styles, e_list = [], []
     with torch.no_grad():
         for p in styles:
             try:
-                im = load_rgb(p, plain=match_release)  # kept for the FID reference set below
+                # Decoded again for the FID reference set below: kept, 40 WikiArt scans at full size
+                # sat in memory at once.
+                im = load_rgb(p, plain=match_release)
                 if min(im.size) < suite.min_style_side:
                     raise ValueError(
                         f"{(im.height, im.width)} px is below the metrics' {suite.min_style_side}-px minimum"
@@ -598,10 +600,10 @@ def evaluate(
                     im, size=style_size, short_side=style_short_side, resample=Image.BILINEAR
                 )
                 e_list.append(embed_styles(net, [to_tensor(net_in)], 1, precision)[0])  # (S, 3, 3)
-                style_files.append((p, im))
+                usable_styles.append(p)
             except Exception as err:  # unreadable, or below the style embedder's minimum
                 skipped[str(p)] = f"{type(err).__name__}: {err}"
-        if not style_files:
+        if not usable_styles:
             raise ValueError(f"eval: no usable style image; skipped: {skipped}")
         usable = []
         for cpath in contents:
@@ -619,15 +621,15 @@ def evaluate(
         log.warning("eval: skipping %s (%s)", path, why)
     if not usable:
         raise ValueError(f"eval: no usable content image; skipped: {skipped}")
-    contents, styles = usable, [p for p, _ in style_files]
+    contents, styles = usable, usable_styles
     e_styles = torch.stack(e_list)  # (N_s, S, 3, 3)
     with torch.no_grad():
-        for _, im in style_files:
+        for p in styles:
             # FID's reference set is the style images as they are, aspect kept (the art
             # Inception resizes them to its 512 shorter side itself, SPEC §6), each counted once
             # per stylised image made with it, as StyleID's copied reference folder holds it.
-            suite.update_style(to_tensor(im)[None].to(dev), weight=len(contents))
-    del style_files
+            im = to_tensor(load_rgb(p, plain=match_release))[None]
+            suite.update_style(im.to(dev), weight=len(contents))
 
     # A run into the folder of an earlier one: its results describe other images, and must not
     # stand beside this run's if it is stopped before writing its own; its images this run does

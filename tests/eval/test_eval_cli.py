@@ -567,3 +567,34 @@ def test_eval_records_the_step_of_the_weights_it_scored_when_the_file_moves_on(
     ]
     entry_point("eval")(compose_eval(overrides))
     assert json.loads((out / "results.json").read_text())["checkpoint_step"] == 7
+
+
+def test_eval_holds_one_decoded_style_image_at_a_time(tiny_ckpt, image_dirs, tmp_path, monkeypatch):
+    """Each style file was kept decoded at full size from its check to the FID reference update,
+    all at once: 40 WikiArt scans (some past 100 MP) sat in memory together."""
+    import weakref
+
+    import samam.evaluation as E
+
+    _, style = image_dirs
+    live, most = set(), [0]
+    load_rgb = E.load_rgb
+
+    def tracked(path, plain=False):
+        im = load_rgb(path, plain)
+        if Path(path).parent == style:
+            live.add(id(im))
+            weakref.finalize(im, live.discard, id(im))
+            most[0] = max(most[0], len(live))
+        return im
+
+    monkeypatch.setattr(E, "load_rgb", tracked)
+    out = tmp_path / "eval"
+    overrides = [
+        *base_overrides(tiny_ckpt, image_dirs, out),
+        "metrics.test_extractors=true",
+        "bench.enabled=false",
+    ]
+    res = entry_point("eval")(compose_eval(overrides))
+    assert res["protocol"]["n_style"] == 3 and res["fid_art"] is not None
+    assert most[0] <= 2  # the last one checked may still be referenced while the next is decoded
