@@ -50,7 +50,7 @@ def world_size(devices: Any, num_nodes: int) -> int | None:
         return devices * num_nodes
     if isinstance(devices, str) and devices.isdigit():
         return int(devices) * num_nodes
-    if isinstance(devices, list | tuple):
+    if isinstance(devices, list | tuple) or OmegaConf.is_list(devices):  # trainer.devices=[1]: a ListConfig
         return len(devices) * num_nodes
     return None
 

@@ -1200,6 +1200,16 @@ def test_a_val_check_interval_given_as_a_duration_is_refused_under_ddp(compose, 
     check_val_interval(compose(run))  # one process: one clock
 
 
+def test_a_gpu_picked_by_index_is_one_process(compose, tiny, tmp_path, monkeypatch):
+    """trainer.devices=[1] reaches the checks as a ListConfig, not a list: it was counted as every
+    visible GPU, so on a node with 2 a one-GPU run was refused a duration (and multirun)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    run = [*tiny(tmp_path / "run"), 'trainer.val_check_interval="00:00:30:00"', "trainer.accelerator=gpu"]
+    check_val_interval(compose([*run, "trainer.devices=[1]"]))
+    with pytest.raises(ValueError, match="the 2 processes of this run"):
+        check_val_interval(compose([*run, "trainer.devices=[0,1]"]))
+
+
 @pytest.mark.parametrize(
     "strategy",
     [
