@@ -456,6 +456,13 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
         (pkg / "__init__.py").write_text(text)
         digests.append(code_version(pkg)["git_diff"])
     assert re.fullmatch("[0-9a-f]{12}", digests[0]) and digests[0] != digests[1] and digests[0] == digests[2]
+    # one state, one digest: not the user's diff config nor the clone's abbreviation of blob ids
+    for key, value in (("core.abbrev", "12"), ("diff.noprefix", "true"), ("diff.mnemonicPrefix", "true")):
+        with monkeypatch.context() as m:
+            m.setenv("GIT_CONFIG_COUNT", "1")
+            m.setenv("GIT_CONFIG_KEY_0", key)
+            m.setenv("GIT_CONFIG_VALUE_0", value)
+            assert code_version(pkg)["git_diff"] == digests[0], key
     (pkg / "__init__.py").write_bytes(b"name = '\xe9t\xe9'\n")  # Latin-1: a diff is bytes, not UTF-8
     assert code_version(pkg)["git_diff"] not in (None, *digests)
     # git status past the time limit (a huge tree): the commit already read is kept
@@ -468,8 +475,8 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
         m.setattr("samam.checkpoint.GIT_TIMEOUT_S", 1.0)
         got = code_version(pkg)
     assert got["git_commit"] == head and got["git_dirty"] is None and "did not answer" in got["git_error"]
-    slow.write_text(f'#!/bin/sh\n[ "$3" = diff ] && sleep 3\nexec {shutil.which("git")} "$@"\n')
-    with monkeypatch.context() as m:  # git diff past it: the commit and the status are kept
+    slow.write_text(f'#!/bin/sh\n[ "$3" = diff-index ] && sleep 3\nexec {shutil.which("git")} "$@"\n')
+    with monkeypatch.context() as m:  # git diff-index past it: the commit and the status are kept
         m.setenv("PATH", f"{slow.parent}{os.pathsep}{os.environ['PATH']}")
         m.setattr("samam.checkpoint.GIT_TIMEOUT_S", 1.0)
         got = code_version(pkg)

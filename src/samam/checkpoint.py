@@ -65,8 +65,9 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
     hyperparameters, results.json): samam's and torch's versions, the git commit of the checkout samam is
     imported from (``package_dir``, default samam's own folder), whether that checkout has
     changes or untracked files (``git_dirty``) and a digest of its changes to tracked files
-    (``git_diff``: the first 12 hex digits of the SHA-256 of ``git diff HEAD``, None without any),
-    so that runs of two different uncommitted states are told apart. Outside a checkout (an installed
+    (``git_diff``: the first 12 hex digits of the SHA-256 of ``git diff-index -p --full-index HEAD``,
+    None without any), so that runs of two different uncommitted states are told apart, and one state
+    is one digest on every machine. Outside a checkout (an installed
     copy, even one in a repository's .venv), without git, or if git fails: all three None and
     ``git_error`` says why (only the ones not yet read None where a later call timed out). Up to
     four git calls: once per run, not per step."""
@@ -99,10 +100,9 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
         git("ls-files", "--error-unmatch", "--", "__init__.py")  # tracked: a checkout, not an installed copy
         out["git_commit"] = git("rev-parse", "HEAD").decode()  # kept if a call below times out (a huge tree)
         out["git_dirty"] = git("status", "--porcelain") != b""
-        # the patch as git itself writes it: no external diff tool or textconv filter of the user's config
-        diff = (
-            git("diff", "HEAD", "--no-ext-diff", "--no-textconv", "--no-color") if out["git_dirty"] else b""
-        )
+        # plumbing, full blob ids: one state gives one patch whatever the user's diff config (prefixes,
+        # algorithm, external diff, textconv) and however many objects the clone holds (abbreviation)
+        diff = git("diff-index", "-p", "--full-index", "HEAD") if out["git_dirty"] else b""
         out["git_diff"] = hashlib.sha256(diff).hexdigest()[:12] if diff else None
     except FileNotFoundError:
         return {**out, "git_error": "no git executable on PATH"}
