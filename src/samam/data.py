@@ -94,6 +94,23 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
     return files
 
 
+def _integer_white(im: Image.Image) -> float | None:
+    """The white of a 16-bit grey image, from its mode or its file's header: a dark one (every value
+    ≤ 255) was read as 8-bit, far too bright. Pillow opens a signed 16-bit TIFF as "I" (white 32767,
+    below 0 black), and older Pillows a 16-bit PNG too (PNG has no other "I"). None where the file
+    does not say (32-bit "I"): the values decide."""
+    if im.mode.startswith("I;16"):
+        return 65535.0
+    if im.mode != "I":
+        return None
+    if im.format == "PNG":
+        return 65535.0
+    tags = getattr(im, "tag_v2", {})  # TIFF: BitsPerSample, SampleFormat (2: signed)
+    if tuple(np.atleast_1d(tags.get(258, ()))) == (16,):
+        return 32767.0 if tags.get(339, 1) in (2, (2,)) else 65535.0
+    return None
+
+
 def load_rgb(path: str | Path, plain: bool = False) -> Image.Image:
     """Decode any still image to 8-bit RGB: EXIF orientation applied; grayscale, RGBA/LA,
     palette and a transparent colour (PNG tRNS) on white, 16-bit, float, CMYK. ``plain``: PIL's
@@ -110,10 +127,11 @@ def load_rgb(path: str | Path, plain: bool = False) -> Image.Image:
         except UnidentifiedImageError:  # its message would name the file object
             raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
         im.load()
+        white = _integer_white(im)  # from the file's header, which the turned copy below lacks
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
             arr = np.asarray(im, dtype=np.float64)
-            hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            hi = white or (65535.0 if arr.max() > 255 else 255.0)
             if im.mode == "F" and arr.max() <= 1.0:
                 hi = 1.0
             key = im.info.get("transparency")  # a 16-bit PNG's transparent grey (tRNS), in its units

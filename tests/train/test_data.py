@@ -113,6 +113,19 @@ def test_a_transparent_grey_of_a_16_bit_png_is_on_white(tmp_path):
     assert (rgb.reshape(-1, 3)[1:] == 255).all()  # the transparent ones are white
 
 
+def test_a_dark_16_bit_image_is_read_as_16_bit(tmp_path):
+    """Pillow opens a signed 16-bit TIFF as mode "I", whose values once decided its depth: a dark
+    one (all ≤ 255) was read as 8-bit, 128× too bright. The header says 16 bits."""
+    gray = np.full((4, 6), 200, np.uint16)
+    gray[0, 0] = 32767
+    Image.fromarray(gray).save(tmp_path / "signed16.tif", tiffinfo={339: 2})  # SampleFormat: signed
+    Image.fromarray(gray).save(tmp_path / "unsigned16.png")
+    assert Image.open(tmp_path / "signed16.tif").mode == "I"
+    signed = np.asarray(load_rgb(tmp_path / "signed16.tif"))[..., 0]
+    assert signed[0, 0] == 255 and (signed.reshape(-1)[1:] == 2).all()  # 200 / 32767 of white
+    assert (np.asarray(load_rgb(tmp_path / "unsigned16.png"))[1:] == 1).all()  # 200 / 65535
+
+
 def test_broken_files_skipped_and_counted(messy, caplog):
     content, style, n_broken = messy
     dm = StyleTransferDataModule(
