@@ -325,6 +325,16 @@ def image_list_record(files: Sequence[Path], folder: str | Path) -> list[int | s
     return [len(files), hashlib.sha1(names.encode()).hexdigest()]
 
 
+def split_batch(batch_size: int, world: int) -> int:
+    """The per-device share of the global ``data.batch_size`` over ``world`` processes."""
+    if batch_size % world != 0:
+        raise ValueError(
+            f"data.batch_size={batch_size} (global) does not divide over {world} devices "
+            f"(devices × num_nodes); choose a multiple of {world}"
+        )
+    return batch_size // world
+
+
 class StyleTransferDataModule(L.LightningDataModule):
     """Content and style folders -> endless random training pairs + fixed validation pairs.
 
@@ -377,13 +387,7 @@ class StyleTransferDataModule(L.LightningDataModule):
 
     @property
     def per_device_batch_size(self) -> int:
-        world = 1 if self.trainer is None else self.trainer.world_size
-        if self.batch_size % world != 0:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} (global) does not divide over {world} devices "
-                f"(devices × num_nodes); choose a multiple of {world}"
-            )
-        return self.batch_size // world
+        return split_batch(self.batch_size, 1 if self.trainer is None else self.trainer.world_size)
 
     def _usable(self, files: list[Path]) -> list[Path]:
         if self.verify == "none":

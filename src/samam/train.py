@@ -130,6 +130,17 @@ def check_strategy(cfg: DictConfig) -> None:
         )
 
 
+def check_batch_split(cfg: DictConfig) -> None:
+    """Refuse a global ``data.batch_size`` that does not divide over the run's processes before
+    anything is built: the data module's set-up refused it only after the other ranks had started
+    and every rank had built the networks."""
+    from samam.data import split_batch
+
+    batch_size, n = cfg.data.get("batch_size"), processes(cfg)
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and n > 1:
+        split_batch(batch_size, n)
+
+
 def check_appended_keys() -> None:
     """Refuse a top-level ``+key=value`` that is not a config group: no code reads a new top-level
     setting, and Hydra suggests the ``+`` for a mistyped name (``validate_before_trainig=true``:
@@ -775,6 +786,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     try:
         check_launch(cfg)
         check_strategy(cfg)
+        check_batch_split(cfg)
         check_appended_keys()
         check_file_keys(cfg)
         check_named_entries(cfg)

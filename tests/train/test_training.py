@@ -1210,6 +1210,20 @@ def test_a_gpu_picked_by_index_is_one_process(compose, tiny, tmp_path, monkeypat
         check_val_interval(compose([*run, "trainer.devices=[0,1]"]))
 
 
+def test_a_batch_that_does_not_divide_over_the_processes_is_refused_before_anything_is_built(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """data.batch_size=3 over 2 processes was refused only in the data module's set-up, after the
+    second rank had started and both had built the networks (~30 s on 2 CPU cores)."""
+
+    def build(cfg):
+        raise AssertionError("the run was built")
+
+    monkeypatch.setattr("samam.train._train", build)
+    with pytest.raises(ValueError, match=r"data.batch_size=3 \(global\) does not divide over 2 devices"):
+        main(compose([*tiny(tmp_path / "run"), "trainer=ddp_sim", "data.batch_size=3"]))
+
+
 @pytest.mark.parametrize(
     "strategy",
     [
