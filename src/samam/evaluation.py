@@ -169,6 +169,19 @@ def save_png(image: Tensor, path: PathLike) -> None:
         Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(f, format="PNG")
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse, before any work, an ``output_dir`` that is a file or lies below one: creating it
+    failed with a bare FileExistsError once the network was loaded."""
+    for folder in (output_dir, *output_dir.parents):
+        if folder.is_dir():
+            return
+        if folder.exists():
+            where = "is a file" if folder == output_dir else f"lies below the file {str(folder)!r}"
+            raise NotADirectoryError(
+                f"output_dir {str(output_dir)!r} {where}; give a folder (it is created if missing)"
+            )
+
+
 def check_output_names(names: Sequence[str], output_dir: Path) -> None:
     """Refuse, before any work, output file names longer than the file system allows."""
     try:
@@ -560,6 +573,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     out = Path(output_dir).expanduser()
+    check_output_dir(out)
     dev = resolve_device(device)
     autocast(dev, precision)  # validates the name before any work
     net = load_network(ckpt_path, dev, backend, trust_pickle)
@@ -826,6 +840,8 @@ def stylize(
     for name, value in (("max_side", max_side), ("style_side", style_side)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be ≥ 1 px or null, got {value}")
+    out = Path(output_dir).expanduser()
+    check_output_dir(out)
     dev = resolve_device(device)
     autocast(dev, precision)
     net = load_network(ckpt_path, dev, backend, trust_pickle)
@@ -840,7 +856,6 @@ def stylize(
         from samam.cuda_graph import GraphedSaMam
 
         stylise = GraphedSaMam(net, precision)
-    out = Path(output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     content_paths = collect_images(content, "content", output_dir=out)
     check_unique_stems(content_paths, "content")

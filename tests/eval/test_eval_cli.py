@@ -301,6 +301,15 @@ def test_eval_refuses_bad_settings_before_stylising(tiny_ckpt, image_dirs, tmp_p
     assert not out.exists() or not list(out.glob("*.png"))
 
 
+def test_eval_refuses_an_output_dir_that_is_a_file_before_any_work(image_dirs, tmp_path):
+    """It failed with a bare FileExistsError once the network and the metrics were loaded."""
+    out = tmp_path / "results"
+    out.write_text("")
+    overrides = base_overrides(tmp_path / "never-read.ckpt", image_dirs, out)
+    with pytest.raises(NotADirectoryError, match=r"output_dir '.*results' is a file; give a folder"):
+        entry_point("eval")(compose_eval(overrides))
+
+
 def test_eval_refuses_a_switch_given_as_a_string(tiny_ckpt, image_dirs, tmp_path):
     out = tmp_path / "eval"
     overrides = base_overrides(tiny_ckpt, image_dirs, out) + [

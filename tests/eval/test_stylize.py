@@ -311,6 +311,17 @@ def test_a_switch_given_as_a_string_is_refused_before_any_work(pair, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(pair, tmp_path):
+    """It failed with a bare FileExistsError once the network was loaded."""
+    content, style = pair
+    with pytest.raises(NotADirectoryError, match=r"output_dir '.*odd\.png' is a file; give a folder"):
+        run(tmp_path / "never-read.ckpt", content, style, content)
+    with pytest.raises(
+        NotADirectoryError, match=r"output_dir '.*odd\.png/out' lies below the file '.*odd\.png'"
+    ):
+        run(tmp_path / "never-read.ckpt", content, style, content / "out")
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [({"batch_size": 0}, "batch_size must be ≥ 1"), ({"grid_cell": 0}, "grid_cell must be ≥ 1"),
