@@ -15,6 +15,7 @@ import types
 import typing
 import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +342,7 @@ def check_val_interval(cfg: DictConfig) -> None:
     rank by that rank's clock, so one rank validated while another went on training, and the run
     hung in their next collective."""
     interval = cfg.trainer.get("val_check_interval")
+    duration(interval)
     if (isinstance(interval, str) or OmegaConf.is_dict(interval)) and (n := processes(cfg)) > 1:
         raise ValueError(
             f"trainer.val_check_interval={interval}: a duration times validation by each process's own "
@@ -353,6 +355,22 @@ def check_val_interval(cfg: DictConfig) -> None:
             'batches, so give 1 or more (or a duration, "DD:HH:MM:SS"); to train without validating, '
             "data.val_pairs=0"
         )
+
+
+def duration(interval: Any) -> timedelta | None:
+    """``trainer.val_check_interval`` given as timedelta's keywords (``{minutes:30}``) as a timedelta,
+    else None. Lightning takes a dict, but Hydra hands it a DictConfig, which it counted as
+    batches: the Trainer failed once the networks were built ("'<=' not supported between
+    instances of 'int' and 'DictConfig'")."""
+    if not OmegaConf.is_dict(interval):
+        return None
+    try:
+        return timedelta(**interval)
+    except TypeError as err:
+        raise ValueError(
+            f"trainer.val_check_interval={interval}: a duration takes timedelta's keywords (days, hours, "
+            f'minutes, seconds: {{minutes:30}}) or "DD:HH:MM:SS" ({err})'
+        ) from None
 
 
 # trainer.precision values that train this network (Lightning's aliases 32, 64, 16, bf16 included);
@@ -852,12 +870,14 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         plugins = _instantiate_plugins(trainer_cfg.pop("plugins", None))
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
+    every = duration(cfg.trainer.get("val_check_interval"))
     trainer: L.Trainer = instantiate(
         trainer_cfg,
         callbacks=callbacks,
         logger=loggers if len(loggers) > 0 else False,
         plugins=plugins,
         **({"enable_checkpointing": False} if no_checkpoints else {}),
+        **({"val_check_interval": every} if every is not None else {}),
     )
     for lg in loggers:
         lg.log_hyperparams({**run_config, "code": code})

@@ -1224,6 +1224,36 @@ def test_a_batch_that_does_not_divide_over_the_processes_is_refused_before_anyth
         main(compose([*tiny(tmp_path / "run"), "trainer=ddp_sim", "data.batch_size=3"]))
 
 
+def test_a_val_check_interval_given_as_timedelta_keywords_times_validation(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """{minutes:30} reached Lightning as a DictConfig, which it counted as batches: the Trainer failed
+    once the networks were built. Now it is a timedelta, and a misspelt keyword is refused first."""
+    import lightning
+
+    seen, fit = [], lightning.Trainer.fit
+
+    def recorded_fit(trainer, *args, **kwargs):
+        seen.append(trainer)
+        return fit(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(lightning.Trainer, "fit", recorded_fit)
+    main(
+        compose(
+            [
+                *tiny(tmp_path / "run"),
+                "trainer.val_check_interval={minutes:30}",
+                "validate_before_training=false",
+            ]
+        )
+    )
+    assert seen[0]._val_check_time_interval == 1800
+    with pytest.raises(
+        ValueError, match=r"val_check_interval=\{'minute': 30\}: a duration takes timedelta's"
+    ):
+        check_val_interval(compose([*tiny(tmp_path / "run"), "trainer.val_check_interval={minute:30}"]))
+
+
 @pytest.mark.parametrize(
     "strategy",
     [
