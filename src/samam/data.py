@@ -23,6 +23,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from samam.logging_utils import first_process
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -61,7 +63,7 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
                     keep.append(d)
         dirs[:] = keep
         every += [Path(here) / n for n in names if not n.startswith(".")]
-    if runs:
+    if runs and first_process():  # every DDP rank lists the folders alike: said once
         log.warning(
             "%s: leaving out %d run folder(s) under %s (they hold .hydra/: outputs of train, eval or "
             "stylize runs), e.g. %s",
@@ -74,7 +76,8 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
     others = Counter(
         p.suffix.lower() or "<no suffix>" for p in every if p.suffix.lower() not in IMAGE_EXTENSIONS
     )
-    if files and others:  # a .gif or .heic among the photos must not vanish without a word
+    # A .gif or .heic among the photos must not vanish without a word (said once, not per DDP rank)
+    if files and others and first_process():
         log.warning(
             "%s: leaving out %d file(s) under %s whose extension is not one of %s: %s",
             what,
@@ -211,15 +214,16 @@ def random_crop(im: Image.Image, resize: int | None, crop: int, rng: np.random.G
 
 
 class SkipLog:
-    """Bad files seen by this process: one warning each, counted."""
+    """Bad files seen by this process: one warning each (``warn=False``: none), counted."""
 
     def __init__(self) -> None:
         self.paths: set[Path] = set()
 
-    def add(self, path: Path, reason: str) -> None:
+    def add(self, path: Path, reason: str, warn: bool = True) -> None:
         if path not in self.paths:
             self.paths.add(path)
-            log.warning("skipping unreadable image %s (%s)", path, reason)
+            if warn:
+                log.warning("skipping unreadable image %s (%s)", path, reason)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -397,19 +401,21 @@ class StyleTransferDataModule(L.LightningDataModule):
             reason = check_image(p, self.verify)
             if reason is None:
                 good.append(p)
-            else:
-                self.setup_skipped.add(p, reason)
+            else:  # every DDP rank checks every file and finds the same: said once
+                self.setup_skipped.add(p, reason, warn=first_process())
         return good
 
     def setup(self, stage: str | None = None) -> None:
         if len(self.content_files) > 0:
             return
-        log.info(  # fails early on an indivisible batch
-            "data: global batch %d = %d per device × %d devices",
-            self.batch_size,
-            self.per_device_batch_size,
-            1 if self.trainer is None else self.trainer.world_size,
-        )
+        per_device = self.per_device_batch_size  # fails early on an indivisible batch
+        if first_process():  # these lines say the same on every DDP rank
+            log.info(
+                "data: global batch %d = %d per device × %d devices",
+                self.batch_size,
+                per_device,
+                1 if self.trainer is None else self.trainer.world_size,
+            )
         content = self._usable(list_images(self.content_dir, "content"))
         style = self._usable(list_images(self.style_dir, "style"))
         for files, what, folder in ((content, "content", self.content_dir), (style, "style", self.style_dir)):
@@ -424,13 +430,14 @@ class StyleTransferDataModule(L.LightningDataModule):
             )
         }
         self.fixed_pairs = self._pick_val_pairs()
-        log.info(
-            "data: %d content, %d style images, %d skipped at setup, %d validation pairs",
-            len(content),
-            len(style),
-            len(self.setup_skipped),
-            len(self.fixed_pairs),
-        )
+        if first_process():
+            log.info(
+                "data: %d content, %d style images, %d skipped at setup, %d validation pairs",
+                len(content),
+                len(style),
+                len(self.setup_skipped),
+                len(self.fixed_pairs),
+            )
 
     def _pick_val_pairs(self) -> list[tuple[Path, Path]]:
         rng = np.random.default_rng([self.seed, 9173])

@@ -1067,14 +1067,15 @@ class EvalMetricsCallback(L.Callback):
                 raise ValueError(
                     f"ModelCheckpoint(monitor={monitor!r}): {monitor} will never be logged ({why})"
                 )
-        log.info(
-            "eval metrics: %d pairs (%d content × %d style) every %d validation round(s); metrics %s",
-            len(pairs),
-            len(self.contents),
-            len(self.styles),
-            self.every_n_val_rounds,
-            self.suite.enabled,
-        )
+        if trainer.is_global_zero:  # the same on every rank
+            log.info(
+                "eval metrics: %d pairs (%d content × %d style) every %d validation round(s); metrics %s",
+                len(pairs),
+                len(self.contents),
+                len(self.styles),
+                self.every_n_val_rounds,
+                self.suite.enabled,
+            )
 
     @staticmethod
     def _read(paths: Sequence[Path], what: str, least: int, **resize: Any) -> list[Tensor]:
@@ -1188,15 +1189,15 @@ class EvalMetricsCallback(L.Callback):
             if v is not None:
                 pl_module.log(f"val/{name}", v, sync_dist=True)
         pl_module.log("val/eval_seconds", elapsed, sync_dist=True)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # the values are synced: the same on every rank
             self._log_table(trainer, samples)
-        log.info(
-            "eval metrics at step %d: %s (%d pairs, %.1f s)",
-            trainer.global_step,
-            {k: round(v, 4) for k, v in values.items() if v is not None},
-            len(self.pairs),
-            elapsed,
-        )
+            log.info(
+                "eval metrics at step %d: %s (%d pairs, %.1f s)",
+                trainer.global_step,
+                {k: round(v, 4) for k, v in values.items() if v is not None},
+                len(self.pairs),
+                elapsed,
+            )
         return values
 
     @staticmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from samam.fileio import atomic_write
 
@@ -45,6 +46,14 @@ def _has_wandb_credentials() -> bool:
         return False
 
 
+def first_process() -> bool:
+    """Rank 0 of node 0 (the one process of a run without DDP): where a line every rank would log
+    alike is logged, and a run folder is locked. Before the Trainer sets the ranks, Lightning takes
+    this process's rank from the launcher's variables, which give the first process of every node
+    rank 0 under Lightning's own launcher: hence NODE_RANK."""
+    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+
+
 def resolve_wandb_mode(mode: str | None) -> WandbMode:
     """Config value first, then $WANDB_MODE, each one of :data:`WANDB_MODES` (a typo must not mean
     online); with neither and no API key: offline (never a login prompt)."""
@@ -60,10 +69,11 @@ def resolve_wandb_mode(mode: str | None) -> WandbMode:
         return WANDB_MODES[value]
     if _has_wandb_credentials():
         return "online"
-    log.warning(
-        "W&B: no API key and no mode set -> logging OFFLINE. Sync later with `wandb sync <dir>`, "
-        "or set logger.wandb.mode=online after `wandb login`, or WANDB_MODE=disabled to turn it off."
-    )
+    if first_process():  # every rank of a DDP run resolves it alike
+        log.warning(
+            "W&B: no API key and no mode set -> logging OFFLINE. Sync later with `wandb sync <dir>`, "
+            "or set logger.wandb.mode=online after `wandb login`, or WANDB_MODE=disabled to turn it off."
+        )
     return "offline"
 
 

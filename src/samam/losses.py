@@ -172,13 +172,16 @@ def build_vgg(source: str) -> VGGEncoder:
     cached = cached_vgg19()
     source = resolve_vgg_source(source)
     if source == "random":
-        log.warning(
-            "!!! loss.vgg=random: the loss network has RANDOM weights. Losses still fall, but "
-            "stylisation quality is meaningless. For real training put %s in %s (or set "
-            "loss.vgg to a vgg_normalised.pth path).",
-            VGG19_FILE,
-            torch_hub_checkpoint_dir(),
-        )
+        from samam.logging_utils import first_process
+
+        if first_process():  # every rank of a DDP run builds its own, alike
+            log.warning(
+                "!!! loss.vgg=random: the loss network has RANDOM weights. Losses still fall, but "
+                "stylisation quality is meaningless. For real training put %s in %s (or set "
+                "loss.vgg to a vgg_normalised.pth path).",
+                VGG19_FILE,
+                torch_hub_checkpoint_dir(),
+            )
         return _random_encoder()
     if source == "imagenet":
         try:

@@ -30,7 +30,6 @@ from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_utilities.core.imports import RequirementCache
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -39,7 +38,7 @@ import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may n
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, DropRedoneCsvRows, LossSummary
 from samam.checkpoint import code_version, folder_given
 from samam.fileio import atomic_write
-from samam.logging_utils import brief_list, finish_wandb
+from samam.logging_utils import brief_list, finish_wandb, first_process
 from samam.nn.samam import check_switches
 
 log = logging.getLogger(__name__)
@@ -710,11 +709,6 @@ def _hydra_files(folder: Path) -> list[Path]:
     return [] if subdir is None else sorted((folder / subdir).glob("*.yaml"))
 
 
-def _first_process() -> bool:
-    """Rank 0 of node 0: the one process of a run that locks and restores its folder's files."""
-    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
-
-
 @contextlib.contextmanager
 def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
     """Hold ``output_dir/.train.lock`` while the run trains (on its first process only; the kernel
@@ -726,7 +720,7 @@ def exclusive_run_folder(output_dir: str | Path) -> Iterator[None]:
     Hydra writes ``.hydra/`` before any of this code runs, so the holder keeps a copy of its own
     files in the lock file, and a run that stops here (refused, or interrupted while waiting)
     puts them back."""
-    if not _first_process():
+    if not first_process():
         yield
         return
     folder = Path(output_dir)
@@ -774,7 +768,7 @@ def put_back_if_training_there(output_dir: str | Path) -> None:
     """For a run refused before the lock: if another run holds ``output_dir``'s lock, put back the
     Hydra files this run's Hydra overwrote (as a run refused at the lock does). Writes nothing else."""
     folder = Path(output_dir)
-    if not _first_process():
+    if not first_process():
         return
     with contextlib.suppress(FileNotFoundError), open(folder / ".train.lock") as lock:
         try:

@@ -101,6 +101,19 @@ def test_callback_logs_metrics_every_n_rounds(tiny_net, image_dirs, tmp_path):
     assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
 
 
+def test_only_the_first_rank_logs_the_synced_metrics(tiny_net, image_dirs, tmp_path, monkeypatch, caplog):
+    """The values are all-reduced, the same on every rank: each DDP rank printed them."""
+    import copy
+    import logging
+
+    monkeypatch.setattr(L.Trainer, "is_global_zero", property(lambda trainer: False))
+    with caplog.at_level(logging.INFO, logger="samam.evaluation"):
+        _trainer(tmp_path, [_callback(image_dirs)], max_epochs=1).fit(
+            TinyModule(copy.deepcopy(tiny_net)), loader(), loader()
+        )
+    assert [r.message for r in caplog.records if r.name == "samam.evaluation"] == []
+
+
 def test_an_evaluation_before_training_and_one_in_training(tiny_net, image_dirs, tmp_path):
     """validate_before_training=true: Lightning's validate runs in inference mode and fit's
     validation does not, so metric states made in the first (inference tensors) failed the

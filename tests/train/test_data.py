@@ -151,6 +151,24 @@ def test_broken_files_skipped_and_counted(messy, caplog):
     assert val["content"].shape == (2, 3, 16, 16)
 
 
+@pytest.mark.parametrize("rank, node", [(1, "0"), (0, "1")])
+def test_setup_lines_every_rank_would_repeat_are_left_to_the_first_process(
+    messy, caplog, monkeypatch, rank, node
+):
+    """Every DDP rank lists and checks the same folders: each printed the batch split, the counts, the
+    files left out and a warning per bad file (8 copies on 8 GPUs). Other processes still count them."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    content, style, n_broken = messy
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    monkeypatch.setenv("NODE_RANK", node)  # the first process of another node
+    dm = StyleTransferDataModule(str(content), str(style), crop=16, resize=24, val_size=16, verify="full")
+    with caplog.at_level(logging.INFO, logger="samam.data"):
+        dm.setup("fit")
+    assert dm.skipped == n_broken
+    assert caplog.records == []
+
+
 def test_header_check_then_runtime_skip(messy, caplog):
     """'header' misses the truncated JPEG; training skips it when drawn, once, and counts it."""
     content, style, _ = messy

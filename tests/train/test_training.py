@@ -1462,6 +1462,29 @@ def test_a_deferred_requeue_still_runs_when_no_step_boundary_comes(monkeypatch):
     assert calls.count(("requeue", signal.SIGUSR2)) == 1
 
 
+def test_warnings_every_rank_would_repeat_are_left_to_the_first_process(tmp_path, monkeypatch, caplog):
+    """The W&B offline notice and the random loss network's warning came once per DDP rank."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from samam.logging_utils import resolve_wandb_mode
+    from samam.losses import build_vgg
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))  # none there
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_wandb_mode(None) == "offline"
+        build_vgg("random")
+    assert caplog.records == []
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    with caplog.at_level(logging.WARNING):
+        resolve_wandb_mode(None)
+        build_vgg("random")
+    assert "OFFLINE" in caplog.text and "RANDOM weights" in caplog.text
+
+
 def test_wandb_mode_never_goes_online_without_credentials(tmp_path, monkeypatch, caplog):
     """No mode and no API key must mean offline: online would hang at a login prompt (ENV.md)."""
     from samam.logging_utils import resolve_wandb_mode
