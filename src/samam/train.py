@@ -337,9 +337,9 @@ def check_no_epochs(cfg: DictConfig) -> None:
 def check_val_interval(cfg: DictConfig) -> None:
     """Refuse ``trainer.val_check_interval`` ≤ 0 before anything is built: 0 failed at the first
     training batch ("integer modulo by zero"), a negative value once the network and the loss
-    network were built. And a duration in a run of several processes: Lightning decides on each
-    rank by that rank's clock, so one rank validated while another went on training, and the run
-    hung in their next collective."""
+    network were built; a fraction or a malformed duration, as Lightning built the Trainer. And a
+    duration in a run of several processes: Lightning decides on each rank by that rank's clock,
+    so one rank validated while another went on training, and the run hung in their next collective."""
     interval = cfg.trainer.get("val_check_interval")
     duration(interval)
     if (isinstance(interval, str) or OmegaConf.is_dict(interval)) and (n := processes(cfg)) > 1:
@@ -353,6 +353,17 @@ def check_val_interval(cfg: DictConfig) -> None:
             f"trainer.val_check_interval={interval}: validation runs every val_check_interval training "
             'batches, so give 1 or more (or a duration, "DD:HH:MM:SS"); to train without validating, '
             "data.val_pairs=0"
+        )
+    # Lightning refuses these only as the Trainer is built, after the networks
+    if isinstance(interval, float):
+        raise ValueError(
+            f"trainer.val_check_interval={interval}: a fraction of an epoch, and the training stream has no "
+            "epochs; give a number of training batches (trainer.val_check_interval=1000)"
+        )
+    if isinstance(interval, str) and not re.fullmatch(r"\d+:\d+:\d+:\d+", interval):
+        raise ValueError(
+            f'trainer.val_check_interval={interval!r}: a duration is "DD:HH:MM:SS" ("00:00:30:00": every '
+            "30 minutes) or {minutes:30}; a number of training batches is an integer"
         )
 
 

@@ -1189,6 +1189,24 @@ def test_a_val_check_interval_below_one_batch_is_refused_before_anything_is_buil
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "interval, message",
+    [
+        ("0.5", "a fraction of an epoch, and the training stream has no epochs"),
+        ("1.0", "a fraction of an epoch"),
+        ('"00:00:30"', r'a duration is "DD:HH:MM:SS"'),
+        ("30min", r'a duration is "DD:HH:MM:SS"'),
+    ],
+)
+def test_a_val_check_interval_lightning_refuses_is_refused_before_anything_is_built(
+    compose, tiny, interval, message
+):
+    """Lightning refused them only as the Trainer was built, once the networks had been."""
+    with pytest.raises(ValueError, match=f"trainer.val_check_interval=.*: {message}"):
+        check_val_interval(compose([*tiny(), f"trainer.val_check_interval={interval}"]))
+    check_val_interval(compose([*tiny(), 'trainer.val_check_interval="00:00:30:00"']))
+
+
 @pytest.mark.parametrize("interval", ['"00:00:30:00"', "{minutes:30}"])
 def test_a_val_check_interval_given_as_a_duration_is_refused_under_ddp(compose, tiny, tmp_path, interval):
     """Lightning times such a validation by each rank's clock: under DDP one rank validated while the
