@@ -50,6 +50,8 @@ def world_size(devices: Any, num_nodes: int) -> int | None:
         return devices * num_nodes
     if isinstance(devices, str) and devices.isdigit():
         return int(devices) * num_nodes
+    if isinstance(devices, str) and "," in devices:  # "0,1" or "1,": GPU indices, as Lightning reads them
+        return len([d for d in devices.split(",") if d.strip()]) * num_nodes
     if isinstance(devices, list | tuple) or OmegaConf.is_list(devices):  # trainer.devices=[1]: a ListConfig
         return len(devices) * num_nodes
     return None

@@ -24,7 +24,7 @@ from samam import SaMam
 
 # samam.train needs Hydra, which the GPU machine (experiments/gpu_check.sh) lacks: skipped there.
 pytest.importorskip("hydra")
-from samam.train import check_seed, check_val_interval, main  # noqa: E402
+from samam.train import check_batch_split, check_seed, check_val_interval, main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -1270,6 +1270,20 @@ def test_a_val_check_interval_given_as_timedelta_keywords_times_validation(
         ValueError, match=r"val_check_interval=\{'minute': 30\}: a duration takes timedelta's"
     ):
         check_val_interval(compose([*tiny(tmp_path / "run"), "trainer.val_check_interval={minute:30}"]))
+
+
+def test_gpus_picked_by_a_string_of_indices_are_counted_as_lightning_counts_them(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """trainer.devices="1," (one GPU) or "0,1" (two), Lightning's string of GPU indices, was counted
+    as every visible GPU: on a node with 4 a one-GPU run was refused a duration, and a global batch
+    of 2 on two GPUs was refused as not dividing over 4 devices."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    run = [*tiny(tmp_path / "run"), "trainer.accelerator=gpu", "data.batch_size=2"]
+    check_val_interval(compose([*run, 'trainer.val_check_interval="00:00:30:00"', 'trainer.devices="1,"']))
+    check_batch_split(compose([*run, 'trainer.devices="0,1"']))
+    with pytest.raises(ValueError, match="does not divide over 3 devices"):
+        check_batch_split(compose([*run, 'trainer.devices="0,1,3"']))
 
 
 @pytest.mark.parametrize(
