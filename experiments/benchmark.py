@@ -838,8 +838,9 @@ def run_case(
     except Exception as err:  # any failure is this case's row; the next series still runs
         row["status"] = failure_status(err)
         # A refused input (ValueError: a side below the network's minimum) says nothing of larger
-        # sizes; what else fails (out of memory, index limits) would only fail again bigger.
-        if not isinstance(err, ValueError):
+        # sizes; what else fails (out of memory, index limits) would only fail again bigger, and so
+        # would a ValueError after a smaller size ran (the 32-bit limit of a block that cannot split).
+        if not isinstance(err, ValueError) or h.points:
             h.failed = row["status"]
         log.warning("%s %s %s %s²: %s", s.label, precision, task, size, row["status"])
         return row

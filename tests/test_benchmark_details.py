@@ -217,6 +217,29 @@ def test_a_size_below_the_networks_minimum_does_not_skip_the_larger_ones(bench, 
     assert "needs at least 64 px" in status["train", "32"] and status["train", "64"] == "ok"
 
 
+def test_a_value_error_after_a_smaller_size_ran_skips_the_larger_ones(bench, tmp_path, monkeypatch):
+    """A block that cannot run in channel parts (mixer=attention) refuses a size past the CUDA kernels'
+    32-bit index limit with a ValueError: taken for a side below the minimum, it did not skip the
+    larger sizes, each built and refused again."""
+    case = bench.inference_case
+
+    def limited(series, net, device, precision, batch, size, style):
+        if size >= 64:
+            raise ValueError(
+                "maps would pass samam.nn.blocks.MAX_BLOCK_ELEMENTS (CUDA kernels index with 32 bits)"
+            )
+        return case(series, net, device, precision, batch, size, style)
+
+    monkeypatch.setattr(bench, "inference_case", limited)
+    argv = ["--device", "cpu", "--model", *TINY, "--backend", "torch", "--style-size", "64"]
+    argv += ["--tasks", "latency", "--sizes", "32", "64", "128", "--repeats", "1", "--warmup", "0"]
+    assert bench.main([*argv, "--out", str(tmp_path)]) == 0
+    with (tmp_path / "results.csv").open() as f:
+        status = {r["content"]: r["status"] for r in csv.DictReader(f)}
+    assert status["32"] == "ok" and "MAX_BLOCK_ELEMENTS" in status["64"]
+    assert status["128"].startswith("skipped: a smaller size failed"), status
+
+
 def test_replot_of_a_record_from_before_peer_style_describes_the_peers_inputs_it_holds(bench, tmp_path):
     """experiments/results/2026-11-27-cpu-stytr2 gave the peers style = content before meta.json
     kept peer_style: --replot wrote '--peer-style same' over rows whose peers had style 512²."""
