@@ -412,6 +412,32 @@ def test_checkpoint_write_that_fails_midway_leaves_the_old_file(tmp_path, monkey
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_code_version_digests_a_change_to_a_non_ascii_path_alike_under_core_quotepath(
+    tmp_path, monkeypatch
+):
+    """git_diff is one digest per state: core.quotePath=false (a user's setting for non-ASCII
+    names) wrote the changed path's header unquoted, another digest for the same change."""
+    repo, pkg = tmp_path / "repo", tmp_path / "repo" / "src" / "samam"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "données.py").write_text("x = 1\n")
+    for args in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a"],
+    ):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    (pkg / "données.py").write_text("x = 2\n")
+    digests = []
+    for value in ("true", "false"):
+        monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+        monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.quotePath")
+        monkeypatch.setenv("GIT_CONFIG_VALUE_0", value)
+        digests.append(code_version(pkg)["git_diff"])
+    assert digests[0] is not None and digests[0] == digests[1]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_there_is_none(
     tmp_path, monkeypatch
 ):

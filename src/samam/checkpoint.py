@@ -86,6 +86,11 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
 
     # GIT_DIR / GIT_WORK_TREE in the caller's environment would point git -C at another repository
     env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+    # core.quotePath as git ships it, after the user's settings: false writes a changed non-ASCII
+    # path unquoted in the diff, another digest for the same state (plumbing reads core.* too)
+    n = int(env["GIT_CONFIG_COUNT"]) if env.get("GIT_CONFIG_COUNT", "").isdigit() else 0
+    env.update({"GIT_CONFIG_COUNT": str(n + 1), f"GIT_CONFIG_KEY_{n}": "core.quotePath"})
+    env[f"GIT_CONFIG_VALUE_{n}"] = "true"
 
     def git(*args: str) -> bytes:  # bytes: a diff holds whatever encoding the files have
         return subprocess.run(
