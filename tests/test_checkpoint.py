@@ -416,25 +416,28 @@ def test_the_code_version_digests_a_change_to_a_non_ascii_path_alike_under_core_
     tmp_path, monkeypatch
 ):
     """git_diff is one digest per state: core.quotePath=false (a user's setting for non-ASCII
-    names) wrote the changed path's header unquoted, another digest for the same change."""
+    names) wrote the changed path's header unquoted, and GIT_DIFF_OPTS=--unified=0 dropped the
+    context lines: each another digest for the same change."""
     repo, pkg = tmp_path / "repo", tmp_path / "repo" / "src" / "samam"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "données.py").write_text("x = 1\n")
+    (pkg / "données.py").write_text("x = 1\ny = 1\nz = 1\n")
     for args in (
         ["init", "-q"],
         ["add", "."],
         ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a"],
     ):
         subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-    (pkg / "données.py").write_text("x = 2\n")
+    (pkg / "données.py").write_text("x = 1\ny = 2\nz = 1\n")  # a change with context lines
     digests = []
     for value in ("true", "false"):
         monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
         monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.quotePath")
         monkeypatch.setenv("GIT_CONFIG_VALUE_0", value)
         digests.append(code_version(pkg)["git_diff"])
-    assert digests[0] is not None and digests[0] == digests[1]
+    monkeypatch.setenv("GIT_DIFF_OPTS", "--unified=0")  # the patch's context lines, from the environment
+    digests.append(code_version(pkg)["git_diff"])
+    assert digests[0] is not None and digests[0] == digests[1] == digests[2]
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

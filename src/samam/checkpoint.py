@@ -84,8 +84,9 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
         "git_diff": None,
     }
 
-    # GIT_DIR / GIT_WORK_TREE in the caller's environment would point git -C at another repository
-    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+    # GIT_DIR / GIT_WORK_TREE in the caller's environment would point git -C at another repository;
+    # GIT_DIFF_OPTS (--unified=N) would change the patch, so the digest, of the same state
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_DIFF_OPTS")}
     # core.quotePath as git ships it, after the user's settings: false writes a changed non-ASCII
     # path unquoted in the diff, another digest for the same state (plumbing reads core.* too)
     n = int(env["GIT_CONFIG_COUNT"]) if env.get("GIT_CONFIG_COUNT", "").isdigit() else 0
