@@ -219,6 +219,28 @@ def random_crop(im: Image.Image, resize: int | None, crop: int, rng: np.random.G
     return im.crop((x, y, x + crop, y + crop))
 
 
+class PathArray(Sequence[Path]):
+    """Paths as one buffer of their bytes and an array of their ends. DataLoader workers are forks
+    that share the parent's memory until they write to it, and reading a Python object writes its
+    reference count: drawing from a list of 200,000 Paths (COCO + WikiArt) copied their pages into
+    every worker over a run (+52 MB each, +88 MB once the garbage collector walks them)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        encoded = [os.fsencode(p) for p in paths]
+        self._bytes = b"".join(encoded)
+        self._ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> Path:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} paths")
+        i %= len(self)
+        start = int(self._ends[i - 1]) if i > 0 else 0
+        return Path(os.fsdecode(self._bytes[start : int(self._ends[i])]))
+
+
 class SkipLog:
     """Bad files seen by this process: one warning each (``warn=False``: none), counted."""
 
@@ -255,7 +277,7 @@ class RandomPairs(IterableDataset):
         batch_size: int = 1,
     ) -> None:
         super().__init__()
-        self.content, self.style = list(content), list(style)
+        self.content, self.style = PathArray(content), PathArray(style)
         check_crop(crop, resize)
         self.crop, self.resize = crop, resize
         self.seed, self.rank, self.start_step, self.batch_size = seed, rank, start_step, batch_size
@@ -265,7 +287,7 @@ class RandomPairs(IterableDataset):
         im = load_rgb(path, draft=self.resize)  # resize=None crops at the image's own scale: no draft
         return to_tensor(random_crop(im, self.resize, self.crop, rng))  # (3,crop,crop)
 
-    def _draw(self, files: list[Path], rng: np.random.Generator) -> Tensor:
+    def _draw(self, files: PathArray, rng: np.random.Generator) -> Tensor:
         bad = self.skipped.paths  # this process's bad files, content and style alike
         while True:
             path = files[int(rng.integers(len(files)))]

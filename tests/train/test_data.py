@@ -228,6 +228,27 @@ def test_streams_differ_per_rank_and_worker_and_repeat_per_seed(tmp_path, monkey
     assert not torch.equal(first(), first(start=100))  # a resumed run does not replay step 0
 
 
+def test_the_stream_holds_its_paths_in_a_few_objects_not_one_per_file(tmp_path):
+    """DataLoader workers are forks: reading a Python object writes its reference count, so each
+    worker drawing from a list of 200,000 Paths copied their pages over a run (+52 MB a worker).
+    The stream keeps its paths in a few objects and draws the same files."""
+    import gc
+
+    files = [tmp_path / f"{i:012d}.jpg" for i in range(1000)] + [tmp_path / "Naïve_Art" / "café-à-l’été.jpg"]
+    pairs = RandomPairs(files, files[::-1], crop=8, resize=16)
+    seen, todo = set(), [pairs.content, pairs.style]
+    while todo:
+        obj = todo.pop()
+        if id(obj) not in seen and not isinstance(obj, type):
+            seen.add(id(obj))
+            todo += gc.get_referents(obj)
+    assert len(seen) < 100
+    assert list(pairs.content) == files and list(pairs.style) == files[::-1]
+    assert pairs.content[-1] == files[-1] and len(pairs.style) == 1001
+    with pytest.raises(IndexError):
+        pairs.content[1001]
+
+
 def test_train_dataloader_starts_the_stream_at_the_restored_step(tmp_path):
     for i in range(4):
         _save(tmp_path / f"{i}.png", _rgb(seed=i))
