@@ -5,12 +5,14 @@ Shapes: B batch, H, W crop size. Images are float (3,H,W) in [0, 1].
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import logging
 import math
 import os
 import signal
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -350,6 +352,29 @@ def ignore_job_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
+_training_streams: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register  # after torch's and multiprocessing's exit hooks, so it runs before them
+def _end_training_workers() -> None:
+    """At exit, torch leaves DataLoader workers to multiprocessing, which ends daemonic children
+    with SIGTERM and waits for them; but training workers ignore SIGTERM, so a process that left
+    with a training iterator alive (a script or notebook reading train_dataloader(), anything
+    that skips Lightning's teardown) never exited. Its workers are ended as the iterator ends them."""
+    for stream in list(_training_streams):
+        stream._shutdown_workers()
+
+
+class TrainingLoader(DataLoader):
+    """A DataLoader whose workers run :func:`ignore_job_signals`: they are ended at exit too."""
+
+    def _get_iterator(self) -> Any:
+        stream = super()._get_iterator()
+        if hasattr(stream, "_shutdown_workers"):  # workers: not with num_workers=0
+            _training_streams.add(stream)
+        return stream
+
+
 def image_list_record(files: Sequence[Path], folder: str | Path) -> list[int | str]:
     """[number of files, digest of their paths below ``folder``] (``files`` from :func:`list_images`):
     equal for a moved copy of the folder, different once a file is added, removed or renamed."""
@@ -520,7 +545,7 @@ class StyleTransferDataModule(L.LightningDataModule):
         self._train = RandomPairs(
             self.content_files, self.style_files, self.crop, self.resize, self.seed, rank, start, batch
         )
-        return DataLoader(
+        return TrainingLoader(
             self._train,
             batch_size=batch,
             num_workers=self.num_workers,

@@ -387,6 +387,30 @@ def test_training_workers_leave_job_signals_to_the_main_process(tmp_path, signum
     assert not worker.is_alive()  # the main process still ends it
 
 
+def test_a_process_leaving_with_a_training_stream_alive_exits(tmp_path):
+    """At exit multiprocessing ends DataLoader workers with SIGTERM and waits for them; training
+    workers ignore it, so a script that read train_dataloader() and returned never exited."""
+    import subprocess
+    import sys
+
+    for i in range(2):
+        _save(tmp_path / f"{i}.png", _rgb(seed=i))
+    script = (
+        "from samam.data import StyleTransferDataModule as D\n"
+        f"dm = D({str(tmp_path)!r}, {str(tmp_path)!r}, batch_size=2, crop=8, resize=16, num_workers=2, val_pairs=0)\n"
+        "dm.setup('fit')\n"
+        "stream = iter(dm.train_dataloader())\n"
+        "print(next(stream)['content'].shape)\n"
+    )
+    try:
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"the process did not exit: {err.stdout!r}")
+    assert run.returncode == 0, run.stderr
+    assert "torch.Size([2, 3, 8, 8])" in run.stdout
+    assert "killed by signal" not in run.stderr
+
+
 def test_data_folders_must_be_given(compose):
     """data=folders inherits coco_wikiart: a ??? there could not override its folders."""
     from hydra.utils import instantiate
