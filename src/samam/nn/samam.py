@@ -101,7 +101,8 @@ class SaMam(nn.Module):
     """Style-aware Mamba for arbitrary style transfer.
 
     ``net(content, style)``: content (B, 3, H, W) and style (B, 3, h, w) in [0, 1] →
-    stylised (B, 3, H, W), no output activation. Any H, W ≥ 2 × patch size: the content is
+    stylised (B, 3, H, W), no output activation; NaN/Inf and values past ``max_image_value`` (2:
+    a 0..255 image) are refused (``check_finite``). Any H, W ≥ 2 × patch size: the content is
     reflect-padded to a multiple of the patch size and the output cropped back. Each sample
     may have its own style; the whole batch runs in one pass, unless its blocks' activations
     (d_inner channels per token, plus SConv's padding) would reach ``max_batch_elements``: then
