@@ -390,7 +390,8 @@ def load_official_checkpoint(
 ) -> SaMam:
     """The authors' released Lightning ``.ckpt`` (SPEC §7) → :class:`SaMam` in eval mode.
 
-    Every size is inferred from tensor shapes, so any checkpoint of the family loads."""
+    Every size is inferred from tensor shapes, so any checkpoint of the family loads; a state dict
+    saved through nn.DataParallel or DDP (``module.`` on every key) loads too."""
     ckpt = _torch_load(path, trust_pickle)
     return _official_net(ckpt, backend).to(map_location).eval()
 
@@ -408,7 +409,8 @@ def load_checkpoint(
     trust_pickle: bool = False,
 ) -> SaMam:
     """One of our training checkpoints (``ckpt["samam"]["model"]`` + ``net.*`` weights) → SaMam, or the
-    subclass of it the run trained (``ckpt["samam"]["net_class"]``)."""
+    subclass of it the run trained (``ckpt["samam"]["net_class"]``). Keys saved through nn.DataParallel
+    or DDP (``module.`` on every key) or torch.compile (``_orig_mod.``) load too."""
     ckpt = _torch_load(path, trust_pickle)
     return _our_net(ckpt, backend, path).to(map_location).eval()
 
