@@ -479,6 +479,11 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
     (repo / "notes.txt").write_text("an untracked file")
     got = code_version(pkg)
     assert got["git_dirty"] is True and got["git_diff"] is None  # no change to a tracked file
+    with monkeypatch.context() as m:  # a user's status.showUntrackedFiles=no hid it: not dirty
+        m.setenv("GIT_CONFIG_COUNT", "1")
+        m.setenv("GIT_CONFIG_KEY_0", "status.showUntrackedFiles")
+        m.setenv("GIT_CONFIG_VALUE_0", "no")
+        assert code_version(pkg)["git_dirty"] is True
     # Two uncommitted states of one commit looked the same (git_dirty only): the diff's digest differs
     digests = []
     for text in ("x = 1\n", "x = 2\n", "x = 1\n"):

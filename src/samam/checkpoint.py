@@ -105,7 +105,8 @@ def code_version(package_dir: str | os.PathLike | None = None) -> dict[str, Any]
     try:
         git("ls-files", "--error-unmatch", "--", "__init__.py")  # tracked: a checkout, not an installed copy
         out["git_commit"] = git("rev-parse", "HEAD").decode()  # kept if a call below times out (a huge tree)
-        out["git_dirty"] = git("status", "--porcelain") != b""
+        # untracked files count whatever the user's status.showUntrackedFiles
+        out["git_dirty"] = git("status", "--porcelain", "--untracked-files=normal") != b""
         # plumbing, full blob ids: one state gives one patch whatever the user's diff config (prefixes,
         # algorithm, external diff, textconv) and however many objects the clone holds (abbreviation)
         diff = git("diff-index", "-p", "--full-index", "HEAD") if out["git_dirty"] else b""
