@@ -167,14 +167,22 @@ def resolve_vgg_source(source: str) -> str:
     return source
 
 
+def _first_process() -> bool:
+    """samam.logging_utils.first_process, where Lightning imports; without it (benchmark.py on
+    the core install, which has no Lightning) there are no ranks: this is the one process."""
+    try:
+        from samam.logging_utils import first_process
+    except ImportError:
+        return True
+    return first_process()
+
+
 def build_vgg(source: str) -> VGGEncoder:
     """VGG-19 encoder from a weight source (see module docstring). Fails loudly offline."""
     cached = cached_vgg19()
     source = resolve_vgg_source(source)
     if source == "random":
-        from samam.logging_utils import first_process
-
-        if first_process():  # every rank of a DDP run builds its own, alike
+        if _first_process():  # every rank of a DDP run builds its own, alike
             log.warning(
                 "!!! loss.vgg=random: the loss network has RANDOM weights. Losses still fall, but "
                 "stylisation quality is meaningless. For real training put %s in %s (or set "
