@@ -69,3 +69,30 @@ def test_gpu_check_runs_the_gpu_tests_on_a_machine_without_hydra_wandb_or_lpips(
     tests_phase = log.split("=== GPU-marked tests", 1)[1].split("=== benchmark on CUDA", 1)[0]
     assert "while loading conftest" not in tests_phase, tests_phase
     assert "pytest=0" in log.split("=== summary", 1)[1], tests_phase  # every GPU test skipped: no CUDA
+
+
+def test_a_short_deadline_cuts_the_benchmarks_not_the_gpu_tests(tmp_path):
+    """GPU_CHECK_SECONDS under the default (less device time left): every phase kept room for
+    the caps of the phases after it, so the GPU tests, run first so that a short slot still has
+    them, got 10 s (too little to import their modules) while the benchmark kept most of its cap."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "timeouts"
+    timeout = bin_dir / "timeout"  # records each phase's limit and runs nothing
+    timeout.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    py = bin_dir / "python"  # every other Python call of the script: done at once
+    py.write_text("#!/usr/bin/env bash\n")
+    for f in (timeout, py):
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    env.update(PY=str(py), GPU_CHECK_SECONDS="300")
+    subprocess.run(
+        ["bash", str(REPO / "experiments" / "gpu_check.sh")], env=env, capture_output=True, timeout=60
+    )
+    limits = []  # "[--preserve-status] -s INT -k 10 <seconds> <python> <script | -m pytest> ..."
+    for line in calls.read_text().splitlines():
+        args = line.split()[line.split().index("-k") + 2 :]
+        limits.append(("pytest" if args[2:4] == ["-m", "pytest"] else args[2], int(args[0])))
+    assert [what for what, _ in limits] == ["pytest", "experiments/benchmark.py", "experiments/benchmark.py"]
+    assert limits[0][1] == 110  # the GPU tests' cap
+    assert limits[1][1] < 260  # the CUDA benchmark is cut instead
