@@ -339,11 +339,12 @@ def check_no_epochs(cfg: DictConfig) -> None:
 def check_val_interval(cfg: DictConfig) -> None:
     """Refuse ``trainer.val_check_interval`` ≤ 0 before anything is built: 0 failed at the first
     training batch ("integer modulo by zero"), a negative value once the network and the loss
-    network were built; a fraction or a malformed duration, as Lightning built the Trainer. And a
+    network were built; a fraction or a malformed duration, as Lightning built the Trainer (a duration
+    of 0 s or less, which Lightning took, would validate after every batch). And a
     duration in a run of several processes: Lightning decides on each rank by that rank's clock,
     so one rank validated while another went on training, and the run hung in their next collective."""
     interval = cfg.trainer.get("val_check_interval")
-    duration(interval)
+    every = duration(interval)
     if (isinstance(interval, str) or OmegaConf.is_dict(interval)) and (n := processes(cfg)) > 1:
         raise ValueError(
             f"trainer.val_check_interval={interval}: a duration times validation by each process's own "
@@ -367,6 +368,14 @@ def check_val_interval(cfg: DictConfig) -> None:
             f'trainer.val_check_interval={interval!r}: a duration is "DD:HH:MM:SS" ("00:00:30:00": every '
             "30 minutes) or {minutes:30}; a number of training batches is an integer"
         )
+    if isinstance(interval, str):
+        days, hours, minutes, seconds = map(int, interval.split(":"))
+        every = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if every is not None and every <= timedelta(0):  # Lightning would validate after every batch
+        raise ValueError(
+            f"trainer.val_check_interval={interval}: a duration of {every.total_seconds():g} s; give a "
+            'positive one ("00:00:30:00": every 30 minutes)'
+        )
 
 
 def duration(interval: Any) -> timedelta | None:
@@ -378,7 +387,7 @@ def duration(interval: Any) -> timedelta | None:
         return None
     try:
         return timedelta(**interval)
-    except TypeError as err:
+    except (TypeError, OverflowError) as err:  # a wrong keyword; {minutes:1e15} (past timedelta.max)
         raise ValueError(
             f"trainer.val_check_interval={interval}: a duration takes timedelta's keywords (days, hours, "
             f'minutes, seconds: {{minutes:30}}) or "DD:HH:MM:SS" ({err})'

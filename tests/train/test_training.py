@@ -1196,6 +1196,9 @@ def test_a_val_check_interval_below_one_batch_is_refused_before_anything_is_buil
         ("1.0", "a fraction of an epoch"),
         ('"00:00:30"', r'a duration is "DD:HH:MM:SS"'),
         ("30min", r'a duration is "DD:HH:MM:SS"'),
+        ('"00:00:00:00"', "a duration of 0 s; give a positive one"),
+        ("{minutes:-5}", "a duration of -300 s; give a positive one"),
+        ("{minutes:1e15}", "a duration takes timedelta's keywords"),
     ],
 )
 def test_a_val_check_interval_lightning_refuses_is_refused_before_anything_is_built(
