@@ -116,12 +116,27 @@ def _integer_white(im: Image.Image) -> float | None:
     return None
 
 
-def load_rgb(path: str | Path, plain: bool = False, draft: int | None = None) -> Image.Image:
+def refuse_oversized(im: Image.Image, max_megapixels: float | None) -> None:
+    """ValueError where ``im`` (opened, its draft set, not decoded) decodes to more than
+    ``max_megapixels`` (None: no limit); read from its header."""
+    w, h = im.size
+    if max_megapixels is not None and w * h > max_megapixels * 1e6:
+        raise ValueError(
+            f"{w}×{h} px ({w * h / 1e6:.0f} MP) to decode, over data.max_megapixels={max_megapixels:g}: "
+            "a training worker would hold several times that in memory"
+        )
+
+
+def load_rgb(
+    path: str | Path, plain: bool = False, draft: int | None = None, max_megapixels: float | None = None
+) -> Image.Image:
     """Decode any still image to 8-bit RGB: EXIF orientation applied; grayscale, RGBA/LA,
     palette and a transparent colour (PNG tRNS) on white, 16-bit, float, CMYK. ``plain``: PIL's
     ``convert('RGB')`` only, as the release reads images (no EXIF rotation, alpha dropped,
     16-bit saturated). ``draft``: the image is to be resized to draft×draft, so a JPEG at least
-    6× that is decoded at 1/2, 1/4 or 1/8 scale, both sides kept ≥ 3·draft (PIL's draft)."""
+    6× that is decoded at 1/2, 1/4 or 1/8 scale, both sides kept ≥ 3·draft (PIL's draft).
+    ``max_megapixels``: an image that would decode (after the draft) to more is refused from its
+    header (:func:`refuse_oversized`)."""
     if plain:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -137,6 +152,7 @@ def load_rgb(path: str | Path, plain: bool = False, draft: int | None = None) ->
             # to decode whole. A reduction of ≥ 3× left to the resize is, in PIL's words,
             # indistinguishable from resizing the whole image (measured: ≤ 2/255, mean 0.12/255).
             im.draft(None, (3 * draft, 3 * draft))
+        refuse_oversized(im, max_megapixels)
         im.load()
         white = _integer_white(im)  # from the file's header, which the turned copy below lacks
         im = ImageOps.exif_transpose(im)
@@ -158,16 +174,22 @@ def load_rgb(path: str | Path, plain: bool = False, draft: int | None = None) ->
         return im.convert("RGB")
 
 
-def check_image(path: Path, verify: Verify) -> str | None:
-    """None if usable, else the reason. 'header' reads headers only; 'full' decodes."""
+def check_image(
+    path: Path, verify: Verify, draft: int | None = None, max_megapixels: float | None = None
+) -> str | None:
+    """None if usable, else the reason. 'header' reads headers only; 'full' decodes. ``draft``
+    and ``max_megapixels`` as :func:`load_rgb` (the size is read from the header either way)."""
     try:
         if path.stat().st_size == 0:
             return "empty file"
         if verify == "header":
             with Image.open(path) as im:
+                if draft is not None:
+                    im.draft(None, (3 * draft, 3 * draft))
+                refuse_oversized(im, max_megapixels)
                 im.verify()
         elif verify == "full":
-            load_rgb(path)
+            load_rgb(path, draft=draft, max_megapixels=max_megapixels)
     except Exception as err:  # PIL raises many types for bad files
         return f"{type(err).__name__}: {err}"
     return None
@@ -277,16 +299,18 @@ class RandomPairs(IterableDataset):
         rank: int = 0,
         start_step: int = 0,
         batch_size: int = 1,
+        max_megapixels: float | None = None,
     ) -> None:
         super().__init__()
         self.content, self.style = PathArray(content), PathArray(style)
         check_crop(crop, resize)
-        self.crop, self.resize = crop, resize
+        self.crop, self.resize, self.max_megapixels = crop, resize, max_megapixels
         self.seed, self.rank, self.start_step, self.batch_size = seed, rank, start_step, batch_size
         self.skipped = SkipLog()
 
     def _crop(self, path: Path, rng: np.random.Generator) -> Tensor:
-        im = load_rgb(path, draft=self.resize)  # resize=None crops at the image's own scale: no draft
+        # resize=None crops at the image's own scale: no draft
+        im = load_rgb(path, draft=self.resize, max_megapixels=self.max_megapixels)
         return to_tensor(random_crop(im, self.resize, self.crop, rng))  # (3,crop,crop)
 
     def _draw(self, files: PathArray, rng: np.random.Generator) -> Tensor:
@@ -400,7 +424,9 @@ class StyleTransferDataModule(L.LightningDataModule):
     ``verify`` checks every file at setup (under DDP each rank a share of them): 'header' (fast,
     catches empty and non-image files), 'full' (decodes everything; small folders), 'none'. Files
     that fail later are skipped while training. Either way each bad file is warned about once and
-    counted (``skipped``).
+    counted (``skipped``). So is an image whose header says it decodes (a JPEG reduced by its draft,
+    see :func:`load_rgb`) to more than ``max_megapixels`` (None: no limit): a worker decoding a
+    13,500² RGB PNG (182 MP) grew by 1.45 GB, a few in one batch had it killed for memory.
     """
 
     def __init__(
@@ -416,6 +442,7 @@ class StyleTransferDataModule(L.LightningDataModule):
         verify: Verify = "header",
         seed: int = 0,
         pin_memory: bool = True,
+        max_megapixels: float | None = 100,
     ) -> None:
         super().__init__()
         for key, value in (("content_dir", content_dir), ("style_dir", style_dir)):
@@ -425,6 +452,8 @@ class StyleTransferDataModule(L.LightningDataModule):
         if verify not in get_args(Verify):
             raise ValueError(f"verify={verify!r}: choose one of {', '.join(get_args(Verify))}")
         check_crop(crop, resize)
+        if max_megapixels is not None and not max_megapixels > 0:
+            raise ValueError(f"data.max_megapixels={max_megapixels}: give a positive limit, or null for none")
         if val_pairs and not isinstance(val_size, int):  # else a TypeError at the first validation
             raise ValueError(
                 f"data.val_size={'null' if val_size is None else val_size}: the validation pairs are batched at one size, val_size×val_size "
@@ -433,6 +462,7 @@ class StyleTransferDataModule(L.LightningDataModule):
         self.batch_size, self.crop, self.resize = batch_size, crop, resize
         self.num_workers, self.val_pairs, self.val_size = num_workers, val_pairs, val_size
         self.verify, self.seed, self.pin_memory = verify, seed, pin_memory
+        self.max_megapixels = max_megapixels
         self.setup_skipped = SkipLog()
         self.worker_skips: dict[int, int] = {}  # training workers' running skip counts, this rank
         self.content_files: list[Path] = []
@@ -459,7 +489,11 @@ class StyleTransferDataModule(L.LightningDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         every = [p for files in lists for p in files]
-        mine = {i: r for i in range(rank, len(every), world) if (r := check_image(every[i], self.verify))}
+        mine = {
+            i: reason
+            for i in range(rank, len(every), world)
+            if (reason := check_image(every[i], self.verify, self.resize, self.max_megapixels))
+        }
         found: list[Any] = [mine]
         if world > 1:
             found = [None] * world
@@ -514,12 +548,12 @@ class StyleTransferDataModule(L.LightningDataModule):
         c_ok = [
             self.content_files[i]
             for i in c_order[: 4 * self.val_pairs]
-            if check_image(self.content_files[i], "full") is None
+            if check_image(self.content_files[i], "full", max_megapixels=self.max_megapixels) is None
         ]
         s_ok = [
             self.style_files[i]
             for i in s_order[: 4 * self.val_pairs]
-            if check_image(self.style_files[i], "full") is None
+            if check_image(self.style_files[i], "full", max_megapixels=self.max_megapixels) is None
         ]
         nc, ns = len(c_ok), len(s_ok)
         if self.val_pairs > nc * ns:
@@ -555,7 +589,15 @@ class StyleTransferDataModule(L.LightningDataModule):
         self._stream_start = (step, start)
         batch = self.per_device_batch_size
         self._train = RandomPairs(
-            self.content_files, self.style_files, self.crop, self.resize, self.seed, rank, start, batch
+            self.content_files,
+            self.style_files,
+            self.crop,
+            self.resize,
+            self.seed,
+            rank,
+            start,
+            batch,
+            max_megapixels=self.max_megapixels,
         )
         return TrainingLoader(
             self._train,

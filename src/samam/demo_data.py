@@ -243,6 +243,7 @@ class DemoDataModule(StyleTransferDataModule):
         verify: Verify = "none",
         seed: int = 0,
         pin_memory: bool = False,
+        max_megapixels: float | None = 100,
     ) -> None:
         super().__init__(
             content_dir=str(Path(root) / "content"),
@@ -256,6 +257,7 @@ class DemoDataModule(StyleTransferDataModule):
             verify=verify,
             seed=seed,
             pin_memory=pin_memory,
+            max_megapixels=max_megapixels,
         )
         self.root = root
 

@@ -454,9 +454,16 @@ def default_run_name(cfg: DictConfig) -> str:
 # (interpolations such as ${paths.data_dir} unresolved, so a moved repository or data folder
 # still matches: a moved data folder then resumes on the data found there). Free to differ:
 # trainer (max_steps to extend a run, devices), callbacks, logger, paths, run name, precision,
-# and the keys (or sections) below.
+# and the keys (or sections) below (data.max_megapixels: a worker's memory guard, absent from earlier
+# runs; the images it leaves out at set-up show in the image lists a resume compares).
 RUN_IDENTITY = ("experiment_name", "seed", "model", "loss", "module", "data")
-RUN_IDENTITY_FREE = ("model.backend", "data.num_workers", "data.pin_memory", "module.compile")
+RUN_IDENTITY_FREE = (
+    "model.backend",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.max_megapixels",
+    "module.compile",
+)
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:

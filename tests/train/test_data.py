@@ -749,6 +749,49 @@ def test_images_over_pils_bomb_limit_are_used(tmp_path):
     assert check_image(big, "header") is None
 
 
+def test_an_image_too_large_for_a_worker_is_skipped_from_its_header(tmp_path, caplog):
+    """A 13,500² RGB PNG (182 MP) was decoded whole in a training worker, which grew by 1.45 GB:
+    a few in a batch had it killed for memory, where README promises bad images are skipped and
+    counted. By default (data.max_megapixels=100) the header check skips it, naming its size."""
+    big = tmp_path / "content" / "big.png"
+    _save(big, Image.new("1", (13500, 13500)))  # 22 kB on disk
+    _save(tmp_path / "content" / "ok.png", _rgb())
+    _save(tmp_path / "style" / "s.png", _rgb())
+    dm = StyleTransferDataModule(str(tmp_path / "content"), str(tmp_path / "style"), crop=16, resize=24)
+    with caplog.at_level(logging.WARNING, logger="samam.data"):
+        dm.setup("fit")
+    assert [p.name for p in dm.content_files] == ["ok.png"] and dm.skipped == 1
+    assert (
+        "big.png (ValueError: 13500×13500 px (182 MP) to decode, over data.max_megapixels=100" in caplog.text
+    )
+
+
+@pytest.mark.parametrize("verify", ["header", "full", "none"])
+def test_the_pixel_limit_counts_what_a_jpeg_draft_decodes(tmp_path, verify):
+    """A JPEG decoded reduced (PIL's draft) is held at its reduced size: only what is decoded counts,
+    at set-up (verify=header/full) or, with verify=none, when drawn (skipped and counted, as any bad
+    image). 1200×900 = 1.08 MP decodes at 300×225 for resize=64, whole for resize=null."""
+    path = _save(tmp_path / "c" / "big.jpg", _rgb(48, 36, seed=3).resize((1200, 900), Image.BILINEAR))
+    small = _save(tmp_path / "c" / "small.png", _rgb())
+    style = _save(tmp_path / "s" / "s.png", _rgb())
+    for resize, kept in ((64, True), (None, False)):
+        dm = StyleTransferDataModule(
+            str(tmp_path / "c"),
+            str(tmp_path / "s"),
+            crop=16,
+            resize=resize,
+            verify=verify,
+            max_megapixels=0.1,
+        )
+        dm.setup("fit")
+        assert (path in dm.content_files) == (kept or verify == "none"), resize
+        stream = iter(RandomPairs([path, small], [style], crop=16, resize=resize, seed=0, max_megapixels=0.1))
+        drawn = [next(stream) for _ in range(12)]
+        assert int(drawn[-1]["skipped"]) == (0 if kept else 1), resize
+    with pytest.raises(ValueError, match="data.max_megapixels=0: give a positive limit, or null for none"):
+        StyleTransferDataModule(str(tmp_path / "c"), str(tmp_path / "s"), max_megapixels=0)
+
+
 def test_a_jpeg_far_larger_than_its_resize_is_decoded_reduced(tmp_path, monkeypatch):
     """A 12000×9000 WikiArt painting was decoded whole for each 512² resize (3.6 s and 0.8 GB a
     draw): a JPEG ≥ 6× the resize is decoded at 1/2-1/8 scale, ≥ 3× the resize, and its crops are

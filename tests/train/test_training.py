@@ -1333,6 +1333,12 @@ def test_run_identity_covers_the_loss_and_names_a_changed_weight(compose):
     assert set(run_identity(base)) == set(RUN_IDENTITY) >= {"seed", "model", "loss", "module", "data"}
     changed = run_identity(compose(["experiment=demo", "loss.style_weight=3.0"]))
     assert identity_differences(run_identity(base), changed) == ["loss.style_weight: 7.0 → 3.0"]
+    earlier = run_identity(base)  # a run from before data.max_megapixels existed resumes
+    del earlier["data"]["max_megapixels"]
+    assert (
+        identity_differences(earlier, run_identity(compose(["experiment=demo", "data.max_megapixels=50"])))
+        == []
+    )
 
 
 def test_auto_resume_from_a_damaged_last_ckpt_says_so_and_names_a_checkpoint_to_use(tmp_path):
