@@ -127,6 +127,24 @@ def test_a_dark_16_bit_image_is_read_as_16_bit(tmp_path):
     assert (np.asarray(load_rgb(tmp_path / "unsigned16.png"))[1:] == 1).all()  # 200 / 65535
 
 
+def test_a_16_bit_image_is_scaled_to_8_bit_in_place(tmp_path):
+    """Each step of the 16-bit scaling made a new float64 array: 24 bytes a pixel at the peak (a
+    48 MP scan took a worker 1.22 GB, 3× an 8-bit one under the same data.max_megapixels). The
+    same operations in place keep one, and the same pixels."""
+    import tracemalloc
+
+    gray = np.random.default_rng(0).integers(0, 65536, (400, 500)).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "deep.png")
+    tracemalloc.start()
+    try:
+        rgb = np.asarray(load_rgb(tmp_path / "deep.png"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * gray.size  # bytes: one float64 copy (8 a pixel), not three
+    assert np.array_equal(rgb[..., 0], np.clip(gray / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
 def test_broken_files_skipped_and_counted(messy, caplog):
     content, style, n_broken = messy
     dm = StyleTransferDataModule(
