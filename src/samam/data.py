@@ -496,19 +496,21 @@ class StyleTransferDataModule(L.LightningDataModule):
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         every = [p for files in lists for p in files]
         mine = {
-            i: reason
-            for i in range(rank, len(every), world)
-            if (reason := check_image(every[i], self.verify, self.resize, self.max_megapixels))
+            p: reason
+            for p in every[rank::world]
+            if (reason := check_image(p, self.verify, self.resize, self.max_megapixels))
         }
         found: list[Any] = [mine]
         if world > 1:
             found = [None] * world
             torch.distributed.all_gather_object(found, mine)
-        bad = {i: reason for share in found for i, reason in share.items()}
-        for i in sorted(bad):  # every rank counts them; said once
-            self.setup_skipped.add(every[i], bad[i], warn=first_process())
-        ends = np.cumsum([0] + [len(files) for files in lists])
-        return [[every[i] for i in range(a, b) if i not in bad] for a, b in itertools.pairwise(ends)]
+        # By path, not position: a rank whose listing differs (a node's copy of the folders still
+        # syncing) must not drop another rank's n-th file
+        bad = {p: reason for share in found for p, reason in share.items()}
+        for p in every:  # every rank counts them; said once, in the order of the lists
+            if p in bad:
+                self.setup_skipped.add(p, bad[p], warn=first_process())
+        return [[p for p in files if p not in bad] for files in lists]
 
     def setup(self, stage: str | None = None) -> None:
         if len(self.content_files) > 0:

@@ -188,14 +188,19 @@ def test_setup_lines_every_rank_would_repeat_are_left_to_the_first_process(
     assert caplog.records == []
 
 
-def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monkeypatch):
+@pytest.mark.parametrize("differ", [False, True])
+def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monkeypatch, differ):
     """Every DDP rank opened every file at set-up (8 GPUs × COCO + WikiArt's 200,000 files at each
     start, at once, on the shared file system): each rank now checks its share and the ranks pool
     the bad files, so each ends with the one process's lists, counts and image records. Two ranks
-    as two threads, torch.distributed's calls standing in for the process group."""
+    as two threads, torch.distributed's calls standing in for the process group. ``differ``: rank
+    0 lists one more file (another node's copy of the folder), and no rank drops a good file."""
     import threading
 
+    import samam.data
+
     content, style, n_broken = messy
+    _save(content / "0.png", _rgb())  # listed by rank 0 only, with differ (a copy still syncing)
     world, here, opens = 2, threading.local(), Counter()
     meet, slots = threading.Barrier(world, timeout=60), [None] * world
 
@@ -209,6 +214,10 @@ def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monk
         opens[getattr(here, "rank", None)] += 1
         return open_image(fp, *args, **kwargs)
 
+    def listing(folder, what):
+        files = list_images(folder, what)
+        return files if differ and here.rank == 0 else [p for p in files if p.name != "0.png"]
+
     def setup(rank: int | None, out: dict) -> None:
         here.rank = rank
         dm = StyleTransferDataModule(
@@ -219,6 +228,7 @@ def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monk
 
     open_image, results = Image.open, {}
     monkeypatch.setattr(Image, "open", opening)
+    monkeypatch.setattr(samam.data, "list_images", listing)
     setup(None, results)  # one process
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
@@ -230,10 +240,15 @@ def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monk
     for t in ranks:
         t.join()
     assert len(results[None][2]) == n_broken - 1  # the truncated JPEG passes the header check
-    assert results[0] == results[1] == results[None]
     files = 12 + 3  # files that are not empty (an empty one is not opened)
-    assert opens[None] == files - 1 and opens[0] + opens[1] == files - 1
-    assert max(opens[0], opens[1]) <= (files + 1) // 2
+    assert opens[None] == files - 1 and max(opens[0], opens[1]) <= (files + 1) // 2
+    if not differ:
+        assert results[0] == results[1] == results[None]
+    else:  # each keeps every good file of its list; one no rank checked is left to the draws
+        good, bad = set(results[None][0] + results[None][1]), set(results[None][2])
+        for rank, extra in ((0, {content / "0.png"}), (1, set())):
+            kept = set(results[rank][0] + results[rank][1])
+            assert good | extra <= kept and kept - good - extra <= bad, rank
 
 
 def test_header_check_then_runtime_skip(messy, caplog):
