@@ -55,7 +55,10 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
     every, seen, runs = [], {os.path.realpath(root)}, []
     for here, dirs, names in os.walk(root, followlinks=True):
         keep = []
-        for d in dirs:  # each real folder is walked once: symlink loops, two links to one folder
+        # Each real folder is walked once (symlink loops, two links to one folder), under the first
+        # of its names in sorted order: in directory order, the name (and so the image list and its
+        # digest) depended on the file system holding the folder
+        for d in sorted(dirs):
             r = os.path.realpath(os.path.join(here, d))
             if not d.startswith(".") and r not in seen:
                 seen.add(r)

@@ -883,6 +883,30 @@ def test_listing_walks_a_folder_reached_twice_once_and_sorts(tmp_path):
     ]
 
 
+def test_a_folder_reached_twice_is_listed_under_one_name_whatever_the_directory_order(tmp_path, monkeypatch):
+    """os.walk gives a folder's entries in the file system's order (ext4: by hash; tmpfs: newest
+    first): which of two links to one folder was listed, hence the image list and the digest a
+    resume compares, changed with the file system holding a copy of the folder."""
+    import samam.data
+
+    _save(tmp_path / "outside" / "o.png", _rgb(8, 8))
+    root = tmp_path / "root"
+    for link in ("l1", "l2"):
+        (root / link).parent.mkdir(exist_ok=True)
+        (root / link).symlink_to(tmp_path / "outside", target_is_directory=True)
+    walk, listed = os.walk, []
+    for order in (sorted, lambda names: sorted(names, reverse=True)):
+
+        def walk_in(top, *args, order=order, **kwargs):
+            for here, dirs, names in walk(top, *args, **kwargs):
+                dirs[:] = order(dirs)  # the list os.walk goes on to walk
+                yield here, dirs, names
+
+        monkeypatch.setattr(samam.data.os, "walk", walk_in)
+        listed.append([p.relative_to(root).as_posix() for p in list_images(root, "style")])
+    assert listed == [["l1/o.png"]] * 2
+
+
 def test_a_bad_file_shared_by_content_and_style_is_counted_once(tmp_path):
     from samam.data import StyleTransferDataModule
 
