@@ -490,7 +490,7 @@ class StyleTransferDataModule(L.LightningDataModule):
     def _usable(self, *lists: list[Path]) -> list[list[Path]]:
         """Each of ``lists`` less its files that fail the ``verify`` check. Under DDP each rank
         checks every world-th file and the ranks pool what they found (one all_gather_object), so
-        all end with the same lists: every rank opened every file (8 GPUs × COCO + WikiArt's
+        all end with the same lists; each rank used to open every file (8 GPUs × COCO + WikiArt's
         200,000 files at each start, at once, on the shared file system)."""
         if self.verify == "none":
             return list(lists)
