@@ -81,6 +81,11 @@ def main() -> None:
         return run_workload(args.workload, args.repeats)
     if not (args.old and args.new):
         p.error("--old and --new are required")
+    for side in ("old", "new"):
+        # A folder without the package would time the venv's installed samam instead, silently.
+        src = os.path.abspath(getattr(args, side))
+        if not os.path.isfile(os.path.join(src, "samam", "__init__.py")):
+            p.error(f"--{side} {src}: no samam/__init__.py there; give the tree's src folder")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
     for r in range(args.rounds):
