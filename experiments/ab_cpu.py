@@ -101,9 +101,9 @@ def main() -> None:
                 str(args.repeats),
             ]
             src = os.path.abspath(getattr(args, side))
-            out = subprocess.run(
-                cmd, env={**env, "PYTHONPATH": src}, capture_output=True, text=True, check=True
-            )
+            out = subprocess.run(cmd, env={**env, "PYTHONPATH": src}, capture_output=True, text=True)
+            if out.returncode != 0:  # its traceback, else only "non-zero exit status 1"
+                sys.exit(f"round {r} {side} ({src}) failed:\n{out.stderr[-3000:]}")
             wall, cpu = map(float, out.stdout.split()[-2:])
             times[side].append((wall, cpu))
             print(f"round {r} {side}: wall {wall:.3f} s, cpu {cpu:.3f} s", flush=True)

@@ -24,3 +24,13 @@ def test_a_folder_without_the_package_is_refused(tmp_path):
     assert proc.returncode != 0
     assert f"--old {tmp_path}: no samam/__init__.py there" in proc.stderr
     assert "round 0" not in proc.stdout
+
+
+def test_a_side_that_fails_shows_its_error():
+    """A workload one tree cannot run (train32: SaMam needs 64-px styles) stopped the script with
+    `CalledProcessError: ... returned non-zero exit status 1` and the child's message discarded."""
+    src = str(REPO / "src")
+    proc = ab_cpu("--old", src, "--new", src, "--workload", "train32")
+    assert proc.returncode != 0
+    assert f"round 0 old ({src}) failed" in proc.stderr
+    assert "style is 32x32 px; SaMam (patch size 8) needs at least 64 px per side" in proc.stderr
