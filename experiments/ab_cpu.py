@@ -1,7 +1,7 @@
 """Interleaved A/B timing of two source trees of samam on CPU, one thread.
 
 Example (the records in experiments/performance.md, "CPU A/B"):
-    git archive <base> src | tar -x -C /tmp/base
+    mkdir -p /tmp/base && git archive <base> src | tar -x -C /tmp/base
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python experiments/ab_cpu.py \\
         --old /tmp/base/src --new src --workload train64 --rounds 7 --repeats 3
 
