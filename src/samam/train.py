@@ -615,9 +615,16 @@ def resolve_resume(
             {k: saved.get(k) for k in RUN_IDENTITY}, {k: now.get(k) for k in RUN_IDENTITY}
         )
     if differ:
+        # In a sweep the folder is hydra.sweep.dir/<arm number>: hydra.run.dir is not read there.
+        sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        folder = (
+            "hydra.sweep.dir=..., or the sweep values in their earlier order"
+            if sweep
+            else "hydra.run.dir=..."
+        )
         raise RuntimeError(
             f"ckpt_path=auto: {last} belongs to another run ({brief_list(differ, 8)}). Give this run its own "
-            "folder (hydra.run.dir=...), pass ckpt_path=null to start over there, or ckpt_path=<file> "
+            f"folder ({folder}), pass ckpt_path=null to start over there, or ckpt_path=<file> "
             "to start from that checkpoint anyway."
         )
     log.info("ckpt_path=auto: resuming from %s", last)

@@ -1379,6 +1379,27 @@ def test_a_ckpt_path_under_home_given_with_a_tilde_resumes_as_the_expanded_path(
     assert resolve_resume("~/start.ckpt", run, {"seed": 0})[0] == str(run / "checkpoints" / "last.ckpt")
 
 
+def test_a_sweep_arm_refused_another_runs_checkpoint_is_told_of_the_sweep_folder(tmp_path, monkeypatch):
+    """An arm landing on another arm's folder (a sweep rerun with its values reordered) was told to
+    set hydra.run.dir, which a sweep does not read: the same command failed again."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from samam.train import resolve_resume
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"samam": {"identity": {"seed": 0}}}, tmp_path / "checkpoints" / "last.ckpt")
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(
+        HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"mode": RunMode.MULTIRUN}))
+    )
+    with pytest.raises(RuntimeError) as info:
+        resolve_resume("auto", tmp_path, {"seed": 1})
+    assert "(hydra.sweep.dir=..., or the sweep values in their earlier order)" in str(info.value)
+    assert "hydra.run.dir" not in str(info.value)
+
+
 def test_auto_resume_refuses_another_runs_checkpoint_and_continues_wandb_and_summary(tmp_path, caplog):
     from samam.callbacks import LossSummary
     from samam.train import checkpoint_meta, resolve_resume
