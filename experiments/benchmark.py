@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-model", nargs="*", default=[], metavar="K=V", help="StyTr2 constructor overrides (tests)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="default experiments/results/<date>-<device>/")
+    p.add_argument(
+        "--out", type=Path, help="default experiments/results/<date>-<device>/ (-2, -3, … if taken)"
+    )
     p.add_argument(
         "--replot",
         type=Path,
@@ -1120,6 +1122,16 @@ def write_outputs(rows, meta, out: Path, plot: bool) -> None:
 # ---- main -----------------------------------------------------------------------------
 
 
+def free_folder(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, … where an earlier run's results are: a second run on
+    the same day replaced the first one's files without a word (an explicit --out still does)."""
+    out, n = base, 1
+    while (out / "results.csv").exists() or (out / "meta.json").exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.replot is not None:
@@ -1165,7 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = machine_info(device)
     name = meta.get("gpu", "cpu") if gpu else "cpu"
-    out = args.out or REPO / "experiments" / "results" / f"{meta['date'][:10]}-{slug(name)}"
+    out = args.out or free_folder(REPO / "experiments" / "results" / f"{meta['date'][:10]}-{slug(name)}")
     out.mkdir(parents=True, exist_ok=True)
     model_desc = (f"preset {args.preset} " if args.preset else "SaMam() ") + (
         " ".join(args.model) if args.model else "(released p=8)"

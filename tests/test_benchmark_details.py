@@ -255,3 +255,18 @@ def test_replot_of_a_record_from_before_peer_style_describes_the_peers_inputs_it
     assert bench.main(["--replot", str(tmp_path)]) == 0
     peers = next(ln for ln in (tmp_path / "results.md").read_text().splitlines() if ln.startswith("- peers"))
     assert "content and style both n²" in peers and "--peer-style same" not in peers
+
+
+def test_a_second_run_on_the_same_day_gets_its_own_folder(tmp_path):
+    """The default --out, experiments/results/<date>-<device>/, was reused: a second run that day
+    replaced the first one's files without a word."""
+    free_folder = _load_benchmark().free_folder
+    base = tmp_path / "2026-11-28-cpu"
+    assert free_folder(base) == base  # nothing there yet
+    base.mkdir()
+    assert free_folder(base) == base  # an empty folder holds no run
+    (base / "results.csv").write_text("size\n")
+    assert free_folder(base) == tmp_path / "2026-11-28-cpu-2"
+    (tmp_path / "2026-11-28-cpu-2").mkdir()
+    (tmp_path / "2026-11-28-cpu-2" / "meta.json").write_text("{}")
+    assert free_folder(base) == tmp_path / "2026-11-28-cpu-3"
