@@ -370,7 +370,12 @@ def check_val_interval(cfg: DictConfig) -> None:
         )
     if isinstance(interval, str):
         days, hours, minutes, seconds = map(int, interval.split(":"))
-        every = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        try:
+            every = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        except OverflowError as err:  # "9999999999:00:00:00": past timedelta.max
+            raise ValueError(
+                f"trainer.val_check_interval={interval!r}: past the longest duration Python takes ({err})"
+            ) from None
     if every is not None and every <= timedelta(0):  # Lightning would validate after every batch
         raise ValueError(
             f"trainer.val_check_interval={interval}: a duration of {every.total_seconds():g} s; give a "

@@ -1199,6 +1199,7 @@ def test_a_val_check_interval_below_one_batch_is_refused_before_anything_is_buil
         ('"00:00:00:00"', "a duration of 0 s; give a positive one"),
         ("{minutes:-5}", "a duration of -300 s; give a positive one"),
         ("{minutes:1e15}", "a duration takes timedelta's keywords"),
+        ('"9999999999:00:00:00"', "past the longest duration Python takes"),
     ],
 )
 def test_a_val_check_interval_lightning_refuses_is_refused_before_anything_is_built(
