@@ -122,10 +122,10 @@ def _integer_white(im: Image.Image) -> float | None:
 def refuse_oversized(im: Image.Image, max_megapixels: float | None) -> None:
     """ValueError where ``im`` (opened, its draft set, not decoded) decodes to more than
     ``max_megapixels`` (None: no limit); read from its header."""
-    w, h = im.size
+    w, h = im.size  # its MP not rounded to units: an image of 100.4 MP read "(100 MP) ..., over 100"
     if max_megapixels is not None and w * h > max_megapixels * 1e6:
         raise ValueError(
-            f"{w}×{h} px ({w * h / 1e6:.0f} MP) to decode, over data.max_megapixels={max_megapixels:g}: "
+            f"{w}×{h} px ({w * h / 1e6:g} MP) to decode, over data.max_megapixels={max_megapixels:g}: "
             "a training worker would hold several times that in memory"
         )
 

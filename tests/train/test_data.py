@@ -782,6 +782,18 @@ def test_images_over_pils_bomb_limit_are_used(tmp_path):
     assert check_image(big, "header") is None
 
 
+def test_an_image_just_over_max_megapixels_is_refused_with_its_size_unrounded(tmp_path):
+    """The size was rounded to whole MP: 10,020² px (100.4 MP) read "(100 MP) to decode, over
+    data.max_megapixels=100", and a 400² one under a limit of 0.1 "(0 MP)"."""
+    from samam.data import check_image
+
+    for side, limit, size in ((10020, 100, "100.4"), (400, 0.1, "0.16")):
+        path = tmp_path / f"{side}.png"
+        Image.new("1", (side, side)).save(path)
+        reason = check_image(path, "header", max_megapixels=limit)
+        assert f"{side}×{side} px ({size} MP) to decode, over data.max_megapixels={limit:g}" in str(reason)
+
+
 def test_an_image_too_large_for_a_worker_is_skipped_from_its_header(tmp_path, caplog):
     """A 13,500² RGB PNG (182 MP) was decoded whole in a training worker, which grew by 1.45 GB:
     a few in a batch had it killed for memory, where README promises bad images are skipped and
@@ -795,7 +807,8 @@ def test_an_image_too_large_for_a_worker_is_skipped_from_its_header(tmp_path, ca
         dm.setup("fit")
     assert [p.name for p in dm.content_files] == ["ok.png"] and dm.skipped == 1
     assert (
-        "big.png (ValueError: 13500×13500 px (182 MP) to decode, over data.max_megapixels=100" in caplog.text
+        "big.png (ValueError: 13500×13500 px (182.25 MP) to decode, over data.max_megapixels=100"
+        in caplog.text
     )
 
 
