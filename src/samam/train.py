@@ -363,19 +363,11 @@ def check_val_interval(cfg: DictConfig) -> None:
             f"trainer.val_check_interval={interval}: a fraction of an epoch, and the training stream has no "
             "epochs; give a number of training batches (trainer.val_check_interval=1000)"
         )
-    if isinstance(interval, str) and not re.fullmatch(r"\d+:\d+:\d+:\d+", interval):
+    if isinstance(interval, str) and every is None:  # not "DD:HH:MM:SS"
         raise ValueError(
             f'trainer.val_check_interval={interval!r}: a duration is "DD:HH:MM:SS" ("00:00:30:00": every '
             "30 minutes) or {minutes:30}; a number of training batches is an integer"
         )
-    if isinstance(interval, str):
-        days, hours, minutes, seconds = map(int, interval.split(":"))
-        try:
-            every = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-        except OverflowError as err:  # "9999999999:00:00:00": past timedelta.max
-            raise ValueError(
-                f"trainer.val_check_interval={interval!r}: past the longest duration Python takes ({err})"
-            ) from None
     if every is not None and every <= timedelta(0):  # Lightning would validate after every batch
         raise ValueError(
             f"trainer.val_check_interval={interval}: a duration of {every.total_seconds():g} s; give a "
@@ -384,10 +376,19 @@ def check_val_interval(cfg: DictConfig) -> None:
 
 
 def duration(interval: Any) -> timedelta | None:
-    """``trainer.val_check_interval`` given as timedelta's keywords (``{minutes:30}``) as a timedelta,
-    else None. Lightning takes a dict, but Hydra hands it a DictConfig, which it counted as
-    batches: the Trainer failed once the networks were built ("'<=' not supported between
+    """``trainer.val_check_interval`` given as a duration, ``"DD:HH:MM:SS"`` or timedelta's keywords
+    (``{minutes:30}``), as a timedelta, else None (a number of batches, or a malformed string, which
+    check_val_interval refuses). Lightning takes a dict, but Hydra hands it a DictConfig, which it
+    counted as batches: the Trainer failed once the networks were built ("'<=' not supported between
     instances of 'int' and 'DictConfig'")."""
+    if isinstance(interval, str) and re.fullmatch(r"\d+:\d+:\d+:\d+", interval):
+        days, hours, minutes, seconds = map(int, interval.split(":"))
+        try:
+            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        except OverflowError as err:  # "9999999999:00:00:00": past timedelta.max
+            raise ValueError(
+                f"trainer.val_check_interval={interval!r}: past the longest duration Python takes ({err})"
+            ) from None
     if not OmegaConf.is_dict(interval):
         return None
     try:
