@@ -119,9 +119,14 @@ def _integer_white(im: Image.Image) -> float | None:
     return None
 
 
-def refuse_oversized(im: Image.Image, max_megapixels: float | None) -> None:
-    """ValueError where ``im`` (opened, its draft set, not decoded) decodes to more than
-    ``max_megapixels`` (None: no limit); read from its header."""
+def plan_decode(im: Image.Image, draft: int | None, max_megapixels: float | None) -> None:
+    """Set ``im``'s draft (opened, not decoded: see :func:`load_rgb`), then ValueError where it
+    decodes to more than ``max_megapixels`` (None: no limit); read from its header."""
+    if draft is not None:
+        # libjpeg's DCT scaling: a 12000×9000 painting for a 512² resize took 1.7 s and 1 GB
+        # to decode whole. A reduction of ≥ 3× left to the resize is, in PIL's words,
+        # indistinguishable from resizing the whole image (measured: ≤ 2/255, mean 0.12/255).
+        im.draft(None, (3 * draft, 3 * draft))
     w, h = im.size  # its MP not rounded to units: an image of 100.4 MP read "(100 MP) ..., over 100"
     if max_megapixels is not None and w * h > max_megapixels * 1e6:
         raise ValueError(
@@ -139,7 +144,7 @@ def load_rgb(
     16-bit saturated). ``draft``: the image is to be resized to draft×draft, so a JPEG at least
     6× that is decoded at 1/2, 1/4 or 1/8 scale, both sides kept ≥ 3·draft (PIL's draft).
     ``max_megapixels``: an image that would decode (after the draft) to more is refused from its
-    header (:func:`refuse_oversized`)."""
+    header (:func:`plan_decode`)."""
     if plain:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -150,12 +155,7 @@ def load_rgb(
             im = Image.open(f)
         except UnidentifiedImageError:  # its message would name the file object
             raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
-        if draft is not None:
-            # libjpeg's DCT scaling: a 12000×9000 painting for a 512² resize took 1.7 s and 1 GB
-            # to decode whole. A reduction of ≥ 3× left to the resize is, in PIL's words,
-            # indistinguishable from resizing the whole image (measured: ≤ 2/255, mean 0.12/255).
-            im.draft(None, (3 * draft, 3 * draft))
-        refuse_oversized(im, max_megapixels)
+        plan_decode(im, draft, max_megapixels)
         im.load()
         white = _integer_white(im)  # from the file's header, which the turned copy below lacks
         im = ImageOps.exif_transpose(im)
@@ -193,9 +193,7 @@ def check_image(
             return "empty file"
         if verify == "header":
             with Image.open(path) as im:
-                if draft is not None:
-                    im.draft(None, (3 * draft, 3 * draft))
-                refuse_oversized(im, max_megapixels)
+                plan_decode(im, draft, max_megapixels)
                 im.verify()
         elif verify == "full":
             load_rgb(path, draft=draft, max_megapixels=max_megapixels)
