@@ -747,17 +747,13 @@ def evaluate(
 # ---------------------------------------------------------------------------------------
 
 
-def _read_all(paths: Sequence[Path], what: str, **resize: Any) -> tuple[list[Path], list[Tensor], list[Path]]:
-    """Decode each path; unreadable files are skipped with a warning (returned third)."""
-    ok, images, bad = [], [], []
-    for p in paths:
-        try:
-            images.append(read_image(p, **resize))
-            ok.append(p)
-        except Exception as err:  # PIL raises many types for bad files
-            log.warning("skipping unreadable %s image %s (%s: %s)", what, p, type(err).__name__, err)
-            bad.append(p)
-    return ok, images, bad
+def _read_or_none(path: Path, what: str, **resize: Any) -> Tensor | None:
+    """:func:`read_image`, or None with a warning for an unreadable file."""
+    try:
+        return read_image(path, **resize)
+    except Exception as err:  # PIL raises many types for bad files
+        log.warning("skipping unreadable %s image %s (%s: %s)", what, path, type(err).__name__, err)
+        return None
 
 
 def _thumb(img: Tensor, cell: int) -> Tensor:
@@ -865,21 +861,19 @@ def stylize(
     # decoded all first, a folder of large scans (style_side=null) sat in memory at full size.
     e_list, keep, thumbs, bad_styles, unusable_styles = [], [], [], [], []
     for p in all_styles:
-        _, im, bad = _read_all(
-            [p], "style", short_side=style_side, resample=Image.BILINEAR, plain=match_release
-        )
-        if bad:
+        im = _read_or_none(p, "style", short_side=style_side, resample=Image.BILINEAR, plain=match_release)
+        if im is None:
             bad_styles.append(p)
             continue
         try:
-            e_list.append(embed_styles(net, im, 1, precision)[0])  # (S, 3, 3)
+            e_list.append(embed_styles(net, [im], 1, precision)[0])  # (S, 3, 3)
         except ValueError as err:  # e.g. smaller than the style encoder's minimum
             log.warning("skipping style image %s: %s", p, err)
             unusable_styles.append(p)
             continue
         keep.append(p)
         if grid:
-            thumbs.append(_thumb(im[0], grid_cell))
+            thumbs.append(_thumb(im, grid_cell))
     for skipped, why in ((bad_styles, "are unreadable"), (unusable_styles, "cannot be used")):
         if style_weights is not None and skipped:
             raise ValueError(f"style_weights given but these styles {why}: {[str(p) for p in skipped]}")
