@@ -299,14 +299,14 @@ def paper_config() -> Any:
 
 def grad_errors(ours: dict[str, torch.Tensor], release: dict[str, torch.Tensor]) -> dict[str, Any]:
     """‖ours − release‖ / ‖release‖ per parameter tensor (median, worst) and over all of them."""
-    per = sorted(
-        (((ours[k] - release[k].reshape(ours[k].shape)).norm() / release[k].norm()).item(), k) for k in ours
+    theirs = {k: release[k].reshape(ours[k].shape) for k in ours}
+    per = sorted((rel_norm(ours[k], theirs[k]), k) for k in ours)
+    overall = rel_norm(
+        torch.cat([g.flatten() for g in ours.values()]), torch.cat([theirs[k].flatten() for k in ours])
     )
-    diff = torch.cat([(ours[k] - release[k].reshape(ours[k].shape)).flatten() for k in ours])
-    whole = torch.cat([release[k].flatten() for k in ours])
     return dict(
         tensors=len(per), median=statistics.median(e for e, _ in per), worst=per[-1][0], worst_name=per[-1][1],
-        overall=(diff.norm() / whole.norm()).item(),
+        overall=overall,
     )  # fmt: skip
 
 
