@@ -40,6 +40,18 @@ def _chunk_terms(
     return dA, dBu.reshape(e - s, bt, kd, n), dtc, uc
 
 
+def _chunk_states(
+    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s: int, e: int, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_chunk_terms` with the states h_s..h_{e-1} from h (the state before step s) in place
+    of Δ·u·B: h_t = dA_t·h_{t-1} + Δ_t·u_t·B_t."""
+    dA, hs, dtc, uc = _chunk_terms(u, dt, A, B, s, e)
+    hs[0].addcmul_(dA[0], h)
+    for t in range(1, e - s):
+        hs[t].addcmul_(dA[t], hs[t - 1])
+    return dA, hs, dtc, uc
+
+
 def _group_dot(x: torch.Tensor, v: torch.Tensor, g: int) -> torch.Tensor:
     """Σ_n x[t, b, c, n]·v[t, b, group(c), n]: x (T, B, K·D, N), v (T, B, K, N) → (T, B, K·D)."""
     t, bt, kd, n = x.shape
@@ -81,11 +93,7 @@ def _scan_op(
     for s in range(0, length, step):
         e = min(s + step, length)
         starts.append(h)
-        dA, hs, _, _ = _chunk_terms(u, dt, A, B, s, e)
-        # hs holds Δ·u·B and becomes the states in place: h_t = dA_t·h_{t-1} + Δ_t·u_t·B_t
-        hs[0].addcmul_(dA[0], h)
-        for t in range(1, e - s):
-            hs[t].addcmul_(dA[t], hs[t - 1])
+        _, hs, _, _ = _chunk_states(u, dt, A, B, s, e, h)
         h = hs[-1].clone()
         cc = C[..., s:e].permute(3, 0, 1, 2)  # (T, B, K, N)
         y[:, :, s:e] = _group_dot(hs, cc, g).permute(1, 2, 0)
@@ -147,11 +155,8 @@ def _backward(gy, u, dt, A, B, C, starts):
         s = chunk_starts[i]
         e = min(s + step, length)
         T = e - s
-        dAc, hs, dtc, uc = _chunk_terms(u, dt, A, B, s, e)
         h0 = starts[i]
-        hs[0].addcmul_(dAc[0], h0)
-        for t in range(1, T):
-            hs[t].addcmul_(dAc[t], hs[t - 1])
+        dAc, hs, dtc, uc = _chunk_states(u, dt, A, B, s, e, h0)
         bc = B[..., s:e].permute(3, 0, 1, 2)  # (T, B, K, N)
         cc = C[..., s:e].permute(3, 0, 1, 2)
         gyc = gy[:, :, s:e].permute(2, 0, 1).contiguous()  # (T, B, K·D)
