@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -411,6 +412,22 @@ def test_checkpoint_write_that_fails_midway_leaves_the_old_file(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == [".step0000002.ckpt.x.tmp", "last.ckpt"]
 
 
+def _checkout(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A git repository holding src/samam/ with ``files`` (and an empty __init__.py), committed:
+    that package folder."""
+    repo, pkg = tmp_path / "repo", tmp_path / "repo" / "src" / "samam"
+    pkg.mkdir(parents=True)
+    for name, text in {"__init__.py": "", **files}.items():
+        (pkg / name).write_text(text)
+    for args in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a"],
+    ):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    return pkg
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_the_code_version_digests_a_change_to_a_non_ascii_path_alike_under_core_quotepath(
     tmp_path, monkeypatch
@@ -418,16 +435,7 @@ def test_the_code_version_digests_a_change_to_a_non_ascii_path_alike_under_core_
     """git_diff is one digest per state: core.quotePath=false (a user's setting for non-ASCII
     names) wrote the changed path's header unquoted, and GIT_DIFF_OPTS=--unified=0 dropped the
     context lines: each another digest for the same change."""
-    repo, pkg = tmp_path / "repo", tmp_path / "repo" / "src" / "samam"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "données.py").write_text("x = 1\ny = 1\nz = 1\n")
-    for args in (
-        ["init", "-q"],
-        ["add", "."],
-        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a"],
-    ):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    pkg = _checkout(tmp_path, {"données.py": "x = 1\ny = 1\nz = 1\n"})
     (pkg / "données.py").write_text("x = 1\ny = 2\nz = 1\n")  # a change with context lines
     digests = []
     for value in ("true", "false"):
@@ -448,16 +456,12 @@ def test_the_code_version_names_the_commit_and_changes_of_the_checkout_and_why_t
     (even one in a repository's .venv: not tracked there), a folder outside git, or no git at all."""
     import samam
 
-    repo, pkg = tmp_path / "repo", tmp_path / "repo" / "src" / "samam"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
+    pkg = _checkout(tmp_path, {})
+    repo = pkg.parents[1]
 
     def git(*args):
         return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
 
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
     head = git("rev-parse", "HEAD").stdout.strip()
     assert code_version(pkg) == {
         "samam_version": samam.__version__,
