@@ -167,6 +167,9 @@ def _count(keys: list[str], pattern: str) -> int:
     return len({m[1] for k in keys if (m := re.match(pattern, k))})
 
 
+_SAIN_KEYS = {f"out_norm.{a}.proj.{t}" for a in ("gamma", "beta") for t in ("weight", "bias")}
+
+
 def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
     """Every size of the network, from the shapes of a state dict in *our* key layout."""
     keys = list(sd)
@@ -201,7 +204,10 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
         scm=blk + "scm.down.weight" in sd,
         loe="content_encoder.loe.conv1.weight" in sd,
     )
-    if blk + "out_norm.norm.weight" in sd:
+    # out-norm tensors other than SAIN's (layernorm's, a norm of one's own) belong to a network
+    # that shapes cannot name
+    norm_keys = {k.removeprefix(blk) for k in keys if k.startswith(blk + "out_norm.")}
+    if norm_keys and norm_keys != _SAIN_KEYS:
         raise CheckpointError(
             "this checkpoint's decoder out-norm is not SAIN; load it with its config (load_checkpoint)"
         )

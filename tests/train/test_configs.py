@@ -65,6 +65,17 @@ def test_every_experiment_trains_a_step(experiment, compose, tiny):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+def test_a_norm_of_ones_own_trains_from_the_command_line(compose, tiny):
+    """model.out_norm=<module>:<DecoderNorm subclass> (tests/user_norms.py), no edit of the package."""
+    cfg = compose([*tiny(), "debug=fdr", "model.out_norm=user_norms:StyleGroupNorm"])
+    net = instantiate(cfg.model)
+    assert net.config["out_norm"] == "user_norms:StyleGroupNorm"
+    assert type(net.decoder[0].blocks[0].out_norm).__name__ == "StyleGroupNorm"
+    metrics = main(cfg)
+    assert {"train/loss", "val/loss"} <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
 def test_a_scan_order_of_ones_own_trains_from_the_command_line(compose, tiny, scan_module):
     """model.scan=<module>:<function>, no edit of the package; the run's network keeps the path."""
     cfg = compose([*tiny(), "debug=fdr", f"model.scan={scan_module}:diagonal"])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samam.nn.loe import LoE
-from samam.nn.norms import SAIN, LayerNorm2d, OutNorm, make_norm
+from samam.nn.norms import SAIN, DecoderNorm, make_norm
 from samam.nn.ss2d import SS2D, StyleSSMParams
 from samam.nn.style import SCM, SConv, StaticDWConv
 
@@ -54,9 +54,10 @@ def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
 # padding). Past it (one sample at 8192² with p=4, or 16384² with p=8: 512 · 2050² > 2^31) a
 # block computes its D-wide maps in channel parts, since CUDA kernels such as reflection
 # padding index with 32 bits. Everything between in_proj and out_proj works channel by
-# channel, except x_proj (SS2D sums it over the parts) and the two ablation arms that mix
-# channels at every token (`out_norm=layernorm`, `mixer=attention`): those run whole on the
-# CPU, whose kernels index with 64 bits, and are refused past the cap on other devices.
+# channel, except x_proj (SS2D sums it over the parts) and what mixes channels at every token
+# (`mixer=attention`, an out_norm that is not DecoderNorm.per_channel such as layernorm): those
+# run whole on the CPU, whose kernels index with 64 bits, and are refused past the cap on other
+# devices.
 MAX_BLOCK_ELEMENTS = 2**31 - 1
 
 
@@ -82,12 +83,14 @@ def _channel_parts(x: torch.Tensor, d_inner: int, whole: str | None = None) -> l
     return [slice(c, min(d_inner, c + width)) for c in range(0, d_inner, width)]
 
 
-def _unsplittable(mixer: nn.Module, out_norm: nn.Module | None = None) -> str | None:
+def _unsplittable(
+    mixer: nn.Module, out_norm: str | None = None, norm: DecoderNorm | None = None
+) -> str | None:
     """The switch that keeps a block whole past MAX_BLOCK_ELEMENTS (it mixes channels at every
-    token), or None."""
+    token), or None. ``out_norm``: the norm's name in the config, ``norm`` the module it built."""
     if not isinstance(mixer, SS2D):
         return "mixer='attention'"
-    return "out_norm='layernorm'" if isinstance(out_norm, LayerNorm2d) else None
+    return f"out_norm={out_norm!r}" if norm is not None and not norm.per_channel else None
 
 
 def _make_mixer(mixer: Mixer, d_inner: int, static_params: bool, **ss2d) -> nn.Module:
@@ -123,7 +126,7 @@ class VSSBlock(nn.Module):
 class SAVSSM(nn.Module):
     """Style-aware block: out_proj(norm(S7(SiLU(SConv(in_proj(SAIN(E))))))) + SCM(E).
 
-    Ablation switches: ``style_ssm`` (S7 vs S6), ``out_norm``, ``sconv`` (style-generated vs
+    Ablation switches: ``style_ssm`` (S7 vs S6), ``out_norm`` (norms.norm_class), ``sconv`` (style-generated vs
     plain depthwise kernel), ``scm`` (gated skip E ⊙ v vs identity E)."""
 
     def __init__(
@@ -133,7 +136,7 @@ class SAVSSM(nn.Module):
         style_dim: int,
         *,
         style_ssm: bool = True,
-        out_norm: OutNorm = "sain",
+        out_norm: str = "sain",
         sconv: bool = True,
         scm: bool = True,
         scm_reduction: int = 4,
@@ -151,12 +154,15 @@ class SAVSSM(nn.Module):
             if use_style_params
             else None
         )
+        self.out_norm_name = out_norm  # for the error of a block that cannot run in channel parts
         self.out_norm = make_norm(out_norm, d_inner, style_dim)
         self.out_proj = _conv1x1(d_inner, dim)
         self.scm = SCM(style_dim, dim, scm_reduction) if scm else None
 
     def forward(self, x: torch.Tensor, e_s: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
-        parts = _channel_parts(x, self.in_proj.out_channels, _unsplittable(self.ssm, self.out_norm))
+        parts = _channel_parts(
+            x, self.in_proj.out_channels, _unsplittable(self.ssm, self.out_norm_name, self.out_norm)
+        )
         if len(parts) > 1:
             return self._forward_parts(x, e_s, style_vec, parts)
         h = self.in_proj(self.in_norm(x, style_vec))

@@ -1,9 +1,11 @@
 """Decoder normalisations. All share the call ``norm(x, style_vec)`` so the ablation arms
-(`out_norm`: sain | layernorm | instancenorm) are drop-in replacements."""
+(`out_norm`: sain | layernorm | instancenorm, or a :class:`DecoderNorm` of one's own by import
+path) are drop-in replacements."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import pkgutil
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -13,11 +15,30 @@ from samam.nn.style import StyleAffine
 
 OutNorm = Literal["sain", "layernorm", "instancenorm"]
 OUT_NORMS: tuple[str, ...] = get_args(OutNorm)
+NORM_PATH_FORM = "package.module:Class"  # how model.out_norm names a norm of one's own
 
 
-class SAIN(nn.Module):
+class DecoderNorm(nn.Module):
+    """What a SAVSSM block's out_norm is. A norm of one's own subclasses it and is named by
+    import path (``model.out_norm=my_norms:GroupNormOut``); each block builds one as
+    ``cls(channels, style_dim)`` and calls ``norm(x, style_vec)``: x (B, channels, H, W) the
+    mixer's output, style_vec (B, style_dim) the style code e_s averaged over its 3×3; it
+    returns x's shape.
+
+    ``per_channel``: True only if every channel is normalised from its own values alone (SAIN,
+    InstanceNorm). forward must then also take ``channels``, a slice: x holds only those channels
+    of the block's map, which blocks on images past ``samam.nn.blocks.MAX_BLOCK_ELEMENTS`` run in
+    parts. False (GroupNorm, LayerNorm: statistics across channels) keeps the block whole: on the
+    CPU, and refused past that size on other devices."""
+
+    per_channel: ClassVar[bool] = False
+
+
+class SAIN(DecoderNorm):
     """Style-aware instance norm: IN(x)·γ(e_s) + β(e_s); IN has no affine and no running
     stats, and γ is used as is (not 1 + γ), as in the release."""
+
+    per_channel = True
 
     def __init__(self, channels: int, style_dim: int):
         super().__init__()
@@ -31,7 +52,7 @@ class SAIN(nn.Module):
         return F.instance_norm(x) * self.gamma(style_vec)[:, channels] + self.beta(style_vec)[:, channels]
 
 
-class LayerNorm2d(nn.Module):
+class LayerNorm2d(DecoderNorm):
     """LayerNorm over channels at every pixel (VMamba's out_norm), with affine."""
 
     def __init__(self, channels: int):
@@ -42,8 +63,10 @@ class LayerNorm2d(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class InstanceNorm(nn.Module):
+class InstanceNorm(DecoderNorm):
     """Instance norm with a learned (style-independent) affine."""
+
+    per_channel = True
 
     def __init__(self, channels: int):
         super().__init__()
@@ -57,11 +80,33 @@ class InstanceNorm(nn.Module):
         return F.instance_norm(x, weight=norm.weight[channels], bias=norm.bias[channels], eps=norm.eps)
 
 
-def make_norm(kind: OutNorm, channels: int, style_dim: int) -> nn.Module:
-    if kind == "sain":
-        return SAIN(channels, style_dim)
+def norm_class(name: str) -> type[DecoderNorm]:
+    """The class ``model.out_norm`` names: one of OUT_NORMS, or ``"package.module:Class"`` (its
+    module importable), a subclass of :class:`DecoderNorm`. Checked when the config is built, so
+    a typo fails there, not in the first block."""
+    built_in = {"sain": SAIN, "layernorm": LayerNorm2d, "instancenorm": InstanceNorm}
+    if name in built_in:
+        return built_in[name]
+    if not (isinstance(name, str) and ":" in name):
+        raise ValueError(f"out_norm={name!r} is not one of {(*OUT_NORMS, NORM_PATH_FORM)}")
+    try:
+        cls = pkgutil.resolve_name(name)
+    except Exception as e:  # not installed, a typo, or an error inside the module
+        raise ValueError(
+            f"out_norm {name!r} does not import ({type(e).__name__}: {e}); it must be "
+            f"'{NORM_PATH_FORM}' with the module on the Python path (PYTHONPATH)"
+        ) from e
+    if not (isinstance(cls, type) and issubclass(cls, DecoderNorm)):
+        raise ValueError(
+            f"out_norm {name!r} is {cls!r}, not a subclass of samam.nn.norms.DecoderNorm: "
+            "subclass it (its docstring says how the style code and channel parts reach forward)"
+        )
+    return cls
+
+
+def make_norm(kind: OutNorm | str, channels: int, style_dim: int) -> DecoderNorm:
     if kind == "layernorm":
         return LayerNorm2d(channels)
     if kind == "instancenorm":
         return InstanceNorm(channels)
-    raise ValueError(f"unknown out_norm {kind!r}; expected one of {OUT_NORMS}")
+    return norm_class(kind)(channels, style_dim)

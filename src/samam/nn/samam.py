@@ -15,7 +15,7 @@ from torch import nn
 
 from samam.nn.blocks import MIXERS, Encoder, Mixer, SAVSSGroup
 from samam.nn.decoder import ImageDecoder
-from samam.nn.norms import OUT_NORMS, SAIN, OutNorm
+from samam.nn.norms import SAIN, norm_class
 from samam.nn.style import SCM, StyleEmbedder
 from samam.ops.scan_orders import SCAN_NAMES, SCAN_PATH_FORM, scan_builder
 from samam.ops.selective_scan import resolve_scan_backend
@@ -61,7 +61,7 @@ class SaMamConfig:
     scm_reduction: int = 4
     scan: str = "zigzag"  # one of SCAN_NAMES, or "package.module:function" (scan_orders.scan_builder)
     style_ssm: bool = True
-    out_norm: OutNorm = "sain"
+    out_norm: str = "sain"  # one of OUT_NORMS, or "package.module:Class" (norms.norm_class)
     sconv: bool = True
     scm: bool = True
     loe: bool = True
@@ -84,12 +84,13 @@ class SaMamConfig:
                 )
             if type(value) not in (int, float, type(None)):  # np.int64(64) → 64
                 object.__setattr__(self, f.name, plain(value))
-        choices = {"out_norm": OUT_NORMS, "mixer": MIXERS, "patch_size": (4, 8)}
+        choices = {"mixer": MIXERS, "patch_size": (4, 8)}
         if not (isinstance(self.scan, str) and ":" in self.scan):  # an import path: scan_builder checks it
             choices["scan"] = (*SCAN_NAMES, SCAN_PATH_FORM)
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
+        norm_class(self.out_norm)  # imported and checked: a wrong path fails here
         scan_builder(self.scan)  # tried on small grids (once per function): a wrong order fails here
         if self.embed_dim % 8:
             raise ValueError(

@@ -1,0 +1,41 @@
+"""Output norms of one's own, for tests that name them by import path (``user_norms:StyleGroupNorm``):
+the DecoderNorm interface as a user meets it. tests/ is on the Python path (pyproject.toml)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samam.nn.norms import DecoderNorm
+from samam.nn.style import StyleAffine
+
+
+class StyleGroupNorm(DecoderNorm):
+    """GroupNorm (statistics across the channels of a group) with a style-generated affine."""
+
+    def __init__(self, channels: int, style_dim: int):
+        super().__init__()
+        self.groups = 4
+        self.gamma = StyleAffine(style_dim, channels)
+        self.beta = nn.Linear(style_dim, channels)
+
+    def forward(self, x: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x, self.groups) * self.gamma(style_vec) + self.beta(style_vec)[:, :, None, None]
+
+
+class ScaledInstanceNorm(DecoderNorm):
+    """Per channel: takes the block's channel parts."""
+
+    per_channel = True
+
+    def __init__(self, channels: int, style_dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, channels))
+
+    def forward(
+        self, x: torch.Tensor, style_vec: torch.Tensor, channels: slice = slice(None)
+    ) -> torch.Tensor:
+        return F.instance_norm(x) * self.scale[channels, None, None]
+
+
+class NotANorm(nn.Module):
+    pass
