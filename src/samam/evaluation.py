@@ -456,6 +456,8 @@ def results_markdown(res: Mapping[str, Any]) -> str:
         ("LPIPS ↓", "lpips"),
         ("CFSD ↓", "cfsd"),
         ("FID (TF-Inception, torch-fidelity) ↓", "fid_tf"),
+        # metrics of one's own (metrics.extra), named by their key
+        *((k, k) for k in res.get("metric_networks") or {} if k not in METRIC_NAMES),
         ("ms / image", "ms_per_image"),
         ("GMACs", "gmacs"),
         ("parameters", "params"),
@@ -737,7 +739,8 @@ def evaluate(
             eff = {"peak_mem_note": f"benchmark failed: {type(err).__name__}: {err}"}
         write(eff)
     log.info(
-        "eval: %s", {k: res[k] for k in (*METRIC_NAMES, "ms_per_image", "gmacs", "params", "peak_mem_mib")}
+        "eval: %s",
+        {k: res[k] for k in (*METRIC_NAMES, *suite.extra, "ms_per_image", "gmacs", "params", "peak_mem_mib")},
     )
     return res
 

@@ -645,7 +645,8 @@ class StyleTransferMetrics(nn.Module):
     image once, ``weight`` = how many stylised images were made with it (the protocol's
     reference set repeats each style once per content image); ``update(output, content)``
     feeds each stylised image with its content. Images
-    are (B, 3, H, W) in [0, 1]; the TF-Inception FID gets them quantised to uint8.
+    are (B, 3, H, W) in [0, 1]; the TF-Inception FID gets them quantised to uint8. ``extra``:
+    metrics of one's own by name, each a torchmetrics Metric fed ``update(output, content)``.
     """
 
     def __init__(
@@ -656,9 +657,11 @@ class StyleTransferMetrics(nn.Module):
         cfsd: CFSD | None = None,
         reasons: Mapping[str, str] | None = None,
         networks: Mapping[str, str] | None = None,
+        extra: Mapping[str, Metric] | None = None,
     ):
         super().__init__()
         self.fid_art, self.fid_tf, self.lpips, self.cfsd = fid_art, fid_tf, lpips, cfsd
+        self.extra = nn.ModuleDict(dict(extra or {}))  # a module: moves with .to(device)
         self.reasons = dict(reasons or {})  # metric → why it is None (disabled)
         self.null_reasons = dict(self.reasons)  # after compute(): also FIDs short of images
         self.networks = dict(networks or {})  # metric → which feature network computed it
@@ -672,7 +675,7 @@ class StyleTransferMetrics(nn.Module):
 
     @property
     def enabled(self) -> list[str]:
-        return [n for n in METRIC_NAMES if n not in self.reasons]
+        return [n for n in METRIC_NAMES if n not in self.reasons] + list(self.extra)
 
     @property
     def min_side(self) -> int:
@@ -709,10 +712,13 @@ class StyleTransferMetrics(nn.Module):
             self.lpips.update(output, content)
         if self.cfsd is not None:
             self.cfsd.update(output, content)
+        for metric in self.extra.values():
+            metric.update(output, content)
 
     def compute(self) -> dict[str, float | None]:
-        """Every name of :data:`METRIC_NAMES` → value (float) or None; ``null_reasons`` then
-        says why each None is None (disabled, or too few images for a FID)."""
+        """Every name of :data:`METRIC_NAMES` → value (float) or None, then each extra metric's
+        value; ``null_reasons`` then says why each None is None (disabled, or too few images for
+        a FID)."""
         res: dict[str, float | None] = {n: None for n in METRIC_NAMES}
         why = {n: self.reasons[n] for n in METRIC_NAMES if n in self.reasons}
         for name in ("fid_art", "fid_tf", "lpips", "cfsd"):
@@ -727,6 +733,7 @@ class StyleTransferMetrics(nn.Module):
             res["artfid"] = float(artfid(res["lpips"], res["fid_art"]))
         elif "artfid" not in why:
             why["artfid"] = f"needs fid_art: {why['fid_art']}"
+        res.update({name: float(metric.compute()) for name, metric in self.extra.items()})
         self.null_reasons = why
         return res
 
@@ -737,6 +744,8 @@ class StyleTransferMetrics(nn.Module):
             metric = getattr(self, name)
             if metric is not None:
                 metric.reset()
+        for metric in self.extra.values():
+            metric.reset()
 
 
 def opt(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
@@ -780,6 +789,7 @@ def build_metrics(
     download: bool = False,
     test_extractors: bool = False,
     reset_style: bool = True,
+    extra: Mapping[str, Any] | None = None,
 ) -> StyleTransferMetrics:
     """The protocol's metrics from config entries ``{enabled, weights, ...}`` (missing entry =
     enabled with default weights). A missing weight file raises :class:`MissingWeightsError`
@@ -788,9 +798,15 @@ def build_metrics(
     ``test_extractors=True`` (TEST ONLY) swaps every pretrained network for a small fixed
     random one (:class:`RandomFeatures`; LPIPS keeps AlexNet with a random backbone): the
     numbers are meaningless and ``networks`` says so.
+
+    ``extra``: metrics of one's own, name → a torchmetrics Metric or its config
+    (``{_target_: package.module.Class, ...}``, built here), scored as
+    ``update(output, content)`` (both (B, 3, H, W) in [0, 1]) and ``compute()`` → one number.
     """
     reasons: dict[str, str] = {}
     networks: dict[str, str] = {}
+    extras = _build_extra(extra or {})
+    networks.update({name: f"{type(m).__module__}.{type(m).__qualname__}" for name, m in extras.items()})
     built: dict[str, Metric | None] = {}
     cfgs = {"fid_art": fid_art, "fid_tf": fid_tf, "lpips": lpips, "cfsd": cfsd}
     test_note = "TEST ONLY random network (test_extractors=true): value is meaningless"
@@ -854,4 +870,29 @@ def build_metrics(
     if missing:
         missing[0].others = missing[1:]
         raise missing[0]
-    return StyleTransferMetrics(**built, reasons=reasons, networks=networks)
+    return StyleTransferMetrics(**built, reasons=reasons, networks=networks, extra=extras)
+
+
+def _build_extra(extra: Mapping[str, Any]) -> dict[str, Metric]:
+    """``build_metrics``' extra metrics, each built and checked to be a torchmetrics Metric (whose
+    states sum across DDP ranks) under a name of its own."""
+    built = {}
+    for name, spec in extra.items():
+        where = f"metrics.extra.{name}"
+        if not (isinstance(name, str) and name.isidentifier()) or name in METRIC_NAMES:
+            raise ValueError(f"{where}: an extra metric needs a name of its own, not one of {METRIC_NAMES}")
+        if isinstance(spec, Mapping):
+            if "_target_" not in spec:
+                raise ValueError(
+                    f"{where}: give its class as _target_ (e.g. {where}._target_=my_metrics.MyMetric)"
+                )
+            from hydra.utils import instantiate  # only here: metrics.py does without Hydra otherwise
+
+            spec = instantiate(spec)
+        if not isinstance(spec, Metric):
+            raise TypeError(
+                f"{where} is {type(spec).__name__}, not a torchmetrics.Metric: subclass it "
+                "(update(output, content) with both (B, 3, H, W) in [0, 1], compute() -> one number)"
+            )
+        built[name] = spec
+    return built

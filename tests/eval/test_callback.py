@@ -75,8 +75,7 @@ def _callback(image_dirs, every_n_val_rounds=1, **kw):
         style_size=64,
         style_short_side=None,
         batch_size=4,
-        metrics=METRICS,
-        **kw,
+        **{"metrics": METRICS, **kw},
     )
 
 
@@ -99,6 +98,19 @@ def test_callback_logs_metrics_every_n_rounds(tiny_net, image_dirs, tmp_path):
     assert cb.state_dict() == {"rounds": 3}
     # FID's reference set counts each style once per pair that used it (as eval.py does)
     assert int(cb.suite.fid_art.real_features_num_samples) == len(cb.pairs) == 6
+
+
+def test_callback_logs_a_metric_of_ones_own(tiny_net, image_dirs, tmp_path):
+    """callbacks.eval_metrics.metrics.extra: logged as val/<name>, fresh at each evaluation."""
+    import copy
+
+    extra = {"mae": {"_target_": "torchmetrics.regression.MeanAbsoluteError"}}
+    cb = _callback(image_dirs, metrics={**METRICS, "extra": extra})
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+    mae = trainer.callback_metrics["val/mae"]
+    assert torch.isfinite(mae) and 0 < mae < 1
+    assert int(cb.suite.extra["mae"].total) == 0  # reset after the evaluation
 
 
 def test_only_the_first_rank_logs_the_synced_metrics(tiny_net, image_dirs, tmp_path, monkeypatch, caplog):

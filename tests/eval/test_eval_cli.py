@@ -72,6 +72,24 @@ def test_eval_end_to_end_writes_every_key(tiny_ckpt, tiny_net, image_dirs, tmp_p
     assert "| ArtFID ↓ |" in md and "TEST ONLY" in md
 
 
+def test_eval_scores_a_metric_of_ones_own_from_the_command_line(tiny_ckpt, image_dirs, tmp_path):
+    """+metrics.extra.<name>._target_=… (here torchmetrics' SSIM of each output against its
+    content): in results.json and results.md beside the protocol's metrics."""
+    out = tmp_path / "eval"
+    ssim = "+metrics.extra.ssim"
+    overrides = [
+        "metrics.test_extractors=true",
+        "bench.enabled=false",
+        f"{ssim}._target_=torchmetrics.image.StructuralSimilarityIndexMeasure",
+        f"{ssim}.data_range=1.0",
+    ]
+    res = entry_point("eval")(compose_eval(base_overrides(tiny_ckpt, image_dirs, out) + overrides))
+    saved = json.loads((out / "results.json").read_text())
+    assert -1 <= saved["ssim"] <= 1 and saved["ssim"] == res["ssim"] and saved["lpips"] is not None
+    assert "StructuralSimilarityIndexMeasure" in saved["metric_networks"]["ssim"]
+    assert f"| ssim | {saved['ssim']:.4g} |" in (out / "results.md").read_text()
+
+
 def test_eval_disabled_metrics_are_null_with_reason(tiny_ckpt, image_dirs, tmp_path):
     out = tmp_path / "eval"
     overrides = base_overrides(tiny_ckpt, image_dirs, out) + [

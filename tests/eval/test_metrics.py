@@ -79,6 +79,51 @@ def test_artfid_formula_and_suite():
     assert "disabled" in suite.reasons["fid_tf"] and "artfid" not in suite.reasons
 
 
+def test_a_metric_of_ones_own_is_fed_each_output_with_its_content():
+    """metrics.extra: a torchmetrics Metric (or its _target_ config) beside the protocol's."""
+    from torchmetrics.regression import MeanAbsoluteError
+
+    suite = M.build_metrics(
+        fid_art={"enabled": False},
+        fid_tf={"enabled": False},
+        cfsd={"enabled": False},
+        test_extractors=True,
+        extra={"mae": {"_target_": "torchmetrics.regression.MeanAbsoluteError"}, "mae2": MeanAbsoluteError()},
+    )
+    assert suite.enabled == ["lpips", "mae", "mae2"]
+    assert suite.networks["mae"] == "torchmetrics.regression.mae.MeanAbsoluteError"
+    out, content = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    suite.update(out[:2], content[:2])
+    suite.update(out[2:], content[2:])
+    res = suite.compute()
+    assert res["mae"] == res["mae2"] == pytest.approx((out - content).abs().mean().item(), rel=1e-6)
+    assert res["lpips"] is not None and res["fid_art"] is None
+    suite.reset()
+    suite.update(content, content)
+    assert suite.compute()["mae"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (
+            {"lpips": {"_target_": "torchmetrics.regression.MeanAbsoluteError"}},
+            ValueError,
+            "a name of its own",
+        ),
+        ({"mae": {"reduction": "mean"}}, ValueError, r"metrics.extra.mae._target_="),
+        (
+            {"mae": {"_target_": "torch.nn.L1Loss"}},
+            TypeError,
+            "metrics.extra.mae is L1Loss, not a torchmetrics.Metric",
+        ),
+    ],
+)
+def test_a_wrong_metric_of_ones_own_is_refused_when_built(extra, error, message):
+    with pytest.raises(error, match=message):
+        M.build_metrics(test_extractors=True, extra=extra)
+
+
 def test_fid_short_of_images_is_null_with_reason_and_the_rest_still_computes():
     """One stylised image (a 1 × 1 eval, or a callback with max_pairs=1) has no covariance: the
     FIDs and ArtFID are null with the reason, LPIPS still computes, nothing raises, and the
