@@ -65,6 +65,16 @@ def test_every_experiment_trains_a_step(experiment, compose, tiny):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+def test_a_loss_term_of_ones_own_trains_and_is_logged(compose, tiny):
+    """experiments/README.md's recipe: a StyleTransferLoss subclass as loss._target_, its weight
+    from the config; every term it returns is logged."""
+    overrides = ["debug=fdr", "loss._target_=user_losses.WithTV", "+loss.tv_weight=0.5"]
+    cfg = compose([*tiny(), *overrides])
+    assert instantiate(cfg.loss).tv_weight == 0.5
+    metrics = main(cfg)
+    assert {"train/loss_tv", "val/loss_tv"} <= set(metrics) and metrics["train/loss_tv"] > 0
+
+
 def test_a_norm_of_ones_own_trains_from_the_command_line(compose, tiny):
     """model.out_norm=<module>:<DecoderNorm subclass> (tests/user_norms.py), no edit of the package."""
     cfg = compose([*tiny(), "debug=fdr", "model.out_norm=user_norms:StyleGroupNorm"])
