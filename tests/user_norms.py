@@ -21,6 +21,12 @@ class StyleGroupNorm(DecoderNorm):
     def forward(self, x: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
         return F.group_norm(x, self.groups) * self.gamma(style_vec) + self.beta(style_vec)[:, :, None, None]
 
+    def neutral_init_(self) -> None:  # plain GroupNorm for every style
+        nn.init.zeros_(self.gamma.proj.weight)
+        nn.init.ones_(self.gamma.proj.bias)
+        nn.init.zeros_(self.beta.weight)
+        nn.init.zeros_(self.beta.bias)
+
 
 class ScaledInstanceNorm(DecoderNorm):
     """Per channel: takes the block's channel parts."""

@@ -34,6 +34,16 @@ def test_a_norm_of_ones_own_builds_forwards_and_trains():
         assert torch.isfinite(other).all() and not torch.allclose(other, net(c, s))  # the style reaches it
 
 
+@torch.no_grad()
+def test_zero_init_starts_a_norm_of_ones_own_neutral():
+    """model.zero_init=true calls each norm's neutral_init_: here plain GroupNorm for every style."""
+    x = torch.randn(2, 64, 5, 6)
+    for zero_init in (False, True):
+        norm = SaMam(**TINY, out_norm=GROUP, zero_init=zero_init).decoder[0].blocks[0].out_norm
+        neutral = torch.allclose(norm(x, torch.randn(2, 16)), torch.nn.functional.group_norm(x, 4))
+        assert neutral is zero_init
+
+
 def test_a_network_with_a_norm_of_ones_own_is_rebuilt_from_its_checkpoint(tmp_path):
     net = SaMam(**TINY, out_norm=GROUP, backend="torch").eval()
     path = tmp_path / "ours.ckpt"

@@ -29,9 +29,15 @@ class DecoderNorm(nn.Module):
     InstanceNorm). forward must then also take ``channels``, a slice: x holds only those channels
     of the block's map, which blocks on images past ``samam.nn.blocks.MAX_BLOCK_ELEMENTS`` run in
     parts. False (GroupNorm, LayerNorm: statistics across channels) keeps the block whole: on the
-    CPU, and refused past that size on other devices."""
+    CPU, and refused past that size on other devices.
+
+    ``neutral_init_``: what ``model.zero_init=true`` does to it (start with no style effect);
+    nothing unless overridden."""
 
     per_channel: ClassVar[bool] = False
+
+    def neutral_init_(self) -> None:
+        pass
 
 
 class SAIN(DecoderNorm):
@@ -50,6 +56,12 @@ class SAIN(DecoderNorm):
     ) -> torch.Tensor:
         """x (B, d, H, W): the map's ``channels`` (all by default); every channel is normalised alone."""
         return F.instance_norm(x) * self.gamma(style_vec)[:, channels] + self.beta(style_vec)[:, channels]
+
+    def neutral_init_(self) -> None:
+        """Plain instance norm for every style: γ = 1, β = 0, the generators' weights zero."""
+        for affine, start in ((self.gamma, 1.0), (self.beta, 0.0)):
+            nn.init.zeros_(affine.proj.weight)
+            nn.init.constant_(affine.proj.bias, start)
 
 
 class LayerNorm2d(DecoderNorm):

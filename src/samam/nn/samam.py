@@ -15,7 +15,7 @@ from torch import nn
 
 from samam.nn.blocks import MIXERS, Encoder, Mixer, SAVSSGroup
 from samam.nn.decoder import ImageDecoder
-from samam.nn.norms import SAIN, norm_class
+from samam.nn.norms import DecoderNorm, norm_class
 from samam.nn.style import SCM, StyleEmbedder
 from samam.ops.scan_orders import SCAN_NAMES, SCAN_PATH_FORM, scan_builder
 from samam.ops.selective_scan import resolve_scan_backend
@@ -163,17 +163,16 @@ class SaMam(nn.Module):
 
     def _zero_init_style_embedders(self) -> None:
         """Start every style modulation neutral: SAIN is plain instance norm (γ = 1, β = 0, the
-        generators' weights zero) and SCM's gate is 0.5 for every style (its last conv zero).
+        generators' weights zero), an out-norm of one's own does its ``neutral_init_``, and SCM's
+        gate is 0.5 for every style (its last conv zero).
 
         The release's zero_init zeroes every conv of SAIN and SCM instead. That is a saddle
         training never leaves: with γ = β = 0 in both SAINs of a block, the mixer's input and
         the gradient back into it are both zero, and SCM's two zero convs give each other zero
         gradient. Here every parameter gets a gradient by the second step (a test checks)."""
         for m in self.modules():
-            if isinstance(m, SAIN):
-                for affine, start in ((m.gamma, 1.0), (m.beta, 0.0)):
-                    nn.init.zeros_(affine.proj.weight)
-                    nn.init.constant_(affine.proj.bias, start)
+            if isinstance(m, DecoderNorm):
+                m.neutral_init_()
             elif isinstance(m, SCM):
                 nn.init.zeros_(m.up.weight)
 
