@@ -464,6 +464,12 @@ def results_markdown(res: Mapping[str, Any]) -> str:
         ("peak memory (MiB)", "peak_mem_mib"),
     ]
     lines = [f"# Evaluation of `{res.get('ckpt_path', '?')}`", "", "| metric | value |", "|---|---|"]
+    if res.get("protocol_deviations"):
+        lines[1:1] = [
+            "",
+            "**Not the StyleID protocol (SPEC §6), so not comparable with the paper's figures:**",
+            *(f"- {d}" for d in res["protocol_deviations"]),
+        ]
     if res.get("warning"):
         lines[1:1] = ["", f"**Warning: {res['warning']}**"]
     lines += [f"| {label} | {_fmt(res.get(key))} |" for label, key in rows]
@@ -522,6 +528,42 @@ def _bench_settings(
         if not isinstance(value, int) or isinstance(value, bool) or value < least[key]:
             raise ValueError(f"bench.{key} must be an integer ≥ {least[key]} for this network, got {value!r}")
     return kw
+
+
+# What the StyleID protocol fixes of the images the metrics see (SPEC §6): 20 MS-COCO contents
+# at 512², 40 WikiArt styles, fid_art and lpips at a 512-px shorter side.
+PROTOCOL_CONTENTS, PROTOCOL_STYLES, PROTOCOL_SIDE = 20, 40, 512
+
+
+def protocol_deviations(
+    n_content: int, n_style: int, content_px: int | None, suite: StyleTransferMetrics
+) -> list[str]:
+    """How an evaluation departs from the StyleID protocol in what moves its numbers; empty when
+    its figures compare with the paper's. FID is biased by the sample size (the same outputs
+    score higher as a set of fewer images), so another image count is not comparable either."""
+    out = []
+    if (n_content, n_style) != (PROTOCOL_CONTENTS, PROTOCOL_STYLES):
+        out.append(
+            f"{n_content} content × {n_style} style = {n_content * n_style} images, not the protocol's "
+            f"{PROTOCOL_CONTENTS} × {PROTOCOL_STYLES} = {PROTOCOL_CONTENTS * PROTOCOL_STYLES} "
+            "(FID depends on the number of images)"
+        )
+    if content_px != PROTOCOL_SIDE:
+        seen = "each content at its own size" if content_px is None else f"contents at {content_px}²"
+        out.append(f"{seen}, not the protocol's {PROTOCOL_SIDE}²")
+    art = suite.fid_art.inception.net if suite.fid_art is not None else None  # inside FID's _Sized
+    # A stand-in network has no short_side: it is named below.
+    sides = {
+        "fid_art": getattr(art, "short_side", PROTOCOL_SIDE),
+        "lpips": getattr(suite.lpips, "short_side", None),
+    }
+    for name, side in sides.items():
+        if getattr(suite, name) is not None and side != PROTOCOL_SIDE:
+            seen = "each image at its own size" if side is None else f"a {side}-px shorter side"
+            out.append(f"{name} saw {seen}, not the protocol's {PROTOCOL_SIDE} (metrics.{name}.short_side)")
+    if any("TEST ONLY" in v for v in suite.networks.values()):
+        out.append("random stand-in metric networks (TEST ONLY)")
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -621,7 +663,7 @@ def evaluate(
                 skipped[str(p)] = f"{type(err).__name__}: {err}"
         if not usable_styles:
             raise ValueError(f"eval: no usable style image; skipped: {skipped}")
-        usable = []
+        usable, content_shapes = [], set()
         for cpath in contents:
             try:
                 c = read_content(cpath)[None]
@@ -631,6 +673,7 @@ def evaluate(
                         f"{tuple(c.shape[-2:])} px is below the metrics' {suite.min_side}-px minimum"
                     )
                 usable.append(cpath)
+                content_shapes.add(tuple(c.shape[-2:]))
             except Exception as err:
                 skipped[str(cpath)] = f"{type(err).__name__}: {err}"
     for path, why in skipped.items():
@@ -711,6 +754,15 @@ def evaluate(
     )
     if any("TEST ONLY" in v for v in suite.networks.values()):
         res["warning"] = "test_extractors=true: metric values come from random networks and mean nothing"
+    # content_size=null keeps each file's size: StyleID's own files are all 512² already.
+    (h, w), *others = content_shapes
+    px = side if side is not None or others or h != w else h
+    res["protocol_deviations"] = protocol_deviations(len(contents), len(styles), px, suite)
+    if res["protocol_deviations"]:
+        log.warning(
+            "eval: not the StyleID protocol, so not comparable with the paper's figures: %s",
+            "; ".join(res["protocol_deviations"]),
+        )
 
     def write(eff: Mapping[str, Any]) -> None:
         for key in ("ms_per_image", "gmacs", "params", "peak_mem_mib"):

@@ -70,6 +70,39 @@ def test_eval_end_to_end_writes_every_key(tiny_ckpt, tiny_net, image_dirs, tmp_p
     assert Image.open(out / "c1_stylized_s1.png").size == (32, 32)
     md = (out / "results.md").read_text()
     assert "| ArtFID ↓ |" in md and "TEST ONLY" in md
+    # 2 × 3 images at 32²: figures that must not be read beside the paper's
+    assert saved["protocol_deviations"] == [
+        "2 content × 3 style = 6 images, not the protocol's 20 × 40 = 800 (FID depends on the number of images)",
+        "contents at 32², not the protocol's 512²",
+        "random stand-in metric networks (TEST ONLY)",
+    ]
+    assert "Not the StyleID protocol (SPEC §6), so not comparable with the paper's figures" in md
+    assert "- contents at 32², not the protocol's 512²" in md
+
+
+def test_protocol_deviations_name_what_moves_the_numbers():
+    """An evaluation on a subset or at another size gave figures that read like the paper's (FID
+    grows as the image count shrinks); the protocol's own settings give none."""
+    from torch import nn
+
+    from samam import metrics as M
+    from samam.evaluation import protocol_deviations
+
+    def suite(fid_side, lpips_side):
+        fid = M.FrechetDistance(M.ArtInceptionFeatures(short_side=fid_side))
+        return M.StyleTransferMetrics(
+            fid_art=fid, lpips=M.LPIPSDistance(nn.Identity(), short_side=lpips_side)
+        )
+
+    assert protocol_deviations(20, 40, 512, suite(512, 512)) == []
+    found = protocol_deviations(20, 39, None, suite(None, 256))
+    assert found == [
+        "20 content × 39 style = 780 images, not the protocol's 20 × 40 = 800 (FID depends on the number of images)",
+        "each content at its own size, not the protocol's 512²",
+        "fid_art saw each image at its own size, not the protocol's 512 (metrics.fid_art.short_side)",
+        "lpips saw a 256-px shorter side, not the protocol's 512 (metrics.lpips.short_side)",
+    ]
+    assert protocol_deviations(20, 40, 512, M.StyleTransferMetrics()) == []  # disabled: null, not a deviation
 
 
 def test_eval_scores_a_metric_of_ones_own_from_the_command_line(tiny_ckpt, image_dirs, tmp_path):
