@@ -1084,6 +1084,13 @@ class EvalMetricsCallback(L.Callback):
         self._check_checkpoint_monitors(trainer)
         # Built here, not at the first evaluation: a missing weight file fails before training.
         self.suite = build_metrics(**self.metrics_cfg, reset_style=False)
+        # test_extractors / lpips.pnet_rand: val/ values that look like real ones and mean nothing.
+        self.stand_ins = [n for n, net in self.suite.networks.items() if "TEST ONLY" in net]
+        if self.stand_ins and trainer.is_global_zero:
+            log.warning(
+                "eval metrics: %s use random stand-in networks (TEST ONLY): their val/ values mean nothing",
+                ", ".join(self.stand_ins),
+            )
         self.content_paths = collect_images(self.content, "eval content")
         self.style_paths = collect_images(self.style, "eval style")
         net = pl_module.net
@@ -1241,11 +1248,12 @@ class EvalMetricsCallback(L.Callback):
         if trainer.is_global_zero:  # the values are synced: the same on every rank
             self._log_table(trainer, samples)
             log.info(
-                "eval metrics at step %d: %s (%d pairs, %.1f s)",
+                "eval metrics at step %d: %s (%d pairs, %.1f s)%s",
                 trainer.global_step,
                 {k: round(v, 4) for k, v in values.items() if v is not None},
                 len(self.pairs),
                 elapsed,
+                f"; TEST ONLY random networks for {', '.join(self.stand_ins)}" if self.stand_ins else "",
             )
         return values
 

@@ -126,6 +126,26 @@ def test_only_the_first_rank_logs_the_synced_metrics(tiny_net, image_dirs, tmp_p
     assert [r.message for r in caplog.records if r.name == "samam.evaluation"] == []
 
 
+def test_values_of_stand_in_networks_are_said_to_mean_nothing(tiny_net, image_dirs, tmp_path, caplog):
+    """metrics.test_extractors=true logged val/artfid etc. like real values, with no word of it."""
+    import copy
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="samam.evaluation"):
+        _trainer(tmp_path, [_callback(image_dirs)], max_epochs=1).fit(
+            TinyModule(copy.deepcopy(tiny_net)), loader(), loader()
+        )
+    records = [r for r in caplog.records if r.name == "samam.evaluation"]
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert warned == [
+        "eval metrics: fid_art, lpips, cfsd use random stand-in networks (TEST ONLY): their val/ values mean nothing"
+    ]
+    step_lines = [r.getMessage() for r in records if r.getMessage().startswith("eval metrics at step")]
+    assert step_lines and all(
+        line.endswith("; TEST ONLY random networks for fid_art, lpips, cfsd") for line in step_lines
+    )
+
+
 def test_an_evaluation_before_training_and_one_in_training(tiny_net, image_dirs, tmp_path):
     """validate_before_training=true: Lightning's validate runs in inference mode and fit's
     validation does not, so metric states made in the first (inference tensors) failed the
