@@ -19,6 +19,7 @@ checkpoints`` or an explicit path) and download only when asked; a missing file 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -49,12 +50,15 @@ METRIC_NAMES = ("artfid", "fid_art", "lpips", "cfsd", "fid_tf")
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A pretrained file a metric needs: its usual name, source and approximate size."""
+    """A pretrained file a metric needs: its usual name, source and approximate size;
+    ``sha256``: the start of the published file's digest, where known (torchvision's names
+    carry it, and torchvision checks it on download)."""
 
     name: str
     url: str
     size: str
     used_by: str
+    sha256: str | None = None
 
 
 ART_INCEPTION = WeightFile(
@@ -74,12 +78,14 @@ ALEXNET = WeightFile(
     "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     "~233 MB",
     "lpips (AlexNet backbone; the linear heads ship with the lpips package)",
+    sha256="7be5be79",
 )
 VGG19 = WeightFile(
     "vgg19-dcbb9e9d.pth",
     "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
     "~548 MB",
     "cfsd (VGG-19 ImageNet, relu3_1)",
+    sha256="dcbb9e9d",
 )
 
 
@@ -154,6 +160,21 @@ def load_weights(spec: WeightFile, path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # RuntimeError, UnpicklingError, EOFError …: none names the file
         raise unreadable_weights(spec, path, err) from err
+
+
+def weights_record(spec: WeightFile, path: Path) -> str:
+    """Which file a metric's network was read from, for results: its path and sha256, and a
+    warning where the published file's digest is known and this one differs (a stand-in, another
+    network's weights under its name): the values are then not the published metric's."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    text = f"weights {path} (sha256 {digest.hexdigest()[:16]})"
+    if spec.sha256 is not None and not digest.hexdigest().startswith(spec.sha256):
+        text += f", NOT the published {spec.name} (sha256 {spec.sha256}…)"
+        log.warning("%s: %s", spec.used_by, text)
+    return text
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, Tensor]:
@@ -325,6 +346,7 @@ def art_inception(
     model = ArtInceptionFeatures(short_side=short_side)
     ignored = load_art_inception_state(model, load_weights(ART_INCEPTION, path))
     log.info("fid_art: loaded %s (ignored %d classifier keys)", path, len(ignored))
+    model.weights_file = path
     return model
 
 
@@ -335,7 +357,7 @@ def tf_inception(weights: str | os.PathLike | None = None, download: bool = Fals
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     try:  # torch-fidelity loads the file itself
-        return NoTrainInceptionV3(
+        net = NoTrainInceptionV3(
             name="inception-v3-compat",
             features_list=["2048"],
             feature_extractor_weights_path=str(path),
@@ -344,6 +366,8 @@ def tf_inception(weights: str | os.PathLike | None = None, download: bool = Fals
     # A truncated file, not a torch file, or another network's weights.
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise unreadable_weights(TF_INCEPTION, path, err) from err
+    net.weights_file = path
+    return net
 
 
 def lpips_alexnet(
@@ -374,6 +398,7 @@ def lpips_alexnet(
         if missing:
             raise ValueError(f"{path} is not torchvision's AlexNet state dict: missing {missing}")
         net.net.load_state_dict({dst: sd[src] for dst, src in backbone.items()}, strict=True)
+        net.weights_file = path
     return net.eval().requires_grad_(False)
 
 
@@ -409,6 +434,7 @@ def vgg19_relu31(weights: str | os.PathLike | None = None, download: bool = Fals
     if missing:
         raise ValueError(f"{path} is not torchvision's VGG-19 state dict: missing {missing}")
     model.load_state_dict({k: sd[k] for k in own})
+    model.weights_file = path
     return model
 
 
@@ -767,6 +793,8 @@ def refuse_unknown_settings(section: str, cfg: Mapping[str, Any] | None, known: 
         raise ValueError(f"{section}: no setting {', '.join(unknown)} (it has: {', '.join(known)})")
 
 
+SPECS = {"fid_art": ART_INCEPTION, "fid_tf": TF_INCEPTION, "lpips": ALEXNET, "cfsd": VGG19}
+
 METRIC_OPTIONS = {  # each metric's settings besides enabled and weights
     "fid_art": ("short_side",),
     "fid_tf": (),
@@ -865,6 +893,9 @@ def build_metrics(
                     net = vgg19_relu31(weights, download)
                     networks[name] = f"VGG-19 ImageNet relu3_1 ({VGG19.name})"
                 built[name] = CFSD(net, block_rows=opt_null(cfg, "block_rows", 1024))
+            file = getattr(net, "weights_file", None)
+            if file is not None:
+                networks[name] += "; " + weights_record(SPECS[name], file)
         except MissingWeightsError as err:  # collect them all: one error names every missing file
             missing.append(err)
     if missing:

@@ -414,6 +414,29 @@ def test_vgg19_relu31_matches_torchvision_layout(tmp_path):
     assert model(x).shape == (1, 256, 5, 6)
 
 
+def test_results_name_the_weight_files_read_and_a_stand_in_under_a_published_name(tmp_path, caplog):
+    """metric_networks said "(vgg19-dcbb9e9d.pth)" whatever file was read: a random stand-in
+    under that name, or another path in `weights:`, gave a CFSD that looked like the real one."""
+    import hashlib
+    import logging
+
+    from samam.evaluation import protocol_deviations
+
+    path = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in M.VGG19Relu31().features.state_dict().items()}, path)
+    off = {"enabled": False}
+    with caplog.at_level(logging.WARNING, logger="samam.metrics"):
+        suite = M.build_metrics(fid_art=off, fid_tf=off, lpips=off, cfsd={"weights": str(path)})
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert suite.networks["cfsd"] == (
+        f"VGG-19 ImageNet relu3_1 (vgg19-dcbb9e9d.pth); weights {path} (sha256 {digest[:16]}), "
+        "NOT the published vgg19-dcbb9e9d.pth (sha256 dcbb9e9d…)"
+    )
+    assert any("NOT the published vgg19-dcbb9e9d.pth" in r.getMessage() for r in caplog.records)
+    assert protocol_deviations(20, 40, 512, suite) == ["cfsd read weights that are not the published file"]
+
+
 def test_every_missing_weight_file_is_named_in_one_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty $TORCH_HOME/hub
     with pytest.raises(M.MissingWeightsError) as info:
