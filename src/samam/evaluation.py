@@ -719,6 +719,11 @@ def evaluate(
                 e = e_styles[s : s + batch_size]
                 with autocast(dev, precision):
                     y = net(c.expand(e.shape[0], -1, -1, -1), style_embedding=e)
+                if not torch.isfinite(y).all():  # to_uint8 makes NaN black: it would be scored as an image
+                    raise FloatingPointError(
+                        f"eval: the network's output for {cpath.name} with {styles[s].name} … holds NaN or inf "
+                        "(diverged weights, or a bf16 overflow: try precision=fp32); nothing is scored"
+                    )
                 y8 = to_uint8(y)  # (b, 3, H, W): exactly the saved pixels
                 for j in range(e.shape[0]):
                     save_png(y8[j], out / output_name(cpath, styles[s + j].stem))
@@ -1232,10 +1237,12 @@ class EvalMetricsCallback(L.Callback):
             g[s : s + self.batch_size] for g in by_size.values() for s in range(0, len(g), self.batch_size)
         ]
         samples: list[tuple[str, Tensor, Tensor, Tensor]] = []
+        nonfinite = torch.zeros((), device=dev)  # outputs holding NaN or inf, which to_uint8 makes black
         for chunk in chunks:
             c = torch.stack([self.contents[i] for i, _ in chunk]).to(dev)
             with autocast(dev, self.precision):
                 y = net(c.to(dtype), style_embedding=e_styles[[j for _, j in chunk]])
+            nonfinite += (~torch.isfinite(y.flatten(1))).any(1).sum()
             y8 = to_uint8(y)
             suite.update(y8.float() / 255, c)
             for (i, j), out in zip(chunk, y8):
@@ -1244,6 +1251,18 @@ class EvalMetricsCallback(L.Callback):
                     samples.append((name, to_uint8(self.contents[i]), to_uint8(self.styles[j]), out.cpu()))
         values = suite.compute()  # all-reduces across ranks
         suite.reset()
+        # Every rank reduces (a collective), so every rank logs NaN alike; NaN never ranks as best.
+        bad = int(trainer.strategy.reduce(nonfinite, reduce_op="sum"))
+        if bad:
+            values = {k: None if v is None else float("nan") for k, v in values.items()}
+            if trainer.is_global_zero:
+                log.warning(
+                    "eval metrics at step %d: %d of %d outputs hold NaN or inf (diverged weights?); "
+                    "the metrics are logged as NaN",
+                    trainer.global_step,
+                    bad,
+                    len(self.pairs),
+                )
         net.train(was_training)
         elapsed = time.perf_counter() - t0
         for name, v in values.items():

@@ -146,6 +146,25 @@ def test_values_of_stand_in_networks_are_said_to_mean_nothing(tiny_net, image_di
     )
 
 
+def test_outputs_that_are_not_finite_give_nan_metrics_not_black_images(
+    tiny_net, image_dirs, tmp_path, caplog
+):
+    """to_uint8 turns NaN into 0: a diverged network was scored on black images, finite values
+    that a best-ArtFID checkpoint could rank."""
+    import copy
+    import logging
+
+    net = copy.deepcopy(tiny_net)
+    with torch.no_grad():
+        net.image_decoder.layers[28].bias.fill_(float("nan"))
+    trainer = _trainer(tmp_path, [_callback(image_dirs)], max_epochs=1)
+    with caplog.at_level(logging.WARNING, logger="samam.evaluation"):
+        trainer.validate(TinyModule(net), loader(), verbose=False)
+    for key in ("val/artfid", "val/fid_art", "val/lpips", "val/cfsd"):
+        assert torch.isnan(trainer.callback_metrics[key]), key
+    assert any("6 of 6 outputs hold NaN or inf" in r.getMessage() for r in caplog.records)
+
+
 def test_an_evaluation_before_training_and_one_in_training(tiny_net, image_dirs, tmp_path):
     """validate_before_training=true: Lightning's validate runs in inference mode and fit's
     validation does not, so metric states made in the first (inference tensors) failed the

@@ -80,6 +80,23 @@ def test_eval_end_to_end_writes_every_key(tiny_ckpt, tiny_net, image_dirs, tmp_p
     assert "- contents at 32², not the protocol's 512²" in md
 
 
+def test_eval_refuses_to_score_outputs_that_are_not_finite(tiny_net, image_dirs, tmp_path):
+    """to_uint8 turns NaN into 0: a diverged checkpoint was scored on black images."""
+    import copy
+
+    net = copy.deepcopy(tiny_net)
+    with torch.no_grad():
+        net.image_decoder.layers[28].bias.fill_(float("nan"))
+    ckpt = tmp_path / "nan.ckpt"
+    state = {"net." + k: v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "samam": {"model": net.config, "config": None, "version": 1}}, ckpt)
+    out = tmp_path / "eval"
+    cfg = compose_eval(base_overrides(ckpt, image_dirs, out) + ["metrics.test_extractors=true"])
+    with pytest.raises(FloatingPointError, match="c0.png with s0.png … holds NaN or inf"):
+        entry_point("eval")(cfg)
+    assert not (out / "results.json").exists()
+
+
 def test_protocol_deviations_name_what_moves_the_numbers():
     """An evaluation on a subset or at another size gave figures that read like the paper's (FID
     grows as the image count shrinks); the protocol's own settings give none."""
