@@ -547,3 +547,49 @@ def test_the_size_each_metric_network_sees_is_named_for_the_results(monkeypatch)
     other = M.build_metrics(fid_art={"short_side": 299}, lpips={"short_side": None}, fid_tf=off, cfsd=off)
     assert other.networks["fid_art"].endswith("images at a 299-px shorter side")
     assert other.networks["lpips"].endswith("each image at its own size")
+
+
+def _ranked_suite(rank: int, world: int, port: int, images: dict, out: str) -> None:
+    """One DDP rank (gloo): its shard of the stylised images and of the style set, then compute()."""
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        suite = M.build_metrics(test_extractors=True)
+        for j in range(rank, len(images["style"]), world):
+            suite.update_style(images["style"][j : j + 1], weight=images["uses"][j])
+        for i in range(rank, len(images["output"]), world):  # uneven: 3 and 2
+            suite.update(images["output"][i : i + 1], images["content"][i : i + 1])
+        values = suite.compute()
+        if rank == 0:
+            torch.save(values, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_under_ddp_every_metric_covers_every_ranks_images(tmp_path):
+    """Each rank stylises a shard; the logged values must be those of all the images, not rank 0's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(0)
+    images = {
+        "style": torch.rand(3, 3, 40, 48, generator=g),
+        "uses": [2, 2, 1],
+        "output": torch.rand(5, 3, 36, 36, generator=g),
+        "content": torch.rand(5, 3, 36, 36, generator=g),
+    }
+    whole = M.build_metrics(test_extractors=True)
+    for j in range(3):
+        whole.update_style(images["style"][j : j + 1], weight=images["uses"][j])
+    whole.update(images["output"], images["content"])
+    expected = whole.compute()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "values.pt"
+    # fork: the ranks start in a second, with this process's imports (spawn re-imports for ~20 s).
+    mp.start_processes(_ranked_suite, args=(2, port, images, str(out)), nprocs=2, start_method="fork")
+    assert torch.load(out) == pytest.approx(expected, rel=1e-6)  # batches of 1 vs 5: float32 features
