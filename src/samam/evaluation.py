@@ -762,8 +762,11 @@ def evaluate(
         device=str(dev),
         precision=precision,
     )
-    if any("TEST ONLY" in v for v in suite.networks.values()):
-        res["warning"] = "test_extractors=true: metric values come from random networks and mean nothing"
+    stand_ins = [n for n, v in suite.networks.items() if "TEST ONLY" in v]  # test_extractors, lpips.pnet_rand
+    if stand_ins:
+        res["warning"] = (
+            f"the values of {', '.join(stand_ins)} come from random stand-in networks (TEST ONLY) and mean nothing"
+        )
     # content_size=null keeps each file's size: StyleID's own files are all 512² already.
     (h, w), *others = content_shapes
     px = side if side is not None or others or h != w else h

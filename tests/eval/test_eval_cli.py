@@ -563,6 +563,11 @@ def test_eval_skips_an_image_the_art_inception_cannot_take_at_its_size(
     )
     assert "75-px minimum" in res["protocol"]["skipped_inputs"][str(folders[small_one] / "small.png")]
     assert res["protocol"]["n_images"] == 2 and res["fid_art"] is not None  # 1 content × 2 styles
+    # lpips.pnet_rand alone: the warning named test_extractors=true, which was false
+    assert (
+        res["warning"]
+        == "the values of lpips come from random stand-in networks (TEST ONLY) and mean nothing"
+    )
 
 
 def test_eval_results_record_the_checkpoints_step_and_code_and_the_code_that_evaluated_it(
