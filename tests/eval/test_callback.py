@@ -165,6 +165,28 @@ def test_outputs_that_are_not_finite_give_nan_metrics_not_black_images(
     assert any("6 of 6 outputs hold NaN or inf" in r.getMessage() for r in caplog.records)
 
 
+def test_the_callback_logs_the_values_eval_py_writes_for_the_same_weights_and_pairs(
+    tiny_net, image_dirs, tmp_path
+):
+    """val/artfid during training and eval.py's results.json must be one measurement: same
+    images, sizes, reference set and formulas (here at the callback's sizes)."""
+    import copy
+
+    from samam.evaluation import evaluate
+
+    ckpt = tmp_path / "w.ckpt"
+    state = {"net." + k: v for k, v in tiny_net.state_dict().items()}
+    torch.save({"state_dict": state, "samam": {"model": tiny_net.config, "config": None, "version": 1}}, ckpt)
+    res = evaluate(
+        ckpt, *image_dirs, tmp_path / "eval", device="cpu", backend="torch", content_size=32, style_size=64,
+        metrics=METRICS, bench={"enabled": False}, progress=False,
+    )  # fmt: skip
+    trainer = _trainer(tmp_path, [_callback(image_dirs)], max_epochs=1)
+    trainer.validate(TinyModule(copy.deepcopy(tiny_net)), loader(), verbose=False)
+    for name in ("artfid", "fid_art", "lpips", "cfsd"):
+        assert float(trainer.callback_metrics[f"val/{name}"]) == pytest.approx(res[name], rel=1e-5), name
+
+
 def test_an_evaluation_before_training_and_one_in_training(tiny_net, image_dirs, tmp_path):
     """validate_before_training=true: Lightning's validate runs in inference mode and fit's
     validation does not, so metric states made in the first (inference tensors) failed the
