@@ -502,6 +502,7 @@ def samam_series(
 ):
     """Ours per mixer and backend; with ``graph`` each also as a CUDA-graph series."""
     from samam import SaMam
+    from samam.nn.samam import ATTENTION_UNUSED
 
     out = []
     for mixer in mixers:
@@ -509,7 +510,10 @@ def samam_series(
         for backend in backends if mixer == "ssm" else backends[:1]:
 
             def build(mixer=mixer, backend=backend) -> nn.Module:
-                net = SaMam(**kwargs, mixer=mixer, backend=backend).to(device).eval()
+                # --model scan=cross --mixers ssm attention: the attention arm has no scan order or
+                # A, D to generate (SaMam refuses them there), so it is the one attention network.
+                kw = {k: v for k, v in kwargs.items() if mixer == "ssm" or k not in ATTENTION_UNUSED}
+                net = SaMam(**kw, mixer=mixer, backend=backend).to(device).eval()
                 # one graph per input shape, as in training (module.py): no symbolic sizes
                 return torch.compile(net, dynamic=False) if compile_ else net
 

@@ -186,6 +186,15 @@ def test_other_series_still_run_after_one_fails(bench, monkeypatch, tmp_path):
     assert status[0].startswith("error:") and status[1] == "ok"
 
 
+def test_a_scan_override_applies_to_the_scan_arm_only(bench):
+    """--model scan=cross --mixers ssm attention: SaMam refuses a scan order with mixer=attention,
+    so the attention arm is built without it."""
+    kwargs = {**bench.model_kwargs("tiny", []), "scan": "cross", "style_ssm": False}
+    ssm, attention = bench.samam_series(kwargs, ["ssm", "attention"], ["torch"], "cpu", False, False)
+    assert (ssm.build().cfg.scan, ssm.build().cfg.style_ssm) == ("cross", False)
+    assert (attention.build().cfg.mixer, attention.build().cfg.scan) == ("attention", "zigzag")
+
+
 def test_stytr2_decoder_attends_to_style_and_content_encoder_gets_cape():
     st = _stytr2()
     net = st.StyTr2(dim=32, heads=4, ffn=64, encoder_layers=1, decoder_layers=1, decoder_width=16).eval()

@@ -321,6 +321,20 @@ def _our_checkpoint(tmp_path, net, prefix="net."):
     return tmp_path / "ours.ckpt", ckpt
 
 
+def test_an_attention_checkpoint_recording_an_ignored_scan_switch_still_loads(tmp_path):
+    """Written before SaMam refused scan / style_ssm with mixer=attention: same weights as the defaults."""
+    torch.manual_seed(0)
+    net = SaMam(**TINY, mixer="attention", backend="torch").eval()
+    path, ckpt = _our_checkpoint(tmp_path, net)
+    ckpt["samam"]["model"].update(scan="cross", style_ssm=False)
+    torch.save(ckpt, path)
+    back = load_checkpoint(path, backend="torch")
+    assert [back.config[k] for k in ("mixer", "scan", "style_ssm")] == ["attention", "zigzag", True]
+    c, s = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(c, s), net(c, s))
+
+
 def test_a_compiled_networks_checkpoint_loads(tmp_path):
     net = SaMam(**TINY, backend="torch").eval()
     path, _ = _our_checkpoint(tmp_path, net, "net._orig_mod.")

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from samam.nn.samam import SaMam
+from samam.nn.samam import ATTENTION_UNUSED, SaMam
 
 # Release sub-module names (SPEC §7) → ours. Applied to the part after the block prefix.
 _BLOCK_SUBKEYS = [
@@ -384,7 +384,13 @@ def _our_net(ckpt: Mapping, backend: str, path) -> SaMam:
         k = k.replace("._orig_mod.", ".").removeprefix("_orig_mod.")  # torch.compile's wrapper
         if k.startswith("net."):
             sd[k[4:]] = v
-    net = network_class(meta.get("net_class"), path)(**{**meta["model"], "backend": backend})
+    model = dict(meta["model"])
+    if model.get("mixer") == "attention":
+        # Written before SaMamConfig refused them: the attention arm's weights are the same whatever
+        # scan order or S7/S6 setting it recorded, so it loads with the defaults.
+        for name in ATTENTION_UNUSED:
+            model.pop(name, None)
+    net = network_class(meta.get("net_class"), path)(**{**model, "backend": backend})
     load_state_dict_strict(net, sd, {})
     return net
 

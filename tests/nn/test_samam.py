@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -348,6 +349,22 @@ class TestBadInput:
     def test_unknown_names(self, kw, msg):
         with pytest.raises(ValueError, match=msg):
             SaMam(**{**TINY, **kw})
+
+    @pytest.mark.parametrize(
+        "kw, named",
+        [
+            (dict(scan="cross"), "scan='cross'"),
+            (dict(scan="hilbert", style_ssm=False), "scan='hilbert', style_ssm=False"),
+            (dict(style_ssm=False), "style_ssm=False"),
+        ],
+    )
+    def test_attention_refuses_the_scan_switches_it_ignores(self, kw, named):
+        """Attention has no scan order and no A, D: these switches would build the same network
+        (same weights, same outputs) under another name, so they are refused, not ignored."""
+        with pytest.raises(ValueError, match=rf"{re.escape(named)} has no effect with mixer='attention'"):
+            SaMam(**{**TINY, "mixer": "attention", **kw})
+        SaMam(**{**TINY, "mixer": "ssm", **kw})  # the scan arm takes them
+        SaMam(**{**TINY, "mixer": "attention", "scan": "zigzag", "style_ssm": True})  # the defaults
 
     @pytest.mark.parametrize("function", ["three", "repeated"])
     def test_a_malformed_scan_order_of_ones_own_fails_at_construction(self, scan_module, function):

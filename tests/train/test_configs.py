@@ -86,6 +86,16 @@ def test_a_norm_of_ones_own_trains_from_the_command_line(compose, tiny):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+def test_ablation_mixer_with_another_scan_refuses_its_attention_arm(compose, tiny):
+    """`-m experiment=ablation_mixer scan=cross`: the attention arm would be the zigzag one under
+    another name; it is refused before training, the scan arm builds with the cross scan."""
+    cfg = compose(["experiment=ablation_mixer", "scan=cross", *tiny()])
+    with pytest.raises(Exception, match="scan='cross' has no effect with mixer='attention'"):
+        instantiate(cfg.model)
+    ssm = compose(["experiment=ablation_mixer", "scan=cross", "model.mixer=ssm", *tiny()])
+    assert instantiate(ssm.model).config["scan"] == "cross"
+
+
 def test_a_scan_order_of_ones_own_trains_from_the_command_line(compose, tiny, scan_module):
     """model.scan=<module>:<function>, no edit of the package; the run's network keeps the path."""
     cfg = compose([*tiny(), "debug=fdr", f"model.scan={scan_module}:diagonal"])

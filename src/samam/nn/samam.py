@@ -42,6 +42,11 @@ _NUMBER_KINDS: dict[str, tuple[tuple[type, ...], type]] = {
     "float": ((numbers.Real,), float),
 }
 
+# Switches of the selective scan that softmax attention does not have: it sees every token at
+# once (no scan order) and has no A, D to generate (no S7 vs S6). With mixer="attention" they
+# must keep their defaults, so that a sweep over them cannot train one network under several names.
+ATTENTION_UNUSED = ("scan", "style_ssm")
+
 
 @dataclasses.dataclass(frozen=True)
 class SaMamConfig:
@@ -92,6 +97,16 @@ class SaMamConfig:
                 raise ValueError(f"{field}={getattr(self, field)!r} is not one of {allowed}")
         norm_class(self.out_norm)  # imported and checked: a wrong path fails here
         scan_builder(self.scan)  # tried on small grids (once per function): a wrong order fails here
+        if self.mixer == "attention":
+            defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in ATTENTION_UNUSED}
+            moved = [f"{k}={getattr(self, k)!r}" for k, d in defaults.items() if getattr(self, k) != d]
+            if moved:
+                kept = ", ".join(f"{name}={d!r}" for name, d in defaults.items())
+                raise ValueError(
+                    f"{', '.join(moved)} has no effect with mixer='attention' (attention has no scan "
+                    f"order and no A, D to generate): leave {kept} with mixer='attention'; compare "
+                    "scan orders or S7 vs S6 with mixer='ssm'"
+                )
         if self.embed_dim % 8:
             raise ValueError(
                 f"embed_dim must be a multiple of 8 (the image decoder halves it 3 times), got {self.embed_dim}"
