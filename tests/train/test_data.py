@@ -194,7 +194,8 @@ def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monk
     start, at once, on the shared file system): each rank now checks its share and the ranks pool
     the bad files, so each ends with the one process's lists, counts and image records. Two ranks
     as two threads, torch.distributed's calls standing in for the process group. ``differ``: rank
-    0 lists one more file (another node's copy of the folder), and no rank drops a good file."""
+    0 lists one more file than a rank 1 would (another node's copy of the folder): rank 0 lists for
+    every rank, so both end with its lists."""
     import threading
 
     import samam.data
@@ -202,13 +203,20 @@ def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monk
     content, style, n_broken = messy
     _save(content / "0.png", _rgb())  # listed by rank 0 only, with differ (a copy still syncing)
     world, here, opens = 2, threading.local(), Counter()
-    meet, slots = threading.Barrier(world, timeout=60), [None] * world
+    meet, slots, sent = threading.Barrier(world, timeout=60), [None] * world, []
 
     def all_gather_object(out: list, obj) -> None:
         slots[here.rank] = obj
         meet.wait()
         out[:] = list(slots)
         meet.wait()  # no rank overwrites its slot before every rank has read them
+
+    def broadcast_object_list(objs: list, src: int = 0) -> None:
+        if here.rank == src:
+            sent[:] = objs
+        meet.wait()
+        objs[:] = sent
+        meet.wait()
 
     def opening(fp, *args, **kwargs):
         opens[getattr(here, "rank", None)] += 1
@@ -234,6 +242,7 @@ def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monk
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: here.rank)
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast_object_list)
     ranks = [threading.Thread(target=setup, args=(rank, results)) for rank in range(world)]
     for t in ranks:
         t.start()
@@ -242,13 +251,69 @@ def test_ddp_ranks_share_the_setup_check_and_end_with_the_same_lists(messy, monk
     assert len(results[None][2]) == n_broken - 1  # the truncated JPEG passes the header check
     files = 12 + 3  # files that are not empty (an empty one is not opened)
     assert opens[None] == files - 1 and max(opens[0], opens[1]) <= (files + 1) // 2
+    assert results[0] == results[1]
     if not differ:
-        assert results[0] == results[1] == results[None]
-    else:  # each keeps every good file of its list; one no rank checked is left to the draws
-        good, bad = set(results[None][0] + results[None][1]), set(results[None][2])
-        for rank, extra in ((0, {content / "0.png"}), (1, set())):
-            kept = set(results[rank][0] + results[rank][1])
-            assert good | extra <= kept and kept - good - extra <= bad, rank
+        assert results[0] == results[None]
+    else:  # rank 0's list: every good file of the one process's and the file only rank 0 has
+        assert set(results[0][0]) == set(results[None][0]) | {content / "0.png"}
+
+
+def _set_up_as_a_rank(rank: int, store: str, content: str, style: str, out: str) -> None:
+    """One rank of a 2-process gloo group (its own process): sets up the data module, counting its
+    list_images calls, then one whose content folder is missing; writes what it saw to out/<rank>.json."""
+    import json
+
+    import samam.data
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        calls, listing = [], samam.data.list_images
+        samam.data.list_images = lambda folder, what: calls.append(what) or listing(folder, what)
+        dm = StyleTransferDataModule(content, style, crop=16, resize=24, val_pairs=0, verify="header")
+        dm.setup("fit")
+        seen = {"calls": list(calls), "content": [str(p) for p in dm.content_files]}
+        seen["style"] = [str(p) for p in dm.style_files]
+        missing = StyleTransferDataModule(f"{content}_gone", style, crop=16, resize=24, val_pairs=0)
+        try:
+            missing.setup("fit")
+            error = None
+        except FileNotFoundError as err:
+            error = str(err)
+        seen["error"] = error
+        Path(out, f"{rank}.json").write_text(json.dumps(seen))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+def test_under_ddp_rank_0_alone_lists_the_folders_and_every_rank_gets_its_lists(tmp_path):
+    """Every rank walked the image folders (8 GPUs × COCO + WikiArt's 200,000 files at each start,
+    at once, on the shared file system): rank 0 walks them and broadcasts the lists. A real gloo
+    group of two processes; a folder rank 0 cannot list fails on both ranks, neither hangs."""
+    import json
+    import multiprocessing
+
+    content, style = tmp_path / "content", tmp_path / "style"
+    for i in range(5):
+        _save(content / f"c{i}.png", _rgb(seed=i))
+    for i in range(3):
+        _save(style / "sub" / f"s{i}.jpg", _rgb(seed=10 + i))
+    ctx = multiprocessing.get_context("spawn")
+    args = (str(tmp_path / "store"), str(content), str(style), str(tmp_path))
+    ranks = [ctx.Process(target=_set_up_as_a_rank, args=(rank, *args)) for rank in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(timeout=180)
+        if p.exitcode is None:
+            p.kill()
+    assert [p.exitcode for p in ranks] == [0, 0]
+    seen = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert seen[0]["calls"] == ["content", "style"] and seen[1]["calls"] == []
+    one = [str(p) for p in list_images(content, "content")], [str(p) for p in list_images(style, "style")]
+    for rank in seen:
+        assert (rank["content"], rank["style"]) == one
+        assert "content folder" in rank["error"] and "_gone" in rank["error"]
 
 
 def test_header_check_then_runtime_skip(messy, caplog):
