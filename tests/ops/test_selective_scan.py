@@ -334,6 +334,46 @@ def test_auto_on_cpu_prefers_numba(caplog):
     assert_rel_close(backend(*xs[:6], delta_bias=xs[6]).detach(), ref.detach(), 1e-5, "y")
 
 
+def _backend_lines(caplog) -> int:
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="samam"):
+        resolve_scan_backend("torch")
+    return sum(r.getMessage().startswith("selective-scan backend:") for r in caplog.records)
+
+
+@pytest.mark.parametrize("rank, node, lines", [(0, "0", 1), (1, "0", 0), (0, "1", 0)])
+def test_the_backend_line_is_left_to_the_first_process(caplog, monkeypatch, rank, node, lines):
+    """Every DDP rank builds the network, and each logged the backend line (8 alike on 8 GPUs):
+    Lightning's rank, known before the process group exists, as for the other rank-0 lines."""
+    rank_zero_only = pytest.importorskip("lightning.pytorch.utilities").rank_zero_only
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    monkeypatch.setenv("NODE_RANK", node)  # rank 0 of another node's launcher
+    assert _backend_lines(caplog) == lines
+
+
+def test_without_lightning_the_backend_line_follows_the_process_group(caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning", None)  # not imported (the core install has none)
+    assert _backend_lines(caplog) == 1  # one process
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    for rank, lines in ((1, 0), (0, 1)):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        assert _backend_lines(caplog) == lines
+
+
+def test_resolving_a_backend_logs_without_importing_lightning():
+    code = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from samam.ops.selective_scan import resolve_scan_backend
+resolve_scan_backend("torch")
+print("lightning" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
+    assert "selective-scan backend: torch (cpu: torch, cuda: torch)" in out.stderr
+
+
 def test_without_numba_auto_falls_back_and_numba_fails_at_resolve():
     code = """
 import sys

@@ -188,6 +188,7 @@ def test_ddp_sim_two_processes(compose, tiny, train_subprocess, tmp_path):
     text = res.stdout + res.stderr
     assert res.returncode == 0, text[-3000:]
     assert "MEMBER: 2/2" in text
+    assert text.count("selective-scan backend:") == 1  # each rank builds the network; rank 0 says so
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
     cfg = compose([*tiny(one), *sgd])

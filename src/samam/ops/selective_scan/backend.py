@@ -8,6 +8,7 @@ request that cannot be met fails here, with the install command, not at the firs
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Literal, get_args
 
@@ -82,8 +83,22 @@ def _mamba_or_none() -> ScanFn | None:
     return torch.compiler.disable(mamba_scan.selective_scan_mamba) if mamba_scan.mamba_available() else None
 
 
+def _first_process() -> bool:
+    """Whether this process logs the lines every rank would log alike. Where Lightning is imported
+    already (training), samam.logging_utils.first_process: it knows the ranks before the process
+    group exists, when the network is built. It is never imported for this: the core install has
+    no Lightning, and building a network in a notebook should not load it. Otherwise rank 0 of an
+    initialised torch.distributed group, or the one process."""
+    if sys.modules.get("lightning") is not None:
+        from samam.logging_utils import first_process
+
+        return first_process()
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def resolve_scan_backend(name: BackendName = "auto") -> ScanBackend:
-    """Build the ScanBackend for `name` and log the choice once.
+    """Build the ScanBackend for `name` and log the choice (on the first process only).
 
     auto: CUDA → mamba if importable else torch; CPU → numba if importable else torch.
     torch: pure PyTorch everywhere. numba: numba on CPU (CUDA tensors raise).
@@ -125,5 +140,6 @@ def resolve_scan_backend(name: BackendName = "auto") -> ScanBackend:
             cpu=("numba", cpu_fn) if cpu_fn is not None else torch_impl,
             cuda=("mamba", cuda_fn) if cuda_fn is not None else torch_impl,
         )
-    log.info("selective-scan backend: %s", backend.describe())
+    if _first_process():  # every DDP rank builds the network alike: said once
+        log.info("selective-scan backend: %s", backend.describe())
     return backend
