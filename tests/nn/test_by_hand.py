@@ -1,7 +1,8 @@
 """Each module against its definition written out by hand (SPEC §1–2), on tiny inputs: SS2D's
-four directions, SConv, LoE, the InstanceNorm arm, the group residual, the style vector and the
-pad-and-crop of sizes that are not multiples of the patch. The release comparison
-(experiments/release_equivalence.py) cannot run in CI; these pin the same maths."""
+four directions, the SAVSSM block (its two SAINs and SCM gate), SConv, LoE, the InstanceNorm
+arm, the group residual, the style vector and the pad-and-crop of sizes that are not multiples
+of the patch. The release comparison (experiments/release_equivalence.py) cannot run in CI;
+these pin the same maths."""
 
 import pytest
 import torch
@@ -122,3 +123,37 @@ def test_other_sizes_are_reflect_padded_at_the_bottom_right_then_cropped():
     c, s = torch.rand(1, 3, 37, 45), torch.rand(1, 3, 64, 64)
     padded = F.pad(c, (0, -45 % p, 0, -37 % p), mode="reflect")
     torch.testing.assert_close(net(c, s), net(padded, s)[..., :37, :45])
+
+
+def _sain_by_hand(norm, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """IN without affine (biased variance, eps 1e-5), then γ·IN + β with γ, β =
+    LeakyReLU(0.1)(Linear(v)), each from its own weights, γ used as is."""
+    mu, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
+    gamma = F.leaky_relu(F.linear(v, norm.gamma.proj.weight, norm.gamma.proj.bias), 0.1)[..., None, None]
+    beta = F.leaky_relu(F.linear(v, norm.beta.proj.weight, norm.beta.proj.bias), 0.1)[..., None, None]
+    return (x - mu) / (var + 1e-5).sqrt() * gamma + beta
+
+
+@torch.no_grad()
+def test_savssm_block_equals_its_definition():
+    """out_proj(SAIN_D(S7(SiLU(SConv(in_proj(SAIN_C(E))))))) + E ⊙ v, v = Sigmoid(Conv1×1(
+    PReLU(Conv3×3 stride 3 (e_s)))): the SAINs and the gate were checked only through the
+    whole network, where a γ/β swap or a wrong slope moves the output by ~1e-6."""
+    torch.manual_seed(0)
+    net = SaMam(**TINY).eval()
+    blk = net.decoder[0].blocks[0]
+    for p in blk.parameters():  # random weights everywhere: zero-init biases would hide terms
+        p.normal_(0, 0.3)
+    blk.scm.act.weight.fill_(0.25)  # PReLU's slope, away from ReLU's 0 and LeakyReLU's 0.01
+    x, e = torch.randn(2, 32, 4, 5), torch.randn(2, 16, 3, 3)
+    v = e.mean((2, 3))
+    h = F.conv2d(_sain_by_hand(blk.in_norm, x, v), blk.in_proj.weight)
+    h = F.silu(blk.conv(h, e))  # SConv: test_sconv_is_a_reflect_padded_per_sample_depthwise_conv
+    gen = blk.style_params
+    A = -torch.exp(F.linear(v, gen.A_gen.weight, gen.A_gen.bias)).view(2, -1, gen.d_state)
+    D = F.linear(v, gen.D_gen.weight, gen.D_gen.bias)
+    y = _sain_by_hand(blk.out_norm, _ss2d_by_hand(blk.ssm, h, A, D), v)
+    z = F.conv2d(e, blk.scm.down.weight, stride=3)
+    gate = torch.sigmoid(F.conv2d(torch.where(z > 0, z, 0.25 * z), blk.scm.up.weight))
+    expected = F.conv2d(y, blk.out_proj.weight) + x * gate
+    torch.testing.assert_close(blk(x, e, v), expected, rtol=1e-5, atol=1e-5)
