@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -101,6 +103,25 @@ CASES = {
     "L1": dict(bt=2, g=2, dg=3, n=4, length=1, per_sample_A=True),
     "B1_G1": dict(bt=1, g=1, dg=5, n=3, length=29),
 }
+
+
+@pytest.mark.parametrize("fn", [pytest.param(selective_scan_ref, id="reference"), *CPU_BACKENDS])
+@torch.no_grad()
+def test_scan_is_the_discretised_recurrence_written_out(fn):
+    """SPEC §2 in scalars: Δ = softplus(δ + bias), h_t = exp(ΔA)·h_{t−1} + Δ·B_t·x_t,
+    y_t = Σ_n C_t·h_t + D·x, B and C shared by the channels of a group. Every other test
+    compares a backend with selective_scan_ref, so a slip shared by all (Δ·B dropped, the bias
+    added twice, a group's B read by the wrong channels) passed them all."""
+    u, delta, A, B, C, D, bias = (t.detach() for t in make_inputs(2, 2, 2, 3, 4, per_sample_A=True))
+    want = torch.zeros(2, 4, 4)
+    for b, c, n in itertools.product(range(2), range(4), range(3)):
+        h, g = 0.0, c // 2  # channels 0, 1 read group 0's B and C; 2, 3 group 1's
+        for t in range(4):
+            dt = math.log1p(math.exp(delta[b, c, t] + bias[c]))
+            h = math.exp(dt * A[b, c, n]) * h + dt * B[b, g, n, t] * u[b, c, t]
+            want[b, c, t] += C[b, g, n, t] * h
+    want += D[:, None] * u
+    torch.testing.assert_close(fn(u, delta, A, B, C, D, delta_bias=bias), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fn", CPU_BACKENDS)
