@@ -157,3 +157,39 @@ def test_savssm_block_equals_its_definition():
     gate = torch.sigmoid(F.conv2d(torch.where(z > 0, z, 0.25 * z), blk.scm.up.weight))
     expected = F.conv2d(y, blk.out_proj.weight) + x * gate
     torch.testing.assert_close(blk(x, e, v), expected, rtol=1e-5, atol=1e-5)
+
+
+# SPEC §2.4, channels as divisors of C ((c_in, c_out), 0 = RGB), "up" = nearest ×2.
+_DECODER_PLAN = {
+    8: [(1, 2), "up", (2, 2), (2, 2), (2, 2), (2, 4), "up", (4, 4), (4, 8), "up", (8, 8), (8, 0)],
+    4: [(1, 2), "up", (2, 2), (2, 2), (2, 4), "up", (4, 4), (4, 8), (8, 8), (8, 0)],
+}
+
+
+@pytest.mark.parametrize("p", [4, 8])
+@torch.no_grad()
+def test_image_decoder_equals_its_definition(p):
+    """[ReflectionPad(1) → Conv3×3 → ReLU] with nearest ×2 upsampling, no ReLU after the last
+    conv: only its shapes and its strip split were tested, so bilinear upsampling passed."""
+    from samam.nn.decoder import ImageDecoder
+
+    torch.manual_seed(0)
+    c = 16
+    dec = ImageDecoder(c, p)
+    convs = [m for m in dec.layers if isinstance(m, torch.nn.Conv2d)]
+    plan = [s for s in _DECODER_PLAN[p] if s != "up"]
+    assert [tuple(m.weight.shape) for m in convs] == [(c // o if o else 3, c // i, 3, 3) for i, o in plan]
+    for m in convs:  # at random init the ten convs shrink the signal to one flat colour
+        m.weight.mul_(3)
+        m.bias.normal_()
+    x = torch.randn(2, c, 3, 5)
+    expected, i = x, 0
+    for step in _DECODER_PLAN[p]:
+        if step == "up":
+            expected = F.interpolate(expected, scale_factor=2, mode="nearest")
+            continue
+        expected = F.conv2d(F.pad(expected, (1, 1, 1, 1), mode="reflect"), convs[i].weight, convs[i].bias)
+        i += 1
+        expected = F.relu(expected) if i < len(convs) else expected
+    assert (expected < 0).any()  # the output is not clipped
+    torch.testing.assert_close(dec(x), expected)
