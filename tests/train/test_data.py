@@ -438,6 +438,8 @@ def test_a_resumed_stream_draws_the_uninterrupted_runs_batches_whatever_the_work
     whole = batches(0, 0, 5)
     assert all(torch.equal(a, b) for a, b in zip(whole[3:], batches(3, 0, 2), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(whole, batches(0, 2, 5), strict=True))
+    # resumed and with workers: worker i's first step is 3 + i (not 3·workers + i)
+    assert all(torch.equal(a, b) for a, b in zip(whole[3:], batches(3, 2, 2), strict=True))
     assert not torch.equal(whole[0], whole[1])
 
 
