@@ -1,8 +1,8 @@
 """Each module against its definition written out by hand (SPEC §1–2), on tiny inputs: SS2D's
-four directions, the SAVSSM block (its two SAINs and SCM gate), SConv, LoE, the InstanceNorm
-arm, the group residual, the style vector and the pad-and-crop of sizes that are not multiples
-of the patch. The release comparison (experiments/release_equivalence.py) cannot run in CI;
-these pin the same maths."""
+four directions, the SAVSSM block (its two SAINs and SCM gate), SConv, LoE, the style embedder,
+the image decoder, the InstanceNorm arm, the group residual, the style vector and the
+pad-and-crop of sizes that are not multiples of the patch. The release comparison
+(experiments/release_equivalence.py) cannot run in CI; these pin the same maths."""
 
 import pytest
 import torch
@@ -193,3 +193,22 @@ def test_image_decoder_equals_its_definition(p):
         expected = F.relu(expected) if i < len(convs) else expected
     assert (expected < 0).any()  # the output is not clipped
     torch.testing.assert_close(dec(x), expected)
+
+
+@pytest.mark.parametrize("tokens", [(32, 32), (24, 40)], ids=["4x4-after-stages", "adaptive-pool"])
+@torch.no_grad()
+def test_style_embedder_equals_its_definition(tokens):
+    """n_stages × [Conv3×3 reflect → LeakyReLU(0.01) → AvgPool 2], adaptive-average-pool to 4×4
+    if needed, Linear(16·C → 9·S) reshaped to (S, 3, 3)."""
+    from samam.nn.style import StyleEmbedder
+
+    torch.manual_seed(0)
+    m = StyleEmbedder(8, 4, 3)
+    f = torch.randn(2, 8, *tokens)
+    expected = f
+    for conv in m.stages:
+        z = F.conv2d(F.pad(expected, (1, 1, 1, 1), mode="reflect"), conv.weight, conv.bias)
+        expected = F.avg_pool2d(torch.where(z > 0, z, 0.01 * z), 2)
+    expected = F.adaptive_avg_pool2d(expected, 4)
+    expected = F.linear(expected.flatten(1), m.fc.weight, m.fc.bias).view(2, 4, 3, 3)
+    torch.testing.assert_close(m(f), expected)
