@@ -125,6 +125,18 @@ def test_other_sizes_are_reflect_padded_at_the_bottom_right_then_cropped():
     torch.testing.assert_close(net(c, s), net(padded, s)[..., :37, :45])
 
 
+@torch.no_grad()
+def test_vss_block_equals_its_definition():
+    """The encoder block: x + out_proj(S6(SiLU(DWConv3×3 zero-padded(in_proj(x))))), no norm."""
+    torch.manual_seed(0)
+    blk = SaMam(**TINY).eval().content_encoder.blocks[0]
+    x = torch.randn(2, 32, 4, 5)
+    h = F.conv2d(x, blk.in_proj.weight)
+    h = F.silu(F.conv2d(h, blk.conv.conv.weight, blk.conv.conv.bias, padding=1, groups=h.shape[1]))
+    y = _ss2d_by_hand(blk.ssm, h, -torch.exp(blk.ssm.A_log), blk.ssm.D)
+    torch.testing.assert_close(blk(x), x + F.conv2d(y, blk.out_proj.weight), rtol=1e-5, atol=1e-5)
+
+
 def _sain_by_hand(norm, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """IN without affine (biased variance, eps 1e-5), then γ·IN + β with γ, β =
     LeakyReLU(0.1)(Linear(v)), each from its own weights, γ used as is."""
