@@ -426,6 +426,19 @@ def test_checkpoint_write_that_fails_midway_leaves_the_old_file(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == [".step0000002.ckpt.x.tmp", "last.ckpt"]
 
 
+def test_checkpoint_write_reaches_the_disk_before_it_replaces_the_old_file(tmp_path, monkeypatch):
+    """The data fsynced before the rename and the folder after it: without them a power loss
+    after the rename can leave last.ckpt empty. The crash test above passes without either."""
+    from samam import callbacks
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or replace(a, b))
+    callbacks.AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert events == ["fsync", "replace", "fsync"]
+
+
 def _checkout(tmp_path: Path, files: dict[str, str]) -> Path:
     """A git repository holding src/samam/ with ``files`` (and an empty __init__.py), committed:
     that package folder."""
