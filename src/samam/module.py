@@ -6,6 +6,8 @@ Shapes: B batch, H, W crop size.
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,11 @@ class HostCopy:
         if self.ready is not None:
             self.ready.synchronize()
         return self.value.item()
+
+    def tolist(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.value.tolist()
 
 
 def _sum_over_ranks(t: Tensor) -> Tensor:
@@ -160,6 +167,8 @@ class StyleTransferModule(L.LightningModule):
         # up to the last step (a tensor once a step ran; read only when a checkpoint is saved).
         self._skipped_before = 0
         self._train_skipped: Tensor | int = 0
+        # (global step, that step's loss terms copied to the host), read two steps later
+        self._loss_checks: deque[tuple[int, HostCopy]] = deque()
 
     def setup(self, stage: str) -> None:
         if self.compile_net:
@@ -195,6 +204,12 @@ class StyleTransferModule(L.LightningModule):
             _sum_over_ranks,
         )
         self.last_losses = logged  # for callbacks, no host sync
+        # Non-finite loss terms stop the run (see _check_losses), read two steps late: by then the
+        # copy has arrived, so the host does not wait for the device. Reduced over ranks above, the
+        # terms are alike on every rank, so every rank stops at the same step.
+        self._loss_checks.append((self.trainer.global_step, HostCopy(torch.stack(list(logged.values())))))
+        if len(self._loss_checks) > 2:
+            self._check_losses(*self._loss_checks.popleft())
         self.stop_votes = HostCopy(votes) if world > 1 else None
         if worker_skips:
             self._train_skipped = skipped - setup_skipped
@@ -208,6 +223,51 @@ class StyleTransferModule(L.LightningModule):
         if worker_skips:
             self.log("data/skipped", skipped, batch_size=b)
         return losses["loss"]
+
+    def _check_losses(self, step: int, terms: HostCopy) -> None:
+        """Stop the run once a step's loss was NaN or Inf and the weights are no longer finite:
+        Adam spreads a NaN gradient into every weight, and every later step and checkpoint would
+        hold NaN. Finite weights after a non-finite loss (16-mixed's gradient scaler skipped that
+        step) only warn."""
+        values = dict(zip(self.last_losses, terms.tolist()))
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if not bad:
+            return
+        if self._nonfinite_weights():
+            raise FloatingPointError(
+                self._nonfinite_message(f"the loss was not finite at step {step} ({bad})")
+            )
+        log.warning(
+            "the loss was not finite at step %d (%s); the weights still are: the step was skipped", step, bad
+        )
+
+    def _drain_loss_checks(self) -> None:
+        while self._loss_checks:
+            self._check_losses(*self._loss_checks.popleft())
+
+    def _nonfinite_weights(self) -> list[str]:
+        """Names of the network's parameters holding NaN or Inf; one wait for the device when none do."""
+        params = dict(self.net.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params.values()])
+        if bool(finite.all()):
+            return []
+        return [name for name, ok in zip(params, finite.tolist()) if not ok]
+
+    def _nonfinite_message(self, what: str) -> str:
+        names = self._nonfinite_weights()
+        last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or None
+        kept = f" (the latest: {last})" if last else ""
+        return (
+            f"{what}, and {len(names)} weight tensors of the network are now NaN or Inf (e.g. "
+            f"{', '.join(names[:3])}): training stopped at step {self.trainer.global_step}, and no "
+            f"checkpoint of these weights was written; those saved before are kept{kept}. Resume "
+            "from one with trainer.gradient_clip_val set (e.g. 1.0), or start again with a lower "
+            "module.optimizer.lr; trainer.detect_anomaly=true names the first operation that gives "
+            "NaN (slow)"
+        )
+
+    def on_train_end(self) -> None:
+        self._drain_loss_checks()  # the last two steps, in a run that saves no checkpoint at the end
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         losses = self._step(batch)
@@ -257,6 +317,10 @@ class StyleTransferModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before the file is written: a checkpoint of NaN weights (over last.ckpt) is never saved.
+        self._drain_loss_checks()
+        if self._nonfinite_weights():
+            raise FloatingPointError(self._nonfinite_message("a checkpoint was about to be saved"))
         # The frozen VGG is rebuilt from loss.vgg; storing it would add ~80 MB per checkpoint.
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss.")

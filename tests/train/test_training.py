@@ -1126,6 +1126,53 @@ def test_a_bfloat16_run_trains_with_the_numba_scan(compose, tiny, tmp_path):
     assert lr == [torch.tensor(1e-4, dtype=torch.float32).item()]
 
 
+class NaNBatchAt(Callback):
+    """Turns the content of the training batch of one step into NaN, as a diverging step would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch["content"].fill_(float("nan"))
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_finite_checkpoints(
+    compose, tiny, tmp_path
+):
+    """A NaN loss went into Adam, every weight became NaN, and the run trained on, overwriting
+    last.ckpt (and every later periodic checkpoint) with NaN weights, exit status 0."""
+    args = [
+        *tiny(),
+        "trainer.max_steps=6",
+        f"+callbacks.nan._target_={__name__}.NaNBatchAt",
+        "+callbacks.nan.step=3",
+    ]
+    with pytest.raises(
+        FloatingPointError, match=r"the loss was not finite at step 3 .*no checkpoint of these"
+    ):
+        main(compose(args))
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step0000002.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_non_finite_loss_with_finite_weights_after_it_only_warns(caplog):
+    """16-mixed's gradient scaler skips a step whose gradients overflow: the weights stay finite
+    and training goes on."""
+    from tiny import TINY  # here: the DDP tests import this module where tests/ is not on the path
+
+    from samam.module import HostCopy, StyleTransferModule
+
+    module = StyleTransferModule(SaMam(**TINY), torch.nn.Identity(), torch.optim.Adam)
+    module.last_losses = {"loss": torch.tensor(1.0), "loss_style": torch.tensor(1.0)}
+    with caplog.at_level(logging.WARNING, logger="samam.module"):
+        module._check_losses(7, HostCopy(torch.tensor([math.inf, 0.5])))
+    assert "the loss was not finite at step 7 ({'loss': inf})" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("precision", "why"),
     [("16-true", "float16 weights become NaN"), ("32-mixed", "not a precision Lightning knows")],
