@@ -757,3 +757,36 @@ def test_network_through_the_mamba_wrapper_with_stand_in_kernel(monkeypatch, pre
     assert dtypes == {torch.float32}  # bf16 u, Δ, B, C are cast up: the scan's output is fp32
     tol = 1e-5 if precision == "fp32" else 2e-2  # bf16: the convs and matmuls around the scan
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("warn_only", [False, True])
+def test_mamba_backend_alerts_under_deterministic_mode_when_a_gradient_will_flow(monkeypatch, warn_only):
+    """mamba-ssm's backward adds dB, dC with atomics; deterministic mode (trainer.deterministic=true)
+    checks only torch's own ops, so GPU training ran on, not reproducible, without a word."""
+    from samam.ops.selective_scan import mamba_scan
+
+    monkeypatch.setattr(mamba_scan, "_load", lambda: lambda u, *args, **kwargs: u)  # a stand-in kernel
+    u, dt, A, B, C = (
+        torch.randn(1, 4, 5),
+        torch.randn(1, 4, 5),
+        -torch.rand(4, 2),
+        torch.randn(1, 2, 2, 5),
+        torch.randn(1, 2, 2, 5),
+    )
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        mamba_scan.selective_scan_mamba(u, dt, A, B, C)  # no gradient: nothing to alert
+        with torch.no_grad():
+            mamba_scan.selective_scan_mamba(u.requires_grad_(), dt, A, B, C)
+        if warn_only:
+            with pytest.warns(UserWarning, match="model.backend=torch runs torch ops only"):
+                mamba_scan.selective_scan_mamba(u, dt, A, B, C)
+        else:
+            with pytest.raises(RuntimeError, match="atomics.*model.backend=torch runs torch ops only"):
+                mamba_scan.selective_scan_mamba(u, dt, A, B, C)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

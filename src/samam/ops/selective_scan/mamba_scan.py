@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -60,6 +61,26 @@ def mamba_unavailable_reason() -> str | None:
     return None if callable(fn) else fn
 
 
+NONDETERMINISTIC = (
+    "the mamba selective-scan backward adds its B and C gradients with atomics, in no fixed order: "
+    "repeated runs differ in the last bits even with torch.use_deterministic_algorithms(True) "
+    "(trainer.deterministic=true); model.backend=torch runs torch ops only, which that mode covers"
+)
+
+
+def _alert_if_deterministic(*tensors: torch.Tensor) -> None:
+    """Deterministic mode checks torch's own ops only: alert for mamba-ssm's kernel as torch does for
+    its nondeterministic ones (an error, or a warning under warn_only), whenever a gradient will flow."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        return
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(NONDETERMINISTIC, stacklevel=3)
+    else:
+        raise RuntimeError(NONDETERMINISTIC)
+
+
 # mamba-ssm launches one thread block per (sample, channel) on a (batch, channels) grid, and a
 # CUDA grid's second dimension holds at most 65535 blocks: more channels in one call fail to
 # launch. Calls are split along whole groups to stay under it.
@@ -82,6 +103,7 @@ def selective_scan_mamba(
     float32, also under bf16 autocast: its output takes their dtype, and the contract's
     output is float32 (as the release does, which casts them with ``.float()``).
     """
+    _alert_if_deterministic(u, delta, A, B, C, D, delta_bias)
     fn = _load()
     if not callable(fn):
         raise RuntimeError(
