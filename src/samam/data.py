@@ -479,6 +479,15 @@ class StyleTransferDataModule(L.LightningDataModule):
         if verify not in get_args(Verify):
             raise ValueError(f"verify={verify!r}: choose one of {', '.join(get_args(Verify))}")
         check_crop(crop, resize)
+        # DataLoader refuses these only as fit starts, after the networks (and a first validation);
+        # val_pairs=-1 trained with no validation at all.
+        for key, value, least in (
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("val_pairs", val_pairs, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"data.{key}={value}: give an integer ≥ {least}")
         if max_megapixels is not None and not max_megapixels > 0:
             raise ValueError(f"data.max_megapixels={max_megapixels}: give a positive limit, or null for none")
         if val_pairs and not isinstance(val_size, int):  # else a TypeError at the first validation

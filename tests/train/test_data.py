@@ -1022,3 +1022,11 @@ def test_a_stream_whose_images_all_fail_names_their_folder(tmp_path):
     pairs = RandomPairs(content, [tmp_path / "s" / "bad.png"], crop=8, resize=16, seed=0)
     with pytest.raises(RuntimeError, match=rf"every style image \(1 under {re.escape(str(tmp_path / 's'))}"):
         next(iter(pairs))
+
+
+@pytest.mark.parametrize("key, value", [("batch_size", 0), ("num_workers", -1), ("val_pairs", -1)])
+def test_a_count_out_of_range_is_refused_as_the_data_module_is_built(tmp_path, key, value):
+    """DataLoader refused batch_size=0 and num_workers=-1 only as fit started, after the networks
+    were built; val_pairs=-1 trained with no validation at all, silently."""
+    with pytest.raises(ValueError, match=rf"data.{key}={value}: give an integer ≥"):
+        StyleTransferDataModule(str(tmp_path), str(tmp_path), **{key: value})
