@@ -98,6 +98,9 @@ class InverseDecay:
     """lr(it) / lr0 = 1 / (1 + decay · it); a class (not a lambda) so LambdaLR state pickles."""
 
     def __init__(self, decay: float) -> None:
+        # decay < 0 makes the rate grow, then divide by zero at it = 1/|decay| (decay=-1: the second step)
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or decay < 0:
+            raise ValueError(f"decay={decay}: give a number ≥ 0 (0: a constant rate)")
         self.decay = decay
 
     def __call__(self, it: int) -> float:

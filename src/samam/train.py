@@ -444,6 +444,21 @@ def check_seed(cfg: DictConfig) -> None:
         raise TypeError(f"seed={seed!r}: give an integer (seed=0 is the experiments' seed)")
 
 
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build ``module.optimizer`` and ``module.scheduler`` on one stand-in parameter before anything
+    else is: ``module.optimizer.lr=-1`` failed as fit started, after the networks, with torch's
+    "Invalid learning rate: -1" and no key; ``module.scheduler.decay=-1`` at the second step."""
+    module = cfg.get("module") or {}
+    key = "module.optimizer"
+    try:
+        optimizer = instantiate(module.get("optimizer"))([torch.nn.Parameter(torch.zeros(1))])
+        key = "module.scheduler"
+        if module.get("scheduler") is not None:
+            instantiate(module.scheduler)(optimizer)
+    except Exception as err:
+        raise ValueError(f"{key}: {err}") from err
+
+
 def default_run_name(cfg: DictConfig) -> str:
     """experiment name plus this job's command-line overrides (distinct per sweep arm)."""
     overrides: list[str] = []
@@ -849,6 +864,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         check_val_interval(cfg)
         check_precision(cfg)
         check_seed(cfg)
+        check_optimizer(cfg)
         check_inputs_exist(cfg)
     except BaseException:
         # Without Hydra, paths.output_dir may not resolve (and no Hydra wrote files to put back).

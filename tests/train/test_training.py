@@ -1215,6 +1215,24 @@ def test_a_seed_that_is_not_an_integer_is_refused_before_anything_is_built(compo
     check_seed(compose([*tiny(tmp_path / "run"), "seed='7'"]))
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("module.optimizer.lr=-1", "module.optimizer: Invalid learning rate: -1"),
+        ("+module.optimizer.momentum=0.9", "module.optimizer: .*unexpected keyword argument 'momentum'"),
+        ("module.scheduler.decay=-1", r"module.scheduler: decay=-1: give a number ≥ 0"),
+    ],
+)
+def test_a_bad_optimizer_setting_is_refused_before_anything_is_built(
+    compose, tiny, tmp_path, override, message
+):
+    """lr=-1 failed as fit started, after the networks, with torch's message and no key; a
+    negative decay divided by zero at the second step."""
+    with pytest.raises(ValueError, match=message):
+        main(compose([*tiny(tmp_path / "run"), override]))
+    assert not (tmp_path / "run").exists()
+
+
 def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
     """Lightning starts the endless stream over at each limit_train_batches "epoch": every epoch
     trained on the same batches, silently. fast_dev_run, which sets the limit itself, still runs."""
