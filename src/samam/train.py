@@ -432,6 +432,9 @@ def check_precision(cfg: DictConfig) -> None:
     )
 
 
+MAX_SEED = 2**32 - 1
+
+
 def check_seed(cfg: DictConfig) -> None:
     """Refuse a seed that is not an integer before anything is built: ``seed=null`` failed in the
     data module's set-up, after the networks ("object of type 'NoneType' has no len()"), and
@@ -442,6 +445,10 @@ def check_seed(cfg: DictConfig) -> None:
     digits = isinstance(seed, str) and seed.isascii() and seed.isdigit()
     if isinstance(seed, bool) or not (isinstance(seed, int) or digits):
         raise TypeError(f"seed={seed!r}: give an integer (seed=0 is the experiments' seed)")
+    if not 0 <= int(seed) <= MAX_SEED:  # numpy's range: seed=-1 failed in seed_everything, in numpy's words
+        raise ValueError(
+            f"seed={seed}: give an integer from 0 to {MAX_SEED} (seed=0 is the experiments' seed)"
+        )
 
 
 def check_optimizer(cfg: DictConfig) -> None:

@@ -1213,6 +1213,10 @@ def test_a_seed_that_is_not_an_integer_is_refused_before_anything_is_built(compo
     assert not (tmp_path / "run" / "checkpoints").exists()
     # seed=${oc.env:SLURM_ARRAY_TASK_ID} gives digits in a string, which every user of the seed reads
     check_seed(compose([*tiny(tmp_path / "run"), "seed='7'"]))
+    for seed in (-1, 2**32):  # numpy's range; -1 failed in seed_everything, in numpy's words
+        with pytest.raises(ValueError, match=f"seed={seed}: give an integer from 0 to 4294967295"):
+            check_seed(compose([*tiny(tmp_path / "run"), f"seed={seed}"]))
+    check_seed(compose([*tiny(tmp_path / "run"), f"seed={2**32 - 1}"]))
 
 
 @pytest.mark.parametrize(
