@@ -15,6 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> dict[str, Any]:
+    # Every unset ??? at once, before the slow imports (OmegaConf named only the first, after them)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(
+            f"eval.py needs {', '.join(missing)}: python eval.py ckpt_path=ckpts/samam.ckpt content_dir=data/eval/content style_dir=data/eval/style"
+        )
     from samam.evaluation import evaluate
 
     return evaluate(**OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))

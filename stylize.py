@@ -15,6 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="stylize")
 def main(cfg: DictConfig) -> dict[str, Any]:
+    # Every unset ??? at once, before the slow imports (OmegaConf named only the first, after them)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(
+            f"stylize.py needs {', '.join(missing)}: python stylize.py ckpt_path=ckpts/samam.ckpt content=photos/ style=art/"
+        )
     from samam.evaluation import stylize
 
     summary = stylize(**OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
