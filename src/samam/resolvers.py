@@ -1,7 +1,10 @@
-"""OmegaConf resolvers of the configs, registered on import (train.py and samam.train import this module)."""
+"""Hydra glue train.py loads before Hydra runs: the configs' OmegaConf resolvers (registered on
+import; samam.train imports this module too) and the launcher check."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -14,3 +17,23 @@ def slurm_gpus(accelerator: str, devices: Any) -> Any:
 
 
 OmegaConf.register_new_resolver("samam.slurm_gpus", slurm_gpus, replace=True)
+
+
+# conf/hydra/launcher/slurm.yaml builds on submitit_slurm
+SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+
+
+def check_launcher_installed(argv: list[str]) -> None:
+    """Refuse ``hydra/launcher=slurm`` without Hydra's submitit plugin, which Hydra answered with
+    "In 'hydra/launcher/slurm': Could not load 'hydra/launcher/submitit_slurm'" and no package name."""
+    for arg in argv:
+        m = re.fullmatch(r"hydra/launcher=(\w+)", arg)
+        if (
+            m
+            and m[1] in SUBMITIT_LAUNCHERS
+            and importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None
+        ):
+            raise SystemExit(
+                f"{arg} needs Hydra's submitit launcher, which is not installed here: "
+                "pip install hydra-submitit-launcher (it is in this package's train extra: pip install -e '.[train]')"
+            )

@@ -477,3 +477,27 @@ def test_debug_cpu_tiny_needs_no_dataset_or_loss_network_file(compose, tmp_path)
         ["experiment=paper", "debug=cpu_tiny", "data=folders", "data.content_dir=c", "data.style_dir=s"]
     )
     assert own.data.content_dir == "c" and own.data.crop == 64  # your own data, still shrunk
+
+
+HIDE_SUBMITIT = """
+import pkgutil, sys
+_walk = pkgutil.walk_packages
+pkgutil.walk_packages = lambda *a, **k: (m for m in _walk(*a, **k) if "submitit" not in m.name)
+sys.modules["hydra_plugins.hydra_submitit_launcher"] = None
+"""
+
+
+def test_the_slurm_launcher_without_its_plugin_names_the_package(tmp_path):
+    """Without hydra-submitit-launcher Hydra said only "Could not load 'hydra/launcher/submitit_slurm'"."""
+    import os
+
+    (tmp_path / "sitecustomize.py").write_text(HIDE_SUBMITIT)  # as if the plugin were not installed
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, str(CONF.parent / "train.py"), "-m", "experiment=demo", "hydra/launcher=slurm"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "hydra/launcher=slurm needs Hydra's submitit launcher" in proc.stderr
+    assert "pip install hydra-submitit-launcher" in proc.stderr
+    assert not (tmp_path / "multirun").exists()
