@@ -320,12 +320,20 @@ def check_no_epochs(cfg: DictConfig) -> None:
     """Refuse ``trainer.limit_train_batches=N``: the training stream is endless and has no epochs, and
     Lightning starts it over at the end of each N-batch "epoch", so every epoch drew the same N
     batches again (up to max_steps). fast_dev_run sets the limit itself, for one epoch. And
-    ``trainer.max_epochs``, which an epoch that never ends made no limit at all."""
+    ``trainer.max_epochs``, which an epoch that never ends made no limit at all; so the length is
+    ``trainer.max_steps``, which must be 1 or more (or -1, no limit)."""
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs != -1:
         raise ValueError(
             f"trainer.max_epochs={epochs}: the training stream is endless, so no epoch ever ends and the run "
             "would go on to trainer.max_steps; set the run's length with trainer.max_steps"
+        )
+    steps = cfg.trainer.get("max_steps", -1)  # Lightning's default: no limit
+    if isinstance(steps, bool) or not isinstance(steps, int) or (steps < 1 and steps != -1):
+        # 0 "trained 0 steps" and wrote a last.ckpt, exit status 0; -5 failed once the networks were built
+        raise ValueError(
+            f"trainer.max_steps={steps}: give the number of optimizer steps to train, 1 or more "
+            "(-1: no limit, until the run is stopped)"
         )
     limit = cfg.trainer.get("limit_train_batches")
     if isinstance(limit, int) and not isinstance(limit, bool) and not cfg.trainer.get("fast_dev_run"):

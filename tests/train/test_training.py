@@ -1237,6 +1237,18 @@ def test_a_bad_optimizer_setting_is_refused_before_anything_is_built(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("steps", ["0", "-5", "1.5"])
+def test_a_run_length_below_one_step_is_refused_before_anything_is_built(compose, tiny, tmp_path, steps):
+    """trainer.max_steps=0 "trained 0 steps", wrote last.ckpt and exited 0; -5 failed once the
+    networks were built. -1 (Lightning's no limit) stays allowed."""
+    from samam.train import check_no_epochs
+
+    with pytest.raises(ValueError, match=f"trainer.max_steps={steps}: give the number of optimizer steps"):
+        main(compose([*tiny(tmp_path / "run"), f"trainer.max_steps={steps}"]))
+    assert not (tmp_path / "run").exists()
+    check_no_epochs(compose([*tiny(tmp_path / "run"), "trainer.max_steps=-1"]))
+
+
 def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
     """Lightning starts the endless stream over at each limit_train_batches "epoch": every epoch
     trained on the same batches, silently. fast_dev_run, which sets the limit itself, still runs."""
