@@ -43,6 +43,20 @@ log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("artfid", "fid_art", "lpips", "cfsd", "fid_tf")
 
+# The other keys of eval.py's results.json and the other val/<key> logged in training (the
+# eval-metrics callback's own, StyleTransferModule's losses): a metric of one's own (metrics.extra)
+# under one of these names would overwrite that value, or be overwritten by it, without a word.
+RESERVED_NAMES = frozenset(
+    {
+        *("null_reasons", "metric_networks", "protocol", "protocol_deviations", "warning"),
+        *("ckpt_path", "checkpoint_step", "checkpoint_code", "code", "model", "scan_backend"),
+        *("device", "precision", "ms_per_image", "gmacs", "params", "peak_mem_mib"),
+        *("gmacs_breakdown", "bench", "elapsed_s"),
+        *("eval_seconds", "samples"),
+        *("loss", "loss_content", "loss_style", "loss_id1", "loss_id2"),
+    }
+)
+
 # ---------------------------------------------------------------------------------------
 # Weight files
 # ---------------------------------------------------------------------------------------
@@ -912,6 +926,11 @@ def _build_extra(extra: Mapping[str, Any]) -> dict[str, Metric]:
         where = f"metrics.extra.{name}"
         if not (isinstance(name, str) and name.isidentifier()) or name in METRIC_NAMES:
             raise ValueError(f"{where}: an extra metric needs a name of its own, not one of {METRIC_NAMES}")
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"{where}: an extra metric needs a name of its own: {name!r} is already a key of "
+                f"results.json or a logged val/{name}; rename it (e.g. metrics.extra.my_{name})"
+            )
         if isinstance(spec, Mapping):
             if "_target_" not in spec:
                 raise ValueError(

@@ -125,6 +125,8 @@ def test_protocol_deviations_name_what_moves_the_numbers():
 def test_eval_scores_a_metric_of_ones_own_from_the_command_line(tiny_ckpt, image_dirs, tmp_path):
     """+metrics.extra.<name>._target_=… (here torchmetrics' SSIM of each output against its
     content): in results.json and results.md beside the protocol's metrics."""
+    from samam import metrics as M
+
     out = tmp_path / "eval"
     ssim = "+metrics.extra.ssim"
     overrides = [
@@ -138,6 +140,8 @@ def test_eval_scores_a_metric_of_ones_own_from_the_command_line(tiny_ckpt, image
     assert -1 <= saved["ssim"] <= 1 and saved["ssim"] == res["ssim"] and saved["lpips"] is not None
     assert "StructuralSimilarityIndexMeasure" in saved["metric_networks"]["ssim"]
     assert f"| ssim | {saved['ssim']:.4g} |" in (out / "results.md").read_text()
+    # every other key is one an extra metric may not take (M.RESERVED_NAMES): none is overwritten
+    assert set(saved) - {"ssim", *M.METRIC_NAMES} <= M.RESERVED_NAMES
 
 
 def test_eval_disabled_metrics_are_null_with_reason(tiny_ckpt, image_dirs, tmp_path):

@@ -124,6 +124,17 @@ def test_a_wrong_metric_of_ones_own_is_refused_when_built(extra, error, message)
         M.build_metrics(test_extractors=True, extra=extra)
 
 
+@pytest.mark.parametrize(
+    "name", ["params", "protocol_deviations", "checkpoint_step", "eval_seconds", "loss_style"]
+)
+def test_a_metric_of_ones_own_named_like_another_result_or_logged_key_is_refused(name):
+    """metrics.extra.params would have overwritten results.json's parameter count (or been
+    overwritten by it); eval_seconds and loss_style are logged as val/<name> in training."""
+    mae = {"_target_": "torchmetrics.regression.MeanAbsoluteError"}
+    with pytest.raises(ValueError, match=f"a name of its own: '{name}' is already a key of results.json"):
+        M.build_metrics(test_extractors=True, extra={name: mae})
+
+
 def test_fid_short_of_images_is_null_with_reason_and_the_rest_still_computes():
     """One stylised image (a 1 × 1 eval, or a callback with max_pairs=1) has no covariance: the
     FIDs and ArtFID are null with the reason, LPIPS still computes, nothing raises, and the
