@@ -1050,11 +1050,13 @@ class EvalMetricsCallback(L.Callback):
 
     DDP: each rank stylises a shard of the pairs; the metrics' float64 sums are all-reduced.
     Style statistics of the FIDs are computed once and kept. A ``ModelCheckpoint`` monitoring
-    one of these metrics must save right after each evaluation, so each checkpoint is ranked by
-    its own weights' score: ``every_n_val_rounds=1`` and a checkpoint saved at validation (no
-    ``every_n_train_steps`` or ``train_time_interval``; conf/callbacks/best_artfid.yaml).
-    Anything else is refused at setup: the last value stays in ``trainer.callback_metrics``,
-    and later weights would be kept under an earlier score.
+    one of these metrics (or one of ``metrics.extra``) must save right after each evaluation, so
+    each checkpoint is ranked by its own weights' score: ``every_n_val_rounds=1`` and a checkpoint
+    saved at validation (no ``every_n_train_steps`` or ``train_time_interval``;
+    conf/callbacks/best_artfid.yaml). Anything else is refused at setup: the last value stays in
+    ``trainer.callback_metrics``, and later weights would be kept under an earlier score. Its
+    ``mode`` must be the metric's direction (min for the protocol's, max for a metric of one's
+    own whose ``higher_is_better`` is true), or it is refused too.
     """
 
     def __init__(
@@ -1136,6 +1138,7 @@ class EvalMetricsCallback(L.Callback):
                 raise ValueError(
                     f"ModelCheckpoint(monitor={monitor!r}): {monitor} will never be logged ({why})"
                 )
+            self._check_direction(cb, name)
         if trainer.is_global_zero:  # the same on every rank
             log.info(
                 "eval metrics: %d pairs (%d content × %d style) every %d validation round(s); metrics %s",
@@ -1166,17 +1169,15 @@ class EvalMetricsCallback(L.Callback):
             images.append(im)
         return images
 
-    @staticmethod
-    def _ranking_checkpoints(trainer: L.Trainer) -> list[Any]:
-        """The ModelCheckpoints that rank checkpoints by one of these metrics."""
+    def _ranking_checkpoints(self, trainer: L.Trainer) -> list[Any]:
+        """The ModelCheckpoints that rank checkpoints by one of these metrics (or one's own)."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
+        names = {*METRIC_NAMES, *(self.metrics_cfg.get("extra") or {})}
         return [
             cb
             for cb in trainer.callbacks
-            if isinstance(cb, ModelCheckpoint)
-            and cb.monitor
-            and cb.monitor.removeprefix("val/") in METRIC_NAMES
+            if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.monitor.removeprefix("val/") in names
         ]
 
     def _check_checkpoint_monitors(self, trainer: L.Trainer) -> None:
@@ -1191,6 +1192,26 @@ class EvalMetricsCallback(L.Callback):
                     "Evaluate at every validation and save there: callbacks.eval_metrics.every_n_val_rounds=1 "
                     "+callbacks@callbacks.best_artfid=best_artfid"
                 )
+
+    def _check_direction(self, cb: Any, name: str) -> None:
+        """A checkpoint ranked the wrong way keeps the worst weights: its mode must agree with the
+        metric's direction (the protocol's are lower-is-better; one's own says higher_is_better)."""
+        assert self.suite is not None
+        better = self.suite.higher_is_better[name]
+        if better is None:
+            raise ValueError(
+                f"ModelCheckpoint(monitor={cb.monitor!r}): "
+                f"{type(self.suite.extra[name]).__name__}.higher_is_better is None, "
+                "so which checkpoint is best is unknown; state it: "
+                f"+callbacks.eval_metrics.metrics.extra.{name}.higher_is_better=true|false"
+            )
+        mode = "max" if better else "min"
+        if cb.mode != mode:
+            raise ValueError(
+                f"ModelCheckpoint(monitor={cb.monitor!r}, mode={cb.mode!r}) would keep the worst checkpoint: "
+                f"a {'higher' if better else 'lower'} {name} is better. Set mode={mode} "
+                f"(e.g. callbacks.best_artfid.mode={mode})"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds}

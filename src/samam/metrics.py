@@ -686,7 +686,9 @@ class StyleTransferMetrics(nn.Module):
     reference set repeats each style once per content image); ``update(output, content)``
     feeds each stylised image with its content. Images
     are (B, 3, H, W) in [0, 1]; the TF-Inception FID gets them quantised to uint8. ``extra``:
-    metrics of one's own by name, each a torchmetrics Metric fed ``update(output, content)``.
+    metrics of one's own by name, each a torchmetrics Metric fed ``update(output, content)``;
+    ``higher_is_better``: their direction where their class leaves it None (the protocol's
+    metrics are all lower-is-better).
     """
 
     def __init__(
@@ -698,10 +700,15 @@ class StyleTransferMetrics(nn.Module):
         reasons: Mapping[str, str] | None = None,
         networks: Mapping[str, str] | None = None,
         extra: Mapping[str, Metric] | None = None,
+        higher_is_better: Mapping[str, bool] | None = None,
     ):
         super().__init__()
         self.fid_art, self.fid_tf, self.lpips, self.cfsd = fid_art, fid_tf, lpips, cfsd
         self.extra = nn.ModuleDict(dict(extra or {}))  # a module: moves with .to(device)
+        # metric → whether a higher value is better (None: unknown); ranks checkpoints
+        self.higher_is_better: dict[str, bool | None] = {n: False for n in METRIC_NAMES}
+        self.higher_is_better.update({n: m.higher_is_better for n, m in self.extra.items()})
+        self.higher_is_better.update(higher_is_better or {})
         self.reasons = dict(reasons or {})  # metric → why it is None (disabled)
         self.null_reasons = dict(self.reasons)  # after compute(): also FIDs short of images
         self.networks = dict(networks or {})  # metric → which feature network computed it
@@ -844,10 +851,12 @@ def build_metrics(
     ``extra``: metrics of one's own, name → a torchmetrics Metric or its config
     (``{_target_: package.module.Class, ...}``, built here), scored as
     ``update(output, content)`` (both (B, 3, H, W) in [0, 1]) and ``compute()`` → one number.
+    A config's ``higher_is_better: true|false`` states the direction of a Metric whose class
+    leaves it None (needed to rank checkpoints by it).
     """
     reasons: dict[str, str] = {}
     networks: dict[str, str] = {}
-    extras = _build_extra(extra or {})
+    extras, better = _build_extra(extra or {})
     networks.update({name: f"{type(m).__module__}.{type(m).__qualname__}" for name, m in extras.items()})
     built: dict[str, Metric | None] = {}
     cfgs = {"fid_art": fid_art, "fid_tf": fid_tf, "lpips": lpips, "cfsd": cfsd}
@@ -915,13 +924,15 @@ def build_metrics(
     if missing:
         missing[0].others = missing[1:]
         raise missing[0]
-    return StyleTransferMetrics(**built, reasons=reasons, networks=networks, extra=extras)
+    return StyleTransferMetrics(
+        **built, reasons=reasons, networks=networks, extra=extras, higher_is_better=better
+    )
 
 
-def _build_extra(extra: Mapping[str, Any]) -> dict[str, Metric]:
+def _build_extra(extra: Mapping[str, Any]) -> tuple[dict[str, Metric], dict[str, bool]]:
     """``build_metrics``' extra metrics, each built and checked to be a torchmetrics Metric (whose
-    states sum across DDP ranks) under a name of its own."""
-    built = {}
+    states sum across DDP ranks) under a name of its own, and the directions their configs state."""
+    built, directions = {}, {}
     for name, spec in extra.items():
         where = f"metrics.extra.{name}"
         if not (isinstance(name, str) and name.isidentifier()) or name in METRIC_NAMES:
@@ -931,18 +942,29 @@ def _build_extra(extra: Mapping[str, Any]) -> dict[str, Metric]:
                 f"{where}: an extra metric needs a name of its own: {name!r} is already a key of "
                 f"results.json or a logged val/{name}; rename it (e.g. metrics.extra.my_{name})"
             )
+        better = None  # the config's higher_is_better, for a Metric whose class does not say
         if isinstance(spec, Mapping):
             if "_target_" not in spec:
                 raise ValueError(
                     f"{where}: give its class as _target_ (e.g. {where}._target_=my_metrics.MyMetric)"
                 )
+            better = spec.get("higher_is_better")
+            if better is not None and not isinstance(better, bool):
+                raise TypeError(f"{where}.higher_is_better must be true or false, got {better!r}")
             from hydra.utils import instantiate  # only here: metrics.py does without Hydra otherwise
 
-            spec = instantiate(spec)
+            spec = instantiate({k: v for k, v in spec.items() if k != "higher_is_better"})
         if not isinstance(spec, Metric):
             raise TypeError(
                 f"{where} is {type(spec).__name__}, not a torchmetrics.Metric: subclass it "
                 "(update(output, content) with both (B, 3, H, W) in [0, 1], compute() -> one number)"
             )
+        if better is not None:
+            if spec.higher_is_better not in (None, better):
+                raise ValueError(
+                    f"{where}.higher_is_better={better} contradicts {type(spec).__name__}.higher_is_better="
+                    f"{spec.higher_is_better}: drop it"
+                )
+            directions[name] = better  # torchmetrics refuses to set it on the Metric
         built[name] = spec
-    return built
+    return built, directions

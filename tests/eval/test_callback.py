@@ -264,6 +264,70 @@ def test_a_checkpoint_ranked_by_a_stale_score_is_refused(tiny_net, image_dirs, t
         _trainer(tmp_path, [cb, ckpt]).fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
 
 
+SSIM = {"_target_": "torchmetrics.image.StructuralSimilarityIndexMeasure", "data_range": 1.0}
+
+
+def test_a_checkpoint_ranked_by_a_metric_of_ones_own_keeps_its_best(tiny_net, image_dirs, tmp_path):
+    """monitor=val/<extra> with the metric's direction (SSIM: higher is better): the kept file is
+    the step whose own score was highest."""
+    import copy
+
+    cb = _callback(image_dirs, metrics={**METRICS, "extra": {"ssim": SSIM}})
+    best = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="best-{step}", monitor="val/ssim", mode="max", save_top_k=1
+    )
+    scores = {}
+    original = cb.evaluate
+    cb.evaluate = lambda trainer, module: scores.setdefault(
+        trainer.global_step, original(trainer, module)["ssim"]
+    )
+    module = TinyModule(copy.deepcopy(tiny_net))
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.5)  # scores must move
+    _trainer(tmp_path, [cb, best], max_epochs=3).fit(module, loader(), loader())
+    assert len(scores) == 3 and len(set(scores.values())) > 1
+    step = max(scores, key=scores.get)
+    assert Path(best.best_model_path).name == f"best-step={step}.ckpt"
+
+
+@pytest.mark.parametrize(
+    "extra, monitor, mode, rounds, message",
+    [
+        ({"ssim": SSIM}, "val/ssim", "max", 2, "measured on earlier weights"),  # stale, as for val/artfid
+        ({"ssim": SSIM}, "val/ssim", "min", 1, r"mode='min'\) would keep the worst .* higher ssim is better"),
+        ({}, "val/artfid", "max", 1, r"mode='max'\) would keep the worst .* lower artfid is better"),
+        (
+            {"avg": {"_target_": "torchmetrics.aggregation.MeanMetric"}},
+            "val/avg",
+            "max",
+            1,
+            r"MeanMetric.higher_is_better is None.*metrics.extra.avg.higher_is_better=true\|false",
+        ),
+    ],
+)
+def test_a_checkpoint_ranked_the_wrong_way_or_stale_by_a_metric_of_ones_own_is_refused(
+    tiny_net, image_dirs, tmp_path, extra, monitor, mode, rounds, message
+):
+    import copy
+
+    cb = _callback(image_dirs, every_n_val_rounds=rounds, metrics={**METRICS, "extra": extra})
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=monitor, mode=mode)
+    with pytest.raises(ValueError, match=message):
+        _trainer(tmp_path, [cb, ckpt]).fit(TinyModule(copy.deepcopy(tiny_net)), loader(), loader())
+
+
+def test_a_metric_of_ones_own_states_its_direction_in_its_config():
+    """higher_is_better in metrics.extra.<name> ranks by a Metric whose class leaves it None."""
+    from samam.metrics import build_metrics
+
+    avg = {"_target_": "torchmetrics.aggregation.MeanMetric", "higher_is_better": True}
+    assert build_metrics(test_extractors=True, extra={"avg": avg}).higher_is_better["avg"] is True
+    with pytest.raises(
+        ValueError,
+        match="higher_is_better=False contradicts StructuralSimilarityIndexMeasure.higher_is_better=True",
+    ):
+        build_metrics(test_extractors=True, extra={"ssim": {**SSIM, "higher_is_better": False}})
+
+
 def test_callback_with_one_pair_logs_lpips_and_skips_the_fids(tiny_net, image_dirs, tmp_path):
     """max_pairs=1: one stylised image has no FID; validation must go on with LPIPS/CFSD logged."""
     import copy
