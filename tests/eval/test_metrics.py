@@ -10,6 +10,8 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from samam import metrics as M
 
@@ -560,14 +562,37 @@ def test_the_size_each_metric_network_sees_is_named_for_the_results(monkeypatch)
     assert other.networks["lpips"].endswith("each image at its own size")
 
 
-def _ranked_suite(rank: int, world: int, port: int, images: dict, out: str) -> None:
+class _MedianError(Metric):
+    """The median over images of each one's mean |output − content|: a state of per-image values,
+    gathered across ranks (dist_reduce_fx="cat"), where one rank's median is another number."""
+
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("errors", default=[], dist_reduce_fx="cat")
+
+    def update(self, output: torch.Tensor, content: torch.Tensor) -> None:
+        self.errors.append((output - content).abs().flatten(1).mean(1))
+
+    def compute(self) -> torch.Tensor:
+        return dim_zero_cat(self.errors).median()
+
+
+def _extras() -> dict:
+    """Metrics of one's own with a summed state (MAE) and a gathered one (the median)."""
+    return {"mae": {"_target_": "torchmetrics.regression.MeanAbsoluteError"}, "median": _MedianError()}
+
+
+def _ranked_suite(rank: int, world: int, port: int, images: dict, out: str, protocol: bool = True) -> None:
     """One DDP rank (gloo): its shard of the stylised images and of the style set, then compute()."""
     torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
     torch.distributed.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
-        suite = M.build_metrics(test_extractors=True)
+        off = {} if protocol else {n: {"enabled": False} for n in ("fid_art", "fid_tf", "lpips", "cfsd")}
+        suite = M.build_metrics(test_extractors=True, extra=_extras(), **off)
         for j in range(rank, len(images["style"]), world):
             suite.update_style(images["style"][j : j + 1], weight=images["uses"][j])
         for i in range(rank, len(images["output"]), world):  # uneven: 3 and 2
@@ -592,7 +617,7 @@ def test_under_ddp_every_metric_covers_every_ranks_images(tmp_path):
         "output": torch.rand(5, 3, 36, 36, generator=g),
         "content": torch.rand(5, 3, 36, 36, generator=g),
     }
-    whole = M.build_metrics(test_extractors=True)
+    whole = M.build_metrics(test_extractors=True, extra=_extras())
     for j in range(3):
         whole.update_style(images["style"][j : j + 1], weight=images["uses"][j])
     whole.update(images["output"], images["content"])
@@ -603,4 +628,27 @@ def test_under_ddp_every_metric_covers_every_ranks_images(tmp_path):
     out = tmp_path / "values.pt"
     # fork: the ranks start in a second, with this process's imports (spawn re-imports for ~20 s).
     mp.start_processes(_ranked_suite, args=(2, port, images, str(out)), nprocs=2, start_method="fork")
-    assert torch.load(out) == pytest.approx(expected, rel=1e-6)  # batches of 1 vs 5: float32 features
+    values = torch.load(out)
+    assert values == pytest.approx(expected, rel=1e-6)  # batches of 1 vs 5: float32 features
+    assert {"mae", "median"} <= set(values)  # metrics of one's own too (torchmetrics syncs their states)
+
+
+def test_under_ddp_a_metric_of_ones_own_gets_every_ranks_images_also_where_a_rank_has_none(tmp_path):
+    """One stylised image on two ranks (max_pairs below the world size): rank 1 computes with no
+    update of its own, and the value is still the image's, on rank 0."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(1)
+    images = {"style": [], "uses": [], "output": torch.rand(1, 3, 8, 8, generator=g)}
+    images["content"] = torch.rand(1, 3, 8, 8, generator=g)
+    expected = (images["output"] - images["content"]).abs().mean().item()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "values.pt"
+    mp.start_processes(_ranked_suite, args=(2, port, images, str(out), False), nprocs=2, start_method="fork")
+    values = torch.load(out)
+    assert values["mae"] == pytest.approx(expected, rel=1e-6)
+    assert values["median"] == pytest.approx(expected, rel=1e-6)
