@@ -1092,6 +1092,7 @@ class EvalMetricsCallback(L.Callback):
         self.rounds = 0
         self.suite: StyleTransferMetrics | None = None
         self._style_fed = False
+        self._names_checked = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.suite is not None or stage != "fit":
@@ -1213,6 +1214,21 @@ class EvalMetricsCallback(L.Callback):
                 f"(e.g. callbacks.best_artfid.mode={mode})"
             )
 
+    def _check_extra_names_free(self, trainer: L.Trainer) -> None:
+        """A metric of one's own named like a value the module logs in validation (a loss term of
+        one's own, say) would overwrite it: refused at the first validation (the sanity check, when
+        there is one), the first time the module's names are known, before this callback logs."""
+        if self._names_checked or self.suite is None:
+            return
+        self._names_checked = True
+        logged = {key.split(".", 1)[-1] for key in trainer._results or {}}  # keys "<hook>.<name>"
+        taken = sorted(name for name in self.suite.extra if f"val/{name}" in logged)
+        if taken:
+            raise ValueError(
+                f"eval metrics: the module already logs {', '.join(f'val/{n}' for n in taken)}; "
+                f"rename the metric of one's own (callbacks.eval_metrics.metrics.extra.{taken[0]})"
+            )
+
     def state_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds}
 
@@ -1220,6 +1236,7 @@ class EvalMetricsCallback(L.Callback):
         self.rounds = int(state_dict.get("rounds", 0))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_extra_names_free(trainer)
         if trainer.sanity_checking:
             return
         due = self.rounds % self.every_n_val_rounds == 0

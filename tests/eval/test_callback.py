@@ -113,6 +113,23 @@ def test_callback_logs_a_metric_of_ones_own(tiny_net, image_dirs, tmp_path):
     assert int(cb.suite.extra["mae"].total) == 0  # reset after the evaluation
 
 
+def test_a_metric_of_ones_own_named_like_a_value_the_module_logs_is_refused(tiny_net, image_dirs, tmp_path):
+    """A loss term of one's own (val/loss_tv, say) and an extra metric of that name: one value
+    overwrote the other in val/. Refused at the sanity check, before any training step."""
+    import copy
+
+    class LogsTV(TinyModule):
+        def validation_step(self, batch, _):
+            self.log("val/tv", batch[0].diff(dim=-1).abs().mean())
+
+    extra = {"tv": {"_target_": "torchmetrics.regression.MeanAbsoluteError"}}
+    cb = _callback(image_dirs, metrics={**METRICS, "extra": extra})
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    with pytest.raises(ValueError, match=r"already logs val/tv; rename .*metrics.extra.tv"):
+        trainer.fit(LogsTV(copy.deepcopy(tiny_net)), loader(), loader())
+    assert trainer.global_step == 0
+
+
 def test_only_the_first_rank_logs_the_synced_metrics(tiny_net, image_dirs, tmp_path, monkeypatch, caplog):
     """The values are all-reduced, the same on every rank: each DDP rank printed them."""
     import copy
