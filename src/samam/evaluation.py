@@ -736,7 +736,7 @@ def evaluate(
     side = None if content_size is None else content_size // p * p if match_release else content_size
     res: dict[str, Any] = dict(values)
     res.update(
-        null_reasons={k: suite.null_reasons[k] for k in METRIC_NAMES if values[k] is None},
+        null_reasons={k: suite.null_reasons[k] for k in (*METRIC_NAMES, *suite.extra) if values[k] is None},
         metric_networks=suite.networks,
         protocol=dict(
             n_content=len(contents),

@@ -764,8 +764,8 @@ class StyleTransferMetrics(nn.Module):
 
     def compute(self) -> dict[str, float | None]:
         """Every name of :data:`METRIC_NAMES` → value (float) or None, then each extra metric's
-        value; ``null_reasons`` then says why each None is None (disabled, or too few images for
-        a FID)."""
+        value; ``null_reasons`` then says why each None is None (disabled, too few images for
+        a FID, an extra metric whose compute() is not one number)."""
         res: dict[str, float | None] = {n: None for n in METRIC_NAMES}
         why = {n: self.reasons[n] for n in METRIC_NAMES if n in self.reasons}
         for name in ("fid_art", "fid_tf", "lpips", "cfsd"):
@@ -780,7 +780,18 @@ class StyleTransferMetrics(nn.Module):
             res["artfid"] = float(artfid(res["lpips"], res["fid_art"]))
         elif "artfid" not in why:
             why["artfid"] = f"needs fid_art: {why['fid_art']}"
-        res.update({name: float(metric.compute()) for name, metric in self.extra.items()})
+        for name, metric in self.extra.items():
+            value = metric.compute()
+            try:
+                res[name] = float(value)
+            except (TypeError, ValueError, RuntimeError):  # a dict, a tensor of several values, …
+                # Raised here, it would lose every other value after the whole stylisation.
+                shape = tuple(value.shape) if isinstance(value, Tensor) else ""
+                why[name] = (
+                    f"{type(metric).__name__}.compute() gave a {type(value).__name__}{shape}, not one number"
+                )
+                res[name] = None
+                log.warning("metrics.extra.%s is null: %s", name, why[name])
         self.null_reasons = why
         return res
 

@@ -126,6 +126,35 @@ def test_a_wrong_metric_of_ones_own_is_refused_when_built(extra, error, message)
         M.build_metrics(test_extractors=True, extra=extra)
 
 
+class _PerChannelError(Metric):
+    """Mean |output − content| per colour channel: three numbers, not one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.zeros(3), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, output: torch.Tensor, content: torch.Tensor) -> None:
+        self.total += (output - content).abs().mean((2, 3)).sum(0)
+        self.count += output.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count
+
+
+def test_a_metric_of_ones_own_that_is_not_one_number_is_null_with_reason_and_the_rest_computes():
+    """float() of its three values raised in compute(), after the whole stylisation, and every
+    other value (ArtFID's included) was lost with it."""
+    off = {"enabled": False}
+    suite = M.build_metrics(
+        test_extractors=True, fid_art=off, fid_tf=off, cfsd=off, extra={"per_channel": _PerChannelError()}
+    )
+    suite.update(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    res = suite.compute()
+    assert res["per_channel"] is None and res["lpips"] is not None
+    assert suite.null_reasons["per_channel"] == "_PerChannelError.compute() gave a Tensor(3,), not one number"
+
+
 @pytest.mark.parametrize(
     "name", ["params", "protocol_deviations", "checkpoint_step", "eval_seconds", "loss_style"]
 )
