@@ -38,10 +38,23 @@ Image.MAX_IMAGE_PIXELS = None
 Verify = Literal["full", "header", "none"]
 
 
+def _no_file_summary(paths: Sequence[Path]) -> str:
+    """How many of ``paths`` (image names that are no regular file) are broken symlinks, and one example."""
+    broken = [p for p in paths if p.is_symlink() and not p.exists()]
+    parts = (
+        [f"{len(broken)} × broken symlink (e.g. {broken[0]} → {os.readlink(broken[0])})"] if broken else []
+    )
+    if len(broken) < len(paths):
+        example = next(p for p in paths if p not in broken)
+        parts.append(f"{len(paths) - len(broken)} × not a regular file (e.g. {example})")
+    return ", ".join(parts)
+
+
 def list_images(folder: str | Path, what: str) -> list[Path]:
     """All image files under ``folder`` (recursive, sorted; symlinked folders followed; hidden
-    files and folders such as ``._x.jpg`` or ``.ipynb_checkpoints/`` skipped; other extensions left
-    out with one warning that counts them). Run folders below
+    files and folders such as ``._x.jpg`` or ``.ipynb_checkpoints/`` skipped; other extensions, and
+    image names that are no file to read (a broken symlink), left out with one warning that counts
+    them). Run folders below
     ``folder`` (holding Hydra's ``.hydra/``: earlier train/eval/stylize runs' outputs, such as
     ``outputs/stylize/<time>/`` when the command runs inside the folder) are skipped with a
     warning; ``folder`` itself may be one. Missing or empty folders fail with what was found."""
@@ -78,6 +91,18 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
             runs[0],
         )
     files = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    # A broken symlink under an image's name (a folder of links into a store that is not mounted)
+    # or a fifo: no file to read, said rather than dropped without a word
+    no_file = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_file())
+    if files and no_file and first_process():
+        log.warning(
+            "%s: leaving out %d entr%s under %s named as images that are no file to read: %s",
+            what,
+            len(no_file),
+            "y" if len(no_file) == 1 else "ies",
+            root,
+            _no_file_summary(no_file),
+        )
     others = Counter(
         p.suffix.lower() or "<no suffix>" for p in every if p.suffix.lower() not in IMAGE_EXTENSIONS
     )
@@ -93,7 +118,10 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
         )
     if len(files) == 0:
         found = Counter(p.suffix.lower() or "<no suffix>" for p in every if p.is_file())
-        summary = ", ".join(f"{n} × {ext}" for ext, n in found.most_common(8)) or "nothing"
+        parts = [f"{n} × {ext}" for ext, n in found.most_common(8)] + (
+            [_no_file_summary(no_file)] if no_file else []
+        )
+        summary = ", ".join(parts) or "nothing"
         left_out = f"; {len(runs)} run folder(s) left out, e.g. {runs[0]}" if runs else ""
         raise FileNotFoundError(
             f"{what} folder {str(root)!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}, recursive); "

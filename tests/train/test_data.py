@@ -755,6 +755,21 @@ def test_listing_names_the_files_it_leaves_out(tmp_path, caplog):
     assert "leaving out 3 file(s)" in caplog.text and "1 × .gif" in caplog.text and "1 × .heic" in caplog.text
 
 
+def test_listing_names_broken_symlinks_and_other_non_files_under_image_names(tmp_path, caplog):
+    """A folder of links into a store that is not mounted lost them without a word, and with all
+    of them broken said it found "nothing"."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "gone" / "b.jpg")
+    os.mkfifo(tmp_path / "c.png")
+    with caplog.at_level(logging.WARNING, logger="samam.data"):
+        assert [p.name for p in list_images(tmp_path, "style")] == ["a.png"]
+    assert "leaving out 2 entries" in caplog.text and "1 × broken symlink (e.g. " in caplog.text
+    assert f"b.jpg → {tmp_path / 'gone' / 'b.jpg'}" in caplog.text and "1 × not a regular file" in caplog.text
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(FileNotFoundError, match="holds no images .* found: 1 × broken symlink .*b.jpg"):
+        list_images(tmp_path, "style")
+
+
 def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
     with pytest.raises(ValueError, match="data.resize=32 must be ≥ data.crop=64"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), crop=64, resize=32)
