@@ -9,11 +9,13 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import time
 import types
 import typing
 import warnings
+import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -210,14 +212,17 @@ def check_inputs_exist(cfg: DictConfig) -> None:
         and ckpt not in ("auto", *LIGHTNING_CKPT_NAMES)
         and not ckpt.startswith("registry")
         and "://" not in ckpt  # a remote file (s3://...): Lightning opens it
-        and not Path(ckpt).expanduser().is_file()
     ):
-        problems.append(
-            folder_given(f"ckpt_path: {ckpt}")
-            if Path(ckpt).expanduser().is_dir()
-            else f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
-            "resumes this run folder's checkpoints/last.ckpt, ckpt_path=null starts fresh)"
-        )
+        if Path(ckpt).expanduser().is_file():
+            why = resume_file_problem(Path(ckpt).expanduser())
+            problems += [f"ckpt_path: {why}"] if why else []
+        else:
+            problems.append(
+                folder_given(f"ckpt_path: {ckpt}")
+                if Path(ckpt).expanduser().is_dir()
+                else f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
+                "resumes this run folder's checkpoints/last.ckpt, ckpt_path=null starts fresh)"
+            )
     if ckpt == "best":  # Trainer.fit refuses it, after the network is built
         problems.append(
             "ckpt_path=best: Lightning knows the best checkpoint only from one it has loaded, so a run cannot "
@@ -251,6 +256,51 @@ def check_inputs_exist(cfg: DictConfig) -> None:
         )
     if problems:
         raise FileNotFoundError("this run cannot start:\n  " + "\n  ".join(problems))
+
+
+def resume_file_problem(path: Path) -> str | None:
+    """Why train.py cannot resume from ``path``, else None. Read here (its weights memory-mapped, not
+    loaded) so that a copy cut short, a bare weights file or another model's checkpoint is named before
+    the data and networks are built: Lightning's own load failed after them, with "failed finding
+    central directory", KeyError: 'pytorch-lightning_version', or every network tensor listed as missing."""
+    if not zipfile.is_zipfile(path):
+        return (
+            f"{path} is not a zip archive, as every checkpoint train.py writes is (torch.save): a copy cut "
+            "short, or another format"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:  # objects the safe unpickler refuses: Lightning's own load decides
+        return None
+    except Exception as err:
+        return f"{path} cannot be read ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})"
+    if (
+        not isinstance(ckpt, dict)
+        or "pytorch-lightning_version" not in ckpt
+        or not isinstance(ckpt.get("state_dict"), dict)
+    ):
+        held = (
+            f"keys e.g. {', '.join(map(str, list(ckpt)[:3]))}"
+            if isinstance(ckpt, dict)
+            else type(ckpt).__name__
+        )
+        return (
+            f"{path} is no Lightning training checkpoint ({held}): train.py resumes the checkpoints it "
+            "wrote (a run's checkpoints/last.ckpt)"
+        )
+    keys = [k.replace("_orig_mod.", "") for k in ckpt["state_dict"]]  # torch.compile's wrapper
+    if any(k.startswith("net.") for k in keys):
+        return None
+    if any(k.startswith("model.content_encoder.0.proj.") for k in keys):
+        return (
+            f"{path} is the authors' released SaMam checkpoint: its weights are for stylize.py, eval.py and "
+            "samam.load_official_checkpoint; train.py resumes only the checkpoints it wrote (network, optimizer, "
+            "data stream)"
+        )
+    return (
+        f"{path} is a Lightning checkpoint of another model (no net.* weights; keys e.g. "
+        f"{', '.join(keys[:3]) or 'none'}): train.py resumes the checkpoints it wrote (a run's checkpoints/last.ckpt)"
+    )
 
 
 def switch_arguments(target: str) -> dict[str, tuple[Any, ...]]:

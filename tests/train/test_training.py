@@ -496,6 +496,39 @@ def test_a_missing_ckpt_path_is_refused_before_anything_is_built(compose, tiny, 
         check_inputs_exist(compose([*tiny(), "ckpt_path=best"]))
 
 
+def test_a_ckpt_path_train_cannot_resume_from_is_named_before_anything_is_built(compose, tiny, tmp_path):
+    """A copy cut short, a bare weights file, the authors' released checkpoint or another model's
+    Lightning checkpoint failed only in Lightning's load, after the data and the networks were built,
+    with "failed finding central directory", KeyError: 'pytorch-lightning_version' or every tensor
+    listed as missing; now each is named for what it is."""
+    from samam.train import check_inputs_exist
+
+    main(compose([*tiny(), "trainer.max_steps=1"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    check_inputs_exist(compose([*tiny(), f"ckpt_path={last}"]))  # a run's own checkpoint passes
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    bad = tmp_path / "elsewhere" / "bad.ckpt"
+    bad.parent.mkdir()
+    bad.write_bytes(last.read_bytes()[:4096])
+    with pytest.raises(
+        FileNotFoundError,
+        match="bad.ckpt is not a zip archive, as every checkpoint train.py writes is .*a copy cut short",
+    ):
+        main(compose([*tiny(), "debug=fdr", f"ckpt_path={bad}"]))
+    zero = torch.zeros(1)
+    for saved, why in (
+        ({"features.0.weight": zero}, r"no Lightning training checkpoint \(keys e.g. features.0.weight\)"),
+        (
+            {**ckpt, "state_dict": {"model.content_encoder.0.proj.weight": zero}},
+            "the authors' released SaMam",
+        ),
+        ({**ckpt, "state_dict": {"model.encoder.weight": zero}}, "of another model .*model.encoder.weight"),
+    ):
+        torch.save(saved, bad)
+        with pytest.raises(FileNotFoundError, match=f"ckpt_path: .*bad.ckpt .*{why}"):
+            check_inputs_exist(compose([*tiny(), f"ckpt_path={bad}"]))
+
+
 def test_compile_switch_given_as_a_string_is_refused(compose, tiny):
     """`module.compile=off` reached the module as the string 'off', which is truthy: it compiled."""
     from hydra.errors import InstantiationException
