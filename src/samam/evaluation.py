@@ -848,6 +848,43 @@ def make_grid(
     return torch.cat(rows, dim=1)  # (3, (1 + n_c)·cell, (1 + n_s)·cell)
 
 
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256 (a checkpoint replaced under the same name, as a
+    training run's last.ckpt is, gets another)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def record_settings(
+    record: Path, made_with: dict[str, Any], outputs: Sequence[Path], overwrite: bool
+) -> None:
+    """Refuse, before an image is written, to keep the existing ``outputs`` as this run's when ``record`` (written
+    by an earlier stylize into the folder) says they were made with another checkpoint, sizes,
+    precision or decoding: a rerun with the next checkpoint kept every earlier image under its name and
+    wrote nothing. Then ``record`` holds ``made_with``. The checkpoint's path alone may differ (a copy)."""
+    try:
+        earlier = json.loads(record.read_text()) if record.is_file() else {}
+    except (OSError, ValueError) as err:  # unreadable: nothing to compare with
+        log.warning("stylize: %s cannot be read (%s); it is rewritten", record, err)
+        earlier = {}
+    differ = [
+        f"{k}: {earlier[k]!r} → {v!r}"
+        for k, v in made_with.items()
+        if k in earlier and k != "ckpt_path" and earlier[k] != v
+    ]
+    kept = [p for p in outputs if p.exists()] if differ and not overwrite else []
+    if kept:
+        raise ValueError(
+            f"output_dir {str(record.parent)!r} holds {len(kept)} of this run's outputs (e.g. {kept[0].name}) made with "
+            f"other settings ({brief_list(differ, 6)}; checkpoint then: {earlier.get('ckpt_path')}); they would be kept "
+            "as this run's. Pass overwrite=true to replace them, or give another output_dir."
+        )
+    _write_text(record, json.dumps(made_with, indent=2) + "\n")
+
+
 def stylize(
     ckpt_path: PathLike,
     content: PathLike | Sequence[PathLike],
@@ -876,11 +913,12 @@ def stylize(
     used as its own style) are resized so the shorter side is ``style_side`` (bilinear; 256 and
     bilinear are the release's test defaults). α ∈ [0, 1]
     interpolates the embedding from the content's own (α = 0) to the style's. Existing
-    outputs are kept unless ``overwrite``. ``cuda_graph`` replays one captured CUDA graph per
-    input shape (samam.cuda_graph): worth it for many images of one size, such as video
-    frames. ``match_release`` reads images as the release's test script does (PIL
-    ``convert('RGB')``: no EXIF rotation, alpha dropped) and drops the partial patches at the
-    bottom and right edges as its patch embedding does, so outputs are floor(H/p)·p ×
+    outputs are kept unless ``overwrite``, and refused where ``stylize.json`` says another
+    checkpoint, ``max_side``, ``style_side``, ``precision`` or ``match_release`` made them.
+    ``cuda_graph`` replays one captured CUDA graph per input shape (samam.cuda_graph): worth it
+    for many images of one size, such as video frames. ``match_release`` reads images as the
+    release's test script does (PIL ``convert('RGB')``: no EXIF rotation, alpha dropped) and drops
+    the partial patches at the bottom and right edges as its patch embedding does, so outputs are floor(H/p)·p ×
     floor(W/p)·p and equal the release's; otherwise every pixel is kept (edges padded).
     Returns lists of written and skipped files.
     """
@@ -961,7 +999,17 @@ def stylize(
     else:
         targets = [(p.stem, e) for p, e in zip(style_paths, e_styles)]
         grid_styles = thumbs
-    check_output_names([output_name(c, name, alpha) for c in content_paths for name, _ in targets], out)
+    outputs = [out / output_name(c, name, alpha) for c in content_paths for name, _ in targets]
+    check_output_names([p.name for p in outputs], out)
+    made_with = dict(
+        ckpt_path=str(Path(ckpt_path).expanduser().resolve()),
+        checkpoint_sha256=file_digest(Path(ckpt_path).expanduser()),
+        max_side=max_side,
+        style_side=style_side,
+        precision=precision,
+        match_release=match_release,
+    )
+    record_settings(out / "stylize.json", made_with, outputs, overwrite)
 
     summary: dict[str, Any] = {
         "written": [],

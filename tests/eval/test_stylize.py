@@ -279,6 +279,37 @@ def test_max_side_shrinks_content(tiny_ckpt, pair, tmp_path):
     assert Image.open(tmp_path / "out" / "odd_stylized_art.png").size == (100, 66)
 
 
+def test_a_rerun_with_another_checkpoint_or_size_does_not_keep_the_earlier_images_as_its_own(
+    tiny_ckpt, pair, tmp_path
+):
+    """A rerun into the same folder with the next checkpoint kept every earlier image under its name
+    ("exists, not overwritten"), wrote nothing and succeeded: the folder held the other one's outputs."""
+    content, style = pair
+    out, image = tmp_path / "out", tmp_path / "out" / "odd_stylized_art.png"
+    run(tiny_ckpt, content, style, out, max_side=64)
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["state_dict"]["net.style_embedder.fc.bias"] += 1
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    made = image.read_bytes()
+    for ckpt_path, kw, differ in (
+        (other, {}, "checkpoint_sha256: '"),
+        (tiny_ckpt, {"max_side": 48}, "max_side: 64 → 48"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"holds 1 of this run's outputs .*other settings \\({differ}.*overwrite=true"
+        ):
+            run(ckpt_path, content, style, out, **{"max_side": 64, **kw})
+    assert image.read_bytes() == made
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(tiny_ckpt.read_bytes())  # the same weights elsewhere: the outputs are this run's
+    assert run(copy, content, style, out, max_side=64)["skipped_existing"] == [str(image)]
+    assert run(other, content, style, out, max_side=64, overwrite=True)["written"] == [str(image)]
+    assert image.read_bytes() != made
+    assert run(other, content, style, out, max_side=64)["skipped_existing"] == [str(image)]  # recorded
+    assert json.loads((out / "stylize.json").read_text())["ckpt_path"] == str(other)
+
+
 def test_bf16_precision_runs(tiny_ckpt, pair, tmp_path):
     content, style = pair
     run(tiny_ckpt, content, style, tmp_path / "out", precision="bf16")
@@ -412,7 +443,11 @@ def test_rerun_into_a_folder_inside_the_content_folder_stylises_only_the_content
     first = run(tiny_ckpt, photos, style / "s0.png", out)
     second = run(tiny_ckpt, photos, style / "s0.png", out)
     assert len(first["written"]) == 2 and second["written"] == []
-    assert sorted(p.name for p in out.iterdir()) == ["c0_stylized_s0.png", "c1_stylized_s0.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "c0_stylized_s0.png",
+        "c1_stylized_s0.png",
+        "stylize.json",
+    ]
     with pytest.raises(ValueError, match="is the content folder"):
         run(tiny_ckpt, photos, style / "s0.png", photos)
 
@@ -452,7 +487,11 @@ def test_rerun_into_an_output_folder_reached_through_a_symlink_in_the_content_fo
     first = run(tiny_ckpt, photos, style / "s0.png", photos / "out")
     second = run(tiny_ckpt, photos, style / "s0.png", photos / "out")
     assert len(first["written"]) == 2 and second["written"] == []
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["c0_stylized_s0.png", "c1_stylized_s0.png"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == [
+        "c0_stylized_s0.png",
+        "c1_stylized_s0.png",
+        "stylize.json",
+    ]
     # the other way round, a content folder inside the output folder (output_dir=.): all of it is content
     inside = tmp_path / "work" / "photos"
     shutil.copytree(content, inside)
