@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from samam.checkpoint import code_version, folder_given
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
-from samam.fileio import atomic_write
+from samam.fileio import atomic_write, unwritable
 from samam.logging_utils import brief_list
 from samam.metrics import (
     METRIC_NAMES,
@@ -170,8 +170,11 @@ def save_png(image: Tensor, path: PathLike) -> None:
 
 
 def check_output_dir(output_dir: Path) -> None:
-    """Refuse, before any work, an ``output_dir`` that is a file or lies below one: creating it
-    failed with a bare FileExistsError once the network was loaded."""
+    """Refuse, before any work, an ``output_dir`` that is a file or lies below one (creating it
+    failed with a bare FileExistsError once the network was loaded), or that cannot be written
+    (eval.py failed at its first image, once every input had been decoded and checked)."""
+    if why := unwritable(output_dir):
+        raise PermissionError(f"output_dir {str(output_dir)!r}: {why}; give a folder you can write to")
     for folder in (output_dir, *output_dir.parents):
         if folder.is_dir():
             return

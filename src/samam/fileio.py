@@ -38,3 +38,15 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why this process cannot create files in ``folder`` (or, not there yet, in the nearest folder
+    above it, where it would be created), else None: no write permission, or a read-only file
+    system. Checked before any work, so that a run does not fail at its first write, hours in."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
+        return None
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    return f"no permission to create files in {existing}"

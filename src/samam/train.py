@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may not run train.py's imports)
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, DropRedoneCsvRows, LossSummary
 from samam.checkpoint import code_version, folder_given
-from samam.fileio import atomic_write
+from samam.fileio import atomic_write, unwritable
 from samam.logging_utils import brief_list, finish_wandb, first_process
 from samam.nn.samam import check_switches
 
@@ -223,6 +223,15 @@ def check_inputs_exist(cfg: DictConfig) -> None:
                 else f"ckpt_path: no file {ckpt} (absolute: {Path(ckpt).expanduser().absolute()}; ckpt_path=auto "
                 "resumes this run folder's checkpoints/last.ckpt, ckpt_path=null starts fresh)"
             )
+    for name, node in (cfg.get("callbacks") or {}).items():  # checkpoint folders, written hours in
+        # (one that does not resolve here, ${hydra:...} without Hydra, is left to the run)
+        folder = (
+            OmegaConf.select(node, "dirpath", throw_on_resolution_failure=False)
+            if OmegaConf.is_dict(node)
+            else None
+        )
+        if isinstance(folder, str) and "://" not in folder and (why := unwritable(Path(folder).expanduser())):
+            problems.append(f"callbacks.{name}.dirpath: {why}")
     if ckpt == "best":  # Trainer.fit refuses it, after the network is built
         problems.append(
             "ckpt_path=best: Lightning knows the best checkpoint only from one it has loaded, so a run cannot "

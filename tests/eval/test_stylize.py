@@ -353,6 +353,24 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(pair, tmp_path)
         run(tmp_path / "never-read.ckpt", content, style, content / "out")
 
 
+@pytest.mark.parametrize("tool", ["stylize", "evaluate"])
+def test_an_output_dir_that_cannot_be_written_is_refused_before_any_work(pair, tmp_path, monkeypatch, tool):
+    """Not writable (permissions; a read-only mount, simulated: root writes anywhere): eval.py failed
+    at its first image, once every input had been decoded and checked."""
+    from samam.evaluation import evaluate
+
+    content, style = pair
+    locked, real_access = tmp_path / "locked", os.access
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw))
+    call = stylize if tool == "stylize" else lambda ckpt, c, s, out: evaluate(ckpt, c, s, out)
+    with pytest.raises(
+        PermissionError, match=f"output_dir '.*out': no permission to create files in {locked}; give"
+    ):
+        call(tmp_path / "never-read.ckpt", content, style, locked / "new" / "out")
+    assert not (locked / "new").exists()
+
+
 @pytest.mark.parametrize(
     "kw, msg",
     [({"batch_size": 0}, "batch_size must be ≥ 1"), ({"grid_cell": 0}, "grid_cell must be ≥ 1"),

@@ -529,6 +529,28 @@ def test_a_ckpt_path_train_cannot_resume_from_is_named_before_anything_is_built(
             check_inputs_exist(compose([*tiny(), f"ckpt_path={bad}"]))
 
 
+def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_anything_is_built(
+    compose, tiny, tmp_path, monkeypatch
+):
+    """A checkpoint dirpath on a read-only mount or without write permission (simulated: root writes
+    anywhere) failed at the first save, every_n_train_steps into the run."""
+    from samam.train import check_inputs_exist
+
+    locked, real_access = tmp_path / "locked", os.access
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw))
+    run = [*tiny(), f"callbacks.checkpoint.dirpath={locked}/ckpts"]
+    with pytest.raises(
+        FileNotFoundError, match=f"callbacks.checkpoint.dirpath: no permission to create files in {locked}$"
+    ):
+        check_inputs_exist(compose(run))
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(FileNotFoundError, match=f"dirpath: {locked} is on a read-only file system$"):
+        check_inputs_exist(compose(run))
+    remote = "callbacks.checkpoint.dirpath=s3://bucket/ckpts"  # Lightning's to open: not checked here
+    check_inputs_exist(compose([*tiny(), remote]))
+
+
 def test_compile_switch_given_as_a_string_is_refused(compose, tiny):
     """`module.compile=off` reached the module as the string 'off', which is truthy: it compiled."""
     from hydra.errors import InstantiationException
