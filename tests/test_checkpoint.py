@@ -173,6 +173,33 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         load_checkpoint(tmp_path / "resnet.ckpt")
 
 
+def test_a_checkpoint_that_does_not_fit_is_named_in_the_error(tmp_path):
+    """eval.py's log, or a script loading several, said only "not a SaMam release checkpoint" or
+    "missing in checkpoint", not which file; a state_dict entry that is no mapping failed with
+    "'NoneType' object has no attribute 'items'" or "Boolean value of Tensor ... is ambiguous"."""
+    vgg = tmp_path / "vgg_normalised.pth"
+    torch.save({"0.weight": torch.zeros(3, 3, 1, 1)}, vgg)
+    for load in (load_model, load_official_checkpoint):
+        with pytest.raises(
+            CheckpointError, match=f"^{re.escape(str(vgg))}: this is not a SaMam release .*e.g. 0.weight"
+        ):
+            load(vgg, backend="torch")
+    path, ckpt = _our_checkpoint(tmp_path, SaMam(**TINY, backend="torch"))
+    del ckpt["state_dict"]["net.style_embedder.fc.bias"]
+    torch.save(ckpt, path)
+    with pytest.raises(
+        CheckpointError, match=f"(?s)^{re.escape(str(path))}: checkpoint does not match .*fc.bias"
+    ):
+        load_checkpoint(path, backend="torch")
+    for held, sd in (("NoneType", None), ("Tensor", torch.zeros(3))):
+        for saved in ({"state_dict": sd}, {**ckpt, "state_dict": sd}):  # the authors' kind, ours
+            torch.save(saved, path)
+            with pytest.raises(
+                CheckpointError, match=f"^{re.escape(str(path))}: its 'state_dict' entry is a {held}"
+            ):
+                load_model(path, backend="torch")
+
+
 def test_a_bare_state_dict_of_ours_is_refused_not_rebuilt_with_defaults(tmp_path):
     """Its switches (here scan=cross) are not in the tensors: rebuilding from shapes would give zigzag."""
     net = SaMam(**TINY, scan="cross", backend="torch")

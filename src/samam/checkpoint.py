@@ -7,6 +7,7 @@ CPU, wherever they were saved; ``map_location`` is the device the network is the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import math
@@ -15,7 +16,7 @@ import pickle
 import re
 import subprocess
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +328,7 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
             new = key
         sd[new], origin[new] = value, key
     if "content_encoder.patch_embed.weight" not in sd:
-        example = ", ".join(list(state_dict)[:3])
+        example = ", ".join(map(str, list(state_dict)[:3])) or "no tensors at all"
         raise CheckpointError(
             "this is not a SaMam release checkpoint: expected keys such as "
             f"'model.content_encoder.0.proj.weight', found e.g. {example}"
@@ -343,8 +344,26 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
     return infer_config(sd), sd, origin
 
 
+@contextlib.contextmanager
+def _naming(path: str | os.PathLike) -> Iterator[None]:
+    """A CheckpointError raised while building the network from ``path`` names the file (a script
+    loading several, or eval.py's log, said only "not a SaMam release checkpoint")."""
+    try:
+        yield
+    except CheckpointError as err:
+        raise CheckpointError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+
+
+def _tensors(ckpt: Mapping, key: str) -> Mapping:
+    """``ckpt[key]`` (or ``ckpt`` itself without it: a bare state dict), refused unless a mapping."""
+    sd = ckpt.get(key, ckpt)
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"its {key!r} entry is a {type(sd).__name__}, not tensors by name")
+    return sd
+
+
 def _official_net(ckpt: Mapping, backend: str) -> SaMam:
-    cfg, sd, origin = convert_official_state_dict(ckpt.get("state_dict", ckpt))
+    cfg, sd, origin = convert_official_state_dict(_tensors(ckpt, "state_dict"))
     net = SaMam(**cfg, backend=backend)
     load_state_dict_strict(net, sd, origin)
     return net
@@ -377,7 +396,7 @@ def _our_net(ckpt: Mapping, backend: str, path) -> SaMam:
             f"{path} has no 'samam' entry with the network config; for the authors' released checkpoints "
             "use samam.load_official_checkpoint (or samam.load_model, which detects the kind)"
         )
-    sd, state_dict = {}, ckpt.get("state_dict", {})
+    sd, state_dict = {}, _tensors(ckpt, "state_dict") if "state_dict" in ckpt else {}
     wrapper = _wrapper_prefix(state_dict)
     for k, v in state_dict.items():
         k = k.removeprefix(wrapper)
@@ -406,7 +425,9 @@ def load_official_checkpoint(
     Every size is inferred from tensor shapes, so any checkpoint of the family loads; a state dict
     saved through nn.DataParallel or DDP (``module.`` on every key) loads too."""
     ckpt = _torch_load(path, trust_pickle)
-    return _official_net(ckpt, backend).to(map_location).eval()
+    with _naming(path):
+        net = _official_net(ckpt, backend)
+    return net.to(map_location).eval()
 
 
 def folder_given(named: str) -> str:
@@ -425,7 +446,9 @@ def load_checkpoint(
     subclass of it the run trained (``ckpt["samam"]["net_class"]``). Keys saved through nn.DataParallel
     or DDP (``module.`` on every key) or torch.compile (``_orig_mod.``) load too."""
     ckpt = _torch_load(path, trust_pickle)
-    return _our_net(ckpt, backend, path).to(map_location).eval()
+    with _naming(path):
+        net = _our_net(ckpt, backend, path)
+    return net.to(map_location).eval()
 
 
 def load_model(
@@ -436,9 +459,10 @@ def load_model(
 ) -> SaMam:
     """Ours or the authors': dispatches on the checkpoint's content (read once)."""
     ckpt = _torch_load(path, trust_pickle)
-    net = (
-        _our_net(ckpt, backend, path)
-        if isinstance(ckpt.get("samam"), Mapping)
-        else _official_net(ckpt, backend)
-    )
+    with _naming(path):
+        net = (
+            _our_net(ckpt, backend, path)
+            if isinstance(ckpt.get("samam"), Mapping)
+            else _official_net(ckpt, backend)
+        )
     return net.to(map_location).eval()
