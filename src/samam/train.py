@@ -644,7 +644,8 @@ def resolve_resume(
     the W&B run id is taken from it too), {} for none.
 
     ``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
-    restarted job resumes where it stopped), else a fresh start. The checkpoint must come from
+    restarted job resumes where it stopped), else a fresh start, refused where ``checkpoints/`` holds
+    other checkpoints (last.ckpt's save failed: a fresh start would overwrite them). The checkpoint must come from
     the same run (``identity``, see :func:`run_identity`: experiment, seed, network, loss,
     optimiser, data, as written), else the run stops rather than resume or overwrite another
     run: two runs in one SLURM job share its folder. A checkpoint from before identities were
@@ -689,12 +690,18 @@ def resolve_resume(
                 brief_list(differ, 8),
             )
         return ckpt_path, meta
+    others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime)
     if not last.is_file():
+        if others:  # a fresh start would overwrite them (their run's own steps, most likely)
+            raise RuntimeError(
+                f"ckpt_path=auto: {last.parent} holds {len(others)} checkpoint(s) but no last.ckpt (its save failed, "
+                f"on a full disk say, or it was removed). Resume with ckpt_path={others[-1]} (the newest), or "
+                "pass ckpt_path=null to start over there (overwriting them)."
+            )
         return None, {}
     try:
         meta = _read_meta(last)
     except Exception as err:  # damaged (a full disk, a copy cut short): not "another run's"
-        others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime)
         instead = (
             f"ckpt_path={others[-1]} (the newest other checkpoint there)" if others else "ckpt_path=null"
         )

@@ -1497,6 +1497,23 @@ def test_auto_resume_from_a_damaged_last_ckpt_says_so_and_names_a_checkpoint_to_
         resolve_resume("auto", tmp_path, mine, resolved_config=mine)[0]
 
 
+def test_auto_refuses_a_fresh_start_over_step_checkpoints_without_last(tmp_path):
+    """A full disk failed last.ckpt's save right after the first step checkpoint's: the rerun with
+    ckpt_path=auto found no last.ckpt, started from step 0 without a word and overwrote that checkpoint."""
+    from samam.train import resolve_resume
+
+    assert resolve_resume("auto", tmp_path, {"seed": 0}) == (None, {})  # nothing there: a fresh start
+    (tmp_path / "checkpoints").mkdir()
+    step = tmp_path / "checkpoints" / "step0000002.ckpt"
+    torch.save({"samam": {"identity": {"seed": 0}}}, step)
+    with pytest.raises(
+        RuntimeError,
+        match=f"holds 1 checkpoint.* no last.ckpt .*Resume with ckpt_path={step} .*ckpt_path=null",
+    ):
+        resolve_resume("auto", tmp_path, {"seed": 0})
+    assert resolve_resume(None, tmp_path, {"seed": 0}) == (None, {})  # ckpt_path=null: start over
+
+
 def test_a_ckpt_path_under_home_given_with_a_tilde_resumes_as_the_expanded_path(tmp_path, monkeypatch):
     """check_inputs_exist and Lightning expand ~; the run-folder logic (W&B run continued, CSV rows,
     the requeued fine-tune's last.ckpt) read ~/run/... as a relative path and did none of it."""
