@@ -69,6 +69,21 @@ def processes(cfg: DictConfig) -> int:
     return n
 
 
+def check_devices(cfg: DictConfig) -> None:
+    """Refuse a trainer that would start no process (``trainer.devices=0``, ``[]``, ``-2``;
+    ``trainer.num_nodes=0``) before anything is built: Lightning refused it only as the Trainer was
+    built, after the networks, in its own words ("`Trainer(devices=0)` value is not a valid input")."""
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ValueError(f"trainer.num_nodes={nodes}: give the number of machines, 1 or more")
+    below = isinstance(devices, int) and not isinstance(devices, bool) and devices < -1
+    if below or world_size(devices, 1) == 0:
+        raise ValueError(
+            f"trainer.devices={devices}: no device to train on; give 1 or more (trainer=cpu: one CPU "
+            "process; trainer.devices=1: one GPU; trainer.devices=-1: every visible GPU)"
+        )
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Refuse Hydra multirun on any launcher but SLURM's (the in-process basic one, submitit_local)
     when a run would have more than one process, whatever the strategy says (with strategy=auto
@@ -934,6 +949,7 @@ def _restore_holder_files(folder: Path, lock: Any) -> None:
 def main(cfg: DictConfig) -> dict[str, float]:
     """Train one run. Returns the final callback metrics (Hydra sweepers can optimise them)."""
     try:
+        check_devices(cfg)  # first: the checks below count the processes from it
         check_launch(cfg)
         check_strategy(cfg)
         check_batch_split(cfg)

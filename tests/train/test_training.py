@@ -1304,6 +1304,29 @@ def test_a_run_length_below_one_step_is_refused_before_anything_is_built(compose
     check_no_epochs(compose([*tiny(tmp_path / "run"), "trainer.max_steps=-1"]))
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.devices=0", "trainer.devices=0: no device to train on; give 1 or more"),
+        ("trainer.devices=[]", r"trainer.devices=\[\]: no device to train on"),
+        ("trainer.devices=-2", "trainer.devices=-2: no device to train on"),
+        ("trainer.num_nodes=0", "trainer.num_nodes=0: give the number of machines"),
+    ],
+)
+def test_a_trainer_with_no_device_is_refused_before_anything_is_built(
+    compose, tiny, tmp_path, override, message
+):
+    """Lightning refused trainer.devices=0 only as the Trainer was built, after the networks, naming
+    no key ("`Trainer(devices=0)` value is not a valid input using cpu accelerator")."""
+    with pytest.raises(ValueError, match=message):
+        main(compose([*tiny(tmp_path / "run"), override]))
+    assert not (tmp_path / "run").exists()
+    from samam.train import check_devices
+
+    for fine in ("trainer.devices=1", "trainer.devices=-1", "trainer.devices=auto", 'trainer.devices="0,"'):
+        check_devices(compose([*tiny(), fine]))
+
+
 def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
     """Lightning starts the endless stream over at each limit_train_batches "epoch": every epoch
     trained on the same batches, silently. fast_dev_run, which sets the limit itself, still runs."""
