@@ -451,8 +451,14 @@ def _fmt(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def results_markdown(res: Mapping[str, Any]) -> str:
-    """The results as one markdown table (null values show as – with their reason below)."""
+def results_markdown(
+    res: Mapping[str, Any], higher_is_better: Mapping[str, bool | None] | None = None
+) -> str:
+    """The results as one markdown table (null values show as – with their reason below).
+    ``higher_is_better``: the metrics' directions (the suite's), shown as ↑/↓ beside the metrics
+    of one's own; one left unknown (None) shows none."""
+    arrow = {True: " ↑", False: " ↓"}
+    better = higher_is_better or {}
     rows = [
         ("ArtFID ↓", "artfid"),
         ("FID (art Inception) ↓", "fid_art"),
@@ -460,7 +466,11 @@ def results_markdown(res: Mapping[str, Any]) -> str:
         ("CFSD ↓", "cfsd"),
         ("FID (TF-Inception, torch-fidelity) ↓", "fid_tf"),
         # metrics of one's own (metrics.extra), named by their key
-        *((k, k) for k in res.get("metric_networks") or {} if k not in METRIC_NAMES),
+        *(
+            (f"{k}{arrow.get(better.get(k), '')}", k)
+            for k in res.get("metric_networks") or {}
+            if k not in METRIC_NAMES
+        ),
         ("ms / image", "ms_per_image"),
         ("GMACs", "gmacs"),
         ("parameters", "params"),
@@ -792,7 +802,7 @@ def evaluate(
         )
         res["elapsed_s"] = time.perf_counter() - t_start
         _write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
-        _write_text(out / "results.md", results_markdown(res))
+        _write_text(out / "results.md", results_markdown(res, suite.higher_is_better))
 
     # The metrics are on disk before the benchmark starts: a benchmark that fails (out of
     # memory, say) or is killed loses none of them.

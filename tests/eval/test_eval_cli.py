@@ -139,9 +139,22 @@ def test_eval_scores_a_metric_of_ones_own_from_the_command_line(tiny_ckpt, image
     saved = json.loads((out / "results.json").read_text())
     assert -1 <= saved["ssim"] <= 1 and saved["ssim"] == res["ssim"] and saved["lpips"] is not None
     assert "StructuralSimilarityIndexMeasure" in saved["metric_networks"]["ssim"]
-    assert f"| ssim | {saved['ssim']:.4g} |" in (out / "results.md").read_text()
+    # with its direction, as the protocol's metrics have theirs (SSIM: higher is better)
+    assert f"| ssim ↑ | {saved['ssim']:.4g} |" in (out / "results.md").read_text()
     # every other key is one an extra metric may not take (M.RESERVED_NAMES): none is overwritten
     assert set(saved) - {"ssim", *M.METRIC_NAMES} <= M.RESERVED_NAMES
+
+
+def test_results_md_shows_the_direction_of_each_metric_of_ones_own():
+    """results.md showed ↑/↓ beside the protocol's metrics only, though the suite knows each
+    extra's direction (its class's higher_is_better, or the config's); an unknown one shows none."""
+    from samam.evaluation import results_markdown
+
+    res = {"metric_networks": {"lpips": "AlexNet", "ssim": "SSIM", "mae": "MAE", "mine": "?"}}
+    res |= {"lpips": 0.4, "ssim": 0.8, "mae": 0.1, "mine": 2.0}
+    md = results_markdown(res, {"lpips": False, "ssim": True, "mae": False, "mine": None})
+    for row in ("| LPIPS ↓ | 0.4 |", "| ssim ↑ | 0.8 |", "| mae ↓ | 0.1 |", "| mine | 2 |"):
+        assert row in md.splitlines(), row
 
 
 def test_eval_disabled_metrics_are_null_with_reason(tiny_ckpt, image_dirs, tmp_path):
