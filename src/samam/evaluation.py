@@ -185,6 +185,28 @@ def check_output_dir(output_dir: Path) -> None:
             )
 
 
+def check_inputs_exist(ckpt_path: PathLike, **inputs: PathLike | Sequence[PathLike]) -> None:
+    """Every input that does not exist, named in one error before any work (``inputs``: each key's
+    file, folder or list of them): a missing ckpt_path was reported alone, and a mistyped content
+    or style folder only on the next try, once the network (and eval's metric networks) had loaded."""
+    problems = []
+    if not Path(ckpt_path).expanduser().exists():  # a folder: load_network says what to give instead
+        problems.append(_checkpoint_not_found(Path(ckpt_path).expanduser()))
+    for key, given in inputs.items():
+        for source in [given] if isinstance(given, (str, os.PathLike)) else given:
+            p = Path(source).expanduser()
+            if not p.exists():
+                problems.append(f"{key}: {str(p)!r} does not exist (absolute: {p.resolve()})")
+    if len(problems) == 1:
+        raise FileNotFoundError(problems[0])
+    if problems:
+        raise FileNotFoundError("missing inputs:\n  " + "\n  ".join(problems))
+
+
+def _checkpoint_not_found(path: Path) -> str:
+    return f"checkpoint not found: {str(path)!r} (ckpt_path=...; absolute: {path.resolve()})"
+
+
 def check_output_names(names: Sequence[str], output_dir: Path) -> None:
     """Refuse, before any work, output file names longer than the file system allows."""
     try:
@@ -254,9 +276,7 @@ def load_network(
     if path.is_dir():
         raise IsADirectoryError(folder_given(f"ckpt_path {str(path)!r}"))
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {str(path)!r} (ckpt_path=...; absolute: {path.resolve()})"
-        )
+        raise FileNotFoundError(_checkpoint_not_found(path))
     from samam import load_model
 
     net = load_model(path, map_location=device, backend=backend, trust_pickle=trust_pickle)
@@ -636,6 +656,7 @@ def evaluate(
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     out = Path(output_dir).expanduser()
     check_output_dir(out)
+    check_inputs_exist(ckpt_path, content_dir=content_dir, style_dir=style_dir)
     dev = resolve_device(device)
     autocast(dev, precision)  # validates the name before any work
     net = load_network(ckpt_path, dev, backend, trust_pickle)
@@ -957,6 +978,7 @@ def stylize(
             raise ValueError(f"{name} must be ≥ 1 px or null, got {value}")
     out = Path(output_dir).expanduser()
     check_output_dir(out)
+    check_inputs_exist(ckpt_path, content=content, style=style)
     dev = resolve_device(device)
     autocast(dev, precision)
     net = load_network(ckpt_path, dev, backend, trust_pickle)

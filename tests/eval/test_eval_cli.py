@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,26 @@ def test_eval_missing_checkpoint(image_dirs, tmp_path):
     ]
     with pytest.raises(ValueError, match="eval.py needs ckpt_path: python eval.py ckpt_path="):
         entry_point("eval")(compose_eval(unset))
+
+
+def test_eval_names_every_missing_input_at_once(tiny_ckpt, image_dirs, tmp_path):
+    """A missing ckpt_path was reported alone: a mistyped content folder showed only on the next
+    try, after the network and the metric networks had loaded."""
+    overrides = base_overrides(tmp_path / "absent.ckpt", image_dirs, tmp_path / "o")
+    overrides += [f"content_dir={tmp_path / 'photoz'}", f"style_dir={tmp_path / 'artz'}"]
+    with pytest.raises(FileNotFoundError) as err:
+        entry_point("eval")(compose_eval(overrides))
+    for named in (
+        "checkpoint not found: '.*absent.ckpt'",
+        "content_dir: '.*photoz' does not exist",
+        "style_dir: '.*artz'",
+    ):
+        assert re.search(named, str(err.value)), named
+    assert not (tmp_path / "o").exists()
+    # the checkpoint there, a folder missing: that folder, before the network loads
+    overrides = [*base_overrides(tiny_ckpt, image_dirs, tmp_path / "o"), f"style_dir={tmp_path / 'artz'}"]
+    with pytest.raises(FileNotFoundError, match="^style_dir: '.*artz' does not exist"):
+        entry_point("eval")(compose_eval(overrides))
 
 
 @pytest.mark.parametrize("name", ["eval", "stylize"])

@@ -334,6 +334,25 @@ def test_missing_checkpoint_clear_message(pair, tmp_path):
         run(tmp_path / "run", content, style, tmp_path / "out")
 
 
+def test_every_missing_input_is_named_at_once(pair, tmp_path):
+    """A missing ckpt_path was reported alone: a mistyped content or style showed only on the next
+    try, once the network had loaded."""
+    content, style = pair
+    with pytest.raises(FileNotFoundError) as err:
+        run(tmp_path / "nope.ckpt", tmp_path / "photoz", [style, tmp_path / "artz.png"], tmp_path / "out")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "missing inputs:" and len(lines) == 4
+    for line, named in zip(
+        lines[1:],
+        (
+            "checkpoint not found: '.*nope.ckpt'",
+            "content: '.*photoz' does not",
+            "style: '.*artz.png' does not",
+        ),
+    ):
+        assert re.search(named, line), (named, line)
+
+
 def test_a_switch_given_as_a_string_is_refused_before_any_work(pair, tmp_path):
     """`match_release=yes` arrives as the string 'yes': truthy, it read images as the release does."""
     content, style = pair
