@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -17,6 +18,26 @@ def slurm_gpus(accelerator: str, devices: Any) -> Any:
 
 
 OmegaConf.register_new_resolver("samam.slurm_gpus", slurm_gpus, replace=True)
+
+
+AD_HOC = "default"  # train.yaml's experiment_name: no study named
+
+
+def wandb_group(experiment_name: str) -> str:
+    """The W&B group: the study's name, except in a sweep of no study (``python train.py -m
+    scan=zigzag,cross``), which is grouped as ``default-<its folder's name>`` (its start time): every
+    such sweep went to the one group "default". A requeued or resumed arm runs in the same folder,
+    so it keeps its group."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if experiment_name != AD_HOC or not HydraConfig.initialized():
+        return experiment_name
+    hc = HydraConfig.get()
+    return f"{experiment_name}-{Path(hc.sweep.dir).name}" if hc.mode == RunMode.MULTIRUN else experiment_name
+
+
+OmegaConf.register_new_resolver("samam.wandb_group", wandb_group, replace=True)
 
 
 # conf/hydra/launcher/slurm.yaml builds on submitit_slurm

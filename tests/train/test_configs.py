@@ -309,6 +309,32 @@ def test_the_training_code_registers_the_config_resolvers():
     assert res.returncode == 0 and res.stdout.strip() == "None", res.stderr[-2000:]
 
 
+def test_a_sweep_of_no_study_gets_a_wandb_group_of_its_own(monkeypatch):
+    """Every sweep of no study (python train.py -m scan=zigzag,cross: experiment_name 'default')
+    went to the one W&B group "default", whatever day it ran; each now has default-<its folder's
+    name>, its start time. A study's sweep keeps the study's name, a single run 'default'."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    import samam.resolvers  # noqa: F401 (train.py imports it: registers ${samam.wandb_group:...})
+
+    def group(overrides: list[str]) -> str:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides, return_hydra_config=True)
+        monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: cfg.hydra))
+        return cfg.logger.wandb.group
+
+    sweep = ["hydra.mode=MULTIRUN", "scan=cross"]
+    assert group([*sweep, "hydra.sweep.dir=multirun/default/2026-11-28_10-00-00-000001"]) == (
+        "default-2026-11-28_10-00-00-000001"
+    )
+    assert re.fullmatch(r"default-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", group(sweep))  # train.yaml's folder
+    assert group(["hydra.mode=MULTIRUN", "experiment=ablation_zigzag"]) == "ablation_zigzag"
+    assert group(["hydra.mode=RUN", "scan=cross"]) == "default"
+    assert group([*sweep, "logger.wandb.group=mine"]) == "mine"
+
+
 def test_a_new_top_level_key_is_refused(monkeypatch, compose, tiny, tmp_path):
     """Hydra answers a mistyped `validate_before_trainig=true` with "To append to your config use
     +validate_before_trainig=true"; that ran, ignoring it. Group appends stay allowed."""
