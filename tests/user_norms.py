@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samam.nn.norms import DecoderNorm
+from samam.nn.norms import DecoderNorm, InstanceNorm
 from samam.nn.style import StyleAffine
 
 
@@ -41,6 +41,13 @@ class ScaledInstanceNorm(DecoderNorm):
         self, x: torch.Tensor, style_vec: torch.Tensor, channels: slice = slice(None)
     ) -> torch.Tensor:
         return F.instance_norm(x) * self.scale[channels, None, None]
+
+
+class AffineFreeInstanceNorm(InstanceNorm):
+    """A built-in norm, subclassed: built as every norm is, cls(channels, style_dim)."""
+
+    def forward(self, x, style_vec, channels=slice(None)):
+        return F.instance_norm(x)
 
 
 class NotANorm(nn.Module):

@@ -35,6 +35,17 @@ def test_a_norm_of_ones_own_builds_forwards_and_trains():
 
 
 @torch.no_grad()
+def test_a_subclass_of_a_built_in_norm_is_built_as_every_norm_is():
+    """Each block builds its norm as cls(channels, style_dim); layernorm and instancenorm took
+    channels only, so a subclass of one named by path failed with a TypeError."""
+    from samam.nn.norms import OUT_NORMS, norm_class
+
+    for name in OUT_NORMS:
+        assert norm_class(name)(8, 16)(torch.rand(2, 8, 3, 3), torch.rand(2, 16)).shape == (2, 8, 3, 3)
+    net = SaMam(**TINY, out_norm="user_norms:AffineFreeInstanceNorm", backend="torch")
+    assert net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 64, 64)).shape == (1, 3, 32, 32)
+
+
 def test_zero_init_starts_a_norm_of_ones_own_neutral():
     """model.zero_init=true calls each norm's neutral_init_: here plain GroupNorm for every style."""
     x = torch.randn(2, 64, 5, 6)

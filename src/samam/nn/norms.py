@@ -67,7 +67,9 @@ class SAIN(DecoderNorm):
 class LayerNorm2d(DecoderNorm):
     """LayerNorm over channels at every pixel (VMamba's out_norm), with affine."""
 
-    def __init__(self, channels: int):
+    def __init__(
+        self, channels: int, style_dim: int | None = None
+    ):  # style_dim: unused, as every norm is built
         super().__init__()
         self.norm = nn.LayerNorm(channels)
 
@@ -80,7 +82,9 @@ class InstanceNorm(DecoderNorm):
 
     per_channel = True
 
-    def __init__(self, channels: int):
+    def __init__(
+        self, channels: int, style_dim: int | None = None
+    ):  # style_dim: unused, as every norm is built
         super().__init__()
         self.norm = nn.InstanceNorm2d(channels, affine=True)
 
@@ -117,8 +121,4 @@ def norm_class(name: str) -> type[DecoderNorm]:
 
 
 def make_norm(kind: OutNorm | str, channels: int, style_dim: int) -> DecoderNorm:
-    if kind == "layernorm":
-        return LayerNorm2d(channels)
-    if kind == "instancenorm":
-        return InstanceNorm(channels)
     return norm_class(kind)(channels, style_dim)
