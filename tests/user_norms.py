@@ -50,5 +50,15 @@ class AffineFreeInstanceNorm(InstanceNorm):
         return F.instance_norm(x)
 
 
+class ParameterFreeNorm(DecoderNorm):
+    """Plain instance norm: no tensors in a state dict."""
+
+    def __init__(self, channels: int, style_dim: int):
+        super().__init__()
+
+    def forward(self, x, style_vec):
+        return F.instance_norm(x)
+
+
 class NotANorm(nn.Module):
     pass

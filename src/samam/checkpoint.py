@@ -205,10 +205,10 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> dict:
         scm=blk + "scm.down.weight" in sd,
         loe="content_encoder.loe.conv1.weight" in sd,
     )
-    # out-norm tensors other than SAIN's (layernorm's, a norm of one's own) belong to a network
-    # that shapes cannot name
+    # out-norm tensors other than SAIN's (layernorm's, a norm of one's own), or none (a norm of
+    # one's own without parameters), belong to a network that shapes cannot name
     norm_keys = {k.removeprefix(blk) for k in keys if k.startswith(blk + "out_norm.")}
-    if norm_keys and norm_keys != _SAIN_KEYS:
+    if norm_keys != _SAIN_KEYS:
         raise CheckpointError(
             "this checkpoint's decoder out-norm is not SAIN; load it with its config (load_checkpoint)"
         )

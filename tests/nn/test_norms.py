@@ -68,6 +68,10 @@ def test_a_network_with_a_norm_of_ones_own_is_rebuilt_from_its_checkpoint(tmp_pa
     # a bare state dict cannot say which norm its tensors belong to
     with pytest.raises(CheckpointError, match="out-norm is not SAIN"):
         infer_config(net.state_dict())
+    # nor that a norm without tensors was there: SAIN was assumed, its tensors then "missing"
+    plain = SaMam(**TINY, out_norm="user_norms:ParameterFreeNorm", backend="torch")
+    with pytest.raises(CheckpointError, match="out-norm is not SAIN"):
+        infer_config(plain.state_dict())
 
 
 def test_a_per_channel_norm_runs_in_channel_parts_and_one_across_channels_runs_whole(monkeypatch):
