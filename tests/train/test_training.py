@@ -1184,11 +1184,11 @@ def test_a_bfloat16_run_trains_with_the_numba_scan(compose, tiny, tmp_path):
 class NaNBatchAt(Callback):
     """Turns the content of the training batch of one step into NaN, as a diverging step would."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank  # rank: that rank's batch only (DDP); None: every rank's
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             batch["content"].fill_(float("nan"))
 
 
@@ -1210,6 +1210,33 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_finite_ch
     ckpts = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["last.ckpt", "step0000002.ckpt"]
     last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_ddp_rank_stops_every_rank_at_the_same_step(
+    tiny, train_subprocess, tmp_path, monkeypatch
+):
+    """A NaN batch on rank 1 only: the ranks share the reduced loss and the averaged gradients, so
+    both raise at the same step (neither waits in a collective for the other, which would hang)
+    and no checkpoint of NaN weights is written by either. A guard (~40 s)."""
+    args = [
+        *tiny(tmp_path),
+        "trainer=ddp_sim",
+        "trainer.max_steps=6",
+        f"hydra.run.dir={tmp_path}",
+        f"+callbacks.nan._target_={__name__}.NaNBatchAt",
+        "+callbacks.nan.step=3",
+        "+callbacks.nan.rank=1",
+    ]
+    path = os.environ.get("PYTHONPATH")  # the ranks import NaNBatchAt from this file
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), *([path] if path else [])]))
+    res = train_subprocess(args, cwd=tmp_path, timeout=200)  # a hung rank: TimeoutExpired
+    text = res.stdout + res.stderr
+    assert res.returncode != 0 and "MEMBER: 2/2" in text, text[-3000:]
+    assert text.count("FloatingPointError: the loss was not finite at step 3") >= 1, text[-3000:]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
