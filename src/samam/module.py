@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from samam.logging_utils import first_process
 from samam.losses import StyleTransferLoss
 from samam.nn.samam import check_switches
 
@@ -240,9 +241,12 @@ class StyleTransferModule(L.LightningModule):
             raise FloatingPointError(
                 self._nonfinite_message(f"the loss was not finite at step {step} ({bad})")
             )
-        log.warning(
-            "the loss was not finite at step %d (%s); the weights still are: the step was skipped", step, bad
-        )
+        if first_process():  # every DDP rank reads the same reduced terms: said once
+            log.warning(
+                "the loss was not finite at step %d (%s); the weights still are: the step was skipped",
+                step,
+                bad,
+            )
 
     def _drain_loss_checks(self) -> None:
         while self._loss_checks:

@@ -1241,9 +1241,10 @@ def test_a_non_finite_loss_on_one_ddp_rank_stops_every_rank_at_the_same_step(
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 
-def test_a_non_finite_loss_with_finite_weights_after_it_only_warns(caplog):
+def test_a_non_finite_loss_with_finite_weights_after_it_only_warns(caplog, monkeypatch):
     """16-mixed's gradient scaler skips a step whose gradients overflow: the weights stay finite
     and training goes on."""
+    from lightning.pytorch.utilities import rank_zero_only
     from tiny import TINY  # here: the DDP tests import this module where tests/ is not on the path
 
     from samam.module import HostCopy, StyleTransferModule
@@ -1253,6 +1254,12 @@ def test_a_non_finite_loss_with_finite_weights_after_it_only_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="samam.module"):
         module._check_losses(7, HostCopy(torch.tensor([math.inf, 0.5])))
     assert "the loss was not finite at step 7 ({'loss': inf})" in caplog.text
+    # the other DDP ranks read the same reduced terms: rank 0 alone says so
+    caplog.clear()
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with caplog.at_level(logging.WARNING, logger="samam.module"):
+        module._check_losses(8, HostCopy(torch.tensor([math.inf, 0.5])))
+    assert "not finite" not in caplog.text
 
 
 @pytest.mark.parametrize(
