@@ -594,7 +594,7 @@ def protocol_deviations(
         if getattr(suite, name) is not None and side != PROTOCOL_SIDE:
             seen = "each image at its own size" if side is None else f"a {side}-px shorter side"
             out.append(f"{name} saw {seen}, not the protocol's {PROTOCOL_SIDE} (metrics.{name}.short_side)")
-    if any("TEST ONLY" in v for v in suite.networks.values()):
+    if suite.stand_ins:
         out.append("random stand-in metric networks (TEST ONLY)")
     out += [
         f"{name} read weights that are not the published file"
@@ -796,10 +796,9 @@ def evaluate(
         device=str(dev),
         precision=precision,
     )
-    stand_ins = [n for n, v in suite.networks.items() if "TEST ONLY" in v]  # test_extractors, lpips.pnet_rand
-    if stand_ins:
+    if suite.stand_ins:
         res["warning"] = (
-            f"the values of {', '.join(stand_ins)} come from random stand-in networks (TEST ONLY) and mean nothing"
+            f"the values of {', '.join(suite.stand_ins)} come from random stand-in networks (TEST ONLY) and mean nothing"
         )
     # content_size=null keeps each file's size: StyleID's own files are all 512² already.
     (h, w), *others = content_shapes
@@ -1184,7 +1183,7 @@ class EvalMetricsCallback(L.Callback):
         # Built here, not at the first evaluation: a missing weight file fails before training.
         self.suite = build_metrics(**self.metrics_cfg, reset_style=False)
         # test_extractors / lpips.pnet_rand: val/ values that look like real ones and mean nothing.
-        self.stand_ins = [n for n, net in self.suite.networks.items() if "TEST ONLY" in net]
+        self.stand_ins = self.suite.stand_ins
         if self.stand_ins and trainer.is_global_zero:
             log.warning(
                 "eval metrics: %s use random stand-in networks (TEST ONLY): their val/ values mean nothing",

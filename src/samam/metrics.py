@@ -725,6 +725,12 @@ class StyleTransferMetrics(nn.Module):
         return [n for n in METRIC_NAMES if n not in self.reasons] + list(self.extra)
 
     @property
+    def stand_ins(self) -> list[str]:
+        """The metrics computed by random stand-in networks (test_extractors, lpips.pnet_rand):
+        their values mean nothing."""
+        return [name for name, net in self.networks.items() if "TEST ONLY" in net]
+
+    @property
     def min_side(self) -> int:
         """Smallest image side every enabled metric accepts: LPIPS's AlexNet pools a 30-px side
         to nothing, CFSD's relu3_1 needs 4 px, the art Inception 75 px when it keeps the size
