@@ -405,9 +405,15 @@ def check_no_epochs(cfg: DictConfig) -> None:
     steps = cfg.trainer.get("max_steps", -1)  # Lightning's default: no limit
     if isinstance(steps, bool) or not isinstance(steps, int) or (steps < 1 and steps != -1):
         # 0 "trained 0 steps" and wrote a last.ckpt, exit status 0; -5 failed once the networks were built
+        # Hydra reads 2e5 as a float
+        whole = (
+            f" (written {int(steps)}, not {steps!r})"
+            if isinstance(steps, float) and steps.is_integer()
+            else ""
+        )
         raise ValueError(
-            f"trainer.max_steps={steps}: give the number of optimizer steps to train, 1 or more "
-            "(-1: no limit, until the run is stopped)"
+            f"trainer.max_steps={steps}: give the number of optimizer steps to train, an integer{whole}, 1 or "
+            "more (-1: no limit, until the run is stopped)"
         )
     limit = cfg.trainer.get("limit_train_batches")
     if isinstance(limit, int) and not isinstance(limit, bool) and not cfg.trainer.get("fast_dev_run"):

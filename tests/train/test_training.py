@@ -1336,6 +1336,9 @@ def test_a_run_length_below_one_step_is_refused_before_anything_is_built(compose
         main(compose([*tiny(tmp_path / "run"), f"trainer.max_steps={steps}"]))
     assert not (tmp_path / "run").exists()
     check_no_epochs(compose([*tiny(tmp_path / "run"), "trainer.max_steps=-1"]))
+    # 2e5 is a float to Hydra: the message says how to write it
+    with pytest.raises(ValueError, match=r"an integer \(written 200000, not 200000.0\)"):
+        check_no_epochs(compose([*tiny(tmp_path / "run"), "trainer.max_steps=2e5"]))
 
 
 @pytest.mark.parametrize(
