@@ -696,6 +696,41 @@ print(max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(*outs)) <
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_numba_kernels_compiled_and_loaded_from_the_cache_agree_bit_for_bit(tmp_path):
+    """The process that compiles the kernels (first run after an install or a kernel change)
+    runs the helper kernels it compiled on their own; a process that loads _scan_fwd/_scan_bwd
+    from numba's cache runs the copies inside them. Both must give the same bits, or a
+    run's step-1 loss depends on whether the cache was warm."""
+    code = """
+import sys, torch
+from samam.ops.selective_scan import numba_scan, selective_scan_numba
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+bt, kd, k, n, length = 2, 32, 4, 16, 300
+xs = [torch.randn(bt, kd, length, generator=g), torch.randn(bt, kd, length, generator=g) * 0.5 - 2,
+      -torch.exp(torch.randn(kd, n, generator=g) * 0.5), torch.randn(bt, k, n, length, generator=g),
+      torch.randn(bt, k, n, length, generator=g), torch.randn(kd, generator=g), torch.randn(kd, generator=g)]
+leaves = [t.requires_grad_() for t in xs]
+y = selective_scan_numba(*leaves[:6], delta_bias=leaves[6])
+y.square().sum().backward()
+kernels = numba_scan._kernels()
+print(sum(kernels.fwd.stats.cache_hits.values()) + sum(kernels.bwd.stats.cache_hits.values()))
+torch.save([y.detach()] + [t.grad for t in leaves], sys.argv[1])
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    results = []
+    for run in ("compiled", "cached"):
+        path = tmp_path / f"{run}.pt"
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        results.append((int(out.stdout.split()[-1]), torch.load(path)))
+    (hits_compiled, compiled), (hits_cached, cached) = results
+    assert (hits_compiled, hits_cached) == (0, 2)  # the first compiled both kernels, the second loaded both
+    for name, a, b in zip(["y", *NAMES], compiled, cached, strict=True):
+        assert torch.equal(a, b), f"{name}: {((a - b).abs().max() / b.abs().max()).item():.2e} apart"
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
 @pytest.mark.parametrize("tile", [7, 64])
 @pytest.mark.parametrize("case", ["per_sample_AD", "sharedA_perD_noBias", "noD"])
 def test_numba_time_tiles(case, tile, monkeypatch):

@@ -15,6 +15,14 @@ before the next, so the tile's B and C stay in L2; each channel carries its stat
 The forward keeps the state at each tile start; the backward, in reverse tile order, restarts
 from those and carries the adjoint.
 
+Compiled here or loaded from the cache, the same bits: numba links a copy of each helper kernel
+(and of the parallel loop body) into _scan_fwd/_scan_bwd and optimises it again there, but as a
+weak symbol, so the process that compiles the kernels runs the helpers as compiled on their own,
+and a process that loads _scan_fwd/_scan_bwd from numba's cache runs the copies. fastmath let
+the two round differently (a step-1 loss of 53.374664 vs 53.374660): in a·b + c·d, which product
+to fuse into an FMA (now an explicit `_fma`), and the order of the vectorised sum in _delta_grad
+(now written out, without reassoc). The other sums keep reassoc; a test checks both paths.
+
 Threads: each call uses min(torch.get_num_threads(), NUMBA_NUM_THREADS), so OMP_NUM_THREADS=1
 keeps both libraries on one thread.
 """
@@ -37,6 +45,8 @@ _ITEMS_PER_THREAD = 2
 # forward time tile: T tokens such that the tile's B and C (T × N fp32 each) take this many
 # bytes, so that they stay in cache while every channel of a block scans the tile
 _FWD_TILE_BYTES = 256 * 1024
+# independent running sums of the Δ-bias gradient: a fixed order, without one long chain of adds
+_SUM_LANES = 16
 
 log = logging.getLogger("samam")
 
@@ -56,12 +66,14 @@ def numba_available() -> bool:
 # The kernels below are plain Python until _kernels() compiles them: it replaces each
 # module global by its numba dispatcher, so that numba resolves the calls between them, and
 # their on-disk cache works (numba does not cache closures over other jitted functions).
+_NO_REASSOC = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
 _COMPILE_OPTIONS = {
-    "_i32_as_f32": None,  # a numba intrinsic, not a jitted function
+    "_i32_as_f32": None,  # numba intrinsics, not jitted functions
+    "_fma": None,
     "_exp": dict(fastmath=True, error_model="numpy", inline="always"),
     "_work_item": dict(error_model="numpy", inline="always"),
     "_delta": dict(fastmath=True, error_model="numpy", cache=True),
-    "_delta_grad": dict(fastmath=True, error_model="numpy", cache=True),
+    "_delta_grad": dict(fastmath=_NO_REASSOC, error_model="numpy", cache=True),
     "_scan_fwd": dict(parallel=True, fastmath=True, error_model="numpy", cache=True),
     "_states": dict(fastmath=True, error_model="numpy", cache=True),
     "_adjoint": dict(fastmath=True, error_model="numpy", cache=True),
@@ -89,8 +101,8 @@ def _kernels() -> SimpleNamespace:
                 continue  # already compiled by a concurrent first call
             if options is None:
                 # NUMBA_DISABLE_JIT=1 (debugging) runs the kernels as Python, where an intrinsic
-                # cannot be called: reinterpret the bits with numpy instead
-                module[name] = _i32_as_f32_py if numba.config.DISABLE_JIT else intrinsic(fn)
+                # cannot be called: their numpy versions (<name>_py) stand in
+                module[name] = module[f"{name}_py"] if numba.config.DISABLE_JIT else intrinsic(fn)
                 continue
             try:
                 module[name] = numba.njit(**options)(fn)
@@ -125,6 +137,24 @@ def _i32_as_f32(typingctx, x):
 
 def _i32_as_f32_py(x):
     return np.int32(x).view(np.float32)
+
+
+def _fma(typingctx, a, b, c):
+    # numba intrinsic: a·b + c rounded once (llvm.fma), so that contraction has no choice to make.
+    # One instruction on x86-64 since 2013 (FMA3) and on arm64; a libm call on older CPUs.
+    from numba import types
+
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+def _fma_py(a, b, c):
+    # float64 holds a·b exactly: one rounding but for rare double-rounding ties (debug path)
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
 
 def _exp(x):
@@ -178,17 +208,26 @@ def _delta(delta, bias, softplus, dt):
 
 def _delta_grad(delta, bias, softplus, ddt):
     # ddt (L,) becomes ∂L/∂delta in place (softplus' = sigmoid); returns ∂L/∂bias
-    total = np.float32(0.0)
     if softplus:
         for t in range(delta.shape[0]):
             x = delta[t] + bias
             z = _exp(-abs(x))
-            g = ddt[t] * (np.float32(1.0) if x >= np.float32(0.0) else z) / (np.float32(1.0) + z)
-            ddt[t] = g
-            total += g
-    else:
-        for t in range(delta.shape[0]):
-            total += ddt[t]
+            ddt[t] = ddt[t] * (np.float32(1.0) if x >= np.float32(0.0) else z) / (np.float32(1.0) + z)
+    # The sum in an order written out (no reassoc flag): _SUM_LANES running sums, then the
+    # lanes and the tail in turn. Left to reassoc, the vectoriser chose the order, and chose
+    # differently here than in this function's copy inside a cached _scan_bwd (module docstring).
+    length = ddt.shape[0]
+    rows = length // _SUM_LANES
+    part = np.zeros(_SUM_LANES, np.float32)
+    grid = ddt[: rows * _SUM_LANES].reshape((rows, _SUM_LANES))
+    for i in range(rows):
+        for j in range(_SUM_LANES):
+            part[j] += grid[i, j]
+    total = np.float32(0.0)
+    for j in range(_SUM_LANES):
+        total += part[j]
+    for t in range(rows * _SUM_LANES, length):
+        total += ddt[t]
     return total
 
 
@@ -240,7 +279,7 @@ def _scan_fwd(u, delta, bias, softplus, A, B, C, D, dg, n_blocks, tile, y, h_til
                     dx = d * x
                     acc = np.float32(0.0)
                     for n in range(n_state):
-                        hn = _exp(d * a[n]) * h[n] + dx * bt[t, n]
+                        hn = _fma(_exp(d * a[n]), h[n], dx * bt[t, n])
                         h[n] = hn
                         acc += ct[t, n] * hn
                     yt[t] = acc + dv * x
@@ -260,7 +299,7 @@ def _states(a, u, dt, B, hs, es):
         for n in range(hs.shape[1]):
             e = _exp(d * a[n])
             es[t, n] = e
-            hs[t + 1, n] = e * hs[t, n] + dx * B[t, n]
+            hs[t + 1, n] = _fma(e, hs[t, n], dx * B[t, n])
 
 
 def _adjoint(gy, C, es, gs, acc):
