@@ -881,13 +881,16 @@ def make_grid(
     return torch.cat(rows, dim=1)  # (3, (1 + n_c)·cell, (1 + n_s)·cell)
 
 
-def file_digest(path: Path) -> str:
-    """The first 16 hex digits of a file's SHA-256 (a checkpoint replaced under the same name, as a
-    training run's last.ckpt is, gets another)."""
+def weights_digest(net: nn.Module) -> str:
+    """The first 16 hex digits of a SHA-256 over ``net``'s weights as loaded (names, dtypes, shapes,
+    bytes). Not the file's: a training run replaces its last.ckpt under the same name, maybe while
+    the images are made, and two files with the same weights (last.ckpt and the step checkpoint
+    saved with it, a re-saved or converted copy) make the same images."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
+    for name, t in sorted(net.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy())
     return h.hexdigest()[:16]
 
 
@@ -897,7 +900,8 @@ def record_settings(
     """Refuse, before an image is written, to keep the existing ``outputs`` as this run's when ``record`` (written
     by an earlier stylize into the folder) says they were made with another checkpoint, sizes,
     precision or decoding: a rerun with the next checkpoint kept every earlier image under its name and
-    wrote nothing. Then ``record`` holds ``made_with``. The checkpoint's path alone may differ (a copy)."""
+    wrote nothing. Then ``record`` holds ``made_with``. The checkpoint's path alone may differ (a copy), and a
+    key the earlier record lacks is not compared."""
     try:
         earlier = json.loads(record.read_text()) if record.is_file() else {}
     except (OSError, ValueError) as err:  # unreadable: nothing to compare with
@@ -981,6 +985,7 @@ def stylize(
     dev = resolve_device(device)
     autocast(dev, precision)
     net = load_network(ckpt_path, dev, backend, trust_pickle)
+    weights = weights_digest(net)  # those that make the images, whatever the file holds by then
     for name, value, least in (
         ("max_side", max_side, 2 * net.cfg.patch_size),
         ("style_side", style_side, net.min_style_side),
@@ -1037,7 +1042,7 @@ def stylize(
     check_output_names([p.name for p in outputs], out)
     made_with = dict(
         ckpt_path=str(Path(ckpt_path).expanduser().resolve()),
-        checkpoint_sha256=file_digest(Path(ckpt_path).expanduser()),
+        weights_sha256=weights,
         max_side=max_side,
         style_side=style_side,
         precision=precision,

@@ -293,7 +293,7 @@ def test_a_rerun_with_another_checkpoint_or_size_does_not_keep_the_earlier_image
     torch.save(ckpt, other)
     made = image.read_bytes()
     for ckpt_path, kw, differ in (
-        (other, {}, "checkpoint_sha256: '"),
+        (other, {}, "weights_sha256: '"),
         (tiny_ckpt, {"max_side": 48}, "max_side: 64 → 48"),
     ):
         with pytest.raises(
@@ -308,6 +308,41 @@ def test_a_rerun_with_another_checkpoint_or_size_does_not_keep_the_earlier_image
     assert image.read_bytes() != made
     assert run(other, content, style, out, max_side=64)["skipped_existing"] == [str(image)]  # recorded
     assert json.loads((out / "stylize.json").read_text())["ckpt_path"] == str(other)
+
+
+def test_stylize_json_records_the_weights_loaded_not_the_file_read_later(
+    tiny_ckpt, pair, tmp_path, monkeypatch
+):
+    """The file was hashed after the styles were embedded: a last.ckpt replaced by the training run in
+    between was recorded as the maker of images its predecessor made (and a rerun kept them as the new
+    one's), and a file with the same weights but other bytes (the step checkpoint saved beside
+    last.ckpt, a re-saved copy) was refused as another checkpoint."""
+    import samam.evaluation as evaluation
+
+    content, style = pair
+    out, image = tmp_path / "out", tmp_path / "out" / "odd_stylized_art.png"
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    resaved = tmp_path / "step0000002.ckpt"  # same weights, another step counter: other bytes
+    torch.save({**ckpt, "global_step": ckpt.get("global_step", 0) + 1}, resaved)
+    assert resaved.read_bytes() != tiny_ckpt.read_bytes()
+    run(tiny_ckpt, content, style, out)
+    assert run(resaved, content, style, out)["skipped_existing"] == [str(image)]
+
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(tiny_ckpt.read_bytes())
+    ckpt["state_dict"]["net.style_embedder.fc.bias"] += 1
+    load = evaluation.load_network
+
+    def load_then_replaced(*args, **kwargs):  # the training run saves its next last.ckpt meanwhile
+        net = load(*args, **kwargs)
+        torch.save(ckpt, last)
+        return net
+
+    monkeypatch.setattr(evaluation, "load_network", load_then_replaced)
+    run(last, content, style, out, overwrite=True)
+    monkeypatch.setattr(evaluation, "load_network", load)
+    with pytest.raises(ValueError, match="made with other settings \\(weights_sha256"):
+        run(last, content, style, out)  # the images are the earlier weights'
 
 
 def test_bf16_precision_runs(tiny_ckpt, pair, tmp_path):
