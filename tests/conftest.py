@@ -109,3 +109,23 @@ def scan_module(tmp_path, monkeypatch) -> str:
     (tmp_path / "orders" / f"{name}.py").write_text(SCAN_ORDERS)
     monkeypatch.syspath_prepend(tmp_path / "orders")
     return name
+
+
+@pytest.fixture()
+def refuse_files_in(monkeypatch):
+    """``refuse_files_in(folder, errno_code)``: creating a temp file in ``folder`` fails with that
+    error, as on a folder without write permission or a read-only mount (root writes anywhere)."""
+    import tempfile
+    from pathlib import Path
+
+    def refuse(folder: Path, code: int) -> None:
+        real = tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == folder:
+                raise OSError(code, os.strerror(code), str(folder))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+    return refuse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -42,11 +43,23 @@ def atomic_write(
 
 def unwritable(folder: Path) -> str | None:
     """Why this process cannot create files in ``folder`` (or, not there yet, in the nearest folder
-    above it, where it would be created), else None: no write permission, or a read-only file
-    system. Checked before any work, so that a run does not fail at its first write, hours in."""
+    above it, where it would be created), else None: no write permission, a read-only file system, a
+    full one. Checked before any work, so that a run does not fail at its first write, hours in. By
+    creating and removing an empty file: os.access answers for the real (not effective) uid and from
+    what the client sees, such as the mode bits a CIFS mount makes up (refusing what the server allows)
+    or a FUSE file system with no access check (allowing what it then refuses)."""
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
+    if existing is None or not existing.is_dir():
         return None
-    if os.statvfs(existing).f_flag & os.ST_RDONLY:
-        return f"{existing} is on a read-only file system"
-    return f"no permission to create files in {existing}"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+    except OSError as err:
+        if err.errno == errno.EROFS:
+            return f"{existing} is on a read-only file system"
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return f"no permission to create files in {existing}"
+        return f"cannot create files in {existing} ({err.strerror or err})"
+    os.close(fd)
+    with contextlib.suppress(OSError):  # created, so writable; a folder that keeps it is no reason to stop
+        os.unlink(probe)
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -408,15 +409,17 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(pair, tmp_path)
 
 
 @pytest.mark.parametrize("tool", ["stylize", "evaluate"])
-def test_an_output_dir_that_cannot_be_written_is_refused_before_any_work(pair, tmp_path, monkeypatch, tool):
+def test_an_output_dir_that_cannot_be_written_is_refused_before_any_work(
+    pair, tmp_path, refuse_files_in, tool
+):
     """Not writable (permissions; a read-only mount, simulated: root writes anywhere): eval.py failed
     at its first image, once every input had been decoded and checked."""
     from samam.evaluation import evaluate
 
     content, style = pair
-    locked, real_access = tmp_path / "locked", os.access
+    locked = tmp_path / "locked"
     locked.mkdir()
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw))
+    refuse_files_in(locked, errno.EACCES)
     call = stylize if tool == "stylize" else lambda ckpt, c, s, out: evaluate(ckpt, c, s, out)
     with pytest.raises(
         PermissionError, match=f"output_dir '.*out': no permission to create files in {locked}; give"

@@ -2,6 +2,7 @@
 DDP on CPU with 2 processes, and a multirun over an ablation's arms."""
 
 import csv
+import errno
 import importlib.util
 import json
 import logging
@@ -529,22 +530,40 @@ def test_a_ckpt_path_train_cannot_resume_from_is_named_before_anything_is_built(
             check_inputs_exist(compose([*tiny(), f"ckpt_path={bad}"]))
 
 
+def test_a_writable_folder_is_not_refused_where_os_access_says_otherwise(
+    tmp_path, monkeypatch, refuse_files_in
+):
+    """os.access answers for the real uid from what the client sees: on a CIFS mount's made-up mode bits
+    it said no for a folder the run could write (a false refusal blocked training), and a FUSE file
+    system with no access check said yes and refused the first save. Creating a file asks the file system."""
+    from samam.fileio import unwritable
+
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    assert unwritable(tmp_path / "new" / "ckpts") is None
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
+    refuse_files_in(tmp_path, errno.EACCES)
+    assert unwritable(tmp_path / "new") == f"no permission to create files in {tmp_path}"
+    refuse_files_in(tmp_path, errno.ENOSPC)
+    assert "cannot create files in" in unwritable(tmp_path / "new") and "space" in unwritable(tmp_path)
+
+
 def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_anything_is_built(
-    compose, tiny, tmp_path, monkeypatch
+    compose, tiny, tmp_path, refuse_files_in
 ):
     """A checkpoint dirpath on a read-only mount or without write permission (simulated: root writes
     anywhere) failed at the first save, every_n_train_steps into the run."""
     from samam.train import check_inputs_exist
 
-    locked, real_access = tmp_path / "locked", os.access
+    locked = tmp_path / "locked"
     locked.mkdir()
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw))
+    refuse_files_in(locked, errno.EACCES)
     run = [*tiny(), f"callbacks.checkpoint.dirpath={locked}/ckpts"]
     with pytest.raises(
         FileNotFoundError, match=f"callbacks.checkpoint.dirpath: no permission to create files in {locked}$"
     ):
         check_inputs_exist(compose(run))
-    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
+    refuse_files_in(locked, errno.EROFS)
     with pytest.raises(FileNotFoundError, match=f"dirpath: {locked} is on a read-only file system$"):
         check_inputs_exist(compose(run))
     remote = "callbacks.checkpoint.dirpath=s3://bucket/ckpts"  # Lightning's to open: not checked here
