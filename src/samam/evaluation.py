@@ -1308,7 +1308,13 @@ class EvalMetricsCallback(L.Callback):
         if self._names_checked or self.suite is None:
             return
         self._names_checked = True
-        logged = {key.split(".", 1)[-1] for key in trainer._results or {}}  # keys "<hook>.<name>"
+        # Lightning's private result collection (2.5, 2.6: keys "<hook>.<name>"); a release without it
+        # skips this check rather than stop the run over it.
+        results = getattr(trainer, "_results", None)
+        if results is None or not hasattr(results, "keys"):
+            log.warning("eval metrics: this Lightning does not say what the module logs; names not checked")
+            return
+        logged = {str(key).split(".", 1)[-1] for key in results.keys()}
         taken = sorted(name for name in self.suite.extra if f"val/{name}" in logged)
         if taken:
             raise ValueError(

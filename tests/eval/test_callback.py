@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,6 +129,16 @@ def test_a_metric_of_ones_own_named_like_a_value_the_module_logs_is_refused(tiny
     with pytest.raises(ValueError, match=r"already logs val/tv; rename .*metrics.extra.tv"):
         trainer.fit(LogsTV(copy.deepcopy(tiny_net)), loader(), loader())
     assert trainer.global_step == 0
+
+
+def test_the_logged_names_check_passes_where_lightning_has_no_result_collection(image_dirs, caplog):
+    """The check reads Lightning's private trainer._results: a release without it failed every
+    training run at its first validation with an AttributeError; now the check is skipped, with a warning."""
+    cb = _callback(image_dirs, metrics=METRICS)
+    cb.suite = SimpleNamespace(extra={"tv": None})
+    with caplog.at_level(logging.WARNING, logger="samam.evaluation"):
+        cb._check_extra_names_free(SimpleNamespace(sanity_checking=True))
+    assert "names not checked" in caplog.text
 
 
 def test_only_the_first_rank_logs_the_synced_metrics(tiny_net, image_dirs, tmp_path, monkeypatch, caplog):
