@@ -666,7 +666,7 @@ def resolve_resume(
 
     ``auto``: this run folder's ``checkpoints/last.ckpt`` if it exists (a requeued, preempted or
     restarted job resumes where it stopped), else a fresh start, refused where ``checkpoints/`` holds
-    other checkpoints (last.ckpt's save failed: a fresh start would overwrite them). The checkpoint must come from
+    other checkpoints (last.ckpt's save failed, or no callback saves it: a fresh start would overwrite them). The checkpoint must come from
     the same run (``identity``, see :func:`run_identity`: experiment, seed, network, loss,
     optimiser, data, as written), else the run stops rather than resume or overwrite another
     run: two runs in one SLURM job share its folder. A checkpoint from before identities were
@@ -711,12 +711,16 @@ def resolve_resume(
                 brief_list(differ, 8),
             )
         return ckpt_path, meta
-    others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime)
+    # Read at every auto start: a link whose target is gone, or a file a run sharing the folder
+    # removes meanwhile (save_top_k), is no checkpoint rather than a crash.
+    dated = [(p.stat().st_mtime, p) for p in last.parent.glob("*.ckpt") if p != last and p.is_file()]
+    others = [p for _, p in sorted(dated)]
     if not last.is_file():
         if others:  # a fresh start would overwrite them (their run's own steps, most likely)
             raise RuntimeError(
                 f"ckpt_path=auto: {last.parent} holds {len(others)} checkpoint(s) but no last.ckpt (its save failed, "
-                f"on a full disk say, or it was removed). Resume with ckpt_path={others[-1]} (the newest), or "
+                "on a full disk say; it was removed; or no checkpoint callback saves it: save_last=false, "
+                f"callbacks.checkpoint=null). Resume with ckpt_path={others[-1]} (the newest), or "
                 "pass ckpt_path=null to start over there (overwriting them)."
             )
         return None, {}

@@ -1593,6 +1593,23 @@ def test_auto_refuses_a_fresh_start_over_step_checkpoints_without_last(tmp_path)
     assert resolve_resume(None, tmp_path, {"seed": 0}) == (None, {})  # ckpt_path=null: start over
 
 
+def test_auto_resume_is_not_stopped_by_a_dangling_link_beside_last_ckpt(tmp_path):
+    """Every auto start dated the folder's *.ckpt files: a link whose target is gone (a store not
+    mounted, a step checkpoint removed) stopped the resume of a healthy last.ckpt with a raw
+    FileNotFoundError. And a folder whose last.ckpt no callback saves was said to have lost it."""
+    from samam.train import resolve_resume
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "best.ckpt").symlink_to(tmp_path / "gone.ckpt")
+    last = ckpts / "last.ckpt"
+    torch.save({"samam": {"identity": {"seed": 0}}}, last)
+    assert resolve_resume("auto", tmp_path, {"seed": 0})[0] == str(last)
+    last.rename(ckpts / "best-artfid-step0000002.ckpt")  # callbacks.checkpoint=null, best_artfid only
+    with pytest.raises(RuntimeError, match=r"holds 1 checkpoint.*save_last=false.*best-artfid-step0000002"):
+        resolve_resume("auto", tmp_path, {"seed": 0})
+
+
 def test_a_ckpt_path_under_home_given_with_a_tilde_resumes_as_the_expanded_path(tmp_path, monkeypatch):
     """check_inputs_exist and Lightning expand ~; the run-folder logic (W&B run continued, CSV rows,
     the requeued fine-tune's last.ckpt) read ~/run/... as a relative path and did none of it."""
