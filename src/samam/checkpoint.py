@@ -305,6 +305,16 @@ def _torch_load(path: str | os.PathLike, trust_pickle: bool) -> dict:
     return obj
 
 
+def load_mapped(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` to the CPU with the tensors memory-mapped, for reading what
+    a checkpoint says of itself without reading its weights; read whole where the file system cannot
+    map files (some FUSE and object-store mounts), which otherwise looked like a damaged checkpoint."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # also the pre-zip format, which cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _wrapper_prefix(state_dict: Mapping[str, torch.Tensor]) -> str:
     """``"module."`` where every key has it (saved through nn.DataParallel or DistributedDataParallel,
     which hold the network as ``module``), else ``""``: a prefix on some keys only is no wrapper's."""

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from samam.checkpoint import code_version, folder_given
+from samam.checkpoint import code_version, folder_given, load_mapped
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
 from samam.fileio import atomic_write, unwritable
 from samam.logging_utils import brief_list
@@ -291,8 +291,8 @@ def checkpoint_record(ckpt_path: PathLike) -> dict[str, Any]:
     Memory-mapped: the weights are not read again."""
     record: dict[str, Any] = {"checkpoint_step": None, "checkpoint_code": None}
     try:
-        ckpt = torch.load(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # the pre-zip format (no mmap), pickled objects: loaded, but no record read here
+        ckpt = load_mapped(Path(ckpt_path).expanduser())
+    except Exception:  # pickled objects, a damaged file: loaded (or refused) by the network's own load
         return record
     if not isinstance(ckpt, Mapping):
         return record

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may not run train.py's imports)
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, DropRedoneCsvRows, LossSummary
-from samam.checkpoint import code_version, folder_given
+from samam.checkpoint import code_version, folder_given, load_mapped
 from samam.fileio import atomic_write, unwritable
 from samam.logging_utils import brief_list, finish_wandb, first_process
 from samam.nn.samam import check_switches
@@ -293,7 +293,7 @@ def resume_file_problem(path: Path) -> str | None:
             "short, or another format"
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = load_mapped(path)
     except pickle.UnpicklingError:  # objects the safe unpickler refuses: Lightning's own load decides
         return None
     except Exception as err:
@@ -817,7 +817,7 @@ def checkpoint_meta(path: str | Path | None) -> dict[str, Any]:
 
 def _read_meta(path: str | Path) -> dict[str, Any]:
     # plain containers only: the safe unpickler reads them
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("samam") or {}
+    return load_mapped(path).get("samam") or {}
 
 
 def wandb_resume_id(

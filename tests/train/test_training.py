@@ -530,6 +530,27 @@ def test_a_ckpt_path_train_cannot_resume_from_is_named_before_anything_is_built(
             check_inputs_exist(compose([*tiny(), f"ckpt_path={bad}"]))
 
 
+def test_a_checkpoint_on_a_file_system_that_cannot_map_files_is_read_whole(tmp_path, monkeypatch):
+    """The checks read checkpoints memory-mapped: on a mount that cannot map files (some FUSE and
+    object-store mounts) a sound checkpoint was refused as unreadable, and ckpt_path=auto called the
+    run's own last.ckpt damaged."""
+    from samam.train import resolve_resume, resume_file_problem
+
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    state = {"net.w": torch.ones(2)}
+    torch.save(
+        {"pytorch-lightning_version": "2.6.6", "state_dict": state, "samam": {"identity": {"seed": 0}}}, ckpt
+    )
+
+    def no_mmap(*args, **kwargs):
+        raise RuntimeError("unable to mmap 96 bytes from file <...>: No such device (19)")
+
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", no_mmap)
+    assert resume_file_problem(ckpt) is None
+    assert resolve_resume("auto", tmp_path, {"seed": 0})[0] == str(ckpt)
+
+
 def test_a_writable_folder_is_not_refused_where_os_access_says_otherwise(
     tmp_path, monkeypatch, refuse_files_in
 ):
