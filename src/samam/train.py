@@ -520,6 +520,30 @@ def check_precision(cfg: DictConfig) -> None:
     )
 
 
+def check_deterministic(cfg: DictConfig) -> None:
+    """Refuse ``trainer.deterministic=true`` where the network would scan with mamba-ssm (whose
+    backward adds with atomics; ``warn``: a warning) before anything is built: the kernel's alert
+    came only at the first training step, after the networks and validate_before_training."""
+    from samam.ops.selective_scan import mamba_scan
+
+    mode = cfg.trainer.get("deterministic")
+    backend, mixer = cfg.model.get("backend", "auto"), cfg.model.get("mixer", "ssm")
+    if mode not in (True, "warn") or mixer != "ssm" or backend not in ("auto", "mamba"):
+        return
+    on_gpu = cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    # auto picks mamba for CUDA tensors when it imports; an explicit mamba fails on its own without it
+    if backend == "auto" and not (on_gpu and torch.cuda.is_available() and mamba_scan.mamba_available()):
+        return
+    message = (
+        f"trainer.deterministic={mode} with model.backend={backend}, which scans with mamba-ssm here: "
+        f"{mamba_scan.NONDETERMINISTIC}"
+    )
+    if mode != "warn":
+        raise ValueError(f"{message}; or trainer.deterministic=warn to train on with a warning")
+    if first_process():  # every DDP rank checks alike: said once
+        log.warning(message)
+
+
 MAX_SEED = 2**32 - 1
 
 
@@ -970,6 +994,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         check_no_epochs(cfg)
         check_val_interval(cfg)
         check_precision(cfg)
+        check_deterministic(cfg)
         check_seed(cfg)
         check_optimizer(cfg)
         check_inputs_exist(cfg)

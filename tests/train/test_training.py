@@ -1404,6 +1404,38 @@ def test_a_trainer_with_no_device_is_refused_before_anything_is_built(
         check_devices(compose([*tiny(), fine]))
 
 
+@pytest.mark.parametrize("backend", ["mamba", "auto"])
+def test_deterministic_training_with_the_mamba_scan_is_refused_before_anything_is_built(
+    compose, tiny, tmp_path, monkeypatch, caplog, backend
+):
+    """mamba-ssm's backward adds with atomics: its alert came only at the first training step,
+    after the networks were built and validate_before_training had run. A stand-in for a CUDA
+    machine with mamba-ssm (none here): the checks only ask whether it would be picked."""
+    from samam.ops.selective_scan import mamba_scan
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(mamba_scan, "_load", lambda: lambda u, *args, **kwargs: u)
+    gpu = [o for o in tiny(tmp_path / "run") if o != "trainer=cpu"] + [
+        "trainer=gpu",
+        f"model.backend={backend}",
+    ]
+    with pytest.raises(
+        ValueError, match=f"deterministic=True with model.backend={backend}.*atomics.*model.backend=torch"
+    ):
+        main(compose([*gpu, "trainer.deterministic=true"]))
+    assert not (tmp_path / "run").exists()
+    from samam.train import check_deterministic
+
+    with caplog.at_level(logging.WARNING, logger="samam.train"):
+        check_deterministic(compose([*gpu, "trainer.deterministic=warn"]))
+    assert "atomics" in caplog.text
+    for fine in ("model.backend=torch", "model.mixer=attention", "trainer.accelerator=cpu"):
+        if backend == "mamba" and fine == "trainer.accelerator=cpu":
+            continue  # an explicit mamba is refused on a CPU trainer by the network itself
+        check_deterministic(compose([*gpu, "trainer.deterministic=true", fine]))
+    check_deterministic(compose([*gpu, "trainer.deterministic=false"]))
+
+
 def test_limit_train_batches_is_refused_as_the_stream_has_no_epochs(compose, tiny, tmp_path):
     """Lightning starts the endless stream over at each limit_train_batches "epoch": every epoch
     trained on the same batches, silently. fast_dev_run, which sets the limit itself, still runs."""
