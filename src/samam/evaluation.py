@@ -1097,9 +1097,20 @@ def stylize(
                 if alpha < 1:
                     e = blend_with_content(e, e_content, alpha)
                 with autocast(dev, precision):
-                    y = to_uint8(stylise(c.expand(len(idx), -1, -1, -1), style_embedding=e))  # (b, 3, H, W)
+                    y = stylise(c.expand(len(idx), -1, -1, -1), style_embedding=e)  # (b, 3, H, W)
+                finite = torch.isfinite(y.flatten(1)).all(1).tolist()  # to_uint8 would make NaN black
+                y8 = to_uint8(y)
                 for j, i in enumerate(idx):
-                    save_png(y[j], paths[i])
+                    if not finite[j]:
+                        with_style = (
+                            style_paths[i].name if style_weights is None else f"the mix {targets[i][0]}"
+                        )
+                        raise FloatingPointError(
+                            f"stylize: the network's output for {cpath.name} with {with_style} holds NaN "
+                            "or inf (diverged weights, or a bf16 overflow: try precision=fp32); the "
+                            f"{len(summary['written'])} images written before it are kept in {out}"
+                        )
+                    save_png(y8[j], paths[i])
                     summary["written"].append(str(paths[i]))
                 bar.update(len(idx))
         bar.update(len(targets) - len(todo))

@@ -614,3 +614,36 @@ def test_a_batch_of_styles_lands_each_in_its_own_file(tiny_ckpt, tiny_net, image
         for p in sorted(style.iterdir()):
             ref = to_uint8(tiny_net(c, read_image(p)[None]))[0].int()
             assert (pixels(tmp_path / "out" / f"c1_stylized_{p.stem}.png") - ref).abs().max() <= 1, p.name
+
+
+def test_outputs_that_are_not_finite_stop_the_run_naming_the_pair(
+    tiny_ckpt, image_dirs, tmp_path, monkeypatch
+):
+    """to_uint8 turns NaN into 0: a diverged checkpoint's outputs were saved as black PNGs and the
+    run exited 0. Here c1 with s1 (the middle of a batch of three) holds NaN: the images before it
+    stay written, none after."""
+    import samam.evaluation as evaluation
+
+    load = evaluation.load_network
+
+    def nan_for_c1_s1(*args, **kwargs):
+        net = load(*args, **kwargs)
+
+        def hook(module, inputs, y):  # c1 is 64 px wide, c0 40
+            if inputs[0].shape[-1] == 64:
+                y = y.clone()
+                y[1] = float("nan")
+            return y
+
+        net.register_forward_hook(hook)
+        return net
+
+    monkeypatch.setattr(evaluation, "load_network", nan_for_c1_s1)
+    content, style = image_dirs
+    out = tmp_path / "out"
+    with pytest.raises(
+        FloatingPointError, match=r"c1.png with s1.jpg holds NaN or inf.*the 4 images written"
+    ):
+        run(tiny_ckpt, content, style, out, batch_size=4)
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == [f"c0_stylized_s{i}.png" for i in range(3)] + ["c1_stylized_s0.png"]
