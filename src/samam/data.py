@@ -40,13 +40,14 @@ Verify = Literal["full", "header", "none"]
 
 def _no_file_summary(paths: Sequence[Path]) -> str:
     """How many of ``paths`` (image names that are no regular file) are broken symlinks, and one example."""
-    broken = [p for p in paths if p.is_symlink() and not p.exists()]
+    broken, others = [], []  # one pass: looking each name up in broken was quadratic in the links
+    for p in paths:
+        (broken if p.is_symlink() and not p.exists() else others).append(p)
     parts = (
         [f"{len(broken)} × broken symlink (e.g. {broken[0]} → {os.readlink(broken[0])})"] if broken else []
     )
-    if len(broken) < len(paths):
-        example = next(p for p in paths if p not in broken)
-        parts.append(f"{len(paths) - len(broken)} × not a regular file (e.g. {example})")
+    if others:
+        parts.append(f"{len(others)} × not a regular file (e.g. {others[0]})")
     return ", ".join(parts)
 
 

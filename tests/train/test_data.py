@@ -770,6 +770,32 @@ def test_listing_names_broken_symlinks_and_other_non_files_under_image_names(tmp
         list_images(tmp_path, "style")
 
 
+def test_counting_broken_symlinks_compares_no_paths(tmp_path, monkeypatch):
+    """Each name that was no broken link was looked for in the list of broken ones: a folder of
+    many unmounted links and one fifo compared paths n²/2 times (here 20,000 for 200 links)."""
+    from pathlib import PurePath
+
+    from samam.data import _no_file_summary
+
+    links = [tmp_path / f"{i:03d}.jpg" for i in range(200)]
+    for p in links:
+        p.symlink_to(tmp_path / "gone" / p.name)
+    os.mkfifo(tmp_path / "z.png")
+    compared = Counter()
+    equal = PurePath.__eq__
+
+    def counted(self, other):
+        compared["=="] += 1
+        return equal(self, other)
+
+    monkeypatch.setattr(PurePath, "__eq__", counted)
+    summary = _no_file_summary([*links, tmp_path / "z.png"])
+    assert summary.startswith("200 × broken symlink (e.g. ") and summary.endswith(
+        f"1 × not a regular file (e.g. {tmp_path / 'z.png'})"
+    )
+    assert compared["=="] <= len(links), compared
+
+
 def test_resize_below_crop_is_a_config_error_not_bad_images(tmp_path):
     with pytest.raises(ValueError, match="data.resize=32 must be ≥ data.crop=64"):
         StyleTransferDataModule(str(tmp_path), str(tmp_path), crop=64, resize=32)
