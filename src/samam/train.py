@@ -124,22 +124,39 @@ def check_launch(cfg: DictConfig) -> None:
 
 
 def check_strategy(cfg: DictConfig) -> None:
-    """Refuse a DDP strategy that starts its processes by spawn or fork (``ddp_spawn``, ``ddp_fork``,
+    """Refuse a strategy that shards the training state (FSDP, DeepSpeed, ModelParallel), and a DDP strategy
+    that starts its processes by spawn or fork (``ddp_spawn``, ``ddp_fork``,
     ``ddp_notebook``, ``start_method``): Lightning trains in those and hands back only the weights and
     the logged metrics, while the callbacks (the SIGTERM checkpoint, the loss summary) and the run's
     report stay in this process. ddp_spawn failed pickling the callbacks ("cannot pickle
     '_thread.lock' object"); ddp_fork finished with "trained 0 steps" and no loss summary."""
-    from lightning.pytorch.strategies import StrategyRegistry
+    from lightning.pytorch.strategies import (
+        DeepSpeedStrategy,
+        FSDPStrategy,
+        ModelParallelStrategy,
+        StrategyRegistry,
+    )
 
     strategy = cfg.trainer.get("strategy", "auto")
     if isinstance(strategy, str):
-        method = (
-            StrategyRegistry[strategy]["init_params"].get("start_method")
-            if strategy in StrategyRegistry
-            else None
-        )
+        entry = StrategyRegistry[strategy] if strategy in StrategyRegistry else {}  # its get() builds one
+        cls, method = entry.get("strategy"), entry.get("init_params", {}).get("start_method")
     else:
         method = strategy.get("start_method") if OmegaConf.is_dict(strategy) else None
+        target = strategy.get("_target_") if OmegaConf.is_dict(strategy) else None
+        try:
+            cls = get_object(target) if isinstance(target, str) else None
+        except Exception:  # a class that does not import: the Trainer's build says so
+            cls = None
+    if isinstance(cls, type) and issubclass(cls, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy):
+        name = strategy if isinstance(strategy, str) else strategy.get("_target_")
+        raise ValueError(
+            f"trainer.strategy={name} shards the training state over the ranks (FSDP and DeepSpeed stage 3 the "
+            "weights) and DeepSpeed saves checkpoints as folders, while this run needs the whole network on each "
+            "rank (the validation grid runs it on rank 0 alone; the NaN-loss stop reads each rank's own weights) "
+            "and eval.py and stylize.py load one checkpoint file. The network (20M parameters) fits one GPU: "
+            "use trainer=ddp"
+        )
     if method in ("spawn", "fork", "forkserver"):
         name = strategy if isinstance(strategy, str) else f"{strategy.get('_target_')}(start_method={method})"
         raise ValueError(

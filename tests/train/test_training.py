@@ -1576,6 +1576,27 @@ def test_a_strategy_that_trains_in_spawned_or_forked_processes_is_refused(compos
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ["+trainer.strategy=fsdp"],
+        ["+trainer.strategy=deepspeed_stage_3"],
+        ["trainer=ddp_sim", "trainer.strategy._target_=lightning.pytorch.strategies.FSDPStrategy"],
+    ],
+)
+def test_a_strategy_that_shards_the_training_state_is_refused(compose, tiny, tmp_path, strategy):
+    """FSDP and DeepSpeed passed the start-up checks, though the validation grid runs the network
+    on rank 0 alone (a sharded forward waits for every rank), the NaN-loss stop reads each rank's
+    own weights (shards: one rank could stop while the others wait for it), and DeepSpeed's
+    checkpoints are folders that eval.py and stylize.py do not load."""
+    run = [*tiny(tmp_path / "run"), "trainer.devices=2", *strategy]
+    with pytest.raises(
+        ValueError, match=r"trainer.strategy=\S+ shards the training state .* use trainer=ddp"
+    ):
+        main(compose(run))
+    assert not (tmp_path / "run").exists()
+
+
 def test_max_epochs_is_refused_as_no_epoch_of_the_stream_ever_ends(compose, tiny, tmp_path):
     """trainer.max_epochs=1 (to shorten a run) was no limit at all: the run went on to max_steps."""
     with pytest.raises(
