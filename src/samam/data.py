@@ -25,7 +25,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from samam.logging_utils import first_process
+from samam.ranks import first_process
 
 log = logging.getLogger(__name__)
 

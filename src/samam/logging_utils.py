@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from samam.fileio import atomic_write
+from samam.ranks import first_process
 
 log = logging.getLogger(__name__)
 WandbMode = Literal["online", "offline", "disabled", "shared"]
@@ -44,14 +44,6 @@ def _has_wandb_credentials() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
-
-
-def first_process() -> bool:
-    """Rank 0 of node 0 (the one process of a run without DDP): where a line every rank would log
-    alike is logged, and a run folder is locked. Before the Trainer sets the ranks, Lightning takes
-    this process's rank from the launcher's variables, which give the first process of every node
-    rank 0 under Lightning's own launcher: hence NODE_RANK."""
-    return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def resolve_wandb_mode(mode: str | None) -> WandbMode:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samam.ranks import first_process
+
 log = logging.getLogger(__name__)
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
@@ -167,22 +169,12 @@ def resolve_vgg_source(source: str) -> str:
     return source
 
 
-def _first_process() -> bool:
-    """samam.logging_utils.first_process, where Lightning imports; without it (benchmark.py on
-    the core install, which has no Lightning) there are no ranks: this is the one process."""
-    try:
-        from samam.logging_utils import first_process
-    except ImportError:
-        return True
-    return first_process()
-
-
 def build_vgg(source: str) -> VGGEncoder:
     """VGG-19 encoder from a weight source (see module docstring). Fails loudly offline."""
     cached = cached_vgg19()
     source = resolve_vgg_source(source)
     if source == "random":
-        if _first_process():  # every rank of a DDP run builds its own, alike
+        if first_process():  # every rank of a DDP run builds its own, alike
             log.warning(
                 "!!! loss.vgg=random: the loss network has RANDOM weights. Losses still fall, but "
                 "stylisation quality is meaningless. For real training put %s in %s (or set "

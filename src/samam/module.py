@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from samam.logging_utils import first_process
 from samam.losses import StyleTransferLoss
 from samam.nn.samam import check_switches
+from samam.ranks import first_process
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1

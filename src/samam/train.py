@@ -40,8 +40,9 @@ import samam.resolvers  # noqa: F401 (also in a SLURM job's process, which may n
 from samam.callbacks import AtomicCheckpointIO, CheckpointOnStop, DropRedoneCsvRows, LossSummary
 from samam.checkpoint import code_version, folder_given, load_mapped
 from samam.fileio import atomic_write, unwritable
-from samam.logging_utils import brief_list, finish_wandb, first_process
+from samam.logging_utils import brief_list, finish_wandb
 from samam.nn.samam import check_switches
+from samam.ranks import first_process
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ request that cannot be met fails here, with the install command, not at the firs
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Literal, get_args
 
@@ -17,6 +16,7 @@ import torch
 from samam.ops.selective_scan import mamba_scan, numba_scan
 from samam.ops.selective_scan.reference import check_scan_shapes
 from samam.ops.selective_scan.torch_scan import selective_scan_torch
+from samam.ranks import first_process
 
 log = logging.getLogger("samam")
 
@@ -83,20 +83,6 @@ def _mamba_or_none() -> ScanFn | None:
     return torch.compiler.disable(mamba_scan.selective_scan_mamba) if mamba_scan.mamba_available() else None
 
 
-def _first_process() -> bool:
-    """Whether this process logs the lines every rank would log alike. Where Lightning is imported
-    already (training), samam.logging_utils.first_process: it knows the ranks before the process
-    group exists, when the network is built. It is never imported for this: the core install has
-    no Lightning, and building a network in a notebook should not load it. Otherwise rank 0 of an
-    initialised torch.distributed group, or the one process."""
-    if sys.modules.get("lightning") is not None:
-        from samam.logging_utils import first_process
-
-        return first_process()
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def resolve_scan_backend(name: BackendName = "auto") -> ScanBackend:
     """Build the ScanBackend for `name` and log the choice (on the first process only).
 
@@ -140,6 +126,6 @@ def resolve_scan_backend(name: BackendName = "auto") -> ScanBackend:
             cpu=("numba", cpu_fn) if cpu_fn is not None else torch_impl,
             cuda=("mamba", cuda_fn) if cuda_fn is not None else torch_impl,
         )
-    if _first_process():  # every DDP rank builds the network alike: said once
+    if first_process():  # every DDP rank builds the network alike: said once
         log.info("selective-scan backend: %s", backend.describe())
     return backend
