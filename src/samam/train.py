@@ -408,12 +408,12 @@ def check_switch_settings(cfg: DictConfig) -> None:
     check_switches(switches)
 
 
-def check_no_epochs(cfg: DictConfig) -> None:
-    """Refuse ``trainer.limit_train_batches=N``: the training stream is endless and has no epochs, and
-    Lightning starts it over at the end of each N-batch "epoch", so every epoch drew the same N
-    batches again (up to max_steps). fast_dev_run sets the limit itself, for one epoch. And
-    ``trainer.max_epochs``, which an epoch that never ends made no limit at all; so the length is
-    ``trainer.max_steps``, which must be 1 or more (or -1, no limit)."""
+def check_run_length(cfg: DictConfig) -> None:
+    """The run's length is ``trainer.max_steps``, 1 or more (or -1, no limit). Refuse the epoch
+    settings: the training stream is endless and has no epochs, so ``trainer.max_epochs`` was no
+    limit at all, and at ``trainer.limit_train_batches=N`` Lightning starts the stream over at the
+    end of each N-batch "epoch", so every epoch drew the same N batches again (up to max_steps).
+    fast_dev_run sets the limit itself, for one epoch."""
     epochs = cfg.trainer.get("max_epochs")
     if epochs is not None and epochs != -1:
         raise ValueError(
@@ -1009,7 +1009,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         check_file_keys(cfg)
         check_named_entries(cfg)
         check_switch_settings(cfg)
-        check_no_epochs(cfg)
+        check_run_length(cfg)
         check_val_interval(cfg)
         check_precision(cfg)
         check_deterministic(cfg)

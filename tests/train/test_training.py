@@ -1370,15 +1370,15 @@ def test_a_bad_optimizer_setting_is_refused_before_anything_is_built(
 def test_a_run_length_below_one_step_is_refused_before_anything_is_built(compose, tiny, tmp_path, steps):
     """trainer.max_steps=0 "trained 0 steps", wrote last.ckpt and exited 0; -5 failed once the
     networks were built. -1 (Lightning's no limit) stays allowed."""
-    from samam.train import check_no_epochs
+    from samam.train import check_run_length
 
     with pytest.raises(ValueError, match=f"trainer.max_steps={steps}: give the number of optimizer steps"):
         main(compose([*tiny(tmp_path / "run"), f"trainer.max_steps={steps}"]))
     assert not (tmp_path / "run").exists()
-    check_no_epochs(compose([*tiny(tmp_path / "run"), "trainer.max_steps=-1"]))
+    check_run_length(compose([*tiny(tmp_path / "run"), "trainer.max_steps=-1"]))
     # 2e5 is a float to Hydra: the message says how to write it
     with pytest.raises(ValueError, match=r"an integer \(written 200000, not 200000.0\)"):
-        check_no_epochs(compose([*tiny(tmp_path / "run"), "trainer.max_steps=2e5"]))
+        check_run_length(compose([*tiny(tmp_path / "run"), "trainer.max_steps=2e5"]))
 
 
 @pytest.mark.parametrize(
