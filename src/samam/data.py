@@ -25,7 +25,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from samam.ranks import first_process
+from samam.ranks import first_process, process_group
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +136,16 @@ def list_folders(folders: Sequence[tuple[str | Path, str]]) -> list[list[Path]]:
     to the other ranks (one broadcast_object_list): each rank used to walk COCO and WikiArt's
     200,000 files at once on the shared file system at every start. An error of rank 0's (a
     missing folder) is raised on every rank, so that none waits for lists that never come."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    rank, world = process_group()
+    if world == 1:
         return [list_images(folder, what) for folder, what in folders]
     box: list[Any] = [None]
-    if dist.get_rank() == 0:
+    if rank == 0:
         try:
             box[0] = [list_images(folder, what) for folder, what in folders]
         except Exception as err:  # every rank raises it below
             box[0] = err
-    dist.broadcast_object_list(box, src=0)
+    torch.distributed.broadcast_object_list(box, src=0)
     if isinstance(box[0], Exception):
         raise box[0]
     return box[0]
@@ -550,9 +550,7 @@ class StyleTransferDataModule(L.LightningDataModule):
         200,000 files at each start, at once, on the shared file system)."""
         if self.verify == "none":
             return list(lists)
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        rank, world = process_group()
         every = [p for files in lists for p in files]
         mine = {
             p: reason

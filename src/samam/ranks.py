@@ -1,5 +1,6 @@
-"""Which process of a run says what every process would say alike; no Lightning needed (the core
-install has none, and building a network in a notebook should not load it)."""
+"""Which process of a run this is, and which one says what every process would say alike; no
+Lightning needed (the core install has none, and building a network in a notebook should not
+load it)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ def first_process() -> bool:
         return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) in the initialised torch.distributed group, else (0, 1): one process."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
