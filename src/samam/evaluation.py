@@ -186,25 +186,26 @@ def check_output_dir(output_dir: Path) -> None:
 
 
 def check_inputs_exist(ckpt_path: PathLike, **inputs: PathLike | Sequence[PathLike]) -> None:
-    """Every input that does not exist, named in one error before any work (``inputs``: each key's
-    file, folder or list of them): a missing ckpt_path was reported alone, and a mistyped content
-    or style folder only on the next try, once the network (and eval's metric networks) had loaded."""
+    """Every input that does not exist, and a folder given as the checkpoint, named in one error
+    before any work (``inputs``: each key's file, folder or list of them): a missing ckpt_path was
+    reported alone, and a mistyped content or style folder only on the next try, once the network
+    (and eval's metric networks) had loaded. train.py has its own, on its config
+    (samam.train.check_inputs_exist)."""
     problems = []
-    if not Path(ckpt_path).expanduser().exists():  # a folder: load_network says what to give instead
-        problems.append(_checkpoint_not_found(Path(ckpt_path).expanduser()))
+    ckpt = Path(ckpt_path).expanduser()
+    if ckpt.is_dir():
+        problems.append(folder_given(f"ckpt_path {str(ckpt)!r}"))
+    elif not ckpt.exists():
+        problems.append(f"checkpoint not found: {str(ckpt)!r} (ckpt_path=...; absolute: {ckpt.resolve()})")
     for key, given in inputs.items():
         for source in [given] if isinstance(given, (str, os.PathLike)) else given:
             p = Path(source).expanduser()
             if not p.exists():
                 problems.append(f"{key}: {str(p)!r} does not exist (absolute: {p.resolve()})")
     if len(problems) == 1:
-        raise FileNotFoundError(problems[0])
+        raise (IsADirectoryError if ckpt.is_dir() else FileNotFoundError)(problems[0])
     if problems:
         raise FileNotFoundError("missing inputs:\n  " + "\n  ".join(problems))
-
-
-def _checkpoint_not_found(path: Path) -> str:
-    return f"checkpoint not found: {str(path)!r} (ckpt_path=...; absolute: {path.resolve()})"
 
 
 def check_output_names(names: Sequence[str], output_dir: Path) -> None:
@@ -271,15 +272,13 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 def load_network(
     ckpt_path: PathLike, device: torch.device, backend: str, trust_pickle: bool = False
 ) -> nn.Module:
-    """Our checkpoint or the authors' released one → eval-mode SaMam on ``device``."""
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        raise IsADirectoryError(folder_given(f"ckpt_path {str(path)!r}"))
-    if not path.is_file():
-        raise FileNotFoundError(_checkpoint_not_found(path))
+    """Our checkpoint or the authors' released one → eval-mode SaMam on ``device``. A folder or a
+    missing file is named by check_inputs_exist before any work (and by load_model)."""
     from samam import load_model
 
-    net = load_model(path, map_location=device, backend=backend, trust_pickle=trust_pickle)
+    net = load_model(
+        Path(ckpt_path).expanduser(), map_location=device, backend=backend, trust_pickle=trust_pickle
+    )
     return net.eval().requires_grad_(False)
 
 

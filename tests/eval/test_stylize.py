@@ -389,6 +389,19 @@ def test_every_missing_input_is_named_at_once(pair, tmp_path):
         assert re.search(named, line), (named, line)
 
 
+def test_a_folder_as_checkpoint_is_named_with_the_other_missing_inputs(pair, tmp_path):
+    """A folder given as ckpt_path passed the early check and was named only by the network's
+    load: a mistyped content folder beside it was the whole error, the folder the next try's."""
+    _, style = pair
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as err:
+        run(tmp_path / "run", tmp_path / "photoz", style, tmp_path / "out")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "missing inputs:" and len(lines) == 3
+    assert re.search("ckpt_path '.*run' is a folder; give a checkpoint file", lines[1])
+    assert re.search("content: '.*photoz' does not exist", lines[2])
+
+
 def test_a_switch_given_as_a_string_is_refused_before_any_work(pair, tmp_path):
     """`match_release=yes` arrives as the string 'yes': truthy, it read images as the release does."""
     content, style = pair
