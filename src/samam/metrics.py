@@ -176,6 +176,9 @@ def load_weights(spec: WeightFile, path: Path) -> Any:
         raise unreadable_weights(spec, path, err) from err
 
 
+NOT_PUBLISHED = "NOT the published"  # weights_record's mark, read by StyleTransferMetrics.unpublished
+
+
 def weights_record(spec: WeightFile, path: Path) -> str:
     """Which file a metric's network was read from, for results: its path and sha256, and a
     warning where the published file's digest is known and this one differs (a stand-in, another
@@ -186,7 +189,7 @@ def weights_record(spec: WeightFile, path: Path) -> str:
             digest.update(block)
     text = f"weights {path} (sha256 {digest.hexdigest()[:16]})"
     if spec.sha256 is not None and not digest.hexdigest().startswith(spec.sha256):
-        text += f", NOT the published {spec.name} (sha256 {spec.sha256}…)"
+        text += f", {NOT_PUBLISHED} {spec.name} (sha256 {spec.sha256}…)"
         log.warning("%s: %s", spec.used_by, text)
     return text
 
@@ -729,6 +732,12 @@ class StyleTransferMetrics(nn.Module):
         """The metrics computed by random stand-in networks (test_extractors, lpips.pnet_rand):
         their values mean nothing."""
         return [name for name, net in self.networks.items() if "TEST ONLY" in net]
+
+    @property
+    def unpublished(self) -> list[str]:
+        """The metrics whose network read a weight file that is not the published one
+        (:func:`weights_record`): their values are not the published metric's."""
+        return [name for name, net in self.networks.items() if NOT_PUBLISHED in net]
 
     @property
     def min_side(self) -> int:
