@@ -287,7 +287,8 @@ def checkpoint_record(ckpt_path: PathLike) -> dict[str, Any]:
     (``checkpoint_step``: last.ckpt moves on as a run trains) and, for ours, the code that trained
     it (``checkpoint_code``, its ``samam.code``: git commit, dirty, samam and torch versions); None
     where it does not say (the authors' checkpoints have no code, ours from before it was recorded).
-    Memory-mapped: the weights are not read again."""
+    Read with load_mapped: memory-mapped where the file system allows, so the weights are not
+    read again."""
     record: dict[str, Any] = {"checkpoint_step": None, "checkpoint_code": None}
     try:
         ckpt = load_mapped(Path(ckpt_path).expanduser())

@@ -303,10 +303,11 @@ def check_inputs_exist(cfg: DictConfig) -> None:
 
 
 def resume_file_problem(path: Path) -> str | None:
-    """Why train.py cannot resume from ``path``, else None. Read here (its weights memory-mapped, not
-    loaded) so that a copy cut short, a bare weights file or another model's checkpoint is named before
-    the data and networks are built: Lightning's own load failed after them, with "failed finding
-    central directory", KeyError: 'pytorch-lightning_version', or every network tensor listed as missing."""
+    """Why train.py cannot resume from ``path``, else None. Read here (load_mapped: its weights
+    memory-mapped where the file system allows) so that a copy cut short, a bare weights file or
+    another model's checkpoint is named before the data and networks are built: Lightning's own
+    load failed after them, with "failed finding central directory", KeyError:
+    'pytorch-lightning_version', or every network tensor listed as missing."""
     if not zipfile.is_zipfile(path):
         return (
             f"{path} is not a zip archive, as every checkpoint train.py writes is (torch.save): a copy cut "
@@ -849,8 +850,8 @@ def check_sizes(datamodule: Any, net: Any) -> None:
 
 
 def checkpoint_meta(path: str | Path | None) -> dict[str, Any]:
-    """A checkpoint's ``samam`` entry (run config, identity, W&B id), or {} for none. Memory-mapped:
-    the weights are not read."""
+    """A checkpoint's ``samam`` entry (run config, identity, W&B id), or {} for none. Read with
+    load_mapped: memory-mapped where the file system allows, so the weights are not read."""
     if path is None or not Path(path).is_file():
         return {}
     try:
