@@ -65,9 +65,9 @@ def reduce_step(
 
 
 class HostCopy:
-    """A device scalar copied to the host as soon as it is computed, read later: the read waits
-    for the work queued before the copy (a CUDA event marks it), not for everything queued since
-    (a step's backward and optimizer step)."""
+    """A device tensor (a scalar, a step's loss terms) copied to the host as soon as it is computed,
+    read later: the read waits for the work queued before the copy (a CUDA event marks it), not for
+    everything queued since (a step's backward and optimizer step)."""
 
     def __init__(self, t: Tensor) -> None:
         self.value = t.to("cpu", non_blocking=t.is_cuda)  # pinned; read once the event has passed
@@ -76,15 +76,16 @@ class HostCopy:
             self.ready = torch.cuda.Event()
             self.ready.record()
 
-    def item(self) -> float:
+    def _arrived(self) -> Tensor:
         if self.ready is not None:
             self.ready.synchronize()
-        return self.value.item()
+        return self.value
+
+    def item(self) -> float:
+        return self._arrived().item()
 
     def tolist(self) -> list[float]:
-        if self.ready is not None:
-            self.ready.synchronize()
-        return self.value.tolist()
+        return self._arrived().tolist()
 
 
 def _sum_over_ranks(t: Tensor) -> Tensor:
