@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samam.nn.loe import LoE
-from samam.nn.norms import SAIN, DecoderNorm, make_norm
+from samam.nn.norms import SAIN, DecoderNorm, norm_class
 from samam.nn.ss2d import SS2D, StyleSSMParams
 from samam.nn.style import SCM, SConv, StaticDWConv
 
@@ -155,7 +155,7 @@ class SAVSSM(nn.Module):
             else None
         )
         self.out_norm_name = out_norm  # for the error of a block that cannot run in channel parts
-        self.out_norm = make_norm(out_norm, d_inner, style_dim)
+        self.out_norm = norm_class(out_norm)(d_inner, style_dim)
         self.out_proj = _conv1x1(d_inner, dim)
         self.scm = SCM(style_dim, dim, scm_reduction) if scm else None
 

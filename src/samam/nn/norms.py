@@ -5,7 +5,7 @@ path) are drop-in replacements."""
 from __future__ import annotations
 
 import pkgutil
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +13,6 @@ from torch import nn
 
 from samam.nn.style import StyleAffine
 
-OutNorm = Literal["sain", "layernorm", "instancenorm"]
-OUT_NORMS: tuple[str, ...] = get_args(OutNorm)
 NORM_PATH_FORM = "package.module:Class"  # how model.out_norm names a norm of one's own
 
 
@@ -96,13 +94,20 @@ class InstanceNorm(DecoderNorm):
         return F.instance_norm(x, weight=norm.weight[channels], bias=norm.bias[channels], eps=norm.eps)
 
 
+BUILT_IN_NORMS: dict[str, type[DecoderNorm]] = {
+    "sain": SAIN,
+    "layernorm": LayerNorm2d,
+    "instancenorm": InstanceNorm,
+}
+OUT_NORMS: tuple[str, ...] = tuple(BUILT_IN_NORMS)
+
+
 def norm_class(name: str) -> type[DecoderNorm]:
     """The class ``model.out_norm`` names: one of OUT_NORMS, or ``"package.module:Class"`` (its
     module importable), a subclass of :class:`DecoderNorm`. Checked when the config is built, so
-    a typo fails there, not in the first block."""
-    built_in = {"sain": SAIN, "layernorm": LayerNorm2d, "instancenorm": InstanceNorm}
-    if name in built_in:
-        return built_in[name]
+    a typo fails there, not in the first block; each block builds it as ``cls(channels, style_dim)``."""
+    if name in BUILT_IN_NORMS:
+        return BUILT_IN_NORMS[name]
     if not (isinstance(name, str) and ":" in name):
         raise ValueError(f"out_norm={name!r} is not one of {(*OUT_NORMS, NORM_PATH_FORM)}")
     try:
@@ -118,7 +123,3 @@ def norm_class(name: str) -> type[DecoderNorm]:
             "subclass it (its docstring says how the style code and channel parts reach forward)"
         )
     return cls
-
-
-def make_norm(kind: OutNorm | str, channels: int, style_dim: int) -> DecoderNorm:
-    return norm_class(kind)(channels, style_dim)
