@@ -238,9 +238,9 @@ class StyleTransferModule(L.LightningModule):
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if not bad:
             return
-        if self._nonfinite_weights():
+        if names := self._nonfinite_weights():
             raise FloatingPointError(
-                self._nonfinite_message(f"the loss was not finite at step {step} ({bad})")
+                self._nonfinite_message(f"the loss was not finite at step {step} ({bad})", names)
             )
         if first_process():  # every DDP rank reads the same reduced terms: said once
             log.warning(
@@ -261,8 +261,7 @@ class StyleTransferModule(L.LightningModule):
             return []
         return [name for name, ok in zip(params, finite.tolist()) if not ok]
 
-    def _nonfinite_message(self, what: str) -> str:
-        names = self._nonfinite_weights()
+    def _nonfinite_message(self, what: str, names: list[str]) -> str:
         last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or None
         kept = f" (the latest: {last})" if last else ""
         return (
@@ -327,8 +326,8 @@ class StyleTransferModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs before the file is written: a checkpoint of NaN weights (over last.ckpt) is never saved.
         self._drain_loss_checks()
-        if self._nonfinite_weights():
-            raise FloatingPointError(self._nonfinite_message("a checkpoint was about to be saved"))
+        if names := self._nonfinite_weights():
+            raise FloatingPointError(self._nonfinite_message("a checkpoint was about to be saved", names))
         # The frozen VGG is rebuilt from loss.vgg; storing it would add ~80 MB per checkpoint.
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("loss.")
