@@ -1195,11 +1195,10 @@ class EvalMetricsCallback(L.Callback):
         # Built here, not at the first evaluation: a missing weight file fails before training.
         self.suite = build_metrics(**self.metrics_cfg, reset_style=False)
         # test_extractors / lpips.pnet_rand: val/ values that look like real ones and mean nothing.
-        self.stand_ins = self.suite.stand_ins
-        if self.stand_ins and trainer.is_global_zero:
+        if self.suite.stand_ins and trainer.is_global_zero:
             log.warning(
                 "eval metrics: %s use random stand-in networks (TEST ONLY): their val/ values mean nothing",
-                ", ".join(self.stand_ins),
+                ", ".join(self.suite.stand_ins),
             )
         self.content_paths = collect_images(self.content, "eval content")
         self.style_paths = collect_images(self.style, "eval style")
@@ -1418,7 +1417,7 @@ class EvalMetricsCallback(L.Callback):
                 {k: round(v, 4) for k, v in values.items() if v is not None},
                 len(self.pairs),
                 elapsed,
-                f"; TEST ONLY random networks for {', '.join(self.stand_ins)}" if self.stand_ins else "",
+                f"; TEST ONLY random networks for {', '.join(suite.stand_ins)}" if suite.stand_ins else "",
             )
         return values
 
