@@ -70,14 +70,19 @@ def processes(cfg: DictConfig) -> int:
     return n
 
 
+def _integer(value: Any) -> bool:
+    """An int, not a bool: ``true`` is 1 to isinstance, and a switch given for a count must not pass."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_devices(cfg: DictConfig) -> None:
     """Refuse a trainer that would start no process (``trainer.devices=0``, ``[]``, ``-2``;
     ``trainer.num_nodes=0``) before anything is built: Lightning refused it only as the Trainer was
     built, after the networks, in its own words ("`Trainer(devices=0)` value is not a valid input")."""
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+    if not _integer(nodes) or nodes < 1:
         raise ValueError(f"trainer.num_nodes={nodes}: give the number of machines, 1 or more")
-    below = isinstance(devices, int) and not isinstance(devices, bool) and devices < -1
+    below = _integer(devices) and devices < -1
     if below or world_size(devices, 1) == 0:
         raise ValueError(
             f"trainer.devices={devices}: no device to train on; give 1 or more (trainer=cpu: one CPU "
@@ -174,7 +179,7 @@ def check_batch_split(cfg: DictConfig) -> None:
     from samam.data import split_batch
 
     batch_size, n = cfg.data.get("batch_size"), processes(cfg)
-    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and n > 1:
+    if _integer(batch_size) and n > 1:
         split_batch(batch_size, n)
 
 
@@ -424,7 +429,7 @@ def check_run_length(cfg: DictConfig) -> None:
             "would go on to trainer.max_steps; set the run's length with trainer.max_steps"
         )
     steps = cfg.trainer.get("max_steps", -1)  # Lightning's default: no limit
-    if isinstance(steps, bool) or not isinstance(steps, int) or (steps < 1 and steps != -1):
+    if not _integer(steps) or (steps < 1 and steps != -1):
         # 0 "trained 0 steps" and wrote a last.ckpt, exit status 0; -5 failed once the networks were built
         # Hydra reads 2e5 as a float
         whole = (
@@ -437,7 +442,7 @@ def check_run_length(cfg: DictConfig) -> None:
             "more (-1: no limit, until the run is stopped)"
         )
     limit = cfg.trainer.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool) and not cfg.trainer.get("fast_dev_run"):
+    if _integer(limit) and not cfg.trainer.get("fast_dev_run"):
         raise ValueError(
             f"trainer.limit_train_batches={limit}: the training stream is endless, and Lightning would start "
             f"it over every {limit} batches, training on those same batches again; set the run's length with "
