@@ -4,7 +4,6 @@ path) are drop-in replacements."""
 
 from __future__ import annotations
 
-import pkgutil
 from typing import ClassVar
 
 import torch
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samam.nn.style import StyleAffine
+from samam.user_code import resolve
 
 NORM_PATH_FORM = "package.module:Class"  # how model.out_norm names a norm of one's own
 
@@ -110,13 +110,7 @@ def norm_class(name: str) -> type[DecoderNorm]:
         return BUILT_IN_NORMS[name]
     if not (isinstance(name, str) and ":" in name):
         raise ValueError(f"out_norm={name!r} is not one of {(*OUT_NORMS, NORM_PATH_FORM)}")
-    try:
-        cls = pkgutil.resolve_name(name)
-    except Exception as e:  # not installed, a typo, or an error inside the module
-        raise ValueError(
-            f"out_norm {name!r} does not import ({type(e).__name__}: {e}); it must be "
-            f"'{NORM_PATH_FORM}' with the module on the Python path (PYTHONPATH)"
-        ) from e
+    cls = resolve(name, "out_norm", NORM_PATH_FORM)
     if not (isinstance(cls, type) and issubclass(cls, DecoderNorm)):
         raise ValueError(
             f"out_norm {name!r} is {cls!r}, not a subclass of samam.nn.norms.DecoderNorm: "

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import pkgutil
 import threading
 from collections.abc import Callable, Iterator
 from typing import Literal, get_args
 
 import torch
+
+from samam.user_code import resolve
 
 ScanName = Literal["zigzag", "cross", "spiral", "hilbert"]
 SCAN_NAMES: tuple[str, ...] = get_args(ScanName)
@@ -164,13 +165,7 @@ def scan_builder(name: str) -> Callable[[int, int], torch.Tensor]:
     if name in _BUILDERS:
         builder = _BUILDERS[name]
     elif isinstance(name, str) and ":" in name:
-        try:
-            builder = pkgutil.resolve_name(name)
-        except Exception as e:  # not installed, a typo, or an error inside the module
-            raise ValueError(
-                f"scan order {name!r} does not import ({type(e).__name__}: {e}); it must be "
-                f"'{SCAN_PATH_FORM}' with the module on the Python path (PYTHONPATH)"
-            ) from e
+        builder = resolve(name, "scan order", SCAN_PATH_FORM)
         if not callable(builder):
             raise ValueError(
                 f"scan order {name!r} is a {type(builder).__name__}, not a function (h, w) -> order"
