@@ -243,11 +243,26 @@ def test_a_run_whose_weights_are_not_float32_is_evaluated(tiny_net, image_dirs, 
     assert torch.isfinite(trainer.callback_metrics["val/artfid"])
 
 
+def _fit_recording(cb, best, metric, tiny_net, tmp_path, epochs):
+    """Fit with the eval-metrics callback ``cb`` and the checkpoint callback ``best``, one
+    evaluation per epoch; each step's own ``metric`` as the callback computed it."""
+    import copy
+
+    scores = {}
+    original = cb.evaluate
+    cb.evaluate = lambda trainer, module: scores.setdefault(
+        trainer.global_step, original(trainer, module)[metric]
+    )
+    module = TinyModule(copy.deepcopy(tiny_net))
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.5)  # scores must move
+    _trainer(tmp_path, [cb, best], max_epochs=epochs).fit(module, loader(), loader())
+    assert len(scores) == epochs and len(set(scores.values())) > 1
+    return scores
+
+
 def test_best_artfid_checkpoint_is_ranked_by_its_own_weights(tiny_net, image_dirs, tmp_path):
     """conf/callbacks/best_artfid.yaml with an evaluation at every validation: the kept file is
     the step whose own ArtFID was lowest, and its recorded score is that step's."""
-    import copy
-
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -255,15 +270,7 @@ def test_best_artfid_checkpoint_is_ranked_by_its_own_weights(tiny_net, image_dir
     conf.dirpath = str(tmp_path / "ckpt")
     best = instantiate(conf)
     cb = _callback(image_dirs, every_n_val_rounds=1)
-    scores = {}
-    original = cb.evaluate
-    cb.evaluate = lambda trainer, module: scores.setdefault(
-        trainer.global_step, original(trainer, module)["artfid"]
-    )
-    module = TinyModule(copy.deepcopy(tiny_net))
-    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.5)  # scores must move
-    _trainer(tmp_path, [cb, best], max_epochs=4).fit(module, loader(), loader())
-    assert len(scores) == 4 and len(set(scores.values())) > 1
+    scores = _fit_recording(cb, best, "artfid", tiny_net, tmp_path, epochs=4)
     step = min(scores, key=scores.get)
     assert Path(best.best_model_path).name == f"best-artfid-step{step:07d}.ckpt"
     assert float(best.best_model_score) == pytest.approx(scores[step], rel=1e-6)
@@ -298,21 +305,11 @@ SSIM = {"_target_": "torchmetrics.image.StructuralSimilarityIndexMeasure", "data
 def test_a_checkpoint_ranked_by_a_metric_of_ones_own_keeps_its_best(tiny_net, image_dirs, tmp_path):
     """monitor=val/<extra> with the metric's direction (SSIM: higher is better): the kept file is
     the step whose own score was highest."""
-    import copy
-
     cb = _callback(image_dirs, metrics={**METRICS, "extra": {"ssim": SSIM}})
     best = ModelCheckpoint(
         dirpath=tmp_path / "ckpt", filename="best-{step}", monitor="val/ssim", mode="max", save_top_k=1
     )
-    scores = {}
-    original = cb.evaluate
-    cb.evaluate = lambda trainer, module: scores.setdefault(
-        trainer.global_step, original(trainer, module)["ssim"]
-    )
-    module = TinyModule(copy.deepcopy(tiny_net))
-    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.5)  # scores must move
-    _trainer(tmp_path, [cb, best], max_epochs=3).fit(module, loader(), loader())
-    assert len(scores) == 3 and len(set(scores.values())) > 1
+    scores = _fit_recording(cb, best, "ssim", tiny_net, tmp_path, epochs=3)
     step = max(scores, key=scores.get)
     assert Path(best.best_model_path).name == f"best-step={step}.ckpt"
 
