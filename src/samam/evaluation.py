@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from samam.checkpoint import code_version, folder_given, load_mapped
 from samam.data import IMAGE_EXTENSIONS, list_images, load_rgb, to_tensor
-from samam.fileio import atomic_write, unwritable
+from samam.fileio import atomic_write, check_output_dir
 from samam.logging_utils import brief_list
 from samam.metrics import (
     METRIC_NAMES,
@@ -167,22 +167,6 @@ def save_png(image: Tensor, path: PathLike) -> None:
     # A short temp name: a legal output name of 251-255 bytes has no room for a longer one.
     with atomic_write(path, suffix=".png.tmp") as f:
         Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(f, format="PNG")
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """Refuse, before any work, an ``output_dir`` that is a file or lies below one (creating it
-    failed with a bare FileExistsError once the network was loaded), or that cannot be written
-    (eval.py failed at its first image, once every input had been decoded and checked)."""
-    if why := unwritable(output_dir):
-        raise PermissionError(f"output_dir {str(output_dir)!r}: {why}; give a folder you can write to")
-    for folder in (output_dir, *output_dir.parents):
-        if folder.is_dir():
-            return
-        if folder.exists():
-            where = "is a file" if folder == output_dir else f"lies below the file {str(folder)!r}"
-            raise NotADirectoryError(
-                f"output_dir {str(output_dir)!r} {where}; give a folder (it is created if missing)"
-            )
 
 
 def check_inputs_exist(ckpt_path: PathLike, **inputs: PathLike | Sequence[PathLike]) -> None:

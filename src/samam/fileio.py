@@ -63,3 +63,20 @@ def unwritable(folder: Path) -> str | None:
     with contextlib.suppress(OSError):  # created, so writable; a folder that keeps it is no reason to stop
         os.unlink(probe)
     return None
+
+
+def check_output_dir(folder: Path, key: str = "output_dir") -> None:
+    """Refuse, before any work, a ``folder`` to write into (named ``key`` in the error) that is a
+    file or lies below one (creating it failed with a bare FileExistsError once the network was
+    loaded), or that cannot be written (eval.py failed at its first image, once every input had been
+    decoded and checked)."""
+    if why := unwritable(folder):
+        raise PermissionError(f"{key} {str(folder)!r}: {why}; give a folder you can write to")
+    for above in (folder, *folder.parents):
+        if above.is_dir():
+            return
+        if above.exists():
+            where = "is a file" if above == folder else f"lies below the file {str(above)!r}"
+            raise NotADirectoryError(
+                f"{key} {str(folder)!r} {where}; give a folder (it is created if missing)"
+            )

@@ -242,7 +242,7 @@ def check_inputs_exist(cfg: DictConfig) -> None:
     file, the checkpoint to start from (and whether train.py can resume from it), a GPU trainer
     without a GPU, and each checkpoint callback's folder that cannot be written (else each run
     reveals only the next one). eval.py and stylize.py have their own, on their arguments
-    (samam.evaluation.check_inputs_exist and check_output_dir)."""
+    (samam.evaluation.check_inputs_exist, samam.fileio.check_output_dir)."""
     from samam.losses import VGG19_FILE, VGG19_URL, VGG_NORMALISED_URL, VGG_SOURCES, cached_vgg19
 
     problems = []
