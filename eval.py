@@ -12,6 +12,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import samam.resolvers  # noqa: F401  registers ${samam.expanduser:...} (hydra.run.dir)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The entry points refuse a run folder that cannot be made or written before Hydra makes it."""
 
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ def test_a_run_folder_on_a_read_only_mount_is_refused(config, tmp_path, refuse_f
     """(Simulated: root writes anywhere.)"""
     from hydra.utils import instantiate
 
+    import samam.resolvers  # noqa: F401 (the entry points import it: registers ${samam.expanduser:...})
+
     locked = tmp_path / "locked"
     locked.mkdir()
     refuse_files_in(locked, errno.EROFS)
@@ -48,3 +51,34 @@ def test_a_run_folder_on_a_read_only_mount_is_refused(config, tmp_path, refuse_f
         SystemExit, match=f"^{key} '.*run': {locked} is on a read-only file system; give a folder"
     ):
         callback.on_run_start(cfg)
+
+
+@pytest.mark.parametrize(
+    ("script", "args"), [("eval.py", INPUTS), ("stylize.py", ["ckpt_path=x.ckpt", "content=c", "style=s"])]
+)
+def test_a_quoted_tilde_output_dir_is_one_folder_in_home(script, args, tmp_path):
+    """Hydra made ./~/out (with .hydra/ in it) while evaluation expanded ~ for the images."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    subprocess.run(
+        [sys.executable, str(ROOT / script), *args, "output_dir='~/out'"],
+        capture_output=True, text=True, cwd=cwd, timeout=120, env={**os.environ, "HOME": str(home)},
+    )  # fmt: skip
+    assert (home / "out" / ".hydra" / "config.yaml").is_file()
+    assert not (cwd / "~").exists()
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_quoted_tilde_run_folder_is_refused(key, tmp_path):
+    """train.py's folder is Hydra's own setting, given as is: it was made as ./~/run."""
+    args = ["-m", "seed=0,1"] if key == "hydra.sweep.dir" else []
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"{key}='~/run'"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"{key} '~/run': Hydra does not expand ~; give $HOME/... (unquoted) or an absolute path"
+    )
+    assert not (tmp_path / "~").exists()

@@ -16,8 +16,9 @@ class CheckRunDir(Callback):
     """Refuse a run folder (``hydra.run.dir``; ``hydra.sweep.dir`` under ``-m``) that cannot be made
     or written, with :func:`samam.fileio.check_output_dir`'s message, before Hydra makes it: its
     mkdir came first and failed with a bare FileNotFoundError or PermissionError traceback, before
-    any of the entry point's own checks. ``key``: the setting the user gives it by (eval.py's and
-    stylize.py's run folder is ``${output_dir}``)."""
+    any of the entry point's own checks. A leading ``~`` is refused too: Hydra makes ``./~``.
+    ``key``: the setting the user gives it by (eval.py's and stylize.py's run folder is
+    ``output_dir`` with ``~`` expanded)."""
 
     def __init__(self, key: str = "hydra.run.dir") -> None:
         self.key = key
@@ -35,8 +36,13 @@ def refuse_unusable(config: DictConfig, node: str, key: str) -> None:
     folder = OmegaConf.select(config, node, throw_on_resolution_failure=False)
     if folder is None:
         return
+    if str(folder).startswith("~"):
+        # Hydra makes the folder as written: a quoted ~ (the shell leaves it) became ./~
+        raise SystemExit(
+            f"{key} {str(folder)!r}: Hydra does not expand ~; give $HOME/... (unquoted) or an absolute path"
+        )
     try:
-        check_output_dir(Path(str(folder)), key)  # as Hydra makes it: no ~ expansion
+        check_output_dir(Path(str(folder)), key)
     except OSError as err:
         # SystemExit: Hydra turns any Exception from a callback into a warning and goes on
         raise SystemExit(str(err)) from None

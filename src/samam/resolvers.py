@@ -1,5 +1,5 @@
-"""Hydra glue train.py loads before Hydra runs: the configs' OmegaConf resolvers (registered on
-import; samam.train imports this module too) and the launcher check."""
+"""Hydra glue the entry points load before Hydra runs: the configs' OmegaConf resolvers (registered
+on import; samam.train imports this module too) and the launcher check."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def wandb_group(experiment_name: str) -> str:
 
 
 OmegaConf.register_new_resolver("samam.wandb_group", wandb_group, replace=True)
+
+
+def expanduser(path: str) -> str:
+    """eval.yaml's and stylize.yaml's ``hydra.run.dir``: ``output_dir`` with ``~`` expanded, as
+    evaluation expands it. A quoted ``output_dir='~/out'`` reaches Hydra as is, and it put
+    ``.hydra/`` in ``./~/out`` while the images went to ``$HOME/out``."""
+    return str(Path(path).expanduser())
+
+
+OmegaConf.register_new_resolver("samam.expanduser", expanduser, replace=True)
 
 
 # conf/hydra/launcher/slurm.yaml builds on submitit_slurm
