@@ -879,9 +879,10 @@ def record_settings(
 ) -> None:
     """Refuse, before an image is written, to keep the existing ``outputs`` as this run's when ``record`` (written
     by an earlier stylize into the folder) says they were made with another checkpoint, sizes,
-    precision or decoding: a rerun with the next checkpoint kept every earlier image under its name and
-    wrote nothing. Then ``record`` holds ``made_with``. The checkpoint's path alone may differ (a copy), and a
-    key the earlier record lacks is not compared."""
+    precision or decoding, or does not list them: a rerun with the next checkpoint kept every earlier
+    image under its name and wrote nothing. Then ``record`` holds ``made_with`` and the names it
+    vouches for: this run's, plus the earlier ones when the settings agree. The checkpoint's path alone
+    may differ (a copy), and a key the earlier record lacks is not compared."""
     try:
         earlier = json.loads(record.read_text()) if record.is_file() else {}
     except (OSError, ValueError) as err:  # unreadable: nothing to compare with
@@ -892,14 +893,28 @@ def record_settings(
         for k, v in made_with.items()
         if k in earlier and k != "ckpt_path" and earlier[k] != v
     ]
-    kept = [p for p in outputs if p.exists()] if differ and not overwrite else []
+    # An overwrite=true run with other settings vouches only for its own outputs: images an earlier
+    # run made beside them under other names were kept, later, as the new settings' own.
+    vouched = None if differ else earlier.get("outputs")
+    kept = (
+        []
+        if overwrite
+        else [
+            p for p in outputs if p.exists() and (differ or (vouched is not None and p.name not in vouched))
+        ]
+    )
     if kept:
-        raise ValueError(
-            f"output_dir {str(record.parent)!r} holds {len(kept)} of this run's outputs (e.g. {kept[0].name}) made with "
-            f"other settings ({brief_list(differ, 6)}; checkpoint then: {earlier.get('ckpt_path')}); they would be kept "
-            "as this run's. Pass overwrite=true to replace them, or give another output_dir."
+        why = (
+            f"made with other settings ({brief_list(differ, 6)}; checkpoint then: {earlier.get('ckpt_path')})"
+            if differ
+            else "that stylize.json does not list (an overwrite=true run with other settings came after them)"
         )
-    _write_text(record, json.dumps(made_with, indent=2) + "\n")
+        raise ValueError(
+            f"output_dir {str(record.parent)!r} holds {len(kept)} of this run's outputs (e.g. {kept[0].name}) {why}; "
+            "they would be kept as this run's. Pass overwrite=true to replace them, or give another output_dir."
+        )
+    names = sorted({p.name for p in outputs} | set(vouched or ()))
+    _write_text(record, json.dumps({**made_with, "outputs": names}, indent=2) + "\n")
 
 
 def stylize(

@@ -311,6 +311,32 @@ def test_a_rerun_with_another_checkpoint_or_size_does_not_keep_the_earlier_image
     assert json.loads((out / "stylize.json").read_text())["ckpt_path"] == str(other)
 
 
+def test_an_overwrite_with_other_weights_does_not_vouch_for_the_earlier_images_beside_its_own(
+    tiny_ckpt, pair, tmp_path, make_image
+):
+    """stylize.json described only the folder's last run: after run A (checkpoint 1) on content a and
+    an overwrite=true run B (checkpoint 2) on b, a run with checkpoint 2 on a and b kept a's image,
+    made by checkpoint 1, as its own."""
+    content, style = pair
+    other_content = make_image(tmp_path / "b.png", 64, 48, seed=9)
+    out, image = tmp_path / "out", tmp_path / "out" / "odd_stylized_art.png"
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["state_dict"]["net.style_embedder.fc.bias"] += 1
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    run(tiny_ckpt, content, style, out, max_side=64)
+    run(other, other_content, style, out, max_side=64, overwrite=True)
+    made = image.read_bytes()
+    with pytest.raises(
+        ValueError, match="holds 1 of this run's outputs \\(e.g. odd_stylized_art.png\\) that stylize.json"
+    ):
+        run(other, [content, other_content], style, out, max_side=64)
+    assert image.read_bytes() == made
+    summary = run(other, [content, other_content], style, out, max_side=64, overwrite=True)
+    assert str(image) in summary["written"]
+    assert run(other, content, style, out, max_side=64)["skipped_existing"] == [str(image)]
+
+
 def test_stylize_json_records_the_weights_loaded_not_the_file_read_later(
     tiny_ckpt, pair, tmp_path, monkeypatch
 ):
