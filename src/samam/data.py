@@ -91,10 +91,15 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
             root,
             runs[0],
         )
-    files = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    # A broken symlink under an image's name (a folder of links into a store that is not mounted)
-    # or a fifo: no file to read, said rather than dropped without a word
-    no_file = sorted(p for p in every if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_file())
+    # One stat per image name (200k on a shared file system). A broken symlink under an image's name
+    # (a folder of links into a store that is not mounted) or a fifo: no file to read, said rather
+    # than dropped without a word
+    files, no_file = [], []
+    for p in every:
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            (files if p.is_file() else no_file).append(p)
+    files.sort()
+    no_file.sort()
     if files and no_file and first_process():
         log.warning(
             "%s: leaving out %d entr%s under %s named as images that are no file to read: %s",
