@@ -110,9 +110,10 @@ class VSSBlock(nn.Module):
         self.conv = StaticDWConv(d_inner)
         self.ssm = _make_mixer(mixer, d_inner, static_params=True, **ss2d)
         self.out_proj = _conv1x1(d_inner, dim)
+        self.whole = _unsplittable(self.ssm)  # set by the switches: the error of a block kept whole
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = _channel_parts(x, self.in_proj.out_channels, _unsplittable(self.ssm))
+        parts = _channel_parts(x, self.in_proj.out_channels, self.whole)
         if len(parts) == 1:
             y = self.ssm(F.silu(self.conv(self.in_proj(x))))
             return x + self.out_proj(y.to(x.dtype))
@@ -154,15 +155,13 @@ class SAVSSM(nn.Module):
             if use_style_params
             else None
         )
-        self.out_norm_name = out_norm  # for the error of a block that cannot run in channel parts
         self.out_norm = norm_class(out_norm)(d_inner, style_dim)
         self.out_proj = _conv1x1(d_inner, dim)
         self.scm = SCM(style_dim, dim, scm_reduction) if scm else None
+        self.whole = _unsplittable(self.ssm, out_norm, self.out_norm)  # as in VSSBlock
 
     def forward(self, x: torch.Tensor, e_s: torch.Tensor, style_vec: torch.Tensor) -> torch.Tensor:
-        parts = _channel_parts(
-            x, self.in_proj.out_channels, _unsplittable(self.ssm, self.out_norm_name, self.out_norm)
-        )
+        parts = _channel_parts(x, self.in_proj.out_channels, self.whole)
         if len(parts) > 1:
             return self._forward_parts(x, e_s, style_vec, parts)
         h = self.in_proj(self.in_norm(x, style_vec))
