@@ -206,8 +206,9 @@ def _delta(delta, bias, softplus, dt):
         dt[t] = x if x > np.float32(20.0) else sp
 
 
-def _delta_grad(delta, bias, softplus, ddt):
-    # ddt (L,) becomes ∂L/∂delta in place (softplus' = sigmoid); returns ∂L/∂bias
+def _delta_grad(delta, bias, softplus, ddt, part):
+    # ddt (L,) becomes ∂L/∂delta in place (softplus' = sigmoid); returns ∂L/∂bias. part
+    # (_SUM_LANES,): scratch for the running sums, allocated once per work item by the caller
     if softplus:
         for t in range(delta.shape[0]):
             x = delta[t] + bias
@@ -218,11 +219,10 @@ def _delta_grad(delta, bias, softplus, ddt):
     # differently here than in this function's copy inside a cached _scan_bwd (module docstring).
     length = ddt.shape[0]
     rows = length // _SUM_LANES
-    part = np.zeros(_SUM_LANES, np.float32)
-    grid = ddt[: rows * _SUM_LANES].reshape((rows, _SUM_LANES))
+    part[:] = 0.0
     for i in range(rows):
         for j in range(_SUM_LANES):
-            part[j] += grid[i, j]
+            part[j] += ddt[i * _SUM_LANES + j]
     total = np.float32(0.0)
     for j in range(_SUM_LANES):
         total += part[j]
@@ -363,6 +363,7 @@ def _scan_bwd(
         dt = np.empty(tile, np.float32)
         ga = np.empty(n_state, np.float32)
         acc = np.empty(n_state, np.float32)
+        lanes = np.empty(_SUM_LANES, np.float32)
         accs = np.zeros((max(c_hi - c_lo, 0), n_state), np.float32)
         for c in range(c_lo, c_hi):
             dD[b, c] = 0.0
@@ -386,7 +387,7 @@ def _scan_bwd(
                     hs[: m + 1], es[:m], gs[:m], du[b, c, t0:t1], ddelta[b, c, t0:t1], ga,
                     dB_part[b, g, k, t0:t1], dC_part[b, g, k, t0:t1],
                 )  # fmt: skip
-                dbias[b, c] += _delta_grad(delta[b, c, t0:t1], bias[c], softplus, ddelta[b, c, t0:t1])
+                dbias[b, c] += _delta_grad(delta[b, c, t0:t1], bias[c], softplus, ddelta[b, c, t0:t1], lanes)
                 for n in range(n_state):
                     accs[c - c_lo, n] = acc[n]
                     dA[b, c, n] += ga[n]
