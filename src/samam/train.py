@@ -705,6 +705,14 @@ def lightning_ckpt_file(ckpt_path: str | None, callbacks: list[Any], root_dir: s
     return ckpt_path
 
 
+def _other_checkpoints(last: Path) -> list[Path]:
+    """The checkpoints beside ``last`` (last.ckpt), oldest first; listed only where ``auto`` names
+    one (hundreds with save_top_k=-1, on a shared file system). A link whose target is gone is no
+    checkpoint rather than a crash."""
+    dated = [(p.stat().st_mtime, p) for p in last.parent.glob("*.ckpt") if p != last and p.is_file()]
+    return [p for _, p in sorted(dated)]
+
+
 def resolve_resume(
     ckpt_path: str | None,
     output_dir: str | Path,
@@ -761,12 +769,9 @@ def resolve_resume(
                 brief_list(differ, 8),
             )
         return ckpt_path, meta
-    # Read at every auto start: a link whose target is gone, or a file a run sharing the folder
-    # removes meanwhile (save_top_k), is no checkpoint rather than a crash.
-    dated = [(p.stat().st_mtime, p) for p in last.parent.glob("*.ckpt") if p != last and p.is_file()]
-    others = [p for _, p in sorted(dated)]
     if not last.is_file():
-        if others:  # a fresh start would overwrite them (their run's own steps, most likely)
+        # a fresh start would overwrite them (their run's own steps, most likely)
+        if others := _other_checkpoints(last):
             raise RuntimeError(
                 f"ckpt_path=auto: {last.parent} holds {len(others)} checkpoint(s) but no last.ckpt (its save failed, "
                 "on a full disk say; it was removed; or no checkpoint callback saves it: save_last=false, "
@@ -777,6 +782,7 @@ def resolve_resume(
     try:
         meta = _read_meta(last)
     except Exception as err:  # damaged (a full disk, a copy cut short): not "another run's"
+        others = _other_checkpoints(last)
         instead = (
             f"ckpt_path={others[-1]} (the newest other checkpoint there)" if others else "ckpt_path=null"
         )
